@@ -1,0 +1,23 @@
+"""The Celery configuration and queue topology of llmos-jobs, in one place."""
+
+from broker_config.celery_config import celery_config
+from broker_config.queues import (
+    CONTROL_QUEUE,
+    TASK_FAMILIES,
+    WEBHOOKS_QUEUE,
+    TaskName,
+    language_queue,
+    queue_for,
+    worker_queue,
+)
+
+__all__ = [
+    "CONTROL_QUEUE",
+    "TASK_FAMILIES",
+    "WEBHOOKS_QUEUE",
+    "TaskName",
+    "celery_config",
+    "language_queue",
+    "queue_for",
+    "worker_queue",
+]

@@ -1,0 +1,47 @@
+"""Queue names and the route of every task.
+
+    lang.<model>   shared language queue of one model (generate, mindspace turns,
+                   model ops not aimed at a worker)
+    w.<worker>     direct queue of one worker (model ops aimed at it)
+    control        batch expansion, registry work (any worker)
+    webhooks       callback deliveries (any worker)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+CONTROL_QUEUE = "control"
+WEBHOOKS_QUEUE = "webhooks"
+
+
+class TaskName(StrEnum):
+    generate = "llmos.language.generate"
+    model_op = "llmos.model.op"
+    mindspace_turn = "llmos.mindspace.turn"
+
+
+# How each task is routed: to the language queue of the job's model, or to the
+# direct queue of a worker when the job names one. Every registered task must
+# appear here (a test checks it).
+TASK_FAMILIES: dict[TaskName, Literal["model", "model_or_worker"]] = {
+    TaskName.generate: "model",
+    TaskName.mindspace_turn: "model",
+    TaskName.model_op: "model_or_worker",
+}
+
+
+def language_queue(model: str) -> str:
+    return f"lang.{model}"
+
+
+def worker_queue(worker: str) -> str:
+    return f"w.{worker}"
+
+
+def queue_for(task: TaskName, *, model: str, worker: str | None = None) -> str:
+    """The queue a job of this task goes to."""
+    if TASK_FAMILIES[task] == "model_or_worker" and worker is not None:
+        return worker_queue(worker)
+    return language_queue(model)

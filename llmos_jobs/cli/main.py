@@ -1,0 +1,56 @@
+"""The `llmos` command."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import typer
+
+from llmos_jobs.cli import jobs, mindspaces, models, stack
+from llmos_jobs.cli.output import err_console
+from llmos_jobs.cli.state import set_tenant
+from llmos_jobs.errors import LlmosError, NoLiveWorkerWarning
+
+app = typer.Typer(
+    help="llmos: run large language models as shared infrastructure.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+app.command("submit")(jobs.submit)
+app.add_typer(jobs.job_app, name="job")
+app.add_typer(models.model_app, name="model")
+app.add_typer(mindspaces.mindspace_app, name="mindspace")
+app.command("worker")(stack.worker)
+app.command("workers")(stack.workers)
+app.command("up")(stack.up)
+app.command("demo")(stack.demo)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app.command("upgrade")(stack.db_upgrade)
+app.add_typer(db_app, name="db")
+
+
+@app.callback()
+def _global(
+    tenant: str = typer.Option(None, "--tenant", envvar="LLMOS_TENANT",
+                               help="Act as this tenant (default: 'default')."),
+) -> None:
+    set_tenant(tenant)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    err_console.print(f"warning: {message}", markup=False, style="yellow")
+
+
+def main() -> None:
+    warnings.simplefilter("always", NoLiveWorkerWarning)
+    warnings.showwarning = _show_warning
+    try:
+        app()
+    except (LlmosError, TimeoutError) as exc:
+        err_console.print(f"error: {exc}", markup=False, style="red")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

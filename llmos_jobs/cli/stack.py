@@ -1,0 +1,107 @@
+"""`llmos worker`, `llmos workers`, `llmos up`, `llmos demo`, `llmos db upgrade`."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import typer
+from rich.table import Table
+
+from llmos_jobs.cli.output import console, emit_json
+from llmos_jobs.cli.state import client
+from llmos_jobs.settings import get_settings
+
+POOLS = ("threads", "prefork", "solo")
+
+
+def worker(
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1,
+                                    help="Jobs in flight at once; 1 is strict one-at-a-time."),
+    gpu: int = typer.Option(None, "--gpu", min=0, help="Pin to this GPU (CUDA_VISIBLE_DEVICES)."),
+    model: list[str] = typer.Option([], "--model", "-m",
+                                    help="Serve only this model (repeatable). Default: all, "
+                                         "including models registered later."),
+    name: str = typer.Option(None, "--name", "-n",
+                             help="Unique worker name. Default: cpu-<pid>@host or gpuN@host."),
+    queues: str = typer.Option(None, "--queues", "-Q",
+                               help="Comma-separated queues, replacing the defaults."),
+    pool: str = typer.Option("threads", "--pool",
+                             help="threads: one model copy shared by all jobs (default); "
+                                  "prefork: a process per slot."),
+    loglevel: str = typer.Option("info", "--loglevel"),
+) -> None:
+    """Run a worker: it serves language, model and mindspace jobs of its models, its own
+    direct queue (w.<name>), and the control and webhooks queues."""
+    if pool not in POOLS:
+        raise typer.BadParameter(f"choose one of {', '.join(POOLS)}", param_hint="--pool")
+    from workers.main import run_worker
+
+    run_worker(
+        name=name, models=model, queues=[q for q in (queues or "").split(",") if q],
+        gpu=gpu, concurrency=concurrency, pool=pool, loglevel=loglevel,
+    )
+
+
+def workers(
+    all_: bool = typer.Option(False, "--all", help="Include stopped and dead workers."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List workers with their state, models and load."""
+    rows = client().workers(include_gone=all_)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table()
+    for column in ("name", "state", "pid", "pool", "models", "loaded", "running", "heartbeat"):
+        table.add_column(column)
+    for w in rows:
+        table.add_row(
+            w.name, w.state, str(w.pid), f"{w.pool} x{w.concurrency}",
+            "all" if w.models is None else ", ".join(w.models) or "-",
+            ", ".join(w.loaded) or "-", str(w.running_jobs),
+            f"{w.seconds_since_heartbeat:.0f}s ago",
+        )
+    console.print(table)
+
+
+def up(
+    with_worker: bool = typer.Option(True, "--worker/--no-worker",
+                                     help="Also start one CPU worker serving every model."),
+) -> None:
+    """Run the embedded stack in the foreground until interrupted (Ctrl-C)."""
+    from llmos_jobs.embedded import EmbeddedStack
+
+    settings = get_settings()
+    with EmbeddedStack(settings.data_dir) as stack:
+        console.print(f"broker:   {stack.broker_url}\ndatabase: {stack.database_url}")
+        if with_worker:
+            name = f"cpu-up@{socket.gethostname()}"
+            process = stack.start_worker("--name", name)
+            with console.status("starting a worker"):
+                stack.wait_for_worker(name, process)
+            console.print(f"worker:   {name} (logs in {stack.log_dir})")
+        console.print("ready: other shells' `llmos` commands use this stack. Ctrl-C stops it.")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            console.print("stopping")
+
+
+def demo() -> None:
+    """Run the whole pipeline once on the embedded stack, then stop everything."""
+    from llmos_jobs.demo import run_demo
+
+    raise typer.Exit(run_demo(console))
+
+
+def db_upgrade() -> None:
+    """Apply the database migrations (every command also does it on first use)."""
+    from llmos_jobs.db.migrate import upgrade
+
+    url = get_settings().resolved_database_url()
+    upgrade(url)
+    console.print(f"database at the newest revision: {url}")

@@ -1,0 +1,17 @@
+"""Options shared by every command (the tenant), kept for the command's run."""
+
+from __future__ import annotations
+
+from llmos_jobs.client import LlmosClient
+
+_tenant: str | None = None
+
+
+def set_tenant(tenant: str | None) -> None:
+    global _tenant
+    _tenant = tenant
+
+
+def client() -> LlmosClient:
+    """The CLI is a trusted local administrator acting as one tenant."""
+    return LlmosClient(tenant=_tenant)

@@ -1,0 +1,271 @@
+"""The producer API. Every submission is validated against ``schemas/``, committed to
+the database, and only then enqueued with the job id as the message's only argument."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kombu.exceptions import OperationalError
+from pydantic import BaseModel, ValidationError
+
+from broker_config import TaskName, language_queue, queue_for
+from llmos_jobs.celery_app import get_app
+from llmos_jobs.db import jobs as job_crud
+from llmos_jobs.db import mindspaces as ms_crud
+from llmos_jobs.db import registry
+from llmos_jobs.db.migrate import upgrade
+from llmos_jobs.db.models import (
+    Job,
+    JobPublic,
+    MindspaceBase,
+    MindspacePublic,
+    RegisteredModelBase,
+    RegisteredModelPublic,
+    WorkerPublic,
+)
+from llmos_jobs.db.session import session_scope
+from llmos_jobs.errors import BrokerUnavailable, InvalidRequest, NoLiveWorkerWarning
+from llmos_jobs.settings import Settings, get_settings
+from schemas.common import ChatMessage, JobKind, JobStatus, parse_priority
+from schemas.language import GenerateRequest
+from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest
+from schemas.model import EngineKind, ModelOp, ModelOpRequest, ModelRegister
+
+C = TypeVar("C", bound=BaseModel)
+
+_TASKS: dict[JobKind, TaskName] = {
+    JobKind.generate: TaskName.generate,
+    JobKind.model_op: TaskName.model_op,
+    JobKind.mindspace_turn: TaskName.mindspace_turn,
+}
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+
+
+def task_for_kind(kind: JobKind) -> TaskName:
+    return _TASKS[kind]
+
+
+def validate(contract: type[C], data: dict[str, Any]) -> C:
+    """``contract`` built from ``data``, or InvalidRequest naming each bad field."""
+    try:
+        return contract.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "request"
+            problems.append(f"{where}: {error['msg']}")
+        raise InvalidRequest("; ".join(problems)) from None
+
+
+def _priority(value: int | str) -> int:
+    try:
+        return parse_priority(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+class LlmosClient:
+    """Submit and inspect work as one tenant."""
+
+    def __init__(self, *, tenant: str | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.tenant = tenant or self.settings.tenant
+        upgrade(self.settings.resolved_database_url())
+
+    # -- language -----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        *,
+        model: str,
+        prompt: str | None = None,
+        messages: Sequence[ChatMessage | dict[str, Any]] | None = None,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        stop: Iterable[str] = (),
+        priority: int | str = "default",
+    ) -> JobPublic:
+        data: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
+                                "temperature": temperature, "stop": list(stop)}
+        if prompt is not None:
+            data["prompt"] = prompt
+        if messages is not None:
+            data["messages"] = [
+                m.model_dump() if isinstance(m, ChatMessage) else m for m in messages
+            ]
+        request = validate(GenerateRequest, data)
+        self._check_model(request.model, request.max_tokens)
+        return self._submit(JobKind.generate, request.model, request, _priority(priority))
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def register_model(self, name: str, path: str | Path, engine: str = "transformers"
+                       ) -> RegisteredModelPublic:
+        request = validate(ModelRegister, {"name": name, "path": str(path), "engine": engine})
+        directory = Path(request.path).expanduser().resolve()
+        context = 4096
+        if request.engine != EngineKind.noop or directory.exists():
+            if not directory.is_dir():
+                raise InvalidRequest(f"model path {directory} is not a directory")
+            from workers.transformers_engine import context_length_of
+
+            try:
+                context = context_length_of(str(directory))
+            except (OSError, ValueError) as exc:
+                if request.engine != EngineKind.noop:
+                    raise InvalidRequest(f"{directory} is not a model directory: {exc}") from None
+        row_in = RegisteredModelBase(name=request.name, path=str(directory),
+                                     engine=request.engine.value, context_length=context)
+        with session_scope() as session:
+            row = registry.register_model(session=session, model_in=row_in)
+            return RegisteredModelPublic(**row.model_dump())
+
+    def models(self) -> list[RegisteredModelPublic]:
+        with session_scope() as session:
+            return registry.list_models(session=session,
+                                        dead_after_s=self.settings.worker_dead_after_s)
+
+    def model_op(self, model: str, op: ModelOp | str, *, worker: str | None = None,
+                 priority: int | str = "interactive") -> JobPublic:
+        request = validate(ModelOpRequest, {"model": model, "op": op, "worker": worker})
+        self._check_model(request.model, None)
+        return self._submit(JobKind.model_op, request.model, request, _priority(priority),
+                            worker=request.worker)
+
+    # -- mindspaces -----------------------------------------------------------------------------
+
+    def create_mindspace(self, *, model: str, persona: str | None = None,
+                         name: str | None = None) -> MindspacePublic:
+        request = validate(MindspaceCreate, {"model": model, "persona": persona, "name": name})
+        self._check_model(request.model, None)
+        with session_scope() as session:
+            row = ms_crud.create_mindspace(
+                session=session,
+                mindspace_in=MindspaceBase(tenant=self.tenant, **request.model_dump()),
+            )
+            return MindspacePublic(**row.model_dump())
+
+    def mindspace(self, mindspace_id: str) -> MindspacePublic:
+        with session_scope() as session:
+            return ms_crud.show_mindspace(session=session, tenant=self.tenant,
+                                          mindspace_id=mindspace_id)
+
+    def chat(self, mindspace_id: str, message: str, *, max_tokens: int = 64,
+             temperature: float = 0.0, priority: int | str = "interactive") -> JobPublic:
+        request = validate(MindspaceTurnRequest, {
+            "mindspace_id": mindspace_id, "message": message, "max_tokens": max_tokens,
+            "temperature": temperature,
+        })
+        with session_scope() as session:
+            mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
+                                              mindspace_id=mindspace_id)
+        self._check_model(mindspace.model, request.max_tokens)
+        return self._submit(JobKind.mindspace_turn, mindspace.model, request,
+                            _priority(priority), mindspace_id=mindspace.id)
+
+    def destroy_mindspace(self, mindspace_id: str) -> None:
+        with session_scope() as session:
+            ms_crud.destroy_mindspace(session=session, tenant=self.tenant,
+                                      mindspace_id=mindspace_id)
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> JobPublic:
+        with session_scope() as session:
+            return JobPublic.from_row(
+                job_crud.get_job(session=session, tenant=self.tenant, job_id=job_id)
+            )
+
+    def jobs(self, *, status: JobStatus | None = None, limit: int = 50) -> list[JobPublic]:
+        with session_scope() as session:
+            rows = job_crud.list_jobs(session=session, tenant=self.tenant, status=status,
+                                      limit=limit)
+            return [JobPublic.from_row(r) for r in rows]
+
+    def cancel(self, job_id: str) -> JobPublic:
+        with session_scope() as session:
+            return JobPublic.from_row(
+                job_crud.cancel_job(session=session, tenant=self.tenant, job_id=job_id)
+            )
+
+    def wait(self, job_ids: Sequence[str], *, timeout_s: float = 300.0,
+             poll_s: float = 0.1) -> list[JobPublic]:
+        """The jobs once all are final; TimeoutError naming those that are not."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            jobs = [self.job(j) for j in job_ids]
+            pending = [j.id for j in jobs if not j.status.is_final]
+            if not pending:
+                return jobs
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} job(s) not finished: {', '.join(pending)}")
+            time.sleep(poll_s)
+
+    def workers(self, *, include_gone: bool = False) -> list[WorkerPublic]:
+        with session_scope() as session:
+            return registry.list_workers(session=session, include_gone=include_gone)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_model(self, name: str, max_tokens: int | None) -> None:
+        from llmos_jobs.errors import NotFound
+
+        with session_scope() as session:
+            try:
+                model = registry.get_model(session=session, name=name)
+            except NotFound as exc:
+                raise InvalidRequest(str(exc)) from None
+        if max_tokens is not None and max_tokens >= model.context_length:
+            raise InvalidRequest(
+                f"max_tokens {max_tokens} does not fit the context of model {name!r} "
+                f"({model.context_length} tokens)"
+            )
+
+    def _submit(self, kind: JobKind, model: str, payload: BaseModel, priority: int, *,
+                worker: str | None = None, mindspace_id: str | None = None) -> JobPublic:
+        app = get_app(self.settings.resolved_broker_url())
+        queue = queue_for(task_for_kind(kind), model=model, worker=worker)
+        with session_scope() as session:
+            job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
+                tenant=self.tenant, kind=kind, priority=priority, model=model,
+                mindspace_id=mindspace_id, payload=payload.model_dump(mode="json"), queue=queue,
+            ))
+        try:
+            app.send_task(task_for_kind(kind), args=[job.id], task_id=job.task_id, queue=queue,
+                          priority=priority, retry_policy=_PUBLISH_RETRY)
+        except (OperationalError, OSError) as exc:
+            self._abandon(job, f"broker unreachable: {exc}")
+            raise BrokerUnavailable(
+                f"could not enqueue job {job.id}: the broker is unreachable ({exc}); "
+                "start one with `llmos up` or check LLMOS_BROKER_URL"
+            ) from None
+        self._warn_without_worker(queue, model)
+        return JobPublic.from_row(job)
+
+    def _abandon(self, job: Job, reason: str) -> None:
+        """A job whose message never left: failed, so no one waits on it forever."""
+        with session_scope() as session:
+            job_crud.claim_job(session=session, job_id=job.id, message_id=job.task_id,
+                               worker="producer", pid=0, max_attempts=1,
+                               claimant_dead=lambda _: True)
+            job_crud.fail_job(session=session, job_id=job.id, message_id=job.task_id,
+                              error_type="BrokerUnavailable", error_message=reason)
+
+    def _warn_without_worker(self, queue: str, model: str) -> None:
+        with session_scope() as session:
+            live = registry.live_workers(session=session,
+                                         dead_after_s=self.settings.worker_dead_after_s)
+        serves = any(
+            queue in w.queues or (w.models is None and queue == language_queue(model))
+            for w in live
+        )
+        if not serves:
+            warnings.warn(
+                f"no live worker consumes {queue} yet; the job waits in the queue until one "
+                f"does (start one with `llmos worker --model {model}`)",
+                NoLiveWorkerWarning, stacklevel=3,
+            )

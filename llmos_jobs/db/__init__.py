@@ -1,0 +1,1 @@
+"""Durable state: tables, sessions, CRUD and migrations."""

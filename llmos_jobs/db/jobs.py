@@ -1,0 +1,184 @@
+"""CRUD of jobs. Every status change is a compare-and-set guarded by the state machine,
+so two processes racing on one job cannot both win."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from llmos_jobs.db.models import Job, JobBase, new_id
+from llmos_jobs.db.types import utcnow
+from llmos_jobs.errors import NotFound
+from llmos_jobs.states import check_transition, sources_of
+from schemas.common import JobStatus, Usage
+
+
+class JobCreate(JobBase):
+    payload: dict[str, Any]
+    queue: str
+
+
+def create_job(*, session: Session, job_in: JobCreate) -> Job:
+    job = Job.model_validate(job_in, update={"status": JobStatus.queued})
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(*, session: Session, tenant: str, job_id: str) -> Job:
+    job = session.exec(select(Job).where(Job.id == job_id, Job.tenant == tenant)).first()
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(
+    *, session: Session, tenant: str, status: JobStatus | None = None, limit: int = 50
+) -> list[Job]:
+    query = select(Job).where(Job.tenant == tenant)
+    if status is not None:
+        query = query.where(Job.status == status)
+    query = query.order_by(col(Job.created_at).desc()).limit(limit)
+    return list(session.exec(query))
+
+
+def _set_status(
+    session: Session,
+    job_id: str,
+    target: JobStatus,
+    *,
+    extra_where: tuple[Any, ...] = (),
+    **values: Any,
+) -> bool:
+    """Move the job to ``target`` if its current status allows it; True if it moved."""
+    statement = (
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status).in_(sources_of(target)), *extra_where)
+        .values(status=target, **values)
+    )
+    return bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+
+
+def cancel_job(*, session: Session, tenant: str, job_id: str) -> Job:
+    job = get_job(session=session, tenant=tenant, job_id=job_id)
+    check_transition(job.status, JobStatus.cancelled)
+    if not _set_status(session, job_id, JobStatus.cancelled, finished_at=utcnow()):
+        session.refresh(job)
+        check_transition(job.status, JobStatus.cancelled)
+    session.refresh(job)
+    return job
+
+
+class ClaimOutcome(StrEnum):
+    claimed = "claimed"
+    stale_message = "stale_message"  # a newer attempt owns the job
+    finished = "finished"  # already final (cancelled, or done)
+    duplicate = "duplicate"  # its live claimant still runs it
+    poison = "poison"  # delivered too often; failed
+    missing = "missing"
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    job: Job | None
+
+
+def claim_job(
+    *,
+    session: Session,
+    job_id: str,
+    message_id: str,
+    worker: str,
+    pid: int,
+    max_attempts: int,
+    claimant_dead: Callable[[Job], bool],
+) -> Claim:
+    """Take a job for one delivery of its message, or say why not.
+
+    A delivery may run the job when it carries the current ``task_id`` and the job is
+    queued, or is running under a claimant that is known dead (a redelivery after the
+    process running it was killed).
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        return Claim(ClaimOutcome.missing, None)
+    if job.task_id != message_id:
+        return Claim(ClaimOutcome.stale_message, job)
+    if job.status.is_final:
+        return Claim(ClaimOutcome.finished, job)
+    guard: tuple[Any, ...] = (col(Job.task_id) == message_id,)
+    if job.status == JobStatus.running:
+        if not claimant_dead(job):
+            return Claim(ClaimOutcome.duplicate, job)
+        guard += (col(Job.worker) == job.worker, col(Job.worker_pid) == job.worker_pid)
+        statement = (
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.running, *guard)
+            .values(worker=worker, worker_pid=pid, started_at=utcnow(), attempts=Job.attempts + 1)
+        )
+        moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    else:
+        moved = _set_status(
+            session, job_id, JobStatus.running, extra_where=guard,
+            worker=worker, worker_pid=pid, started_at=utcnow(), attempts=Job.attempts + 1,
+        )
+    session.commit()
+    session.refresh(job)
+    if not moved:
+        return Claim(ClaimOutcome.duplicate, job)
+    if job.attempts > max_attempts:
+        fail_job(
+            session=session, job_id=job_id, message_id=message_id, error_type="RedeliveryLimit",
+            error_message=f"delivered {job.attempts} times (limit {max_attempts}); not run again",
+        )
+        return Claim(ClaimOutcome.poison, job)
+    return Claim(ClaimOutcome.claimed, job)
+
+
+def succeed_job(
+    *, session: Session, job_id: str, message_id: str, result: dict[str, Any], usage: Usage
+) -> bool:
+    """Record the result of the attempt that owns the job; False if it no longer does.
+    The caller commits, so that effects of the job (a mindspace turn) land with it."""
+    moved = _set_status(
+        session, job_id, JobStatus.succeeded,
+        extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.running),
+        result=result, finished_at=utcnow(), prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
+    )
+    return moved
+
+
+def fail_job(
+    *, session: Session, job_id: str, message_id: str, error_type: str, error_message: str
+) -> bool:
+    moved = _set_status(
+        session, job_id, JobStatus.failed,
+        extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.running),
+        error_type=error_type, error_message=error_message[:4000], finished_at=utcnow(),
+    )
+    return moved
+
+
+def requeue_job(*, session: Session, job: Job) -> str | None:
+    """Give a running job whose worker died a new attempt; the new message id, or None
+    when another reaper (or the job's end) got there first."""
+    new_task_id = new_id()
+    moved = _set_status(
+        session, job.id, JobStatus.queued,
+        extra_where=(col(Job.task_id) == job.task_id, col(Job.status) == JobStatus.running),
+        task_id=new_task_id, worker=None, worker_pid=None, started_at=None,
+    )
+    session.commit()
+    return new_task_id if moved else None
+
+
+def running_jobs_of(*, session: Session, worker: str) -> list[Job]:
+    query = select(Job).where(Job.worker == worker, Job.status == JobStatus.running)
+    return list(session.exec(query))

@@ -1,0 +1,197 @@
+"""Tables, in the SQLModel family style: XBase → X(table=True) / XPublic."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index
+from sqlmodel import Field, SQLModel
+
+from llmos_jobs.db.types import UTCDateTime, utcnow
+from schemas.common import JobKind, JobStatus, Usage
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _utc(nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable)
+
+
+# -- jobs ---------------------------------------------------------------------------
+
+
+class JobBase(SQLModel):
+    tenant: str = Field(index=True, min_length=1)
+    kind: JobKind
+    priority: int = Field(ge=0, le=9)
+    model: str = Field(index=True)
+    mindspace_id: str | None = Field(default=None, index=True)
+
+
+class Job(JobBase, table=True):
+    __table_args__ = (Index("ix_job_tenant_status", "tenant", "status"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    status: JobStatus = Field(default=JobStatus.queued, index=True)
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    error_type: str | None = None
+    error_message: str | None = None
+    queue: str
+    # The id of the Celery message that may run this attempt; a message with any
+    # other id is a stale redelivery and is dropped.
+    task_id: str = Field(default_factory=new_id)
+    attempts: int = 0
+    worker: str | None = Field(default=None, index=True)
+    worker_pid: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    started_at: datetime | None = _utc()
+    finished_at: datetime | None = _utc()
+
+
+class JobPublic(JobBase):
+    """What producers see of a job (``--json`` field names)."""
+
+    id: str
+    status: JobStatus
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    error_type: str | None
+    error_message: str | None
+    queue: str
+    attempts: int
+    worker: str | None
+    worker_pid: int | None
+    usage: Usage | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    latency_s: float | None
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobPublic:
+        usage = None
+        if job.prompt_tokens is not None:
+            usage = Usage(
+                prompt_tokens=job.prompt_tokens,
+                completion_tokens=job.completion_tokens or 0,
+                cached_tokens=job.cached_tokens or 0,
+            )
+        latency = None
+        if job.finished_at is not None:
+            latency = (job.finished_at - job.created_at).total_seconds()
+        return cls(
+            **job.model_dump(exclude={"prompt_tokens", "completion_tokens", "cached_tokens"}),
+            usage=usage,
+            latency_s=latency,
+        )
+
+
+# -- models (shared by all tenants) -----------------------------------------------------
+
+
+class RegisteredModelBase(SQLModel):
+    name: str = Field(primary_key=True)
+    path: str
+    engine: str
+    context_length: int = Field(gt=0)
+
+
+class RegisteredModel(RegisteredModelBase, table=True):
+    __tablename__ = "registered_model"
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class RegisteredModelPublic(RegisteredModelBase):
+    created_at: datetime
+    loaded_on: list[str] = Field(default_factory=list, description="live workers holding it")
+
+
+# -- mindspaces ---------------------------------------------------------------------------
+
+
+class MindspaceBase(SQLModel):
+    tenant: str = Field(index=True, min_length=1)
+    name: str | None = None
+    model: str
+    persona: str | None = None
+
+
+class Mindspace(MindspaceBase, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class MindspaceMessage(SQLModel, table=True):
+    __tablename__ = "mindspace_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    mindspace_id: str = Field(index=True, foreign_key="mindspace.id", ondelete="CASCADE")
+    tenant: str = Field(index=True)
+    role: str
+    content: str
+    job_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class MessagePublic(SQLModel):
+    role: str
+    content: str
+    job_id: str | None
+    created_at: datetime
+
+
+class MindspacePublic(MindspaceBase):
+    id: str
+    created_at: datetime
+    updated_at: datetime
+    messages: list[MessagePublic] = Field(default_factory=list)
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+class WorkerRecord(SQLModel, table=True):
+    """A worker's heartbeat row. ``models`` None means it serves every registered model."""
+
+    __tablename__ = "worker"
+
+    name: str = Field(primary_key=True)
+    host: str
+    pid: int
+    state: str = Field(default="alive", index=True)  # alive | stopped | dead
+    pool: str
+    concurrency: int
+    engine_device: str
+    models: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    queues: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    loaded: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    last_heartbeat: datetime = Field(
+        default_factory=utcnow, sa_type=UTCDateTime, nullable=False
+    )
+
+
+class WorkerPublic(SQLModel):
+    name: str
+    host: str
+    pid: int
+    state: str
+    pool: str
+    concurrency: int
+    engine_device: str
+    models: list[str] | None
+    queues: list[str]
+    loaded: list[str]
+    running_jobs: int
+    started_at: datetime
+    last_heartbeat: datetime
+    seconds_since_heartbeat: float

@@ -1,0 +1,143 @@
+"""CRUD of registered models (shared by all tenants) and worker heartbeat rows."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from llmos_jobs.db.models import (
+    Job,
+    RegisteredModel,
+    RegisteredModelBase,
+    RegisteredModelPublic,
+    WorkerPublic,
+    WorkerRecord,
+)
+from llmos_jobs.db.types import utcnow
+from llmos_jobs.errors import NotFound
+from schemas.common import JobStatus
+
+
+def register_model(*, session: Session, model_in: RegisteredModelBase) -> RegisteredModel:
+    """Register or re-register (same name: path and engine replaced)."""
+    row = session.get(RegisteredModel, model_in.name)
+    if row is None:
+        row = RegisteredModel.model_validate(model_in)
+    else:
+        row.sqlmodel_update(model_in.model_dump())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_model(*, session: Session, name: str) -> RegisteredModel:
+    row = session.get(RegisteredModel, name)
+    if row is None:
+        known = ", ".join(list_model_names(session=session)) or "none registered yet"
+        raise NotFound(f"model {name!r} is not registered (registered: {known})")
+    return row
+
+
+def list_model_names(*, session: Session) -> list[str]:
+    return list(session.exec(select(RegisteredModel.name).order_by(RegisteredModel.name)))
+
+
+def list_models(*, session: Session, dead_after_s: float) -> list[RegisteredModelPublic]:
+    live = live_workers(session=session, dead_after_s=dead_after_s)
+    return [
+        RegisteredModelPublic(
+            **row.model_dump(), loaded_on=[w.name for w in live if row.name in w.loaded]
+        )
+        for row in session.exec(select(RegisteredModel).order_by(RegisteredModel.name))
+    ]
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+def upsert_worker(*, session: Session, worker: WorkerRecord) -> None:
+    existing = session.get(WorkerRecord, worker.name)
+    if existing is not None:
+        existing.sqlmodel_update(worker.model_dump())
+        session.add(existing)
+    else:
+        session.add(worker)
+    session.flush()
+
+
+def heartbeat(*, session: Session, name: str, queues: list[str]) -> bool:
+    """Refresh a worker's heartbeat; False if it was declared dead meanwhile."""
+    statement = (
+        update(WorkerRecord)
+        .where(col(WorkerRecord.name) == name, col(WorkerRecord.state) == "alive")
+        .values(last_heartbeat=utcnow(), queues=queues)
+    )
+    moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    session.commit()
+    return moved
+
+
+def set_loaded(*, session: Session, name: str, loaded: list[str]) -> None:
+    session.execute(
+        update(WorkerRecord).where(col(WorkerRecord.name) == name).values(loaded=sorted(loaded))
+    )
+    session.commit()
+
+
+def set_worker_state(*, session: Session, name: str, state: str, expect: str) -> bool:
+    statement = (
+        update(WorkerRecord)
+        .where(col(WorkerRecord.name) == name, col(WorkerRecord.state) == expect)
+        .values(state=state)
+    )
+    moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    session.commit()
+    return moved
+
+
+def get_worker(*, session: Session, name: str) -> WorkerRecord:
+    row = session.get(WorkerRecord, name)
+    if row is None:
+        raise NotFound(f"worker {name!r} not found")
+    return row
+
+
+def stale_workers(*, session: Session, dead_after_s: float) -> list[WorkerRecord]:
+    """Workers still marked alive whose heartbeat stopped."""
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    query = select(WorkerRecord).where(
+        WorkerRecord.state == "alive", col(WorkerRecord.last_heartbeat) < cutoff
+    )
+    return list(session.exec(query))
+
+
+def live_workers(*, session: Session, dead_after_s: float) -> list[WorkerRecord]:
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    query = select(WorkerRecord).where(
+        WorkerRecord.state == "alive", col(WorkerRecord.last_heartbeat) >= cutoff
+    )
+    return list(session.exec(query.order_by(WorkerRecord.name)))
+
+
+def list_workers(*, session: Session, include_gone: bool = False) -> list[WorkerPublic]:
+    query = select(WorkerRecord).order_by(WorkerRecord.name)
+    if not include_gone:
+        query = query.where(WorkerRecord.state == "alive")
+    running = dict(
+        session.exec(
+            select(Job.worker, func.count())
+            .where(Job.status == JobStatus.running)
+            .group_by(Job.worker)
+        ).all()
+    )
+    now = utcnow()
+    return [
+        WorkerPublic(
+            **row.model_dump(),
+            running_jobs=int(running.get(row.name, 0)),
+            seconds_since_heartbeat=(now - row.last_heartbeat).total_seconds(),
+        )
+        for row in session.exec(query)
+    ]

@@ -1,0 +1,27 @@
+"""Errors a user can act on. The CLI prints their message, never a traceback."""
+
+from __future__ import annotations
+
+
+class LlmosError(Exception):
+    """Base of every error whose message is meant for the user."""
+
+
+class NotFound(LlmosError):
+    """The thing does not exist, or belongs to another tenant (the same answer)."""
+
+
+class InvalidRequest(LlmosError):
+    """The request was rejected before anything was enqueued."""
+
+
+class BrokerUnavailable(LlmosError):
+    """No broker could be reached."""
+
+
+class IllegalTransition(LlmosError):
+    """A job state change that the state machine refuses."""
+
+
+class NoLiveWorkerWarning(UserWarning):
+    """A job was accepted for a model that no live worker serves yet."""

@@ -1,0 +1,79 @@
+"""The one settings class. Every variable is flat: ``LLMOS_<FIELD>``."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import psutil
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llmos_jobs.errors import BrokerUnavailable
+
+STACK_STATE_FILE = "stack.json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMOS_", extra="ignore")
+
+    broker_url: str | None = Field(
+        default=None, description="Redis URL; unset: the stack started by `llmos up`"
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset: a SQLite file in the data directory"
+    )
+    tenant: str = Field(default="default", min_length=1)
+    data_dir: Path = Field(default=Path.home() / ".llmos")
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    worker_dead_after_s: float = Field(
+        default=15.0, gt=0, description="a worker silent this long is dead; its jobs are re-run"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is poison")
+    job_time_limit_s: int = Field(default=600, ge=1)
+    noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.data_dir / 'llmos.db'}"
+
+    def resolved_broker_url(self) -> str:
+        """LLMOS_BROKER_URL, else the embedded broker of a running `llmos up`."""
+        if self.broker_url:
+            return self.broker_url
+        state = read_stack_state(self.data_dir)
+        if state is not None:
+            return state["broker_url"]
+        raise BrokerUnavailable(
+            "no broker is configured: start the embedded stack with `llmos up` "
+            "(in another shell), or set LLMOS_BROKER_URL=redis://HOST:6379/0"
+        )
+
+
+def read_stack_state(data_dir: Path) -> dict[str, str] | None:
+    """The state file of a running `llmos up`, or None when none runs."""
+    path = data_dir / STACK_STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(state.get("pid", 0))
+    if pid <= 0 or not psutil.pid_exists(pid):
+        return None
+    return {str(k): str(v) for k, v in state.items()}
+
+
+def write_stack_state(data_dir: Path, *, broker_url: str) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / STACK_STATE_FILE
+    path.write_text(json.dumps({"broker_url": broker_url, "pid": os.getpid()}))
+    return path
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

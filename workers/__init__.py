@@ -1,0 +1,1 @@
+"""Workers: engines, the engine pool, job execution, heartbeats and the reaper."""

@@ -1,0 +1,162 @@
+"""Build a small Llama model locally (nothing is downloaded): a BPE tokenizer trained
+on a generated corpus, a small LlamaConfig and seeded random weights. Its text is
+meaningless; everything around it is real."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+_WORDS = [
+    "the",
+    "a",
+    "model",
+    "job",
+    "queue",
+    "worker",
+    "token",
+    "cache",
+    "prefix",
+    "batch",
+    "priority",
+    "memory",
+    "context",
+    "mindspace",
+    "tenant",
+    "history",
+    "answer",
+    "question",
+    "summary",
+    "translate",
+    "result",
+    "status",
+    "run",
+    "fast",
+    "slow",
+    "small",
+    "large",
+    "first",
+    "last",
+    "every",
+    "each",
+    "some",
+    "many",
+    "one",
+    "two",
+    "three",
+    "of",
+    "to",
+    "in",
+    "on",
+    "with",
+    "for",
+    "from",
+    "by",
+    "is",
+    "are",
+    "was",
+    "be",
+    "can",
+    "will",
+    "may",
+    "must",
+    "should",
+    "runs",
+    "keeps",
+    "sends",
+    "reads",
+    "writes",
+    "holds",
+    "serves",
+    "waits",
+    "finishes",
+    "starts",
+    "stops",
+    "loads",
+]
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int
+
+
+SIZES: dict[str, ModelSize] = {
+    # ~0.3M parameters: fast enough for tests and the demo on 2 cores.
+    "tiny": ModelSize(1024, 64, 172, 2, 4, 2, 2048),
+    # ~100M parameters: for benchmarks that need realistic compute per token.
+    "base": ModelSize(8192, 768, 2048, 12, 12, 12, 2048),
+}
+
+
+def _corpus(seed: int, lines: int = 4000) -> list[str]:
+    rng = random.Random(seed)
+    return [
+        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))).capitalize() + "."
+        for _ in range(lines)
+    ]
+
+
+def create_demo_model(path: Path, *, size: str = "tiny", seed: int = 0) -> Path:
+    """Write a model directory loadable by ``AutoModelForCausalLM.from_pretrained``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
+    spec = SIZES[size]
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=spec.max_position_embeddings,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path

@@ -1,0 +1,162 @@
+"""What a worker does with one delivery of a job: claim it, run it, record the outcome.
+
+Plain functions with no Celery in them; the tasks in ``workers.tasks`` call them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import Session
+
+from llmos_jobs.db import mindspaces as ms_crud
+from llmos_jobs.db import registry
+from llmos_jobs.db.jobs import ClaimOutcome, claim_job, fail_job, succeed_job
+from llmos_jobs.db.models import Job, Mindspace
+from llmos_jobs.db.session import session_scope
+from llmos_jobs.settings import get_settings
+from schemas.common import ChatMessage, JobKind, Usage
+from schemas.language import GenerateRequest, GenerateResult
+from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
+from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
+from workers.engine import EngineRequest, SamplingParams
+from workers.pool import EnginePool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    usage: Usage
+    # Effects that must land in the same transaction as the job's success.
+    persist: Callable[[Session], None] | None = None
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    name: str
+    pool: EnginePool
+    claimant_dead: Callable[[Job], bool]
+
+
+def _usage(prompt: int, completion: int, cached: int) -> Usage:
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+
+
+def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
+    request = GenerateRequest.model_validate(job.payload)
+    with session_scope() as session:
+        model = registry.get_model(session=session, name=request.model)
+    engine = ctx.pool.get(model)
+    sampling = SamplingParams(request.max_tokens, request.temperature, tuple(request.stop))
+    [done] = engine.generate(
+        [EngineRequest(sampling, request.prompt, request.messages, job.priority)]
+    )
+    usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
+    result = GenerateResult(text=done.text, finish_reason=done.finish_reason, usage=usage)
+    return Outcome(result.model_dump(mode="json"), usage)
+
+
+def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
+    request = ModelOpRequest.model_validate(job.payload)
+    started = time.monotonic()
+    with session_scope() as session:
+        model = registry.get_model(session=session, name=request.model)
+    if request.op == ModelOp.unload:
+        ctx.pool.unload(model.name)
+    elif request.op == ModelOp.warmup:
+        ctx.pool.warmup(model)
+    else:
+        ctx.pool.get(model)
+    result = ModelOpResult(
+        model=model.name, op=request.op, worker=ctx.name,
+        loaded=model.name in ctx.pool.loaded(), seconds=time.monotonic() - started,
+    )
+    return Outcome(result.model_dump(mode="json"), _usage(0, 0, 0))
+
+
+def turn_messages(mindspace: Mindspace, history: list[tuple[str, str]], message: str) -> list[
+    ChatMessage
+]:
+    """The prompt of a turn in a stable order, so each turn extends the previous one:
+    persona, history oldest first, the new message."""
+    messages = []
+    if mindspace.persona:
+        messages.append(ChatMessage(role="system", content=mindspace.persona))
+    messages += [ChatMessage(role=r, content=c) for r, c in history]
+    messages.append(ChatMessage(role="user", content=message))
+    return messages
+
+
+def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
+    request = MindspaceTurnRequest.model_validate(job.payload)
+    with session_scope() as session:
+        mindspace = ms_crud.get_mindspace(
+            session=session, tenant=job.tenant, mindspace_id=request.mindspace_id
+        )
+        history = [
+            (m.role, m.content)
+            for m in ms_crud.list_messages(
+                session=session, tenant=job.tenant, mindspace_id=mindspace.id
+            )
+        ]
+        model = registry.get_model(session=session, name=mindspace.model)
+    engine = ctx.pool.get(model)
+    sampling = SamplingParams(request.max_tokens, request.temperature)
+    messages = turn_messages(mindspace, history, request.message)
+    [done] = engine.generate([EngineRequest(sampling, messages=messages, priority=job.priority)])
+    usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
+    result = MindspaceTurnResult(mindspace_id=mindspace.id, reply=done.text, usage=usage)
+
+    def persist(session: Session) -> None:
+        row = ms_crud.get_mindspace(session=session, tenant=job.tenant, mindspace_id=mindspace.id)
+        ms_crud.append_turn(
+            session=session, mindspace=row, user=request.message, assistant=done.text,
+            job_id=job.id,
+        )
+
+    return Outcome(result.model_dump(mode="json"), usage, persist)
+
+
+HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
+    JobKind.generate: run_generate,
+    JobKind.model_op: run_model_op,
+    JobKind.mindspace_turn: run_mindspace_turn,
+}
+
+
+def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
+    """Run one delivery of a job. Never raises for a failure of the job itself: that is
+    recorded on the row and the message is acknowledged."""
+    with session_scope() as session:
+        claim = claim_job(
+            session=session, job_id=job_id, message_id=message_id, worker=ctx.name,
+            pid=os.getpid(), max_attempts=get_settings().max_attempts,
+            claimant_dead=ctx.claimant_dead,
+        )
+    if claim.outcome != ClaimOutcome.claimed or claim.job is None:
+        log.info("job %s message %s dropped: %s", job_id, message_id, claim.outcome.value)
+        return claim.outcome
+    job = claim.job
+    try:
+        outcome = HANDLERS[job.kind](job, ctx)
+    except Exception as exc:  # the job failed; its row says why
+        log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
+        with session_scope() as session:
+            fail_job(
+                session=session, job_id=job_id, message_id=message_id,
+                error_type=type(exc).__name__, error_message=str(exc) or repr(exc),
+            )
+        return ClaimOutcome.claimed
+    with session_scope() as session:
+        if succeed_job(
+            session=session, job_id=job_id, message_id=message_id,
+            result=outcome.result, usage=outcome.usage,
+        ) and outcome.persist is not None:
+            outcome.persist(session)
+    return ClaimOutcome.claimed

@@ -1,0 +1,69 @@
+"""Start a worker process: ``llmos worker``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+
+from llmos_jobs.db import registry
+from llmos_jobs.db.migrate import upgrade
+from llmos_jobs.db.session import session_scope
+from llmos_jobs.settings import get_settings
+from workers.runtime import WorkerRuntime, default_worker_name, initial_queues, set_runtime
+
+
+def run_worker(
+    *,
+    name: str | None,
+    models: list[str],
+    queues: list[str],
+    gpu: int | None,
+    concurrency: int,
+    pool: str,
+    loglevel: str,
+) -> None:
+    """Run a Celery worker in this process until it is stopped."""
+    if gpu is not None:
+        # Before anything could touch CUDA: this process, and its pool children, see
+        # exactly one device.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    settings = get_settings()
+    from llmos_jobs.celery_app import create_app
+
+    app = create_app(settings.resolved_broker_url(), with_tasks=True)
+    upgrade(settings.resolved_database_url())
+    name = name or default_worker_name(gpu)
+    if queues:
+        served: list[str] | None = [q.removeprefix("lang.") for q in queues if
+                                    q.startswith("lang.")]
+        consume = list(queues)
+    elif models:
+        served, consume = list(models), initial_queues(name, models)
+    else:
+        with session_scope() as session:
+            served, consume = None, initial_queues(
+                name, registry.list_model_names(session=session)
+            )
+    runtime = WorkerRuntime(
+        app=app, name=name, pool_kind=pool, concurrency=concurrency, queues=consume,
+        models=served, device=f"cuda:{gpu}" if gpu is not None else "cpu",
+    )
+    set_runtime(runtime)
+
+    def on_ready(**_: Any) -> None:
+        runtime.start()
+
+    def on_shutdown(**_: Any) -> None:
+        runtime.stop()
+
+    worker_ready.connect(on_ready, weak=False)
+    worker_shutdown.connect(on_shutdown, weak=False)
+    app.worker_main([
+        "worker", "--hostname", name, "--queues", ",".join(consume), "--pool", pool,
+        "--concurrency", str(concurrency), "--loglevel", loglevel, "--task-events",
+        "--without-gossip", "--without-mingle",
+    ])
+
+

@@ -1,0 +1,48 @@
+"""An engine that answers at once: for measuring the pipeline without a model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from workers.engine import Completion, EngineRequest
+
+
+class NoopEngine:
+    """Echoes a fixed-size answer; ``delay_s`` stands in for the model's time."""
+
+    device = "cpu"
+
+    def __init__(self, name: str, *, delay_s: float = 0.0) -> None:
+        self.name = name
+        self.delay_s = delay_s
+        self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> None:
+        self._loaded = True
+
+    def unload(self) -> None:
+        self._loaded = False
+
+    def warmup(self) -> None:
+        self.load()
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = []
+        for request in requests:
+            words = (request.prompt or " ".join(m.content for m in request.messages or ()))
+            prompt_tokens = len(words.split())
+            n = request.sampling.max_tokens
+            out.append(
+                Completion(
+                    text=" ".join(["ok"] * n), finish_reason="length",
+                    prompt_tokens=prompt_tokens, completion_tokens=n,
+                )
+            )
+        return out

@@ -1,0 +1,153 @@
+"""One worker's life: its identity, its heartbeat, the reaper, and following newly
+registered models when it serves all of them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import psutil
+from celery import Celery
+
+from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE, language_queue, worker_queue
+from llmos_jobs.db import registry
+from llmos_jobs.db.models import Job, WorkerRecord
+from llmos_jobs.db.session import session_scope
+from llmos_jobs.settings import get_settings
+from workers.execution import WorkerContext
+from workers.pool import EnginePool
+from workers.reaper import reap, requeue_orphans
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_name(gpu: int | None) -> str:
+    host = socket.gethostname()
+    return f"gpu{gpu}@{host}" if gpu is not None else f"cpu-{os.getpid()}@{host}"
+
+
+def initial_queues(name: str, models: list[str]) -> list[str]:
+    return [worker_queue(name), CONTROL_QUEUE, WEBHOOKS_QUEUE] + [
+        language_queue(m) for m in models
+    ]
+
+
+@dataclass
+class WorkerRuntime:
+    app: Celery
+    name: str
+    pool_kind: str
+    concurrency: int
+    queues: list[str]
+    models: list[str] | None  # None: every registered model, including later ones
+    device: str = "cpu"
+    host: str = field(default_factory=socket.gethostname)
+    pool: EnginePool = field(init=False)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.pool = EnginePool(on_change=self._report_loaded)
+
+    # -- claims ------------------------------------------------------------------------------
+
+    def claimant_dead(self, job: Job) -> bool:
+        """Whether the process that claimed ``job`` is gone."""
+        if job.worker is None:
+            return True
+        with session_scope() as session:
+            row = session.get(WorkerRecord, job.worker)
+        if row is None or row.state != "alive":
+            return True
+        if row.host == self.host and job.worker_pid is not None:
+            return not psutil.pid_exists(job.worker_pid)
+        return False
+
+    def context(self) -> WorkerContext:
+        return WorkerContext(name=self.name, pool=self.pool, claimant_dead=self.claimant_dead)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        record = WorkerRecord(
+            name=self.name, host=self.host, pid=os.getpid(), state="alive",
+            pool=self.pool_kind, concurrency=self.concurrency, engine_device=self.device,
+            models=self.models, queues=self.queues, loaded=[],
+        )
+        with session_scope() as session:
+            previous = session.get(WorkerRecord, self.name)
+            previous_pid = previous.pid if previous is not None else None
+            registry.upsert_worker(session=session, worker=record)
+        if previous_pid is not None and previous_pid != os.getpid():
+            # A restart under the same name: the previous process is gone, and so are
+            # the jobs it was running.
+            requeue_orphans(worker=self.name, enqueue=self.enqueue,
+                            only=lambda j: j.worker_pid != os.getpid())
+        self._thread = threading.Thread(target=self._loop, name="llmos-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with session_scope() as session:
+            registry.set_worker_state(session=session, name=self.name, state="stopped",
+                                      expect="alive")
+
+    def _loop(self) -> None:
+        settings = get_settings()
+        while not self._stop.wait(settings.heartbeat_interval_s):
+            try:
+                self.tick()
+            except Exception:  # a database blip must not kill the heartbeat
+                log.exception("heartbeat failed; retrying")
+
+    def tick(self) -> None:
+        settings = get_settings()
+        if self.models is None:
+            self._follow_new_models()
+        with session_scope() as session:
+            alive = registry.heartbeat(session=session, name=self.name, queues=self.queues)
+        if not alive:
+            log.warning("worker %s was declared dead while alive; rejoining", self.name)
+            with session_scope() as session:
+                registry.set_worker_state(session=session, name=self.name, state="alive",
+                                          expect="dead")
+        reap(dead_after_s=settings.worker_dead_after_s, enqueue=self.enqueue)
+
+    def _follow_new_models(self) -> None:
+        with session_scope() as session:
+            names = registry.list_model_names(session=session)
+        for name in names:
+            queue = language_queue(name)
+            if queue not in self.queues:
+                self.app.control.add_consumer(queue, destination=[self.name], reply=False)
+                self.queues.append(queue)
+                log.info("now consuming %s", queue)
+
+    def enqueue(self, job: Job, task_id: str) -> None:
+        from llmos_jobs.client import task_for_kind
+
+        self.app.send_task(
+            task_for_kind(job.kind), args=[job.id], task_id=task_id, queue=job.queue,
+            priority=job.priority,
+        )
+
+    def _report_loaded(self, loaded: list[str]) -> None:
+        with session_scope() as session:
+            registry.set_loaded(session=session, name=self.name, loaded=loaded)
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def set_runtime(runtime: WorkerRuntime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def get_runtime() -> WorkerRuntime:
+    if _runtime is None:
+        raise RuntimeError("no worker runtime: tasks run only inside `llmos worker`")
+    return _runtime

@@ -1,0 +1,31 @@
+"""Thin Celery tasks: the message carries a job id; the work is in workers.execution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+
+from broker_config import TaskName
+from workers.execution import execute_job
+from workers.runtime import get_runtime
+
+
+def _run(task: Task, job_id: str) -> str:
+    outcome = execute_job(job_id=job_id, message_id=task.request.id, ctx=get_runtime().context())
+    return outcome.value
+
+
+def register_tasks(app: Celery) -> None:
+    """Register every llmos task on ``app``, one per task name."""
+    for name in TaskName:
+        def run(self: Task, job_id: str) -> str:
+            return _run(self, job_id)
+
+        run.__name__ = name.value.rsplit(".", 1)[-1]
+        app.task(name=name.value, bind=True, acks_late=True)(run)
+
+
+def registered_llmos_tasks(app: Celery) -> list[str]:
+    tasks: dict[str, Any] = app.tasks
+    return sorted(n for n in tasks if n.startswith("llmos."))
