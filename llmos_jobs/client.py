@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
+from sqlmodel import Session
 
 from broker_config import TaskName, language_queue, queue_for
 from llmos_jobs.celery_app import get_app
@@ -74,7 +76,11 @@ class LlmosClient:
     def __init__(self, *, tenant: str | None = None, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self.tenant = tenant or self.settings.tenant
-        upgrade(self.settings.resolved_database_url())
+        self.database_url = self.settings.resolved_database_url()
+        upgrade(self.database_url)
+
+    def _session(self) -> AbstractContextManager[Session]:
+        return session_scope(self.database_url)
 
     # -- language -----------------------------------------------------------------------------
 
@@ -120,12 +126,12 @@ class LlmosClient:
                     raise InvalidRequest(f"{directory} is not a model directory: {exc}") from None
         row_in = RegisteredModelBase(name=request.name, path=str(directory),
                                      engine=request.engine.value, context_length=context)
-        with session_scope() as session:
+        with self._session() as session:
             row = registry.register_model(session=session, model_in=row_in)
             return RegisteredModelPublic(**row.model_dump())
 
     def models(self) -> list[RegisteredModelPublic]:
-        with session_scope() as session:
+        with self._session() as session:
             return registry.list_models(session=session,
                                         dead_after_s=self.settings.worker_dead_after_s)
 
@@ -142,7 +148,7 @@ class LlmosClient:
                          name: str | None = None) -> MindspacePublic:
         request = validate(MindspaceCreate, {"model": model, "persona": persona, "name": name})
         self._check_model(request.model, None)
-        with session_scope() as session:
+        with self._session() as session:
             row = ms_crud.create_mindspace(
                 session=session,
                 mindspace_in=MindspaceBase(tenant=self.tenant, **request.model_dump()),
@@ -150,7 +156,7 @@ class LlmosClient:
             return MindspacePublic(**row.model_dump())
 
     def mindspace(self, mindspace_id: str) -> MindspacePublic:
-        with session_scope() as session:
+        with self._session() as session:
             return ms_crud.show_mindspace(session=session, tenant=self.tenant,
                                           mindspace_id=mindspace_id)
 
@@ -160,7 +166,7 @@ class LlmosClient:
             "mindspace_id": mindspace_id, "message": message, "max_tokens": max_tokens,
             "temperature": temperature,
         })
-        with session_scope() as session:
+        with self._session() as session:
             mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
                                               mindspace_id=mindspace_id)
         self._check_model(mindspace.model, request.max_tokens)
@@ -168,26 +174,26 @@ class LlmosClient:
                             _priority(priority), mindspace_id=mindspace.id)
 
     def destroy_mindspace(self, mindspace_id: str) -> None:
-        with session_scope() as session:
+        with self._session() as session:
             ms_crud.destroy_mindspace(session=session, tenant=self.tenant,
                                       mindspace_id=mindspace_id)
 
     # -- jobs -------------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> JobPublic:
-        with session_scope() as session:
+        with self._session() as session:
             return JobPublic.from_row(
                 job_crud.get_job(session=session, tenant=self.tenant, job_id=job_id)
             )
 
     def jobs(self, *, status: JobStatus | None = None, limit: int = 50) -> list[JobPublic]:
-        with session_scope() as session:
+        with self._session() as session:
             rows = job_crud.list_jobs(session=session, tenant=self.tenant, status=status,
                                       limit=limit)
             return [JobPublic.from_row(r) for r in rows]
 
     def cancel(self, job_id: str) -> JobPublic:
-        with session_scope() as session:
+        with self._session() as session:
             return JobPublic.from_row(
                 job_crud.cancel_job(session=session, tenant=self.tenant, job_id=job_id)
             )
@@ -206,7 +212,7 @@ class LlmosClient:
             time.sleep(poll_s)
 
     def workers(self, *, include_gone: bool = False) -> list[WorkerPublic]:
-        with session_scope() as session:
+        with self._session() as session:
             return registry.list_workers(session=session, include_gone=include_gone)
 
     # -- internals -----------------------------------------------------------------------
@@ -214,7 +220,7 @@ class LlmosClient:
     def _check_model(self, name: str, max_tokens: int | None) -> None:
         from llmos_jobs.errors import NotFound
 
-        with session_scope() as session:
+        with self._session() as session:
             try:
                 model = registry.get_model(session=session, name=name)
             except NotFound as exc:
@@ -229,7 +235,7 @@ class LlmosClient:
                 worker: str | None = None, mindspace_id: str | None = None) -> JobPublic:
         app = get_app(self.settings.resolved_broker_url())
         queue = queue_for(task_for_kind(kind), model=model, worker=worker)
-        with session_scope() as session:
+        with self._session() as session:
             job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
                 tenant=self.tenant, kind=kind, priority=priority, model=model,
                 mindspace_id=mindspace_id, payload=payload.model_dump(mode="json"), queue=queue,
@@ -248,7 +254,7 @@ class LlmosClient:
 
     def _abandon(self, job: Job, reason: str) -> None:
         """A job whose message never left: failed, so no one waits on it forever."""
-        with session_scope() as session:
+        with self._session() as session:
             job_crud.claim_job(session=session, job_id=job.id, message_id=job.task_id,
                                worker="producer", pid=0, max_attempts=1,
                                claimant_dead=lambda _: True)
@@ -256,7 +262,7 @@ class LlmosClient:
                               error_type="BrokerUnavailable", error_message=reason)
 
     def _warn_without_worker(self, queue: str, model: str) -> None:
-        with session_scope() as session:
+        with self._session() as session:
             live = registry.live_workers(session=session,
                                          dead_after_s=self.settings.worker_dead_after_s)
         serves = any(

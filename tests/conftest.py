@@ -1,0 +1,92 @@
+"""Fixtures: real Redis, real PostgreSQL and SQLite, real worker subprocesses.
+
+Workers are started once per session per backend; tests that kill workers start
+their own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.services import postgres_server, redis_server
+from tests.stack import Stack
+
+# Redis database numbers of this suite (not 0, which people use by hand).
+REDIS_DB = {"sqlite": 11, "postgres": 12}
+
+
+@pytest.fixture(scope="session")
+def redis_base() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+def _fresh_pg_database(admin_url: str) -> str:
+    name = f"llmos_test_{uuid.uuid4().hex[:8]}"
+    plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _drop_pg_database(admin_url: str, url: str) -> None:
+    from llmos_jobs.db.session import _engines
+
+    for engine in _engines.values():
+        engine.dispose()
+    name = url.rsplit("/", 1)[1]
+    plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_stack(backend: str, redis_base: str, postgres_admin: str | None, data_dir: Path,
+               redis_db: int) -> Stack:
+    if backend == "postgres":
+        assert postgres_admin is not None
+        database_url = _fresh_pg_database(postgres_admin)
+    else:
+        database_url = f"sqlite:///{data_dir / 'llmos.db'}"
+    stack = Stack(name=backend, broker_url=f"{redis_base}/{redis_db}",
+                  database_url=database_url, data_dir=data_dir)
+    stack.redis().flushdb()
+    return stack
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, redis_base: str,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack per backend with one no-op worker serving the models `echo` and `broken`."""
+    backend: str = request.param
+    admin = request.getfixturevalue("postgres_admin") if backend == "postgres" else None
+    data_dir = tmp_path_factory.mktemp(f"stack-{backend}")
+    stack = make_stack(backend, redis_base, admin, data_dir, REDIS_DB[backend])
+    client = stack.client()
+    client.register_model("echo", data_dir / "echo", engine="noop")
+    broken = data_dir / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"max_position_embeddings": 512}')
+    client.register_model("broken", broken, engine="transformers")
+    stack.start_worker(f"noop-{backend}@test", "--model", "echo", "--model", "broken",
+                       "--concurrency", "4")
+    yield stack
+    stack.stop()
+    if admin is not None:
+        _drop_pg_database(admin, stack.database_url)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workers.demo_model import create_demo_model
+
+    return create_demo_model(tmp_path_factory.mktemp("models") / "demo-tiny")

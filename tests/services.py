@@ -1,0 +1,62 @@
+"""Where the tests find Redis and PostgreSQL: testcontainers when a Docker daemon
+answers, the local services otherwise. Under CI=true a missing service fails the run."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def missing(service: str, how: str) -> None:
+    message = f"{service} is not reachable: {how}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A Redis URL without a database number."""
+    try:
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7") as container:
+            host = container.get_container_host_ip()
+            yield f"redis://{host}:{container.get_exposed_port(6379)}"
+            return
+    except Exception:  # no Docker daemon here: use the local service
+        pass
+    if not _port_open("127.0.0.1", 6379):
+        missing("Redis", "start it with `redis-server --daemonize yes --port 6379`")
+    yield "redis://127.0.0.1:6379"
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL admin URL (psycopg) on a database that may create databases."""
+    try:
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver="psycopg") as container:
+            yield container.get_connection_url()
+            return
+    except Exception:  # no Docker daemon here: use the local service
+        pass
+    if not _port_open("127.0.0.1", 5432):
+        missing("PostgreSQL", "start it with `pg_ctlcluster <version> main start`")
+    user = os.environ.get("LLMOS_TEST_PGUSER", "postgres")
+    yield f"postgresql+psycopg://{user}@127.0.0.1:5432/test"

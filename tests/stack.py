@@ -1,0 +1,83 @@
+"""A test stack: one broker database, one SQL database, and real worker subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from llmos_jobs.client import LlmosClient
+from llmos_jobs.settings import Settings
+
+
+@dataclass
+class Stack:
+    name: str  # "sqlite" or "postgres"
+    broker_url: str
+    database_url: str
+    data_dir: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+        env.update(
+            LLMOS_BROKER_URL=self.broker_url, LLMOS_DATABASE_URL=self.database_url,
+            LLMOS_DATA_DIR=str(self.data_dir), LLMOS_HEARTBEAT_INTERVAL_S="0.5",
+            LLMOS_WORKER_DEAD_AFTER_S="4",
+        )
+        return env
+
+    def settings(self) -> Settings:
+        return Settings(broker_url=self.broker_url, database_url=self.database_url,
+                        data_dir=self.data_dir, worker_dead_after_s=4)
+
+    def client(self, tenant: str = "default") -> LlmosClient:
+        return LlmosClient(tenant=tenant, settings=self.settings())
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.broker_url)
+
+    def start_worker(self, name: str, *args: str, env: dict[str, str] | None = None,
+                     wait: bool = True) -> subprocess.Popen[bytes]:
+        log = open(self.data_dir / f"{name.split('@')[0]}.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmos_jobs.cli.main", "worker", "--name", name,
+             "--loglevel", "warning", *args],
+            env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.workers.append(process)
+        if wait:
+            self.wait_for_worker(name, process)
+        return process
+
+    def wait_for_worker(self, name: str, process: subprocess.Popen[bytes],
+                        timeout_s: float = 90) -> None:
+        client = self.client()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"worker {name} exited: see {self.data_dir}"
+            if any(w.name == name and w.pid == process.pid for w in client.workers()):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker {name} did not come up")
+
+    def stop_worker(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def stop(self) -> None:
+        for process in self.workers:
+            self.stop_worker(process)
