@@ -32,7 +32,7 @@ def missing(service: str, how: str) -> None:
 def redis_server() -> Iterator[str]:
     """A Redis URL without a database number."""
     try:
-        from testcontainers.redis import RedisContainer
+        from testcontainers.community.redis import RedisContainer
 
         with RedisContainer("redis:7") as container:
             host = container.get_container_host_ip()
@@ -49,7 +49,7 @@ def redis_server() -> Iterator[str]:
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL admin URL (psycopg) on a database that may create databases."""
     try:
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16", driver="psycopg") as container:
             yield container.get_connection_url()

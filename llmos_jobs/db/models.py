@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from pydantic import Field as PField
 from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
@@ -66,6 +67,7 @@ class JobPublic(JobBase):
     error_type: str | None
     error_message: str | None
     queue: str
+    task_id: str = PField(description="Celery message id of the current attempt (for Flower)")
     attempts: int
     worker: str | None
     worker_pid: int | None

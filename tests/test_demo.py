@@ -1,0 +1,27 @@
+"""`llmos demo` with no variables set: embedded Redis, SQLite, a worker, a real model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_the_whole_pipeline_and_stops_what_it_started(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+    env["LLMOS_DATA_DIR"] = str(tmp_path)
+    env["COLUMNS"] = "160"
+    out = subprocess.run([sys.executable, "-m", "llmos_jobs.cli.main", "demo"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "all jobs succeeded" in out.stdout
+    assert "redis+socket://" in out.stdout  # the embedded broker, not a local service
+    for kind in ("model_op", "generate", "mindspace_turn"):
+        assert kind in out.stdout
+    assert "6 messages kept" in out.stdout
+    assert not (tmp_path / "demo" / "stack.json").exists()

@@ -1,0 +1,81 @@
+"""The transformers engine on the locally built demo model, through a real worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from llmos_jobs.errors import InvalidRequest
+from schemas.common import JobStatus
+from tests.conftest import make_stack
+from tests.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def model_stack(redis_base: str, demo_model_dir: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("real"), redis_db=13)
+    stack.client().register_model("tiny", demo_model_dir)
+    stack.start_worker("tiny@test", "--model", "tiny", "--concurrency", "2")
+    yield stack
+    stack.stop()
+
+
+def test_greedy_generation_is_real_and_repeatable(model_stack: Stack, demo_model_dir: Path
+                                                  ) -> None:
+    client = model_stack.client()
+    prompt = "the worker keeps a prefix cache"
+    jobs = [client.generate(model="tiny", prompt=prompt, max_tokens=8) for _ in range(2)]
+    first, second = client.wait([j.id for j in jobs], timeout_s=120)
+    assert first.status == second.status == JobStatus.succeeded
+    assert first.result == second.result
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+    assert first.usage is not None
+    assert first.usage.prompt_tokens == len(tokenizer(prompt)["input_ids"])
+    assert 1 <= first.usage.completion_tokens <= 8
+
+
+def test_chat_messages_use_the_models_template(model_stack: Stack, demo_model_dir: Path) -> None:
+    client = model_stack.client()
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    [done] = client.wait([client.generate(model="tiny", messages=messages, max_tokens=4).id])
+    assert done.status == JobStatus.succeeded
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    assert done.usage is not None
+    assert done.usage.prompt_tokens == len(expected["input_ids"])
+
+
+def test_stop_strings_cut_the_output(model_stack: Stack) -> None:
+    client = model_stack.client()
+    [free] = client.wait([client.generate(model="tiny", prompt="queue", max_tokens=12).id])
+    assert free.result is not None
+    text = free.result["text"]
+    if len(text) < 2:
+        pytest.skip("the seeded model produced too little text to cut")
+    stop = text[len(text) // 2:][:2]
+    [cut] = client.wait([client.generate(model="tiny", prompt="queue", max_tokens=12,
+                                         stop=[stop]).id])
+    assert cut.result is not None
+    assert cut.result["text"] == text[: text.find(stop)]
+    assert cut.result["finish_reason"] == "stop"
+
+
+def test_max_tokens_beyond_the_models_context_is_rejected(model_stack: Stack) -> None:
+    with pytest.raises(InvalidRequest, match="2048 tokens"):
+        model_stack.client().generate(model="tiny", prompt="x", max_tokens=4096)
+
+
+def test_mindspace_turns_on_a_real_model_grow_the_prompt(model_stack: Stack) -> None:
+    client = model_stack.client()
+    mindspace = client.create_mindspace(model="tiny", persona="You are terse.")
+    usages = []
+    for message in ("hello", "what did I say?"):
+        [turn] = client.wait([client.chat(mindspace.id, message, max_tokens=4).id])
+        assert turn.status == JobStatus.succeeded and turn.usage is not None
+        usages.append(turn.usage.prompt_tokens)
+    assert usages[1] > usages[0] + 4  # the second prompt carries the first turn
+    assert len(client.mindspace(mindspace.id).messages) == 4

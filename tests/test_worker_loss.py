@@ -1,0 +1,95 @@
+"""kill -9 during a job: of the pool process running it, and of the whole worker.
+
+Production settings: the broker's visibility timeout stays far above the job time
+limit, so only heartbeats and the reaper can rescue a job from a vanished worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from broker_config.celery_config import VISIBILITY_TIMEOUT_S
+from llmos_jobs.celery_app import create_app
+from llmos_jobs.client import LlmosClient, task_for_kind
+from llmos_jobs.db.models import JobPublic
+from schemas.common import JobStatus
+from tests.stack import Stack
+
+pytestmark = pytest.mark.slow
+SLOW = {"LLMOS_NOOP_DELAY_MS": "3000"}
+
+
+def _slow_model(stack: Stack) -> tuple[LlmosClient, str]:
+    client = stack.client()
+    model = f"slow-{uuid.uuid4().hex[:6]}"
+    client.register_model(model, stack.data_dir / model, engine="noop")
+    return client, model
+
+
+def _wait_running(client: LlmosClient, job_id: str, timeout_s: float = 30) -> JobPublic:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if job.status == JobStatus.running:
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} never ran")
+
+
+def test_whole_worker_killed_job_finishes_on_a_replacement_once(stack: Stack) -> None:
+    assert VISIBILITY_TIMEOUT_S > 600  # the broker alone would wait this long
+    client, model = _slow_model(stack)
+    first = stack.start_worker(f"doomed-{stack.name}@test", "--model", model, env=SLOW)
+    job = client.generate(model=model, prompt="survive this", max_tokens=2)
+    running = _wait_running(client, job.id)
+    assert running.worker_pid == first.pid
+    os.killpg(first.pid, signal.SIGKILL)  # the main process and everything under it
+    first.wait()
+    # The old delivery is stranded, unacknowledged, in the broker.
+    assert stack.redis().hlen("unacked") >= 1
+    started = time.monotonic()
+    second = stack.start_worker(f"rescuer-{stack.name}@test", "--model", model, env=SLOW)
+    try:
+        [done] = client.wait([job.id], timeout_s=120)
+        assert time.monotonic() - started < 120
+        assert done.status == JobStatus.succeeded
+        assert done.worker == f"rescuer-{stack.name}@test" and done.worker_pid == second.pid
+        assert done.attempts == 2
+        # A late redelivery of the first message is recognised and dropped.
+        app = create_app(stack.broker_url)
+        assert done.task_id != job.task_id
+        app.send_task(task_for_kind(done.kind), args=[job.id], task_id=job.task_id,
+                      queue=done.queue)
+        time.sleep(5)
+        again = client.job(job.id)
+        assert (again.status, again.attempts, again.finished_at, again.result) == (
+            done.status, done.attempts, done.finished_at, done.result)
+        dead = [w for w in client.workers(include_gone=True)
+                if w.name == f"doomed-{stack.name}@test"]
+        assert dead[0].state == "dead"
+    finally:
+        stack.stop_worker(second)
+
+
+def test_pool_process_killed_job_is_rerun_by_the_same_worker_once(stack: Stack) -> None:
+    client, model = _slow_model(stack)
+    name = f"prefork-{stack.name}@test"
+    worker = stack.start_worker(name, "--model", model, "--pool", "prefork",
+                                "--concurrency", "1", env=SLOW)
+    try:
+        job = client.generate(model=model, prompt="child dies", max_tokens=2)
+        running = _wait_running(client, job.id)
+        child = running.worker_pid
+        assert child is not None and child != worker.pid
+        os.kill(child, signal.SIGKILL)
+        [done] = client.wait([job.id], timeout_s=120)
+        assert done.status == JobStatus.succeeded
+        assert done.worker == name and done.worker_pid not in (child, worker.pid)
+        assert done.attempts == 2
+        assert worker.poll() is None  # the worker itself lived on
+    finally:
+        stack.stop_worker(worker)
