@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,8 +31,9 @@ from llmos_jobs.db.models import (
     WorkerPublic,
 )
 from llmos_jobs.db.session import session_scope
-from llmos_jobs.errors import BrokerUnavailable, InvalidRequest, NoLiveWorkerWarning
+from llmos_jobs.errors import BrokerUnavailable, InvalidRequest, NoLiveWorkerWarning, NotFound
 from llmos_jobs.settings import Settings, get_settings
+from llmos_jobs.ttl_cache import TTLCache
 from schemas.common import ChatMessage, JobKind, JobStatus, parse_priority
 from schemas.language import GenerateRequest
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest
@@ -45,6 +47,12 @@ _TASKS: dict[JobKind, TaskName] = {
     JobKind.mindspace_turn: TaskName.mindspace_turn,
 }
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+
+
+@dataclass(frozen=True)
+class BulkSubmission:
+    jobs: list[JobPublic]  # in the order of the valid requests
+    errors: dict[int, str]  # index of each rejected request → why
 
 
 def task_for_kind(kind: JobKind) -> TaskName:
@@ -78,6 +86,9 @@ class LlmosClient:
         self.tenant = tenant or self.settings.tenant
         self.database_url = self.settings.resolved_database_url()
         upgrade(self.database_url)
+        # Read on every submission, changed rarely: kept for a few seconds.
+        self._contexts: TTLCache[int] = TTLCache(seconds=5.0)
+        self._served: TTLCache[bool] = TTLCache(seconds=5.0)
 
     def _session(self) -> AbstractContextManager[Session]:
         return session_scope(self.database_url)
@@ -107,6 +118,28 @@ class LlmosClient:
         self._check_model(request.model, request.max_tokens)
         return self._submit(JobKind.generate, request.model, request, _priority(priority))
 
+    def generate_many(self, requests: Sequence[dict[str, Any]], *,
+                      priority: int | str = "batch") -> BulkSubmission:
+        """Submit many language jobs at once: one transaction, one broker connection.
+        Each invalid request is reported by its index; the valid ones still run."""
+        number = _priority(priority)
+        accepted: list[job_crud.JobCreate] = []
+        errors: dict[int, str] = {}
+        for index, data in enumerate(requests):
+            try:
+                request = validate(GenerateRequest, data)
+                self._check_model(request.model, request.max_tokens)
+            except InvalidRequest as exc:
+                errors[index] = str(exc)
+                continue
+            accepted.append(job_crud.JobCreate(
+                tenant=self.tenant, kind=JobKind.generate, priority=number, model=request.model,
+                payload=request.model_dump(mode="json"),
+                queue=queue_for(TaskName.generate, model=request.model),
+            ))
+        jobs = self._enqueue(accepted) if accepted else []
+        return BulkSubmission(jobs=jobs, errors=errors)
+
     # -- models ---------------------------------------------------------------------------------
 
     def register_model(self, name: str, path: str | Path, engine: str = "transformers"
@@ -128,6 +161,7 @@ class LlmosClient:
                                      engine=request.engine.value, context_length=context)
         with self._session() as session:
             row = registry.register_model(session=session, model_in=row_in)
+            self._contexts.put(row.name, row.context_length)
             return RegisteredModelPublic(**row.model_dump())
 
     def models(self) -> list[RegisteredModelPublic]:
@@ -218,39 +252,53 @@ class LlmosClient:
     # -- internals -----------------------------------------------------------------------
 
     def _check_model(self, name: str, max_tokens: int | None) -> None:
-        from llmos_jobs.errors import NotFound
-
-        with self._session() as session:
-            try:
-                model = registry.get_model(session=session, name=name)
-            except NotFound as exc:
-                raise InvalidRequest(str(exc)) from None
-        if max_tokens is not None and max_tokens >= model.context_length:
+        context = self._contexts.get(name)
+        if context is None:
+            with self._session() as session:
+                try:
+                    context = registry.get_model(session=session, name=name).context_length
+                except NotFound as exc:
+                    raise InvalidRequest(str(exc)) from None
+            self._contexts.put(name, context)
+        if max_tokens is not None and max_tokens >= context:
             raise InvalidRequest(
                 f"max_tokens {max_tokens} does not fit the context of model {name!r} "
-                f"({model.context_length} tokens)"
+                f"({context} tokens)"
             )
 
     def _submit(self, kind: JobKind, model: str, payload: BaseModel, priority: int, *,
                 worker: str | None = None, mindspace_id: str | None = None) -> JobPublic:
-        app = get_app(self.settings.resolved_broker_url())
         queue = queue_for(task_for_kind(kind), model=model, worker=worker)
+        job_in = job_crud.JobCreate(
+            tenant=self.tenant, kind=kind, priority=priority, model=model,
+            mindspace_id=mindspace_id, payload=payload.model_dump(mode="json"), queue=queue,
+        )
+        [job] = self._enqueue([job_in])
+        return job
+
+    def _enqueue(self, jobs_in: Sequence[job_crud.JobCreate]) -> list[JobPublic]:
+        """Commit the rows in one transaction, then publish one message per job."""
+        app = get_app(self.settings.resolved_broker_url())
         with self._session() as session:
-            job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
-                tenant=self.tenant, kind=kind, priority=priority, model=model,
-                mindspace_id=mindspace_id, payload=payload.model_dump(mode="json"), queue=queue,
-            ))
+            jobs = [job_crud.create_job(session=session, job_in=j) for j in jobs_in]
+        published = 0
         try:
-            app.send_task(task_for_kind(kind), args=[job.id], task_id=job.task_id, queue=queue,
-                          priority=priority, retry_policy=_PUBLISH_RETRY)
+            with app.producer_or_acquire() as producer:
+                for job in jobs:
+                    app.send_task(task_for_kind(job.kind), args=[job.id], task_id=job.task_id,
+                                  queue=job.queue, priority=job.priority, producer=producer,
+                                  retry_policy=_PUBLISH_RETRY)
+                    published += 1
         except (OperationalError, OSError) as exc:
-            self._abandon(job, f"broker unreachable: {exc}")
+            for job in jobs[published:]:
+                self._abandon(job, f"broker unreachable: {exc}")
             raise BrokerUnavailable(
-                f"could not enqueue job {job.id}: the broker is unreachable ({exc}); "
-                "start one with `llmos up` or check LLMOS_BROKER_URL"
+                f"could not enqueue {len(jobs) - published} job(s): the broker is unreachable "
+                f"({exc}); start one with `llmos up` or check LLMOS_BROKER_URL"
             ) from None
-        self._warn_without_worker(queue, model)
-        return JobPublic.from_row(job)
+        for queue, model in sorted({(j.queue, j.model) for j in jobs}):
+            self._warn_without_worker(queue, model)
+        return [JobPublic.from_row(j) for j in jobs]
 
     def _abandon(self, job: Job, reason: str) -> None:
         """A job whose message never left: failed, so no one waits on it forever."""
@@ -262,13 +310,17 @@ class LlmosClient:
                               error_type="BrokerUnavailable", error_message=reason)
 
     def _warn_without_worker(self, queue: str, model: str) -> None:
-        with self._session() as session:
-            live = registry.live_workers(session=session,
-                                         dead_after_s=self.settings.worker_dead_after_s)
-        serves = any(
-            queue in w.queues or (w.models is None and queue == language_queue(model))
-            for w in live
-        )
+        serves = self._served.get(queue)
+        if serves is None:
+            with self._session() as session:
+                live = registry.live_workers(session=session,
+                                             dead_after_s=self.settings.worker_dead_after_s)
+            serves = any(
+                queue in w.queues or (w.models is None and queue == language_queue(model))
+                for w in live
+            )
+            if serves:  # a missing worker is looked for again on the next submission
+                self._served.put(queue, serves)
         if not serves:
             warnings.warn(
                 f"no live worker consumes {queue} yet; the job waits in the queue until one "

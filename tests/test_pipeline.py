@@ -169,3 +169,20 @@ def test_priority_order_fifo_within_a_level_and_cancelled_jobs_never_run(stack: 
     submitted = {j.id: i for i, j in enumerate(jobs)}
     keys = [(j.priority, submitted[j.id]) for j in order]
     assert keys == sorted(keys)
+
+
+def test_generate_many_runs_the_valid_part_and_names_the_rest(stack: Stack) -> None:
+    client = stack.client()
+    requests = [
+        {"model": "echo", "prompt": "one", "max_tokens": 1},
+        {"model": "echo", "prompt": ""},
+        {"model": "nope", "prompt": "x"},
+        {"model": "echo", "prompt": "two words", "max_tokens": 2},
+    ]
+    submitted = client.generate_many(requests, priority="batch")
+    assert sorted(submitted.errors) == [1, 2]
+    assert "not registered" in submitted.errors[2]
+    done = client.wait([j.id for j in submitted.jobs], timeout_s=60)
+    assert [j.status for j in done] == [JobStatus.succeeded] * 2
+    assert [j.payload["prompt"] for j in done] == ["one", "two words"]
+    assert {j.priority for j in done} == {8}

@@ -14,7 +14,6 @@ from typing import Any
 from sqlmodel import Session
 
 from llmos_jobs.db import mindspaces as ms_crud
-from llmos_jobs.db import registry
 from llmos_jobs.db.jobs import ClaimOutcome, claim_job, fail_job, succeed_job
 from llmos_jobs.db.models import Job, Mindspace
 from llmos_jobs.db.session import session_scope
@@ -50,9 +49,7 @@ def _usage(prompt: int, completion: int, cached: int) -> Usage:
 
 def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     request = GenerateRequest.model_validate(job.payload)
-    with session_scope() as session:
-        model = registry.get_model(session=session, name=request.model)
-    engine = ctx.pool.get(model)
+    engine = ctx.pool.get(request.model)
     sampling = SamplingParams(request.max_tokens, request.temperature, tuple(request.stop))
     [done] = engine.generate(
         [EngineRequest(sampling, request.prompt, request.messages, job.priority)]
@@ -65,17 +62,15 @@ def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
 def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
     request = ModelOpRequest.model_validate(job.payload)
     started = time.monotonic()
-    with session_scope() as session:
-        model = registry.get_model(session=session, name=request.model)
     if request.op == ModelOp.unload:
-        ctx.pool.unload(model.name)
+        ctx.pool.unload(request.model)
     elif request.op == ModelOp.warmup:
-        ctx.pool.warmup(model)
+        ctx.pool.warmup(request.model)
     else:
-        ctx.pool.get(model)
+        ctx.pool.get(request.model)
     result = ModelOpResult(
-        model=model.name, op=request.op, worker=ctx.name,
-        loaded=model.name in ctx.pool.loaded(), seconds=time.monotonic() - started,
+        model=request.model, op=request.op, worker=ctx.name,
+        loaded=request.model in ctx.pool.loaded(), seconds=time.monotonic() - started,
     )
     return Outcome(result.model_dump(mode="json"), _usage(0, 0, 0))
 
@@ -105,8 +100,7 @@ def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
                 session=session, tenant=job.tenant, mindspace_id=mindspace.id
             )
         ]
-        model = registry.get_model(session=session, name=mindspace.model)
-    engine = ctx.pool.get(model)
+    engine = ctx.pool.get(mindspace.model)
     sampling = SamplingParams(request.max_tokens, request.temperature)
     messages = turn_messages(mindspace, history, request.message)
     [done] = engine.generate([EngineRequest(sampling, messages=messages, priority=job.priority)])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from llmos_jobs.db import registry
 from llmos_jobs.db.models import RegisteredModel
+from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
 from schemas.model import EngineKind
 from workers.engine import Engine
@@ -36,16 +38,22 @@ class EnginePool:
                 engine = self._engines[model.name] = build_engine(model)
             return engine
 
-    def get(self, model: RegisteredModel) -> Engine:
-        """The loaded engine of ``model``, loading it now if needed."""
-        engine = self._engine(model)
-        if not engine.loaded:
-            engine.load()
-            self._changed()
+    def get(self, name: str) -> Engine:
+        """The loaded engine of model ``name``, loading it now if needed. The registry is
+        read only when the model is not loaded yet."""
+        with self._lock:
+            engine = self._engines.get(name)
+        if engine is None or not engine.loaded:
+            with session_scope() as session:
+                model = registry.get_model(session=session, name=name)
+            engine = self._engine(model)
+            if not engine.loaded:
+                engine.load()
+                self._changed()
         return engine
 
-    def warmup(self, model: RegisteredModel) -> Engine:
-        engine = self.get(model)
+    def warmup(self, name: str) -> Engine:
+        engine = self.get(name)
         engine.warmup()
         return engine
 

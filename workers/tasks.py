@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
+from sqlalchemy.exc import DBAPIError
 
 from broker_config import TaskName
 from workers.execution import execute_job
@@ -23,7 +24,12 @@ def register_tasks(app: Celery) -> None:
             return _run(self, job_id)
 
         run.__name__ = name.value.rsplit(".", 1)[-1]
-        app.task(name=name.value, bind=True, acks_late=True)(run)
+        # A database outage must not lose the job: the delivery is retried (same message
+        # id, so the claim still recognises it) with Celery's own backoff.
+        app.task(
+            name=name.value, bind=True, acks_late=True, autoretry_for=(DBAPIError,),
+            retry_backoff=True, retry_backoff_max=60, max_retries=10,
+        )(run)
 
 
 def registered_llmos_tasks(app: Celery) -> list[str]:

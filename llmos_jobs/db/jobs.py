@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.models import Job, JobBase, new_id
@@ -25,8 +26,7 @@ class JobCreate(JobBase):
 
 def create_job(*, session: Session, job_in: JobCreate) -> Job:
     job = Job.model_validate(job_in, update={"status": JobStatus.queued})
-    session.add(job)
-    session.flush()
+    session.connection().execute(insert(Job.__table__), job.model_dump())  # type: ignore[attr-defined]
     return job
 
 
@@ -45,6 +45,40 @@ def list_jobs(
         query = query.where(Job.status == status)
     query = query.order_by(col(Job.created_at).desc()).limit(limit)
     return list(session.exec(query))
+
+
+class _HotStatements:
+    """The statements run once per job, built once per process: constructing a
+    statement costs more than running it on a warm connection."""
+
+    @cache  # noqa: B019  (one instance per process, never collected)
+    def claim(self) -> Any:
+        table = Job.__table__  # type: ignore[attr-defined]
+        return (
+            update(table)
+            .where(table.c.id == bindparam("job_id"), table.c.task_id == bindparam("message_id"),
+                   table.c.status == JobStatus.queued)
+            .values(status=JobStatus.running, worker=bindparam("worker"),
+                    worker_pid=bindparam("pid"), started_at=bindparam("now"),
+                    attempts=table.c.attempts + 1)
+            .returning(*table.c)
+        )
+
+    @cache  # noqa: B019
+    def succeed(self) -> Any:
+        table = Job.__table__  # type: ignore[attr-defined]
+        return (
+            update(table)
+            .where(table.c.id == bindparam("job_id"), table.c.task_id == bindparam("message_id"),
+                   table.c.status == JobStatus.running)
+            .values(status=JobStatus.succeeded, result=bindparam("result"),
+                    finished_at=bindparam("now"), prompt_tokens=bindparam("prompt_tokens"),
+                    completion_tokens=bindparam("completion_tokens"),
+                    cached_tokens=bindparam("cached_tokens"))
+        )
+
+
+_hot = _HotStatements()
 
 
 def _set_status(
@@ -105,33 +139,19 @@ def claim_job(
     queued, or is running under a claimant that is known dead (a redelivery after the
     process running it was killed).
     """
-    job = session.get(Job, job_id)
-    if job is None:
-        return Claim(ClaimOutcome.missing, None)
-    if job.task_id != message_id:
-        return Claim(ClaimOutcome.stale_message, job)
-    if job.status.is_final:
-        return Claim(ClaimOutcome.finished, job)
-    guard: tuple[Any, ...] = (col(Job.task_id) == message_id,)
-    if job.status == JobStatus.running:
-        if not claimant_dead(job):
-            return Claim(ClaimOutcome.duplicate, job)
-        guard += (col(Job.worker) == job.worker, col(Job.worker_pid) == job.worker_pid)
-        statement = (
-            update(Job)
-            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.running, *guard)
-            .values(worker=worker, worker_pid=pid, started_at=utcnow(), attempts=Job.attempts + 1)
-        )
-        moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
-    else:
-        moved = _set_status(
-            session, job_id, JobStatus.running, extra_where=guard,
-            worker=worker, worker_pid=pid, started_at=utcnow(), attempts=Job.attempts + 1,
-        )
+    row = session.connection().execute(
+        _hot.claim(), {"job_id": job_id, "message_id": message_id, "worker": worker, "pid": pid,
+                       "now": utcnow()},
+    ).first()
+    claimed = Job.model_validate(row._mapping) if row is not None else None
     session.commit()
-    session.refresh(job)
-    if not moved:
-        return Claim(ClaimOutcome.duplicate, job)
+    if claimed is not None:  # the common case: one statement
+        job = claimed
+    else:
+        slow = _claim_slow(session, job_id, message_id, worker, pid, claimant_dead)
+        if slow.outcome != ClaimOutcome.claimed or slow.job is None:
+            return slow
+        job = slow.job
     if job.attempts > max_attempts:
         fail_job(
             session=session, job_id=job_id, message_id=message_id, error_type="RedeliveryLimit",
@@ -141,18 +161,47 @@ def claim_job(
     return Claim(ClaimOutcome.claimed, job)
 
 
+def _claim_slow(
+    session: Session,
+    job_id: str,
+    message_id: str,
+    worker: str,
+    pid: int,
+    claimant_dead: Callable[[Job], bool],
+) -> Claim:
+    """Why a delivery could not take a queued job, or a takeover from a dead claimant."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return Claim(ClaimOutcome.missing, None)
+    if job.task_id != message_id:
+        return Claim(ClaimOutcome.stale_message, job)
+    if job.status.is_final:
+        return Claim(ClaimOutcome.finished, job)
+    if job.status != JobStatus.running or not claimant_dead(job):
+        return Claim(ClaimOutcome.duplicate, job)
+    taken = session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.task_id) == message_id,
+               col(Job.status) == JobStatus.running, col(Job.worker) == job.worker,
+               col(Job.worker_pid) == job.worker_pid)
+        .values(worker=worker, worker_pid=pid, started_at=utcnow(), attempts=Job.attempts + 1)
+        .returning(Job)
+    ).scalars().first()
+    session.commit()
+    return Claim(ClaimOutcome.claimed, taken) if taken else Claim(ClaimOutcome.duplicate, job)
+
+
 def succeed_job(
     *, session: Session, job_id: str, message_id: str, result: dict[str, Any], usage: Usage
 ) -> bool:
     """Record the result of the attempt that owns the job; False if it no longer does.
     The caller commits, so that effects of the job (a mindspace turn) land with it."""
-    moved = _set_status(
-        session, job_id, JobStatus.succeeded,
-        extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.running),
-        result=result, finished_at=utcnow(), prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
-    )
-    return moved
+    result_row = session.connection().execute(_hot.succeed(), {
+        "job_id": job_id, "message_id": message_id, "result": result, "now": utcnow(),
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+    })
+    return bool(result_row.rowcount)
 
 
 def fail_job(
