@@ -146,16 +146,17 @@ class LlmosClient:
                        ) -> RegisteredModelPublic:
         request = validate(ModelRegister, {"name": name, "path": str(path), "engine": engine})
         directory = Path(request.path).expanduser().resolve()
-        context = 4096
-        if request.engine != EngineKind.noop or directory.exists():
-            if not directory.is_dir():
-                raise InvalidRequest(f"model path {directory} is not a directory")
+        context = 4096  # what the engine reports when the directory declares nothing
+        local = request.engine in (EngineKind.transformers, EngineKind.sglang)
+        if local and not directory.is_dir():
+            raise InvalidRequest(f"model path {directory} is not a directory")
+        if directory.is_dir():
             from workers.transformers_engine import context_length_of
 
             try:
                 context = context_length_of(str(directory))
             except (OSError, ValueError) as exc:
-                if request.engine != EngineKind.noop:
+                if local:
                     raise InvalidRequest(f"{directory} is not a model directory: {exc}") from None
         row_in = RegisteredModelBase(name=request.name, path=str(directory),
                                      engine=request.engine.value, context_length=context)

@@ -35,5 +35,7 @@ class GenerateRequest(SamplingParams):
 class GenerateResult(Contract):
     version: Literal[1] = 1
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "abort"] = Field(
+        description="abort: the job was cancelled while it ran"
+    )
     usage: Usage

@@ -11,8 +11,10 @@ from schemas.common import Contract
 
 
 class EngineKind(StrEnum):
-    transformers = "transformers"
-    noop = "noop"
+    transformers = "transformers"  # CPU, or CUDA where present: the embedded default
+    sglang = "sglang"  # in-process sglang.Engine on the worker's GPU (the gpu extra)
+    sglang_http = "sglang-http"  # an SGLang server an operator runs (worker --sglang-url)
+    noop = "noop"  # answers at once: for measuring the pipeline
 
 
 class ModelRegister(Contract):

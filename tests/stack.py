@@ -45,10 +45,12 @@ class Stack:
         return redis.Redis.from_url(self.broker_url)
 
     def start_worker(self, name: str, *args: str, env: dict[str, str] | None = None,
-                     wait: bool = True) -> subprocess.Popen[bytes]:
+                     wait: bool = True, named: bool = True) -> subprocess.Popen[bytes]:
+        """``llmos worker``; ``named=False`` leaves the default name to the worker."""
         log = open(self.data_dir / f"{name.split('@')[0]}.log", "ab")  # noqa: SIM115
+        naming = ["--name", name] if named else []
         process = subprocess.Popen(
-            [sys.executable, "-m", "llmos_jobs.cli.main", "worker", "--name", name,
+            [sys.executable, "-m", "llmos_jobs.cli.main", "worker", *naming,
              "--loglevel", "warning", *args],
             env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,

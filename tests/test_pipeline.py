@@ -186,3 +186,19 @@ def test_generate_many_runs_the_valid_part_and_names_the_rest(stack: Stack) -> N
     assert [j.status for j in done] == [JobStatus.succeeded] * 2
     assert [j.payload["prompt"] for j in done] == ["one", "two words"]
     assert {j.priority for j in done} == {8}
+
+
+def test_a_gpu_pinned_worker_is_named_for_its_gpu(stack: Stack) -> None:
+    import socket
+
+    # No GPU here: the worker still pins itself (CUDA_VISIBLE_DEVICES) and says which;
+    # bench/gpu_check.sh checks on a GPU machine that torch then sees exactly one device.
+    name = f"gpu3@{socket.gethostname()}"
+    process = stack.start_worker(name, "--gpu", "3", "--model", "echo", "--concurrency", "1",
+                                 wait=False, named=False)
+    try:
+        stack.wait_for_worker(name, process)
+        [row] = [w for w in stack.client().workers() if w.pid == process.pid]
+        assert row.engine_device == "cuda:3"
+    finally:
+        stack.stop_worker(process)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def model_stack(redis_base: str, demo_model_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("real"), redis_db=13)
     stack.client().register_model("tiny", demo_model_dir)
-    stack.start_worker("tiny@test", "--model", "tiny", "--concurrency", "2")
+    stack.start_worker("tiny@test", "--model", "tiny", "--concurrency", "8")
     yield stack
     stack.stop()
 
@@ -79,3 +80,43 @@ def test_mindspace_turns_on_a_real_model_grow_the_prompt(model_stack: Stack) -> 
         usages.append(turn.usage.prompt_tokens)
     assert usages[1] > usages[0] + 4  # the second prompt carries the first turn
     assert len(client.mindspace(mindspace.id).messages) == 4
+
+
+def test_concurrent_jobs_share_a_forward_batch_with_the_same_outputs(model_stack: Stack) -> None:
+    client = model_stack.client()
+    prompts = [f"job {i} asks the worker about queue {i * 7}" for i in range(6)]
+    alone = [client.wait([client.generate(model="tiny", prompt=p, max_tokens=10).id])[0]
+             for p in prompts]
+    jobs = client.generate_many([{"model": "tiny", "prompt": p, "max_tokens": 10}
+                                 for p in prompts]).jobs
+    together = client.wait([j.id for j in jobs], timeout_s=120)
+    # (The second time round the prompts come from the prefix cache: cached_tokens differ.)
+    assert [j.result["text"] for j in together if j.result] == [
+        j.result["text"] for j in alone if j.result]
+    assert all(j.usage and j.usage.cached_tokens > 0 for j in together)
+    deadline = time.monotonic() + 15
+    max_batch = 0.0
+    while time.monotonic() < deadline and max_batch < 2:
+        [worker] = [w for w in client.workers() if w.name == "tiny@test"]
+        max_batch = worker.engines.get("tiny", {}).get("max_batch", 0)
+        time.sleep(0.2)
+    assert max_batch >= 2
+
+
+def test_cancelling_a_running_job_stops_its_generation(model_stack: Stack) -> None:
+    client = model_stack.client()
+    job = client.generate(model="tiny", prompt="keep going", max_tokens=1900)
+    deadline = time.monotonic() + 60
+    while client.job(job.id).status != JobStatus.running:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert client.cancel(job.id).status == JobStatus.cancelled
+    while client.job(job.id).usage is None:  # the worker records what the attempt cost
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stopped = client.job(job.id)
+    assert stopped.status == JobStatus.cancelled and stopped.result is None
+    assert stopped.usage is not None and 0 < stopped.usage.completion_tokens < 1900
+    [after] = client.wait([client.generate(model="tiny", prompt="next", max_tokens=3).id])
+    assert after.status == JobStatus.succeeded

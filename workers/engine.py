@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from schemas.common import ChatMessage
+
+FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True)
@@ -18,34 +21,68 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """One generation: a chat (rendered by the model's template) or a plain prompt."""
+    """One generation from exactly one of: token ids, chat messages (rendered by the
+    model's chat template), or a plain prompt."""
 
     sampling: SamplingParams
     prompt: str | None = None
     messages: Sequence[ChatMessage] | None = None
+    input_ids: Sequence[int] | None = None
     priority: int = 5
+    # Polled between decoding steps; True stops this request (finish_reason "abort").
+    should_stop: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)
 class Completion:
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens served from the prefix cache (SGLang's meta_info.cached_tokens).
     cached_tokens: int = 0
+
+
+_RECENT = 4096
 
 
 @dataclass
 class EngineStats:
     requests: int = 0
-    batches: list[int] = field(default_factory=list)
+    forward_passes: int = 0
+    max_batch: int = 0
+    # The most recent forward passes: requests in each, and tokens computed per prefill.
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=_RECENT))
+    prefill_inputs: deque[int] = field(default_factory=lambda: deque(maxlen=_RECENT))
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    cache_bytes: int = 0
+    cache_entries: int = 0
+    busy_s: float = 0.0
+
+    def record_batch(self, size: int) -> None:
+        self.forward_passes += 1
+        self.max_batch = max(self.max_batch, size)
+        self.batch_sizes.append(size)
+
+    def summary(self) -> dict[str, float]:
+        """What a heartbeat reports."""
+        return {
+            "requests": self.requests, "forward_passes": self.forward_passes,
+            "max_batch": self.max_batch, "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens, "cache_bytes": self.cache_bytes,
+            "cache_entries": self.cache_entries, "busy_s": round(self.busy_s, 3),
+        }
 
 
 class Engine(Protocol):
-    """A loaded-on-demand model that generates text."""
+    """A model that generates text; loaded on demand in the process that runs jobs."""
 
     name: str
     device: str
+
+    @property
+    def loaded(self) -> bool: ...
 
     def load(self) -> None: ...
 
@@ -53,10 +90,17 @@ class Engine(Protocol):
 
     def warmup(self) -> None: ...
 
-    @property
-    def loaded(self) -> bool: ...
-
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def flush_cache(self) -> None: ...
+
+    def health(self) -> bool: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def update_weights(self, path: str) -> None: ...
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

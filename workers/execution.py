@@ -14,7 +14,14 @@ from typing import Any
 from sqlmodel import Session
 
 from llmos_jobs.db import mindspaces as ms_crud
-from llmos_jobs.db.jobs import ClaimOutcome, claim_job, fail_job, succeed_job
+from llmos_jobs.db.jobs import (
+    ClaimOutcome,
+    claim_job,
+    fail_job,
+    record_abandoned_usage,
+    still_owned,
+    succeed_job,
+)
 from llmos_jobs.db.models import Job, Mindspace
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
@@ -43,6 +50,27 @@ class WorkerContext:
     claimant_dead: Callable[[Job], bool]
 
 
+CANCEL_POLL_S = 0.2
+
+
+def cancel_watch(job: Job) -> Callable[[], bool]:
+    """True once the job no longer belongs to this attempt (cancelled, or reaped and
+    given to another); the database is read at most every CANCEL_POLL_S seconds."""
+    next_check = time.monotonic() + CANCEL_POLL_S
+    stopped = False
+
+    def should_stop() -> bool:
+        nonlocal next_check, stopped
+        if stopped or time.monotonic() < next_check:
+            return stopped
+        next_check = time.monotonic() + CANCEL_POLL_S
+        with session_scope() as session:
+            stopped = not still_owned(session=session, job_id=job.id, message_id=job.task_id)
+        return stopped
+
+    return should_stop
+
+
 def _usage(prompt: int, completion: int, cached: int) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
 
@@ -51,9 +79,10 @@ def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     request = GenerateRequest.model_validate(job.payload)
     engine = ctx.pool.get(request.model)
     sampling = SamplingParams(request.max_tokens, request.temperature, tuple(request.stop))
-    [done] = engine.generate(
-        [EngineRequest(sampling, request.prompt, request.messages, job.priority)]
-    )
+    [done] = engine.generate([EngineRequest(
+        sampling, prompt=request.prompt, messages=request.messages, priority=job.priority,
+        should_stop=cancel_watch(job),
+    )])
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     result = GenerateResult(text=done.text, finish_reason=done.finish_reason, usage=usage)
     return Outcome(result.model_dump(mode="json"), usage)
@@ -103,7 +132,8 @@ def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
     engine = ctx.pool.get(mindspace.model)
     sampling = SamplingParams(request.max_tokens, request.temperature)
     messages = turn_messages(mindspace, history, request.message)
-    [done] = engine.generate([EngineRequest(sampling, messages=messages, priority=job.priority)])
+    [done] = engine.generate([EngineRequest(sampling, messages=messages, priority=job.priority,
+                                            should_stop=cancel_watch(job))])
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     result = MindspaceTurnResult(mindspace_id=mindspace.id, reply=done.text, usage=usage)
 
@@ -148,9 +178,13 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
             )
         return ClaimOutcome.claimed
     with session_scope() as session:
-        if succeed_job(
+        recorded = succeed_job(
             session=session, job_id=job_id, message_id=message_id,
             result=outcome.result, usage=outcome.usage,
-        ) and outcome.persist is not None:
+        )
+        if recorded and outcome.persist is not None:
             outcome.persist(session)
+        if not recorded:  # cancelled while it ran: keep what the work cost
+            record_abandoned_usage(session=session, job_id=job_id, message_id=message_id,
+                                   usage=outcome.usage)
     return ClaimOutcome.claimed

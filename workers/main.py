@@ -11,6 +11,7 @@ from llmos_jobs.db import registry
 from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
+from workers.pool import EngineChoice
 from workers.runtime import WorkerRuntime, default_worker_name, initial_queues, set_runtime
 
 
@@ -23,6 +24,7 @@ def run_worker(
     concurrency: int,
     pool: str,
     loglevel: str,
+    engine_choice: EngineChoice | None = None,
 ) -> None:
     """Run a Celery worker in this process until it is stopped."""
     if gpu is not None:
@@ -49,6 +51,7 @@ def run_worker(
     runtime = WorkerRuntime(
         app=app, name=name, pool_kind=pool, concurrency=concurrency, queues=consume,
         models=served, device=f"cuda:{gpu}" if gpu is not None else "cpu",
+        engine_choice=engine_choice,
     )
     set_runtime(runtime)
 

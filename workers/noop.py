@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from workers.engine import Completion, EngineRequest
+from workers.engine import Completion, EngineRequest, EngineStats
 
 
 class NoopEngine:
@@ -17,6 +17,7 @@ class NoopEngine:
         self.name = name
         self.delay_s = delay_s
         self._loaded = False
+        self._stats = EngineStats()
 
     @property
     def loaded(self) -> bool:
@@ -27,11 +28,29 @@ class NoopEngine:
 
     def unload(self) -> None:
         self._loaded = False
+        self._stats = EngineStats()
 
     def warmup(self) -> None:
         self.load()
 
+    def tokenize(self, text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+    def flush_cache(self) -> None:
+        pass
+
+    def health(self) -> bool:
+        return self._loaded
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    def update_weights(self, path: str) -> None:
+        pass
+
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        self._stats.requests += len(requests)
+        self._stats.record_batch(len(requests))
         if self.delay_s:
             time.sleep(self.delay_s)
         out = []

@@ -4,29 +4,60 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from llmos_jobs.db import registry
 from llmos_jobs.db.models import RegisteredModel
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
 from schemas.model import EngineKind
-from workers.engine import Engine
+from workers.engine import Engine, EngineStats
 from workers.noop import NoopEngine
-from workers.transformers_engine import TransformersEngine
+from workers.transformers_engine import BatchingOptions, TransformersEngine
 
 
-def build_engine(model: RegisteredModel) -> Engine:
-    if model.engine == EngineKind.noop:
+@dataclass(frozen=True)
+class EngineChoice:
+    """A worker's override of the registered engine (``llmos worker --engine``)."""
+
+    kind: EngineKind | None = None
+    sglang_url: str | None = None
+    mem_fraction_static: float = 0.85
+
+
+def build_engine(model: RegisteredModel, choice: EngineChoice | None = None) -> Engine:
+    choice = choice or EngineChoice()
+    kind = choice.kind or EngineKind(model.engine)
+    if kind == EngineKind.sglang:
+        from workers.sglang_engine import SGLangEngine
+
+        # The worker is pinned with CUDA_VISIBLE_DEVICES: its one GPU is device 0.
+        return SGLangEngine(model.name, model.path, gpu=0,
+                            mem_fraction_static=choice.mem_fraction_static)
+    if kind == EngineKind.sglang_http:
+        from workers.sglang_http import SGLangServerEngine
+
+        if choice.sglang_url is None:
+            raise ValueError(f"model {model.name!r}: the sglang-http engine needs "
+                             "`llmos worker --sglang-url URL`")
+        return SGLangServerEngine(model.name, choice.sglang_url)
+    if kind == EngineKind.noop:
         return NoopEngine(model.name, delay_s=get_settings().noop_delay_ms / 1000)
-    if model.engine == EngineKind.transformers:
-        return TransformersEngine(model.name, model.path)
-    raise ValueError(f"model {model.name!r} names unknown engine {model.engine!r}")
+    if kind == EngineKind.transformers:
+        settings = get_settings()
+        return TransformersEngine(model.name, model.path, BatchingOptions(
+            max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000,
+            cache_budget_bytes=settings.prefix_cache_mb << 20,
+        ))
+    raise ValueError(f"model {model.name!r} names unknown engine {kind!r}")
 
 
 class EnginePool:
     """Model name → engine. ``on_change`` hears the names of the loaded models."""
 
-    def __init__(self, on_change: Callable[[list[str]], None] | None = None) -> None:
+    def __init__(self, on_change: Callable[[list[str]], None] | None = None,
+                 choice: EngineChoice | None = None) -> None:
+        self._choice = choice
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
         self._on_change = on_change
@@ -35,7 +66,7 @@ class EnginePool:
         with self._lock:
             engine = self._engines.get(model.name)
             if engine is None:
-                engine = self._engines[model.name] = build_engine(model)
+                engine = self._engines[model.name] = build_engine(model, self._choice)
             return engine
 
     def get(self, name: str) -> Engine:
@@ -69,6 +100,11 @@ class EnginePool:
     def loaded(self) -> list[str]:
         with self._lock:
             return sorted(n for n, e in self._engines.items() if e.loaded)
+
+    def stats(self) -> dict[str, EngineStats]:
+        with self._lock:
+            engines = dict(self._engines)
+        return {name: e.stats() for name, e in engines.items() if e.loaded}
 
     def device_of(self, name: str) -> str:
         with self._lock:

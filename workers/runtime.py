@@ -18,8 +18,9 @@ from llmos_jobs.db.models import Job, WorkerRecord
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
 from workers.execution import WorkerContext
-from workers.pool import EnginePool
+from workers.pool import EngineChoice, EnginePool
 from workers.reaper import reap, requeue_orphans
+from workers.resources import sample
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,14 @@ class WorkerRuntime:
     queues: list[str]
     models: list[str] | None  # None: every registered model, including later ones
     device: str = "cpu"
+    engine_choice: EngineChoice | None = None
     host: str = field(default_factory=socket.gethostname)
     pool: EnginePool = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
-        self.pool = EnginePool(on_change=self._report_loaded)
+        self.pool = EnginePool(on_change=self._report_loaded, choice=self.engine_choice)
 
     # -- claims ------------------------------------------------------------------------------
 
@@ -108,7 +110,11 @@ class WorkerRuntime:
         if self.models is None:
             self._follow_new_models()
         with session_scope() as session:
-            alive = registry.heartbeat(session=session, name=self.name, queues=self.queues)
+            alive = registry.heartbeat(
+                session=session, name=self.name, queues=self.queues,
+                engines={n: st.summary() for n, st in self.pool.stats().items()},
+                resources=sample(self.device),
+            )
         if not alive:
             log.warning("worker %s was declared dead while alive; rejoining", self.name)
             with session_scope() as session:

@@ -1,26 +1,57 @@
 """The embedded default engine: a Hugging Face causal LM through transformers, on CPU
-(or the one CUDA device this process was pinned to)."""
+(or the one CUDA device this process was pinned to), with a prefix KV cache and
+batching of concurrent requests.
+
+Worker threads call ``generate``; a scheduler thread owns the model and runs what has
+arrived as one batch (see ``workers.batching``), so throughput rises with load."""
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from workers.engine import Completion, EngineRequest, apply_stop
+from workers.engine import Completion, EngineRequest, EngineStats, SamplingParams
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    max_batch: int = 32
+    # After the first request arrives, wait this long for others to share its batch.
+    window_s: float = 0.005
+    cache_budget_bytes: int = 1 << 30
+
+
+@dataclass
+class _Pending:
+    request: EngineRequest
+    future: Future[Completion]
 
 
 class TransformersEngine:
     """Loads lazily on first use, in the process that runs the jobs."""
 
-    def __init__(self, name: str, path: str) -> None:
+    def __init__(self, name: str, path: str, options: BatchingOptions | None = None) -> None:
+        from workers.prefix_cache import PrefixCache
+
         self.name = name
         self.path = path
+        self.options = options or BatchingOptions()
         self.device = "cpu"
+        self.cache = PrefixCache(self.options.cache_budget_bytes)
+        self._stats = EngineStats()
         self._model: Any = None
-        self._tokenizer: Any = None
-        # One forward pass at a time: the worker's threads share one copy of the weights.
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._scheduler: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
 
     @property
     def loaded(self) -> bool:
@@ -30,74 +61,138 @@ class TransformersEngine:
         with self._lock:
             if self._model is not None:
                 return
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-            from transformers.utils import logging as hf_logging
+            self._model = self._read(self.path)
+            self.device = self._model.device
+            self._scheduler = threading.Thread(target=self._serve, name=f"engine-{self.name}",
+                                               daemon=True)
+            self._scheduler.start()
 
-            hf_logging.disable_progress_bar()
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
-            model = AutoModelForCausalLM.from_pretrained(self.path)
-            self._model = model.to(self.device).eval()
+    def _read(self, path: str) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from workers.batching import Model
+
+        hf_logging.disable_progress_bar()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        module = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+        return Model(module=module, tokenizer=tokenizer, device=device,
+                     eos=tokenizer.eos_token_id)
 
     def unload(self) -> None:
         with self._lock:
+            if self._scheduler is not None:
+                self._queue.put(None)
+                self._scheduler.join()
+                self._scheduler = None
             self._model = None
-            self._tokenizer = None
+            self.cache.clear()
 
     def warmup(self) -> None:
-        self.load()
-        from workers.engine import SamplingParams
-
         self.generate([EngineRequest(sampling=SamplingParams(max_tokens=2), prompt="warm up")])
 
-    def _encode(self, request: EngineRequest) -> Any:
+    def update_weights(self, path: str) -> None:
+        """Replace the weights in place; the cache, computed with the old ones, goes."""
+        model = self._read(path)
+        with self._lock:
+            self._model, self.path = model, path
+            self.cache.clear()
+
+    def flush_cache(self) -> None:
+        self.cache.clear()
+
+    def health(self) -> bool:
+        return self._scheduler is not None and self._scheduler.is_alive()
+
+    def stats(self) -> EngineStats:
+        return replace(self._stats, batch_sizes=deque(self._stats.batch_sizes),
+                       prefill_inputs=deque(self._stats.prefill_inputs),
+                       cache_bytes=self.cache.nbytes, cache_entries=len(self.cache))
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        self.load()
+        return list(self._model.tokenizer(text)["input_ids"])
+
+    def _input_ids(self, request: EngineRequest) -> list[int]:
+        tokenizer = self._model.tokenizer
+        if request.input_ids is not None:
+            return list(request.input_ids)
         if request.messages is not None:
-            return self._tokenizer.apply_chat_template(
+            rendered = tokenizer.apply_chat_template(
                 [m.model_dump() for m in request.messages], add_generation_prompt=True,
-                return_tensors="pt", return_dict=True,
-            )
-        return self._tokenizer(request.prompt, return_tensors="pt")
+                tokenize=True, return_dict=True)
+            return list(rendered["input_ids"])
+        return list(tokenizer(request.prompt)["input_ids"])
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         self.load()
-        return [self._generate_one(r) for r in requests]
+        pending = [_Pending(r, Future()) for r in requests]
+        for p in pending:
+            self._queue.put(p)
+        return [p.future.result() for p in pending]
 
-    def _generate_one(self, request: EngineRequest) -> Completion:
-        import torch
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.options.window_s
+            while len(batch) < self.options.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            self._run(batch)
 
-        params = request.sampling
-        inputs = self._encode(request).to(self.device)
-        prompt_len = int(inputs["input_ids"].shape[1])
-        context = int(self._model.config.max_position_embeddings)
-        if prompt_len + params.max_tokens > context:
-            raise ValueError(
-                f"prompt of {prompt_len} tokens plus max_tokens {params.max_tokens} exceeds "
-                f"the model's context of {context} tokens"
-            )
-        sampling: dict[str, Any] = {"do_sample": params.temperature > 0}
-        if params.temperature > 0:
-            sampling["temperature"] = params.temperature
-        with self._lock, torch.inference_mode():
-            output = self._model.generate(
-                **inputs, max_new_tokens=params.max_tokens,
-                pad_token_id=self._tokenizer.pad_token_id, **sampling,
-            )
-        new_tokens = output[0][prompt_len:]
-        eos = self._tokenizer.eos_token_id
-        hit_eos = bool(len(new_tokens)) and int(new_tokens[-1]) == eos
-        text = self._tokenizer.decode(new_tokens, skip_special_tokens=True)
-        text, hit_stop = apply_stop(text, params.stop)
-        return Completion(
-            text=text, finish_reason="stop" if hit_eos or hit_stop else "length",
-            prompt_tokens=prompt_len, completion_tokens=len(new_tokens),
-        )
+    def _run(self, batch: list[_Pending]) -> None:
+        from workers.batching import Sequence as Seq
+        from workers.batching import completion, run
+
+        model = self._model
+        context = int(model.module.config.max_position_embeddings)
+        seqs: list[Seq] = []
+        owners: list[_Pending] = []
+        for p in batch:
+            try:
+                ids = self._input_ids(p.request)
+                needed = len(ids) + p.request.sampling.max_tokens
+                if needed > context:
+                    raise ValueError(
+                        f"prompt of {len(ids)} tokens plus max_tokens "
+                        f"{p.request.sampling.max_tokens} exceeds the model's context of "
+                        f"{context} tokens")
+                if not ids:
+                    raise ValueError("the prompt encodes to no tokens")
+            except Exception as exc:  # this request alone fails; the others run
+                p.future.set_exception(exc)
+                continue
+            seqs.append(Seq(prompt=ids, sampling=p.request.sampling,
+                            should_stop=p.request.should_stop))
+            owners.append(p)
+        if not seqs:
+            return
+        try:
+            run(model, seqs, self.cache, self._stats)
+        except Exception as exc:
+            for p in owners:
+                p.future.set_exception(exc)
+            return
+        for p, seq in zip(owners, seqs, strict=True):
+            p.future.set_result(completion(seq))
 
 
 def context_length_of(path: str) -> int:
     """The context window a model directory declares (its config.json)."""
     import json
-    from pathlib import Path
 
     config = json.loads((Path(path) / "config.json").read_text())
     for key in ("max_position_embeddings", "n_positions", "max_seq_len"):

@@ -12,6 +12,7 @@ from rich.table import Table
 from llmos_jobs.cli.output import console, emit_json
 from llmos_jobs.cli.state import client
 from llmos_jobs.settings import get_settings
+from schemas.model import EngineKind
 
 POOLS = ("threads", "prefork", "solo")
 
@@ -30,6 +31,14 @@ def worker(
     pool: str = typer.Option("threads", "--pool",
                              help="threads: one model copy shared by all jobs (default); "
                                   "prefork: a process per slot."),
+    engine: EngineKind = typer.Option(None, "--engine",
+                                      help="Run its models on this engine instead of the "
+                                           "registered one (sglang needs the gpu extra)."),
+    sglang_url: str = typer.Option(None, "--sglang-url",
+                                   help="Drive the SGLang server at this URL (implies "
+                                        "--engine sglang-http)."),
+    mem_fraction: float = typer.Option(0.85, "--mem-fraction", min=0.05, max=0.99,
+                                       help="sglang: GPU memory for weights and KV cache."),
     loglevel: str = typer.Option("info", "--loglevel"),
 ) -> None:
     """Run a worker: it serves language, model and mindspace jobs of its models, its own
@@ -37,10 +46,15 @@ def worker(
     if pool not in POOLS:
         raise typer.BadParameter(f"choose one of {', '.join(POOLS)}", param_hint="--pool")
     from workers.main import run_worker
+    from workers.pool import EngineChoice
 
+    if sglang_url is not None:
+        engine = EngineKind.sglang_http
     run_worker(
         name=name, models=model, queues=[q for q in (queues or "").split(",") if q],
         gpu=gpu, concurrency=concurrency, pool=pool, loglevel=loglevel,
+        engine_choice=EngineChoice(kind=engine, sglang_url=sglang_url,
+                                   mem_fraction_static=mem_fraction),
     )
 
 

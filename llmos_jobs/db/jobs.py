@@ -204,6 +204,26 @@ def succeed_job(
     return bool(result_row.rowcount)
 
 
+def still_owned(*, session: Session, job_id: str, message_id: str) -> bool:
+    """Whether the attempt with ``message_id`` still owns the running job."""
+    row = session.execute(
+        select(Job.status, Job.task_id).where(col(Job.id) == job_id)
+    ).first()
+    return row is not None and row[0] == JobStatus.running and row[1] == message_id
+
+
+def record_abandoned_usage(*, session: Session, job_id: str, message_id: str, usage: Usage
+                           ) -> None:
+    """The usage of an attempt whose job was cancelled while it ran."""
+    session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.task_id) == message_id,
+               col(Job.status) == JobStatus.cancelled, col(Job.prompt_tokens).is_(None))
+        .values(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens)
+    )
+
+
 def fail_job(
     *, session: Session, job_id: str, message_id: str, error_type: str, error_message: str
 ) -> bool:

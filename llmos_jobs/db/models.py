@@ -176,6 +176,11 @@ class WorkerRecord(SQLModel, table=True):
     models: list[str] | None = Field(default=None, sa_column=Column(JSON))
     queues: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     loaded: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Per loaded model: engine statistics (batches, prefix cache); and the machine's load.
+    engines: dict[str, dict[str, float]] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}"))
+    resources: dict[str, float] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}"))
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     last_heartbeat: datetime = Field(
         default_factory=utcnow, sa_type=UTCDateTime, nullable=False
@@ -193,6 +198,8 @@ class WorkerPublic(SQLModel):
     models: list[str] | None
     queues: list[str]
     loaded: list[str]
+    engines: dict[str, dict[str, float]]
+    resources: dict[str, float]
     running_jobs: int
     started_at: datetime
     last_heartbeat: datetime

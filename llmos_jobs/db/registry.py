@@ -67,12 +67,13 @@ def upsert_worker(*, session: Session, worker: WorkerRecord) -> None:
     session.flush()
 
 
-def heartbeat(*, session: Session, name: str, queues: list[str]) -> bool:
+def heartbeat(*, session: Session, name: str, queues: list[str],
+              engines: dict[str, dict[str, float]], resources: dict[str, float]) -> bool:
     """Refresh a worker's heartbeat; False if it was declared dead meanwhile."""
     statement = (
         update(WorkerRecord)
         .where(col(WorkerRecord.name) == name, col(WorkerRecord.state) == "alive")
-        .values(last_heartbeat=utcnow(), queues=queues)
+        .values(last_heartbeat=utcnow(), queues=queues, engines=engines, resources=resources)
     )
     moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
     session.commit()

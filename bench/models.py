@@ -1,0 +1,19 @@
+"""The benchmark models, built once into a local directory (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from workers.demo_model import create_demo_model
+
+CACHE = Path(os.environ.get("LLMOS_BENCH_MODELS", Path.home() / ".cache" / "llmos-bench"))
+
+
+def model_dir(size: str) -> Path:
+    """``tiny`` (the demo model) or ``base`` (~100M parameters)."""
+    path = CACHE / f"llama-{size}"
+    if not (path / "model.safetensors").exists():
+        print(f"building the {size} model in {path} ...", flush=True)
+        create_demo_model(path, size=size)
+    return path

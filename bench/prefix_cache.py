@@ -1,0 +1,65 @@
+"""Prefill time of a request that shares a 512-token prefix with an earlier one: with
+the prefix cache vs. without, side by side, on the demo model and a ~100M model.
+
+    python bench/prefix_cache.py [--sizes tiny base] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.models import model_dir
+from workers.engine import EngineRequest, SamplingParams
+from workers.transformers_engine import TransformersEngine
+
+PREFIX, TAIL = 512, 16
+
+
+def prompt(tail_seed: int) -> list[int]:
+    prefix = [10 + (7 * i) % 400 for i in range(PREFIX)]
+    return prefix + [10 + (tail_seed * 31 + 11 * i) % 400 for i in range(TAIL)]
+
+
+def prefill_s(engine: TransformersEngine, ids: list[int]) -> tuple[float, int]:
+    """Seconds to the first token (max_tokens=1: prefill only), and cached tokens."""
+    request = EngineRequest(sampling=SamplingParams(max_tokens=1), input_ids=ids)
+    started = time.perf_counter()
+    [done] = engine.generate([request])
+    return time.perf_counter() - started, done.cached_tokens
+
+
+def measure(size: str, repeats: int) -> tuple[float, float, int]:
+    engine = TransformersEngine(size, str(model_dir(size)))
+    engine.load()
+    prefill_s(engine, prompt(999))  # warm up kernels
+    cold, warm, cached = [], [], 0
+    for i in range(repeats):
+        engine.flush_cache()
+        cold.append(prefill_s(engine, prompt(i))[0])  # nothing cached: all 528 tokens
+        seconds, cached = prefill_s(engine, prompt(i + 100))  # shares the 512-token prefix
+        warm.append(seconds)
+    engine.unload()
+    return statistics.median(cold), statistics.median(warm), cached
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "base"])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"{PREFIX}-token shared prefix + {TAIL}-token tail, median of {args.repeats}")
+    print(f"{'model':8}{'no cache (ms)':>15}{'cache (ms)':>12}{'cached tokens':>15}{'speedup':>10}")
+    for size in args.sizes:
+        cold, warm, cached = measure(size, args.repeats)
+        print(f"{size:8}{1000 * cold:15.1f}{1000 * warm:12.1f}{cached:15d}{cold / warm:9.1f}x")
+
+
+if __name__ == "__main__":
+    main()
