@@ -55,6 +55,9 @@ def run(label: str, concurrency: int, args: argparse.Namespace, tmp: Path) -> fl
             } for i in range(args.jobs)], priority="default").jobs
             done = client.wait([j.id for j in jobs], timeout_s=3600)
             elapsed = time.perf_counter() - started
+            time.sleep(2.5)  # one more heartbeat carries the engine's statistics
+            [row] = [w for w in client.workers() if w.name == f"{label}@bench"]
+            engine = row.engines.get("bench", {})
     finally:
         worker.terminate()
         worker.wait(timeout=60)
@@ -62,7 +65,8 @@ def run(label: str, concurrency: int, args: argparse.Namespace, tmp: Path) -> fl
     cached = sum(j.usage.cached_tokens for j in done if j.usage)
     prompt = sum(j.usage.prompt_tokens for j in done if j.usage)
     print(f"{label:14}{elapsed:10.2f}s {args.jobs / elapsed:8.2f} jobs/s   "
-          f"prompt tokens from cache {cached}/{prompt}")
+          f"prompt tokens from cache {cached}/{prompt}, forward passes "
+          f"{engine.get('forward_passes', 0):.0f}, largest batch {engine.get('max_batch', 0):.0f}")
     return elapsed
 
 

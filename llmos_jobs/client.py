@@ -237,11 +237,19 @@ class LlmosClient:
              poll_s: float = 0.1) -> list[JobPublic]:
         """The jobs once all are final; TimeoutError naming those that are not."""
         deadline = time.monotonic() + timeout_s
+        final: dict[str, JobPublic] = {}
         while True:
-            jobs = [self.job(j) for j in job_ids]
-            pending = [j.id for j in jobs if not j.status.is_final]
+            pending = [j for j in job_ids if j not in final]
+            with self._session() as session:
+                rows = job_crud.get_jobs(session=session, tenant=self.tenant, job_ids=pending)
+            missing = [j for j in pending if j not in rows]
+            if missing:
+                raise NotFound(f"job {missing[0]} not found")
+            final.update((r.id, JobPublic.from_row(r)) for r in rows.values()
+                         if r.status.is_final)
+            pending = [j for j in job_ids if j not in final]
             if not pending:
-                return jobs
+                return [final[j] for j in job_ids]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} job(s) not finished: {', '.join(pending)}")
             time.sleep(poll_s)

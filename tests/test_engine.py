@@ -142,3 +142,30 @@ def test_a_request_over_the_context_fails_alone(engine: TransformersEngine) -> N
         engine.generate([_req(_ids(10), max_tokens=5000)])
     [ok] = engine.generate([_req(_ids(10), max_tokens=2)])
     assert ok.completion_tokens >= 1
+
+
+def test_a_request_arriving_mid_batch_joins_it_at_the_next_step(
+    engine: TransformersEngine,
+) -> None:
+    import threading
+
+    seen = _forward_lengths(engine)
+    results: dict[str, Any] = {}
+    started = threading.Event()
+
+    def long() -> None:
+        started.set()
+        results["long"] = engine.generate([_req(_ids(20), max_tokens=200)])[0]
+
+    thread = threading.Thread(target=long)
+    thread.start()
+    started.wait()
+    while len(seen) < 5:  # the long request is decoding
+        pass
+    [short] = engine.generate([_req(_ids(8, 5), max_tokens=3)])
+    thread.join()
+    assert short.completion_tokens == 3
+    assert results["long"].completion_tokens == 200
+    joined = [i for i, (batch, tokens) in enumerate(seen) if batch == 2]
+    assert joined, "the second request never shared a forward pass"
+    assert len(seen) < 200 + 3 + 2  # it did not wait for the long one to finish

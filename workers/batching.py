@@ -1,14 +1,16 @@
-"""Batched generation with a prefix cache: the transformers engine's core.
+"""Continuous batching with a prefix cache: the transformers engine's core.
 
-One call runs a group of requests together:
-  1. each prompt's longest cached prefix is looked up; requests with no hit are
-     prefilled together (left-padded), requests with a hit are prefilled one by one
-     on their uncached tail only;
-  2. the per-request caches are left-padded into one batch and decoded together, one
-     token per step for every active request, with explicit position ids so padding
-     never shifts a request's positions;
-  3. a request that finishes (end of sequence, stop string, max_tokens, cancelled)
-     leaves the batch at once, and its keys and values go into the prefix cache.
+A running batch is one key/value cache of shape [requests, heads, width, dim] and a
+2-D attention mask; a request's real positions need not be contiguous (padding can
+sit between its cached prefix and its new tail), because every forward pass is given
+explicit position ids and the mask.
+
+  - New requests join at any step: each looks up its longest cached prefix, and all
+    of them are prefilled in one forward pass over their uncached tails alone (cached
+    prefixes and tails both left-padded), then merged into the running batch.
+  - Every step decodes one token for every request in the batch.
+  - A request that finishes (end of sequence, stop string, max_tokens, cancelled)
+    leaves at once; its keys and values go into the prefix cache.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from workers.engine import Completion, EngineStats, FinishReason, SamplingParams, apply_stop
-from workers.prefix_cache import KV, PrefixCache
+from workers.prefix_cache import PrefixCache
 
 
 @dataclass
@@ -32,8 +35,8 @@ class Sequence:
     prompt: list[int]
     sampling: SamplingParams
     should_stop: Callable[[], bool] | None
+    on_done: Callable[[Sequence], None] = lambda _: None
     cached: int = 0
-    kv: KV = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
     text: str = ""
@@ -49,50 +52,142 @@ class Model:
     eos: int | None
 
 
+@dataclass
+class Batch:
+    seqs: list[Sequence]
+    cache: DynamicCache
+    mask: torch.Tensor  # [requests, width]: 1 where a real token's keys and values sit
+
+
+class GrowingLayer(DynamicLayer):  # type: ignore[misc]
+    """Keys and values in a buffer with room to grow: a decode step writes its new
+    position in place, where DynamicLayer would copy the whole cache (torch.cat) on
+    every step of every layer."""
+
+    HEADROOM = 64
+
+    def __init__(self) -> None:
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._n = 0
+        super().__init__()
+
+    def _room(self, x: torch.Tensor, capacity: int) -> torch.Tensor:
+        buffer = x.new_empty((*x.shape[:2], capacity, x.shape[3]))
+        buffer[:, :, : x.shape[2]] = x
+        return buffer
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self._k is None else self._k[:, :, : self._n]
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        self._k = None if value is None else self._room(value, value.shape[2] + self.HEADROOM)
+        self._n = 0 if value is None else value.shape[2]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[:, :, : self._n]
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self._v = None if value is None else self._room(value, value.shape[2] + self.HEADROOM)
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._k is None or self._v is None:
+            self.lazy_initialization(key_states, value_states)
+            self.keys, self.values = key_states, value_states
+        else:
+            end = self._n + key_states.shape[2]
+            if end > self._k.shape[2]:
+                capacity = max(2 * self._k.shape[2], end + self.HEADROOM)
+                self._k = self._room(self._k[:, :, : self._n], capacity)
+                self._v = self._room(self._v[:, :, : self._n], capacity)
+            self._k[:, :, self._n:end] = key_states
+            self._v[:, :, self._n:end] = value_states
+            self._n = end
+        assert self.keys is not None and self.values is not None
+        return self.keys, self.values
+
+
+def new_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A cache of growing layers, holding ``layers`` (empty: filled by the first pass)."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = GrowingLayer
+    for k, v in layers:
+        layer = GrowingLayer()
+        layer.update(k, v)
+        cache.layers.append(layer)
+    return cache
+
+
+def _pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    gap = width - x.shape[dim]
+    if gap == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = gap
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
 def _forward(model: Model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-             cache: DynamicCache) -> tuple[torch.Tensor, DynamicCache]:
+             cache: DynamicCache) -> torch.Tensor:
     out = model.module(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                        use_cache=True)
-    return out.logits[:, -1, :], out.cache
-
-
-def _split(cache: DynamicCache, row: int, start: int, stop: int | None = None) -> KV:
-    return [(layer.keys[row:row + 1, :, start:stop].clone(),
-             layer.values[row:row + 1, :, start:stop].clone()) for layer in cache.layers]
+    return out.logits[:, -1, :]
 
 
 def prefill(model: Model, seqs: list[Sequence], cache: PrefixCache, stats: EngineStats
-            ) -> list[torch.Tensor]:
-    """Fill each sequence's cache with its prompt; the last-position logits of each."""
-    logits: list[torch.Tensor | None] = [None] * len(seqs)
-    cold = []
-    for i, seq in enumerate(seqs):
-        hit = cache.lookup(seq.prompt, max_length=len(seq.prompt) - 1)
+            ) -> tuple[Batch, torch.Tensor]:
+    """One forward pass over the uncached tails of ``seqs``; the batch it leaves, and
+    each sequence's next-token logits."""
+    hits = [cache.lookup(s.prompt, max_length=len(s.prompt) - 1) for s in seqs]
+    past_w = max(h.length for h in hits)
+    tails = [s.prompt[h.length:] for s, h in zip(seqs, hits, strict=True)]
+    tail_w = max(len(t) for t in tails)
+    device, pad = model.device, model.tokenizer.pad_token_id or 0
+    layers = []
+    if past_w:
+        reference = next(h.kv for h in hits if h.length)
+        for layer, (k0, v0) in enumerate(reference):
+            ks, vs = [], []
+            for h in hits:
+                k, v = h.kv[layer] if h.length else (k0[:, :, :0], v0[:, :, :0])
+                ks.append(_pad_left(k, past_w, 2))
+                vs.append(_pad_left(v, past_w, 2))
+            layers.append((torch.cat(ks), torch.cat(vs)))
+    rows, mask, positions = [], [], []
+    for seq, hit, tail in zip(seqs, hits, tails, strict=True):
+        gap = tail_w - len(tail)
         seq.cached = hit.length
-        if hit.length == 0:
-            cold.append(i)
-            continue
-        tail = seq.prompt[hit.length:]
-        ids = torch.tensor([tail], device=model.device)
-        positions = torch.arange(hit.length, len(seq.prompt), device=model.device)[None]
-        mask = torch.ones(1, len(seq.prompt), dtype=torch.long, device=model.device)
-        out, full = _forward(model, ids, mask, positions, DynamicCache(hit.kv))
-        stats.prefill_inputs.append(len(tail))
-        logits[i], seq.kv = out[0], _split(full, 0, 0)
-    if cold:
-        width = max(len(seqs[i].prompt) for i in cold)
-        pad = model.tokenizer.pad_token_id or 0
-        rows = [[pad] * (width - len(seqs[i].prompt)) + seqs[i].prompt for i in cold]
-        mask = torch.tensor([[0] * (width - len(seqs[i].prompt)) + [1] * len(seqs[i].prompt)
-                             for i in cold], device=model.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out, full = _forward(model, torch.tensor(rows, device=model.device), mask, positions,
-                             DynamicCache())
-        stats.prefill_inputs.extend(len(seqs[i].prompt) for i in cold)
-        for row, i in enumerate(cold):
-            logits[i], seqs[i].kv = out[row], _split(full, row, width - len(seqs[i].prompt))
+        rows.append([pad] * gap + tail)
+        mask.append([0] * (past_w - hit.length) + [1] * hit.length + [0] * gap + [1] * len(tail))
+        positions.append([0] * gap + list(range(hit.length, len(seq.prompt))))
+    batch_cache = new_cache(layers)
+    mask_t = torch.tensor(mask, device=device)
+    logits = _forward(model, torch.tensor(rows, device=device), mask_t,
+                      torch.tensor(positions, device=device), batch_cache)
+    stats.prefill_inputs.extend(len(t) for t in tails)
     stats.record_batch(len(seqs))
-    return [x for x in logits if x is not None]
+    return Batch(seqs, batch_cache, mask_t), logits
+
+
+def merge(a: Batch | None, b: Batch) -> Batch:
+    """One batch of both (the narrower left-padded)."""
+    if a is None:
+        return b
+    width = max(a.mask.shape[1], b.mask.shape[1])
+    for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
+        la.keys = torch.cat([_pad_left(la.keys, width, 2), _pad_left(lb.keys, width, 2)])
+        la.values = torch.cat([_pad_left(la.values, width, 2), _pad_left(lb.values, width, 2)])
+    mask = torch.cat([_pad_left(a.mask, width, 1), _pad_left(b.mask, width, 1)])
+    return Batch(a.seqs + b.seqs, a.cache, mask)
 
 
 def _choose(logits: torch.Tensor, temperature: float) -> int:
@@ -118,96 +213,70 @@ def _advance(model: Model, seq: Sequence, token: int) -> None:
         seq.finish = "abort"
 
 
-def _stack(seqs: list[Sequence], device: str) -> tuple[DynamicCache, torch.Tensor]:
-    """One left-padded batch cache from per-sequence caches, and its attention mask."""
-    width = max(len(s.kv[0][0][0, 0]) for s in seqs)
-    layers = []
-    for layer in range(len(seqs[0].kv)):
-        keys, values = [], []
-        for s in seqs:
-            k, v = s.kv[layer]
-            gap = width - k.shape[2]
-            keys.append(torch.nn.functional.pad(k, (0, 0, gap, 0)))
-            values.append(torch.nn.functional.pad(v, (0, 0, gap, 0)))
-        layers.append((torch.cat(keys), torch.cat(values)))
-    mask = torch.tensor([[0] * (width - s.kv[0][0].shape[2]) + [1] * s.kv[0][0].shape[2]
-                         for s in seqs], device=device)
-    return DynamicCache(layers), mask
-
-
-def decode(model: Model, seqs: list[Sequence], first: list[torch.Tensor],
-           cache: PrefixCache, stats: EngineStats) -> None:
-    """Generate until every sequence has finished."""
-    for seq, logits in zip(seqs, first, strict=True):
-        _advance(model, seq, _choose(logits, seq.sampling.temperature))
-    _retire(model, [s for s in seqs if s.finish is not None], cache)
-    active = [s for s in seqs if s.finish is None]
-    if not active:
-        return
-    batch, mask = _stack(active, model.device)
-    for s in active:
-        s.kv = []  # the batch holds them now
-    while active:
-        ids = torch.tensor([[s.generated[-1]] for s in active], device=model.device)
-        positions = torch.tensor([[len(s.prompt) + len(s.generated) - 1] for s in active],
-                                 device=model.device)
-        mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype,
-                                           device=model.device)], dim=1)
-        logits, batch = _forward(model, ids, mask, positions, batch)
-        stats.record_batch(len(active))
-        for row, seq in enumerate(active):
-            _advance(model, seq, _choose(logits[row], seq.sampling.temperature))
-        done = [row for row, s in enumerate(active) if s.finish is not None]
-        if not done:
-            continue
-        for row in done:
-            seq = active[row]
-            seq.kv = _split(batch, row, int((mask[row] == 0).sum()))
-        _retire(model, [active[row] for row in done], cache)
-        keep = [row for row, s in enumerate(active) if s.finish is None]
-        active = [active[row] for row in keep]
-        if active:
-            batch, mask = _shrink(batch, mask, keep)
-
-
-def _shrink(batch: DynamicCache, mask: torch.Tensor, keep: list[int]
-            ) -> tuple[DynamicCache, torch.Tensor]:
-    """Drop finished rows, and the left columns that are padding in every row left."""
-    index = torch.tensor(keep, device=mask.device)
-    mask = mask.index_select(0, index)
-    start = int((mask == 0).sum(dim=1).min())
-    for layer in batch.layers:
+def _retire(model: Model, batch: Batch, cache: PrefixCache) -> Batch | None:
+    """Hand finished sequences back (their keys and values into the prefix cache:
+    the prompt and every generated token but the last, never fed); the batch of the
+    others, without the left columns that are padding in all of them."""
+    done = [row for row, s in enumerate(batch.seqs) if s.finish is not None]
+    if not done:
+        return batch
+    for row in done:
+        seq = batch.seqs[row]
+        real = batch.mask[row].nonzero().squeeze(1)
+        kv = [(layer.keys[row:row + 1].index_select(2, real),
+               layer.values[row:row + 1].index_select(2, real)) for layer in batch.cache.layers]
+        cache.insert(seq.prompt + seq.generated[:-1], kv)
+        if not seq.text:
+            text = model.tokenizer.decode(seq.generated, skip_special_tokens=True)
+            seq.text = apply_stop(text, seq.sampling.stop)[0] if seq.sampling.stop else text
+        seq.on_done(seq)
+    keep = [row for row, s in enumerate(batch.seqs) if s.finish is None]
+    if not keep:
+        return None
+    index = torch.tensor(keep, device=batch.mask.device)
+    mask = batch.mask.index_select(0, index)
+    start = int(mask.argmax(dim=1).min())  # first real column of any remaining row
+    for layer in batch.cache.layers:
         layer.keys = layer.keys.index_select(0, index)[:, :, start:]
         layer.values = layer.values.index_select(0, index)[:, :, start:]
-    return batch, mask[:, start:]
+    return Batch([batch.seqs[row] for row in keep], batch.cache, mask[:, start:])
 
 
-def _retire(model: Model, seqs: list[Sequence], cache: PrefixCache) -> None:
-    """Finished sequences: final text, and their keys and values into the prefix cache.
-    The cache covers the prompt and every generated token but the last (never fed)."""
-    for seq in seqs:
-        if not seq.text:
-            tokens = seq.generated[:-1] if seq.finish == "stop" and seq.generated and \
-                seq.generated[-1] == model.eos else seq.generated
-            text = model.tokenizer.decode(tokens, skip_special_tokens=True)
-            seq.text = apply_stop(text, seq.sampling.stop)[0] if seq.sampling.stop else text
-        if seq.kv:
-            cache.insert(seq.prompt + seq.generated[:-1], seq.kv)
-            seq.kv = []
+def serve(model: Model, first: list[Sequence], take: Callable[[int], list[Sequence]],
+          cache: PrefixCache, stats: EngineStats, max_batch: int) -> None:
+    """Run ``first`` and whatever ``take(room)`` hands over between steps, until the
+    batch is empty."""
+    started = time.perf_counter()
+    batch: Batch | None = None
+    arrivals = first
+    with torch.inference_mode():
+        while True:
+            if arrivals:
+                joined, logits = prefill(model, arrivals, cache, stats)
+                for row, seq in enumerate(arrivals):
+                    _advance(model, seq, _choose(logits[row], seq.sampling.temperature))
+                stats.requests += len(arrivals)
+                stats.prompt_tokens += sum(len(s.prompt) for s in arrivals)
+                stats.cached_tokens += sum(s.cached for s in arrivals)
+                batch = _retire(model, merge(batch, joined), cache)
+            if batch is None:
+                break
+            ids = torch.tensor([[s.generated[-1]] for s in batch.seqs], device=model.device)
+            positions = torch.tensor([[len(s.prompt) + len(s.generated) - 1]
+                                      for s in batch.seqs], device=model.device)
+            batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.seqs), 1)], 1)
+            logits = _forward(model, ids, batch.mask, positions, batch.cache)
+            stats.record_batch(len(batch.seqs))
+            for row, seq in enumerate(batch.seqs):
+                _advance(model, seq, _choose(logits[row], seq.sampling.temperature))
+            batch = _retire(model, batch, cache)
+            arrivals = take(max_batch - (len(batch.seqs) if batch else 0))
+            if batch is None and not arrivals:
+                break
+    stats.busy_s += time.perf_counter() - started
 
 
 def completion(seq: Sequence) -> Completion:
     assert seq.finish is not None
     return Completion(text=seq.text, finish_reason=seq.finish, prompt_tokens=len(seq.prompt),
                       completion_tokens=len(seq.generated), cached_tokens=seq.cached)
-
-
-def run(model: Model, seqs: list[Sequence], cache: PrefixCache, stats: EngineStats) -> None:
-    started = time.perf_counter()
-    with torch.inference_mode():
-        first = prefill(model, seqs, cache, stats)
-        decode(model, seqs, first, cache, stats)
-    stats.busy_s += time.perf_counter() - started
-    stats.requests += len(seqs)
-    stats.prompt_tokens += sum(len(s.prompt) for s in seqs)
-    stats.cached_tokens += sum(s.cached for s in seqs)

@@ -48,6 +48,7 @@ class TransformersEngine:
         self._stats = EngineStats()
         self._model: Any = None
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._inflight: dict[int, Future[Completion]] = {}
         self._scheduler: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -136,13 +137,15 @@ class TransformersEngine:
         return [p.future.result() for p in pending]
 
     def _serve(self) -> None:
+        from workers.batching import serve
+
         while True:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
+            arrivals = [first]
             deadline = time.monotonic() + self.options.window_s
-            while len(batch) < self.options.max_batch:
+            while len(arrivals) < self.options.max_batch:
                 try:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
@@ -150,44 +153,62 @@ class TransformersEngine:
                 if item is None:
                     self._queue.put(None)
                     break
-                batch.append(item)
-            self._run(batch)
+                arrivals.append(item)
+            seqs = self._admit(arrivals)
+            if not seqs:
+                continue
+            try:
+                serve(self._model, seqs, self._take, self.cache, self._stats,
+                      self.options.max_batch)
+            except Exception as exc:  # the batch broke: every request in it fails
+                for future in self._inflight.values():
+                    future.set_exception(exc)
+                self._inflight.clear()
 
-    def _run(self, batch: list[_Pending]) -> None:
+    def _take(self, room: int) -> list[Any]:
+        """Requests that arrived while a batch runs: they join it at the next step."""
+        arrivals: list[_Pending] = []
+        while len(arrivals) < room:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # shut down once the batch is done
+                break
+            arrivals.append(item)
+        return self._admit(arrivals)
+
+    def _admit(self, arrivals: list[_Pending]) -> list[Any]:
+        """Sequences for the requests that can run; the others fail alone."""
         from workers.batching import Sequence as Seq
-        from workers.batching import completion, run
+        from workers.batching import completion
 
-        model = self._model
-        context = int(model.module.config.max_position_embeddings)
-        seqs: list[Seq] = []
-        owners: list[_Pending] = []
-        for p in batch:
+        context = int(self._model.module.config.max_position_embeddings)
+        seqs = []
+        for p in arrivals:
             try:
                 ids = self._input_ids(p.request)
-                needed = len(ids) + p.request.sampling.max_tokens
-                if needed > context:
+                if not ids:
+                    raise ValueError("the prompt encodes to no tokens")
+                if len(ids) + p.request.sampling.max_tokens > context:
                     raise ValueError(
                         f"prompt of {len(ids)} tokens plus max_tokens "
                         f"{p.request.sampling.max_tokens} exceeds the model's context of "
                         f"{context} tokens")
-                if not ids:
-                    raise ValueError("the prompt encodes to no tokens")
             except Exception as exc:  # this request alone fails; the others run
                 p.future.set_exception(exc)
                 continue
-            seqs.append(Seq(prompt=ids, sampling=p.request.sampling,
-                            should_stop=p.request.should_stop))
-            owners.append(p)
-        if not seqs:
-            return
-        try:
-            run(model, seqs, self.cache, self._stats)
-        except Exception as exc:
-            for p in owners:
-                p.future.set_exception(exc)
-            return
-        for p, seq in zip(owners, seqs, strict=True):
-            p.future.set_result(completion(seq))
+
+            def done(seq: Seq, future: Future[Completion] = p.future) -> None:
+                self._inflight.pop(id(seq), None)
+                future.set_result(completion(seq))
+
+            seq = Seq(prompt=ids, sampling=p.request.sampling,
+                      should_stop=p.request.should_stop, on_done=done)
+            self._inflight[id(seq)] = p.future
+            seqs.append(seq)
+        return seqs
 
 
 def context_length_of(path: str) -> int:

@@ -3,7 +3,7 @@ so two processes racing on one job cannot both win."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -35,6 +35,12 @@ def get_job(*, session: Session, tenant: str, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
+
+
+def get_jobs(*, session: Session, tenant: str, job_ids: Sequence[str]) -> dict[str, Job]:
+    """The tenant's jobs among ``job_ids``, by id (one query)."""
+    query = select(Job).where(col(Job.id).in_(list(job_ids)), Job.tenant == tenant)
+    return {job.id: job for job in session.exec(query)}
 
 
 def list_jobs(
