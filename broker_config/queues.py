@@ -27,7 +27,7 @@ class TaskName(StrEnum):
 # appear here (a test checks it).
 TASK_FAMILIES: dict[TaskName, Literal["model", "model_or_worker"]] = {
     TaskName.generate: "model",
-    TaskName.mindspace_turn: "model",
+    TaskName.mindspace_turn: "model_or_worker",  # cache affinity: the worker of its last turn
     TaskName.model_op: "model_or_worker",
 }
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from celery import Celery
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
@@ -24,14 +25,19 @@ from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.db.models import (
     Job,
     JobPublic,
+    KnowledgeChunk,
     MindspaceBase,
     MindspacePublic,
+    MindspaceSettings,
     RegisteredModelBase,
     RegisteredModelPublic,
+    SnapshotPublic,
     WorkerPublic,
+    new_id,
 )
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.errors import BrokerUnavailable, InvalidRequest, NoLiveWorkerWarning, NotFound
+from llmos_jobs.routing import route_turn
 from llmos_jobs.settings import Settings, get_settings
 from llmos_jobs.ttl_cache import TTLCache
 from schemas.common import ChatMessage, JobKind, JobStatus, parse_priority
@@ -47,6 +53,13 @@ _TASKS: dict[JobKind, TaskName] = {
     JobKind.mindspace_turn: TaskName.mindspace_turn,
 }
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+
+
+@dataclass
+class KnowledgeDocument:
+    id: str
+    title: str
+    chunks: int
 
 
 @dataclass(frozen=True)
@@ -180,38 +193,142 @@ class LlmosClient:
     # -- mindspaces -----------------------------------------------------------------------------
 
     def create_mindspace(self, *, model: str, persona: str | None = None,
-                         name: str | None = None) -> MindspacePublic:
+                         name: str | None = None, **settings: Any) -> MindspacePublic:
         request = validate(MindspaceCreate, {"model": model, "persona": persona, "name": name})
         self._check_model(request.model, None)
+        options = validate(MindspaceSettings, settings).model_dump()
         with self._session() as session:
-            row = ms_crud.create_mindspace(
-                session=session,
-                mindspace_in=MindspaceBase(tenant=self.tenant, **request.model_dump()),
-            )
-            return MindspacePublic(**row.model_dump())
+            row = ms_crud.create_mindspace(session=session, mindspace_in=MindspaceBase(
+                tenant=self.tenant, settings=options, **request.model_dump()))
+            return ms_crud.show_mindspace(session=session, tenant=self.tenant,
+                                          mindspace_id=row.id)
+
+    def configure_mindspace(self, mindspace_id: str, *, persona: str | None = None,
+                            **settings: Any) -> MindspacePublic:
+        """Change the persona ('' removes it) and settings; history stays."""
+        known = set(MindspaceSettings.model_fields)
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise InvalidRequest(f"unknown mindspace setting(s) {', '.join(unknown)}: "
+                                 f"choose from {', '.join(sorted(known))}")
+        with self._session() as session:
+            try:
+                ms_crud.configure(session=session, tenant=self.tenant,
+                                  mindspace_id=mindspace_id, persona=persona, settings=settings)
+            except ValidationError as exc:
+                raise InvalidRequest(str(exc.errors()[0]["msg"])) from None
+            return ms_crud.show_mindspace(session=session, tenant=self.tenant,
+                                          mindspace_id=mindspace_id)
 
     def mindspace(self, mindspace_id: str) -> MindspacePublic:
         with self._session() as session:
             return ms_crud.show_mindspace(session=session, tenant=self.tenant,
                                           mindspace_id=mindspace_id)
 
-    def chat(self, mindspace_id: str, message: str, *, max_tokens: int = 64,
-             temperature: float = 0.0, priority: int | str = "interactive") -> JobPublic:
-        request = validate(MindspaceTurnRequest, {
-            "mindspace_id": mindspace_id, "message": message, "max_tokens": max_tokens,
-            "temperature": temperature,
-        })
+    def mindspaces(self) -> list[MindspacePublic]:
+        with self._session() as session:
+            return [ms_crud.show_mindspace(session=session, tenant=self.tenant,
+                                           mindspace_id=m.id)
+                    for m in ms_crud.list_mindspaces(session=session, tenant=self.tenant)]
+
+    def chat(self, mindspace_id: str, message: str, *, max_tokens: int | None = None,
+             temperature: float | None = None, priority: int | str = "interactive") -> JobPublic:
+        """Submit a turn. Turns of one mindspace run one at a time in the order sent; a
+        turn sent while another runs waits for it."""
         with self._session() as session:
             mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
                                               mindspace_id=mindspace_id)
+        defaults = MindspaceSettings(**mindspace.settings)
+        request = validate(MindspaceTurnRequest, {
+            "mindspace_id": mindspace_id, "message": message,
+            "max_tokens": defaults.max_tokens if max_tokens is None else max_tokens,
+            "temperature": defaults.temperature if temperature is None else temperature,
+        })
         self._check_model(mindspace.model, request.max_tokens)
-        return self._submit(JobKind.mindspace_turn, mindspace.model, request,
-                            _priority(priority), mindspace_id=mindspace.id)
+        number = _priority(priority)
+        app = get_app(self.settings.resolved_broker_url())
+        with self._session() as session:
+            mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
+                                              mindspace_id=mindspace_id)
+            route = route_turn(session=session, mindspace=mindspace,
+                               dead_after_s=self.settings.worker_dead_after_s)
+            job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
+                tenant=self.tenant, kind=JobKind.mindspace_turn, priority=number,
+                model=mindspace.model, mindspace_id=mindspace.id,
+                payload=request.model_dump(mode="json"), queue=route.queue,
+                mindspace_seq=ms_crud.next_turn(session=session, mindspace=mindspace)))
+            if route.worker is not None:
+                ms_crud.place(session=session, mindspace_id=mindspace.id, worker=route.worker)
+        self._publish(app, [job])
+        if route.worker is None:
+            self._warn_without_worker(route.queue, mindspace.model)
+        return JobPublic.from_row(job)
+
+    def snapshot(self, mindspace_id: str, *, name: str | None = None) -> SnapshotPublic:
+        with self._session() as session:
+            snap = ms_crud.snapshot(session=session, tenant=self.tenant,
+                                    mindspace_id=mindspace_id, name=name)
+            return SnapshotPublic(id=snap.id, mindspace_id=snap.mindspace_id, name=snap.name,
+                                  messages=len(snap.data["messages"]),
+                                  created_at=snap.created_at)
+
+    def snapshots(self, mindspace_id: str) -> list[SnapshotPublic]:
+        with self._session() as session:
+            return ms_crud.snapshots(session=session, tenant=self.tenant,
+                                     mindspace_id=mindspace_id)
+
+    def restore(self, snapshot_id: str) -> MindspacePublic:
+        """A new mindspace from a snapshot; the original is untouched."""
+        with self._session() as session:
+            row = ms_crud.restore(session=session, tenant=self.tenant, snapshot_id=snapshot_id)
+            return ms_crud.show_mindspace(session=session, tenant=self.tenant,
+                                          mindspace_id=row.id)
+
+    def fork(self, mindspace_id: str) -> MindspacePublic:
+        with self._session() as session:
+            row = ms_crud.fork(session=session, tenant=self.tenant, mindspace_id=mindspace_id)
+            return ms_crud.show_mindspace(session=session, tenant=self.tenant,
+                                          mindspace_id=row.id)
 
     def destroy_mindspace(self, mindspace_id: str) -> None:
         with self._session() as session:
             ms_crud.destroy_mindspace(session=session, tenant=self.tenant,
                                       mindspace_id=mindspace_id)
+
+    def kb_add(self, mindspace_id: str, text: str, *, title: str) -> KnowledgeDocument:
+        """Add a text or Markdown document: chunked, embedded, stored encrypted."""
+        from llmos_jobs.knowledge import chunk_text, embedder
+
+        if not text.strip():
+            raise InvalidRequest(f"document {title!r} is empty")
+        with self._session() as session:
+            ms_crud.get_mindspace(session=session, tenant=self.tenant, mindspace_id=mindspace_id)
+        pieces = chunk_text(text)
+        vectors = embedder().embed(pieces)
+        document = new_id()
+        with self._session() as session:
+            ms_crud.add_chunks(session=session, chunks=[
+                KnowledgeChunk(mindspace_id=mindspace_id, tenant=self.tenant, document=document,
+                               title=title, position=i, text=piece, embedding=vector.tobytes())
+                for i, (piece, vector) in enumerate(zip(pieces, vectors, strict=True))])
+        return KnowledgeDocument(id=document, title=title, chunks=len(pieces))
+
+    def kb_list(self, mindspace_id: str) -> list[KnowledgeDocument]:
+        with self._session() as session:
+            ms_crud.get_mindspace(session=session, tenant=self.tenant, mindspace_id=mindspace_id)
+            chunks = ms_crud.chunks_of(session=session, tenant=self.tenant,
+                                       mindspace_id=mindspace_id)
+        documents: dict[str, KnowledgeDocument] = {}
+        for c in chunks:
+            doc = documents.setdefault(c.document, KnowledgeDocument(id=c.document,
+                                                                     title=c.title, chunks=0))
+            doc.chunks += 1
+        return list(documents.values())
+
+    def kb_remove(self, mindspace_id: str, document_id: str) -> int:
+        with self._session() as session:
+            return ms_crud.remove_document(session=session, tenant=self.tenant,
+                                           mindspace_id=mindspace_id, document=document_id)
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -290,6 +407,13 @@ class LlmosClient:
         app = get_app(self.settings.resolved_broker_url())
         with self._session() as session:
             jobs = [job_crud.create_job(session=session, job_in=j) for j in jobs_in]
+        self._publish(app, jobs)
+        for queue, model in sorted({(j.queue, j.model) for j in jobs}):
+            self._warn_without_worker(queue, model)
+        return [JobPublic.from_row(j) for j in jobs]
+
+    def _publish(self, app: Celery, jobs: Sequence[Job]) -> None:
+        """One message per committed job; jobs whose message never left are failed."""
         published = 0
         try:
             with app.producer_or_acquire() as producer:
@@ -305,9 +429,6 @@ class LlmosClient:
                 f"could not enqueue {len(jobs) - published} job(s): the broker is unreachable "
                 f"({exc}); start one with `llmos up` or check LLMOS_BROKER_URL"
             ) from None
-        for queue, model in sorted({(j.queue, j.model) for j in jobs}):
-            self._warn_without_worker(queue, model)
-        return [JobPublic.from_row(j) for j in jobs]
 
     def _abandon(self, job: Job, reason: str) -> None:
         """A job whose message never left: failed, so no one waits on it forever."""

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is poison")
     job_time_limit_s: int = Field(default=600, ge=1)
     noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
+    encryption_keys: str | None = Field(
+        default=None, description="Fernet keys, comma-separated, newest first"
+    )
     prefix_cache_mb: int = Field(default=1024, ge=1, description="prefix KV cache per model")
     max_batch: int = Field(default=32, ge=1, description="requests per engine batch")
     batch_window_ms: float = Field(default=5.0, ge=0, description="wait for a batch to fill")

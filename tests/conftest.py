@@ -5,6 +5,7 @@ their own."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,19 @@ from tests.stack import Stack
 
 # Redis database numbers of this suite (not 0, which people use by hand).
 REDIS_DB = {"sqlite": 11, "postgres": 12}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def encryption_keys() -> Iterator[str]:
+    """One key ring for this process and the workers it starts (tests/stack.py)."""
+    from cryptography.fernet import Fernet
+
+    from llmos_jobs.settings import get_settings
+
+    keys = Fernet.generate_key().decode()
+    os.environ["LLMOS_ENCRYPTION_KEYS"] = keys
+    get_settings.cache_clear()
+    yield keys
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("LLMOS_") or k == "LLMOS_ENCRYPTION_KEYS"}
         env.update(
             LLMOS_BROKER_URL=self.broker_url, LLMOS_DATABASE_URL=self.database_url,
             LLMOS_DATA_DIR=str(self.data_dir), LLMOS_HEARTBEAT_INTERVAL_S="0.5",

@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlmodel import Session
 
-from llmos_jobs.db import mindspaces as ms_crud
 from llmos_jobs.db.jobs import (
     ClaimOutcome,
     claim_job,
@@ -22,13 +21,14 @@ from llmos_jobs.db.jobs import (
     still_owned,
     succeed_job,
 )
-from llmos_jobs.db.models import Job, Mindspace
+from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
-from schemas.common import ChatMessage, JobKind, Usage
+from schemas.common import JobKind, Usage
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
+from workers import turns
 from workers.engine import EngineRequest, SamplingParams
 from workers.pool import EnginePool
 
@@ -104,45 +104,20 @@ def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
     return Outcome(result.model_dump(mode="json"), _usage(0, 0, 0))
 
 
-def turn_messages(mindspace: Mindspace, history: list[tuple[str, str]], message: str) -> list[
-    ChatMessage
-]:
-    """The prompt of a turn in a stable order, so each turn extends the previous one:
-    persona, history oldest first, the new message."""
-    messages = []
-    if mindspace.persona:
-        messages.append(ChatMessage(role="system", content=mindspace.persona))
-    messages += [ChatMessage(role=r, content=c) for r, c in history]
-    messages.append(ChatMessage(role="user", content=message))
-    return messages
-
-
 def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
     request = MindspaceTurnRequest.model_validate(job.payload)
-    with session_scope() as session:
-        mindspace = ms_crud.get_mindspace(
-            session=session, tenant=job.tenant, mindspace_id=request.mindspace_id
-        )
-        history = [
-            (m.role, m.content)
-            for m in ms_crud.list_messages(
-                session=session, tenant=job.tenant, mindspace_id=mindspace.id
-            )
-        ]
-    engine = ctx.pool.get(mindspace.model)
+    engine = ctx.pool.get(job.model)
+    prompt = turns.assemble(job, request.mindspace_id, request.message, engine)
     sampling = SamplingParams(request.max_tokens, request.temperature)
-    messages = turn_messages(mindspace, history, request.message)
-    [done] = engine.generate([EngineRequest(sampling, messages=messages, priority=job.priority,
+    [done] = engine.generate([EngineRequest(sampling, messages=prompt.messages,
+                                            priority=job.priority,
                                             should_stop=cancel_watch(job))])
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
-    result = MindspaceTurnResult(mindspace_id=mindspace.id, reply=done.text, usage=usage)
+    result = MindspaceTurnResult(mindspace_id=request.mindspace_id, reply=done.text, usage=usage)
 
     def persist(session: Session) -> None:
-        row = ms_crud.get_mindspace(session=session, tenant=job.tenant, mindspace_id=mindspace.id)
-        ms_crud.append_turn(
-            session=session, mindspace=row, user=request.message, assistant=done.text,
-            job_id=job.id,
-        )
+        turns.persist_turn(session, job, request.mindspace_id, request.message, done.text,
+                           prompt.compaction, ctx.name)
 
     return Outcome(result.model_dump(mode="json"), usage, persist)
 
@@ -158,6 +133,8 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
     """Run one delivery of a job. Never raises for a failure of the job itself: that is
     recorded on the row and the message is acknowledged."""
     with session_scope() as session:
+        if turns.waits_for_earlier_turn(session, job_id):
+            return ClaimOutcome.waiting
         claim = claim_job(
             session=session, job_id=job_id, message_id=message_id, worker=ctx.name,
             pid=os.getpid(), max_attempts=get_settings().max_attempts,

@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from broker_config import language_queue, worker_queue
 from llmos_jobs.db import registry
-from llmos_jobs.db.jobs import requeue_job, running_jobs_of
+from llmos_jobs.db.jobs import queued_on, requeue_job, reroute_job, running_jobs_of
 from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
 
@@ -46,4 +47,20 @@ def reap(*, dead_after_s: float, enqueue: Enqueue) -> int:
             log.warning("worker %s silent for over %.0fs: declared dead", worker.name,
                         dead_after_s)
             count += requeue_orphans(worker=worker.name, enqueue=enqueue, only=lambda _: True)
+            count += reroute_direct_queue(worker=worker.name, enqueue=enqueue)
+    return count
+
+
+def reroute_direct_queue(*, worker: str, enqueue: Enqueue) -> int:
+    """Jobs waiting on a dead worker's direct queue go to their model's shared queue
+    (a mindspace turn then lands on whichever worker takes it, and moves there)."""
+    count = 0
+    with session_scope() as session:
+        for job in queued_on(session=session, queue=worker_queue(worker)):
+            new_task_id = reroute_job(session=session, job=job,
+                                      queue=language_queue(job.model))
+            if new_task_id is not None:
+                job.queue = language_queue(job.model)
+                enqueue(job, new_task_id)
+                count += 1
     return count

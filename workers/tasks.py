@@ -8,12 +8,19 @@ from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError
 
 from broker_config import TaskName
+from llmos_jobs.db.jobs import ClaimOutcome
 from workers.execution import execute_job
 from workers.runtime import get_runtime
+
+# A turn whose mindspace is busy with an earlier turn is delivered again this much later.
+TURN_WAIT_S = 0.2
 
 
 def _run(task: Task, job_id: str) -> str:
     outcome = execute_job(job_id=job_id, message_id=task.request.id, ctx=get_runtime().context())
+    if outcome == ClaimOutcome.waiting:
+        # Same message id, so the claim still recognises it; Celery acks this delivery.
+        raise task.retry(countdown=TURN_WAIT_S, max_retries=None)
     return outcome.value
 
 

@@ -22,6 +22,7 @@ from schemas.common import JobStatus, Usage
 class JobCreate(JobBase):
     payload: dict[str, Any]
     queue: str
+    mindspace_seq: int | None = None
 
 
 def create_job(*, session: Session, job_in: JobCreate) -> Job:
@@ -121,6 +122,7 @@ class ClaimOutcome(StrEnum):
     duplicate = "duplicate"  # its live claimant still runs it
     poison = "poison"  # delivered too often; failed
     missing = "missing"
+    waiting = "waiting"  # an earlier turn of its mindspace has not finished
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,25 @@ def requeue_job(*, session: Session, job: Job) -> str | None:
         extra_where=(col(Job.task_id) == job.task_id, col(Job.status) == JobStatus.running),
         task_id=new_task_id, worker=None, worker_pid=None, started_at=None,
     )
+    session.commit()
+    return new_task_id if moved else None
+
+
+def queued_on(*, session: Session, queue: str) -> list[Job]:
+    query = select(Job).where(Job.queue == queue, Job.status == JobStatus.queued)
+    return list(session.exec(query))
+
+
+def reroute_job(*, session: Session, job: Job, queue: str) -> str | None:
+    """Send a queued job to another queue under a new message id (the old message, if
+    it is ever delivered, is stale); None if it was taken or cancelled meanwhile."""
+    new_task_id = new_id()
+    moved = session.execute(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.task_id) == job.task_id,
+               col(Job.status) == JobStatus.queued)
+        .values(task_id=new_task_id, queue=queue)
+    ).rowcount  # type: ignore[attr-defined]
     session.commit()
     return new_task_id if moved else None
 

@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import Field as PField
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
+from llmos_jobs.crypto import EncryptedJSON, EncryptedText
 from llmos_jobs.db.types import UTCDateTime, utcnow
 from schemas.common import JobKind, JobStatus, Usage
 
@@ -38,8 +39,10 @@ class Job(JobBase, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True)
     status: JobStatus = Field(default=JobStatus.queued, index=True)
-    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Encrypted at rest: prompts and outputs are tenant text.
+    payload: dict[str, Any] = Field(sa_column=Column(EncryptedJSON, nullable=False))
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(EncryptedJSON))
+    mindspace_seq: int | None = Field(default=None, description="turn order in its mindspace")
     error_type: str | None = None
     error_message: str | None = None
     queue: str
@@ -119,15 +122,29 @@ class RegisteredModelPublic(RegisteredModelBase):
 # -- mindspaces ---------------------------------------------------------------------------
 
 
+class MindspaceSettings(SQLModel):
+    context_budget: int = Field(default=1024, ge=64, description="history tokens kept in a turn")
+    max_tokens: int = Field(default=64, gt=0)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    knowledge_top_k: int = Field(default=3, ge=0, le=20)
+
+
 class MindspaceBase(SQLModel):
     tenant: str = Field(index=True, min_length=1)
     name: str | None = None
     model: str
-    persona: str | None = None
+    persona: str | None = Field(default=None, sa_type=EncryptedText)
+    settings: dict[str, Any] = Field(
+        default_factory=lambda: MindspaceSettings().model_dump(),
+        sa_column=Column(JSON, nullable=False, server_default="{}"))
 
 
 class Mindspace(MindspaceBase, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
+    # The worker whose prefix cache holds this mindspace (cache-affinity routing).
+    worker: str | None = None
+    next_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    forked_from: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
@@ -139,8 +156,47 @@ class MindspaceMessage(SQLModel, table=True):
     mindspace_id: str = Field(index=True, foreign_key="mindspace.id", ondelete="CASCADE")
     tenant: str = Field(index=True)
     role: str
-    content: str
+    content: str = Field(sa_type=EncryptedText)
     job_id: str | None = None
+    # Compacted messages stay out of prompts; a system marker stands in for them.
+    compacted: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class KnowledgeChunk(SQLModel, table=True):
+    __tablename__ = "mindspace_chunk"
+
+    id: int | None = Field(default=None, primary_key=True)
+    mindspace_id: str = Field(index=True, foreign_key="mindspace.id", ondelete="CASCADE")
+    tenant: str = Field(index=True)
+    document: str = Field(index=True)
+    title: str = Field(sa_type=EncryptedText)
+    position: int
+    text: str = Field(sa_type=EncryptedText)
+    embedding: bytes = Field(sa_type=LargeBinary)  # float32, normalised
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class MindspaceSnapshot(SQLModel, table=True):
+    __tablename__ = "mindspace_snapshot"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    mindspace_id: str = Field(index=True, foreign_key="mindspace.id", ondelete="CASCADE")
+    tenant: str = Field(index=True)
+    name: str | None = None
+    data: dict[str, Any] = Field(sa_column=Column(EncryptedJSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class MindspaceCompaction(SQLModel, table=True):
+    __tablename__ = "mindspace_compaction"
+
+    id: int | None = Field(default=None, primary_key=True)
+    mindspace_id: str = Field(index=True, foreign_key="mindspace.id", ondelete="CASCADE")
+    tenant: str = Field(index=True)
+    messages: int
+    through_message: int
+    method: str  # "truncate": replaced by a marker
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
@@ -148,14 +204,31 @@ class MessagePublic(SQLModel):
     role: str
     content: str
     job_id: str | None
+    compacted: bool = False
     created_at: datetime
 
 
-class MindspacePublic(MindspaceBase):
+class MindspacePublic(SQLModel):
     id: str
+    tenant: str
+    name: str | None
+    model: str
+    persona: str | None
+    settings: MindspaceSettings
+    worker: str | None
+    forked_from: str | None
     created_at: datetime
     updated_at: datetime
     messages: list[MessagePublic] = Field(default_factory=list)
+    documents: list[str] = Field(default_factory=list)
+
+
+class SnapshotPublic(SQLModel):
+    id: str
+    mindspace_id: str
+    name: str | None
+    messages: int
+    created_at: datetime
 
 
 # -- workers ------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Encryption at rest of tenant text: mindspace history, knowledge, persona, snapshots,
+and job payloads and results. MultiFernet: the first key encrypts, every key decrypts,
+so a new key is added in front and `llmos encryption rotate` re-encrypts under it.
+
+Keys come from LLMOS_ENCRYPTION_KEYS (comma-separated Fernet keys, newest first). With
+none set, the embedded default keeps one generated key in the data directory (mode
+0600), shared by the commands and workers that use that directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from llmos_jobs.errors import LlmosError
+from llmos_jobs.settings import get_settings
+
+KEY_FILE = "encryption.keys"
+
+
+def _local_keys(data_dir: Path) -> list[str]:
+    path = data_dir / KEY_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(Fernet.generate_key().decode() + "\n")
+    return [k for k in path.read_text().split() if k]
+
+
+def key_list() -> list[str]:
+    settings = get_settings()
+    if settings.encryption_keys:
+        return [k.strip() for k in settings.encryption_keys.split(",") if k.strip()]
+    return _local_keys(settings.data_dir)
+
+
+@lru_cache(maxsize=8)
+def _cipher(keys: tuple[str, ...]) -> MultiFernet:
+    try:
+        return MultiFernet([Fernet(k.encode()) for k in keys])
+    except ValueError as exc:
+        raise LlmosError(f"LLMOS_ENCRYPTION_KEYS holds an invalid Fernet key: {exc}") from None
+
+
+def cipher() -> MultiFernet:
+    return _cipher(tuple(key_list()))
+
+
+def encrypt(text: str) -> str:
+    return cipher().encrypt(text.encode()).decode()
+
+
+def decrypt(token: str) -> str:
+    try:
+        return cipher().decrypt(token.encode()).decode()
+    except InvalidToken:
+        raise LlmosError("stored text cannot be decrypted with the configured keys "
+                         "(LLMOS_ENCRYPTION_KEYS lost a key that is still in use?)") from None
+
+
+def rotate_token(token: str) -> str:
+    """The same plaintext, encrypted under the newest key."""
+    return cipher().rotate(token.encode()).decode()
+
+
+class EncryptedText(TypeDecorator[str]):
+    """Text stored as a Fernet token."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else encrypt(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else decrypt(value)
+
+
+class EncryptedJSON(TypeDecorator[Any]):
+    """A JSON document stored as a Fernet token."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else encrypt(json.dumps(value, separators=(",", ":")))
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(decrypt(value))

@@ -1,0 +1,56 @@
+"""Cache-affinity routing of mindspace turns: a turn goes to the direct queue of the
+worker that served the mindspace's previous turn, whose prefix cache holds its
+prompt; when that worker is gone or overloaded, to the least-loaded healthy worker
+serving the model, and the mindspace moves there (one cold prefill, no lost state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from broker_config import language_queue, worker_queue
+from llmos_jobs.db import registry
+from llmos_jobs.db.models import Job, Mindspace, WorkerRecord
+from schemas.common import JobStatus
+
+# A worker with this many jobs per slot waiting or running is overloaded.
+OVERLOAD_PER_SLOT = 2.0
+
+
+@dataclass(frozen=True)
+class Route:
+    queue: str
+    worker: str | None  # the placement the turn goes to, None: any worker of the model
+
+
+def _serves(worker: WorkerRecord, model: str) -> bool:
+    return worker.models is None or model in worker.models
+
+
+def _loads(session: Session, names: list[str]) -> dict[str, int]:
+    """Jobs per worker that are running on it or queued on its direct queue."""
+    running = dict(session.exec(
+        select(Job.worker, func.count()).where(
+            col(Job.worker).in_(names), Job.status == JobStatus.running).group_by(Job.worker)
+    ).all())
+    queued = dict(session.exec(
+        select(Job.queue, func.count()).where(
+            col(Job.queue).in_([worker_queue(n) for n in names]),
+            Job.status == JobStatus.queued).group_by(Job.queue)
+    ).all())
+    return {n: int(running.get(n, 0)) + int(queued.get(worker_queue(n), 0)) for n in names}
+
+
+def route_turn(*, session: Session, mindspace: Mindspace, dead_after_s: float) -> Route:
+    live = [w for w in registry.live_workers(session=session, dead_after_s=dead_after_s)
+            if _serves(w, mindspace.model)]
+    if not live:
+        return Route(language_queue(mindspace.model), None)
+    loads = _loads(session, [w.name for w in live])
+    home = next((w for w in live if w.name == mindspace.worker), None)
+    if home is not None and loads[home.name] < OVERLOAD_PER_SLOT * home.concurrency:
+        return Route(worker_queue(home.name), home.name)
+    best = min(live, key=lambda w: (loads[w.name] / w.concurrency, w.name))
+    return Route(worker_queue(best.name), best.name)
