@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from llmos_jobs.cli import jobs, mindspaces, models, stack
+from llmos_jobs.cli import encryption, jobs, mindspaces, models, stack
 from llmos_jobs.cli.output import err_console
 from llmos_jobs.cli.state import set_tenant
 from llmos_jobs.errors import LlmosError, NoLiveWorkerWarning
@@ -28,6 +28,7 @@ app.command("demo")(stack.demo)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 db_app.command("upgrade")(stack.db_upgrade)
 app.add_typer(db_app, name="db")
+app.add_typer(encryption.encryption_app, name="encryption")
 
 
 @app.callback()

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.table import Table
 
 from llmos_jobs.cli.output import console, emit_json
 from llmos_jobs.cli.state import client
+from llmos_jobs.db.models import MindspacePublic
 from schemas.common import JobStatus
 
 mindspace_app = typer.Typer(help="Persistent, isolated LLM contexts.", no_args_is_help=True)
+kb_app = typer.Typer(help="A mindspace's knowledge base.", no_args_is_help=True)
+mindspace_app.add_typer(kb_app, name="kb")
+_JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+def _settings(context_budget: int | None, max_tokens: int | None,
+              temperature: float | None, top_k: int | None) -> dict[str, float]:
+    given = {"context_budget": context_budget, "max_tokens": max_tokens,
+             "temperature": temperature, "knowledge_top_k": top_k}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _print(mindspace: MindspacePublic, as_json: bool, verb: str) -> None:
+    emit_json(mindspace) if as_json else console.print(f"{verb} mindspace {mindspace.id}")
 
 
 @mindspace_app.command("create")
@@ -16,20 +34,42 @@ def create(
     model: str = typer.Option("demo", "--model", "-m"),
     persona: str = typer.Option(None, "--persona", help="System prompt of every turn."),
     name: str = typer.Option(None, "--name"),
-    as_json: bool = typer.Option(False, "--json"),
+    context_budget: int = typer.Option(None, "--context-budget",
+                                       help="History tokens kept; older turns are compacted."),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="Default reply length."),
+    temperature: float = typer.Option(None, "--temperature"),
+    as_json: bool = _JSON,
 ) -> None:
     """Create a mindspace on a model."""
-    mindspace = client().create_mindspace(model=model, persona=persona, name=name)
-    emit_json(mindspace) if as_json else console.print(f"created mindspace {mindspace.id}")
+    mindspace = client().create_mindspace(
+        model=model, persona=persona, name=name,
+        **_settings(context_budget, max_tokens, temperature, None))
+    _print(mindspace, as_json, "created")
+
+
+@mindspace_app.command("configure")
+def configure(
+    mindspace_id: str,
+    persona: str = typer.Option(None, "--persona", help="New persona ('' removes it)."),
+    context_budget: int = typer.Option(None, "--context-budget"),
+    max_tokens: int = typer.Option(None, "--max-tokens"),
+    temperature: float = typer.Option(None, "--temperature"),
+    top_k: int = typer.Option(None, "--knowledge-top-k", help="Knowledge chunks per turn."),
+    as_json: bool = _JSON,
+) -> None:
+    """Change a mindspace's persona or settings; its history stays."""
+    mindspace = client().configure_mindspace(
+        mindspace_id, persona=persona, **_settings(context_budget, max_tokens, temperature, top_k))
+    _print(mindspace, as_json, "configured")
 
 
 @mindspace_app.command("chat")
 def chat(
     mindspace_id: str,
     message: str,
-    max_tokens: int = typer.Option(64, "--max-tokens"),
+    max_tokens: int = typer.Option(None, "--max-tokens"),
     timeout: float = typer.Option(300.0, "--timeout"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = _JSON,
 ) -> None:
     """Send one turn and print the reply (the history is kept in the mindspace)."""
     llmos = client()
@@ -46,23 +86,101 @@ def chat(
 
 
 @mindspace_app.command("show")
-def show(mindspace_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def show(mindspace_id: str, as_json: bool = _JSON) -> None:
     """Show a mindspace with its messages."""
     mindspace = client().mindspace(mindspace_id)
     if as_json:
         emit_json(mindspace)
         return
     console.print(f"mindspace {mindspace.id} on {mindspace.model}"
-                  + (f" ({mindspace.name})" if mindspace.name else ""))
+                  + (f" ({mindspace.name})" if mindspace.name else "")
+                  + (f", placed on {mindspace.worker}" if mindspace.worker else ""))
     if mindspace.persona:
         console.print(f"persona: {mindspace.persona}", markup=False)
     for m in mindspace.messages:
-        console.print(f"[bold]{m.role}[/bold]: ", end="")
+        console.print(f"[bold]{m.role}[/bold]{' (compacted)' if m.compacted else ''}: ", end="")
         console.print(m.content, markup=False)
+
+
+@mindspace_app.command("list")
+def list_(as_json: bool = _JSON) -> None:
+    """This tenant's mindspaces."""
+    spaces = client().mindspaces()
+    if as_json:
+        emit_json(spaces)
+        return
+    table = Table()
+    for column in ("id", "name", "model", "messages", "documents", "worker", "updated"):
+        table.add_column(column)
+    for m in spaces:
+        table.add_row(m.id, m.name or "-", m.model, str(len(m.messages)), str(len(m.documents)),
+                      m.worker or "-", m.updated_at.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+@mindspace_app.command("snapshot")
+def snapshot(mindspace_id: str, name: str = typer.Option(None, "--name"),
+             as_json: bool = _JSON) -> None:
+    """Save the mindspace's whole state (persona, settings, history, knowledge)."""
+    snap = client().snapshot(mindspace_id, name=name)
+    emit_json(snap) if as_json else console.print(f"snapshot {snap.id} ({snap.messages} messages)")
+
+
+@mindspace_app.command("snapshots")
+def snapshots(mindspace_id: str, as_json: bool = _JSON) -> None:
+    """A mindspace's snapshots."""
+    snaps = client().snapshots(mindspace_id)
+    if as_json:
+        emit_json(snaps)
+        return
+    for s in snaps:
+        console.print(f"{s.id}  {s.name or '-'}  {s.messages} messages  {s.created_at}")
+
+
+@mindspace_app.command("restore")
+def restore(snapshot_id: str, as_json: bool = _JSON) -> None:
+    """A new mindspace from a snapshot (the original is untouched)."""
+    _print(client().restore(snapshot_id), as_json, "restored into")
+
+
+@mindspace_app.command("fork")
+def fork(mindspace_id: str, as_json: bool = _JSON) -> None:
+    """A new mindspace sharing the history up to now."""
+    _print(client().fork(mindspace_id), as_json, "forked into")
 
 
 @mindspace_app.command("destroy")
 def destroy(mindspace_id: str) -> None:
-    """Destroy a mindspace and its history."""
+    """Destroy a mindspace: history, knowledge, snapshots and its turns' text go."""
     client().destroy_mindspace(mindspace_id)
     console.print(f"destroyed {mindspace_id}")
+
+
+@kb_app.command("add")
+def kb_add(mindspace_id: str,
+           path: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                       help="A text or Markdown file."),
+           title: str = typer.Option(None, "--title", help="Default: the file name."),
+           as_json: bool = _JSON) -> None:
+    """Add a document: chunked, embedded locally, stored encrypted."""
+    doc = client().kb_add(mindspace_id, path.read_text(), title=title or path.name)
+    emit_json(doc.__dict__) if as_json else console.print(
+        f"added {doc.title} as {doc.id} ({doc.chunks} chunks)")
+
+
+@kb_app.command("list")
+def kb_list(mindspace_id: str, as_json: bool = _JSON) -> None:
+    """Documents of a mindspace's knowledge base."""
+    docs = client().kb_list(mindspace_id)
+    if as_json:
+        emit_json({"documents": [d.__dict__ for d in docs]})
+        return
+    for d in docs:
+        console.print(f"{d.id}  {d.title}  {d.chunks} chunks", markup=False)
+
+
+@kb_app.command("remove")
+def kb_remove(mindspace_id: str, document_id: str) -> None:
+    """Remove a document from the knowledge base."""
+    n = client().kb_remove(mindspace_id, document_id)
+    console.print(f"removed {document_id} ({n} chunks)")
