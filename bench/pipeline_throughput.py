@@ -158,6 +158,11 @@ def main() -> None:
     ours: list[tuple[float, float]] = []
     bulk: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as name:
+        # Workers and this process share the data directory, and so its encryption key.
+        os.environ["LLMOS_DATA_DIR"] = name
+        from llmos_jobs.settings import get_settings as _settings
+
+        _settings.cache_clear()
         tmp = Path(name)
         for round_ in range(args.rounds):
             raw.append(run_raw(args.redis, args.jobs, args.concurrency, tmp))

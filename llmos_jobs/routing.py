@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from broker_config import language_queue, worker_queue
 from llmos_jobs.db import registry
 from llmos_jobs.db.models import Job, Mindspace, WorkerRecord
+from llmos_jobs.settings import get_settings
 from schemas.common import JobStatus
 
 # A worker with this many jobs per slot waiting or running is overloaded.
@@ -48,6 +49,9 @@ def route_turn(*, session: Session, mindspace: Mindspace, dead_after_s: float) -
             if _serves(w, mindspace.model)]
     if not live:
         return Route(language_queue(mindspace.model), None)
+    if get_settings().turn_routing == "round_robin":  # the baseline affinity is measured against
+        chosen = live[mindspace.next_seq % len(live)]
+        return Route(worker_queue(chosen.name), chosen.name)
     loads = _loads(session, [w.name for w in live])
     home = next((w for w in live if w.name == mindspace.worker), None)
     if home is not None and loads[home.name] < OVERLOAD_PER_SLOT * home.concurrency:

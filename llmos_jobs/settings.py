@@ -6,6 +6,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import psutil
 from pydantic import Field
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
     noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
     encryption_keys: str | None = Field(
         default=None, description="Fernet keys, comma-separated, newest first"
+    )
+    turn_routing: Literal["affinity", "round_robin"] = Field(
+        default="affinity", description="where mindspace turns go (round_robin: for comparison)"
     )
     prefix_cache_mb: int = Field(default=1024, ge=1, description="prefix KV cache per model")
     max_batch: int = Field(default=32, ge=1, description="requests per engine batch")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cryptography.fernet import Fernet
@@ -92,7 +91,9 @@ def test_destroy_leaves_no_text_and_nothing_is_stored_in_plaintext(stack: Stack)
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         db_file = stack.database_url.split("///", 1)[1]
-        assert marker.encode() not in open(db_file, "rb").read()
+        from pathlib import Path
+
+        assert marker.encode() not in Path(db_file).read_bytes()
 
 
 def test_rotation_re_encrypts_under_the_newest_key(stack: Stack) -> None:
@@ -113,7 +114,7 @@ def test_rotation_re_encrypts_under_the_newest_key(stack: Stack) -> None:
         os.environ["LLMOS_ENCRYPTION_KEYS"] = new  # the old key is gone
         get_settings.cache_clear()
         shown = client.mindspace(space.id)
-        assert [m.content for m in shown.messages][0] == "before rotation"
+        assert shown.messages[0].content == "before rotation"
         assert shown.persona == "rotating"
         assert _raw_dump(stack) != before
     finally:

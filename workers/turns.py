@@ -94,8 +94,8 @@ def assemble(job: Job, mindspace_id: str, message: str, engine: Engine) -> TurnP
     if compacted:
         messages.append(ChatMessage(
             role="system", content=f"[{compacted} earlier messages were compacted]"))
-    messages += [ChatMessage(role=m.role, content=m.content)
-                 for m in history]
+    # Built without validation: a stored reply may legitimately be empty.
+    messages += [ChatMessage.model_construct(role=m.role, content=m.content) for m in history]
     if knowledge is not None:
         messages.append(knowledge)
     messages.append(ChatMessage(role="user", content=message))
