@@ -95,7 +95,8 @@ def assemble(job: Job, mindspace_id: str, message: str, engine: Engine) -> TurnP
         messages.append(ChatMessage(
             role="system", content=f"[{compacted} earlier messages were compacted]"))
     # Built without validation: a stored reply may legitimately be empty.
-    messages += [ChatMessage.model_construct(role=m.role, content=m.content) for m in history]
+    messages += [ChatMessage.model_construct(role=m.role,  # type: ignore[arg-type]
+                                             content=m.content) for m in history]
     if knowledge is not None:
         messages.append(knowledge)
     messages.append(ChatMessage(role="user", content=message))
