@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -83,3 +85,26 @@ class ApiServer:
     def http(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+def wait_job(http: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} did not finish")
+
+
+def idle_model(api: ApiServer) -> str:
+    """A registered model that no worker serves: its jobs stay queued."""
+    name = f"idle-{uuid.uuid4().hex[:6]}"
+    with api.http(api.key("ops", "models:admin")) as ops:
+        ops.post("/v1/models", json={"name": name, "path": str(api.stack.data_dir / name),
+                                     "engine": "noop"}).raise_for_status()
+    return name

@@ -7,32 +7,7 @@ import time
 import uuid
 from typing import Any
 
-import httpx
-
-from tests.api_server import API_WAIT_TIMEOUT_S, ApiServer
-
-
-def tenant() -> str:
-    return f"t-{uuid.uuid4().hex[:8]}"
-
-
-def wait_job(http: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} did not finish")
-
-
-def idle_model(api: ApiServer) -> str:
-    """A registered model that no worker serves: its jobs stay queued."""
-    name = f"idle-{uuid.uuid4().hex[:6]}"
-    with api.http(api.key("ops", "models:admin")) as ops:
-        ops.post("/v1/models", json={"name": name, "path": str(api.stack.data_dir / name),
-                                     "engine": "noop"}).raise_for_status()
-    return name
+from tests.api_server import API_WAIT_TIMEOUT_S, ApiServer, idle_model, tenant, wait_job
 
 
 def test_health_and_docs_need_no_key_and_document_the_error_shape(api: ApiServer) -> None:

@@ -8,8 +8,7 @@ import re
 import uuid
 from typing import Any
 
-from tests.api_server import ApiServer
-from tests.test_api import tenant
+from tests.api_server import ApiServer, tenant
 from tests.test_cli import llmos
 
 WRONG_KEY = "llmos_" + "x" * 40

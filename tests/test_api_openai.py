@@ -8,8 +8,7 @@ from datetime import datetime
 import openai
 import pytest
 
-from tests.api_server import API_WAIT_TIMEOUT_S, ApiServer
-from tests.test_api import idle_model, tenant
+from tests.api_server import API_WAIT_TIMEOUT_S, ApiServer, idle_model, tenant
 
 
 def sdk(api: ApiServer, key: str) -> openai.OpenAI:

@@ -25,7 +25,6 @@ bearer = HTTPBearer(auto_error=False, description="An API key from `llmos key cr
 class Caller:
     tenant: str
     key_id: str
-    scopes: tuple[str, ...]
     audit: AuditEntry
 
     def created(self, resource_id: str) -> None:
@@ -59,6 +58,6 @@ def authorize(action: str, scope: Scope) -> Authorizer:
         if not grants(key.scopes, scope):
             held = ", ".join(key.scopes) or "none"
             raise forbidden(f"{action} needs the scope '{scope.value}'; this key holds: {held}")
-        return Caller(tenant=key.tenant, key_id=key.id, scopes=tuple(key.scopes), audit=entry)
+        return Caller(tenant=key.tenant, key_id=key.id, audit=entry)
 
     return dependency
