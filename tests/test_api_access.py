@@ -3,11 +3,14 @@ log that records each call, denied ones included."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 from typing import Any
 
+from llmos_jobs.db import keys as key_crud
+from llmos_jobs.db.session import session_scope
 from tests.api_server import ApiServer, tenant
 from tests.test_cli import llmos
 
@@ -50,6 +53,17 @@ def test_a_revoked_key_is_refused_from_the_next_call(api: ApiServer) -> None:
     assert row["prefix"] == issued["key"][:14]
     # Neither the key nor its digest ever leaves again.
     assert issued["key"] not in listed.stdout and "hash" not in listed.stdout
+
+
+def test_only_the_keys_digest_is_stored(api: ApiServer) -> None:
+    key_id, key = api.issue(tenant(), "models:read")
+    with session_scope(api.stack.database_url) as session:
+        row = key_crud.get_api_key(session=session, key_id=key_id)
+    assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
+    assert row.prefix == key[:14] and row.scopes == ["models:read"]
+    assert all(key not in str(value) for value in row.model_dump().values())
+    with api.http(key[:-1] + ("A" if key[-1] != "A" else "B")) as near_miss:
+        assert near_miss.get("/v1/models").status_code == 401  # same prefix, other secret
 
 
 def test_a_key_without_the_scope_is_forbidden(api: ApiServer) -> None:
