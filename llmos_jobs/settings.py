@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import psutil
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmos_jobs.errors import BrokerUnavailable
@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     prefix_cache_mb: int = Field(default=1024, ge=1, description="prefix KV cache per model")
     max_batch: int = Field(default=32, ge=1, description="requests per engine batch")
     batch_window_ms: float = Field(default=5.0, ge=0, description="wait for a batch to fill")
+    api_wait_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="HTTP API: how long a waiting call (chat completions, turns) waits",
+    )
+    flower_user: str | None = Field(default=None, description="`llmos flower` basic auth user")
+    flower_password: SecretStr | None = Field(
+        default=None, description="`llmos flower` basic auth password"
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.api_server import ApiServer
 from tests.services import postgres_server, redis_server
 from tests.stack import Stack
 
@@ -104,3 +105,11 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from workers.demo_model import create_demo_model
 
     return create_demo_model(tmp_path_factory.mktemp("models") / "demo-tiny")
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> Iterator[ApiServer]:
+    """`llmos api` serving the session stack (one server per backend)."""
+    server = ApiServer.start(stack)
+    yield server
+    server.stop()

@@ -277,3 +277,66 @@ class WorkerPublic(SQLModel):
     started_at: datetime
     last_heartbeat: datetime
     seconds_since_heartbeat: float
+
+
+# -- API keys and the audit log -----------------------------------------------------------
+
+
+class ApiKeyBase(SQLModel):
+    tenant: str = Field(index=True, min_length=1)
+    name: str | None = Field(default=None, max_length=128)
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class ApiKeyCreate(ApiKeyBase):
+    prefix: str
+    key_hash: str
+
+
+class ApiKey(ApiKeyBase, table=True):
+    """Of the secret only its SHA-256 digest is kept; ``prefix`` (its first characters,
+    not secret) finds the row and names the key in listings."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    prefix: str = Field(index=True)
+    key_hash: str
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    revoked_at: datetime | None = _utc()
+
+
+class ApiKeyPublic(ApiKeyBase):
+    id: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyIssued(ApiKeyPublic):
+    key: str = PField(description="the secret itself; shown once, never stored")
+
+
+class AuditEventBase(SQLModel):
+    # None when the caller could not be identified (a missing or unknown key).
+    tenant: str | None = Field(default=None)
+    key_id: str | None = None
+    action: str = Field(index=True)
+    resource_id: str | None = None
+    outcome: str  # ok | denied | error
+    status_code: int
+
+
+class AuditEvent(AuditEventBase, table=True):
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_tenant_created_at", "tenant", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True
+    )
+
+
+class AuditEventPublic(AuditEventBase):
+    id: int
+    created_at: datetime

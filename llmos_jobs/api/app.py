@@ -1,0 +1,51 @@
+"""The app factory. Building the app connects to nothing; the first start brings the
+database schema up to date (in the lifespan), and each route opens what it needs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from llmos_jobs.api.audit import AuditMiddleware
+from llmos_jobs.api.errors import ERROR_RESPONSES, install_error_handlers
+from llmos_jobs.api.routes import chat, jobs, keys, mindspaces, models, workers
+from llmos_jobs.api.schemas import Health
+from llmos_jobs.api.state import ApiState
+from llmos_jobs.db.migrate import upgrade
+from llmos_jobs.settings import Settings
+
+DESCRIPTION = """\
+Submit and follow language jobs, mindspace turns and model operations, and call the
+OpenAI-compatible `/v1/chat/completions` and `/v1/models`.
+
+Every route but `/healthz` and these docs needs `Authorization: Bearer <key>`; an
+operator creates keys with `llmos key create --tenant T --scopes ...`. Errors are
+OpenAI-style: `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = ApiState(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(upgrade, state.database_url)
+        yield
+
+    app = FastAPI(title="llmos", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  responses=ERROR_RESPONSES)
+    app.state.llmos = state
+    install_error_handlers(app)
+    app.add_middleware(AuditMiddleware, database_url=state.database_url)
+    for module in (jobs, mindspaces, models, workers, chat, keys):
+        app.include_router(module.router)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> Health:
+        """Liveness: the process answers. Needs no key."""
+        return Health()
+
+    return app

@@ -1,0 +1,90 @@
+"""The audit log of the HTTP API: one row per call that a route marked with an action.
+
+The route's authorisation dependency (api/auth.py) fills an ``AuditEntry`` with the
+action, the caller and the resource; this middleware writes the row with the final
+status before the response starts. So no caller sees an answer whose row is missing,
+denied calls (401, 403, 404) are recorded like the others, and a row that cannot be
+written fails the call instead of vanishing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import anyio
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmos_jobs.db import audit as audit_crud
+from llmos_jobs.db.models import AuditEventBase
+from llmos_jobs.db.session import session_scope
+
+
+class AuditOutcome(StrEnum):
+    ok = "ok"
+    denied = "denied"  # 401, 403, and 404 (another tenant's id answers "not found")
+    error = "error"
+
+
+def outcome_of(status: int) -> AuditOutcome:
+    if status < 400:
+        return AuditOutcome.ok
+    if status in (401, 403, 404):
+        return AuditOutcome.denied
+    return AuditOutcome.error
+
+
+@dataclass
+class AuditEntry:
+    action: str | None = None  # None: the call is not audited (docs, health, unknown path)
+    tenant: str | None = None
+    key_id: str | None = None
+    resource_id: str | None = None
+
+
+def audit_entry(request: Request) -> AuditEntry:
+    entry = getattr(request.state, "audit", None)
+    if not isinstance(entry, AuditEntry):
+        raise RuntimeError("AuditMiddleware is not installed on this app")
+    return entry
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, *, database_url: str) -> None:
+        self.app = app
+        self.database_url = database_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        entry = AuditEntry()
+        scope.setdefault("state", {})["audit"] = entry
+        started = False
+
+        async def send_recorded(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                await self._record(entry, int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recorded)
+        except Exception:
+            if not started:  # the error handler outside answers 500; record it first
+                await self._record(entry, 500)
+            raise
+
+    async def _record(self, entry: AuditEntry, status: int) -> None:
+        if entry.action is None:
+            return
+        event = AuditEventBase(
+            tenant=entry.tenant, key_id=entry.key_id, action=entry.action,
+            resource_id=entry.resource_id, outcome=outcome_of(status).value, status_code=status,
+        )
+        await anyio.to_thread.run_sync(self._write, event)
+
+    def _write(self, event: AuditEventBase) -> None:
+        with session_scope(self.database_url) as session:
+            audit_crud.record_event(session=session, event_in=event)

@@ -1,0 +1,2 @@
+"""One router per resource; each route authorises, calls LlmosClient or the CRUD
+functions, and returns a public model."""

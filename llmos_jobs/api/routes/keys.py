@@ -1,0 +1,52 @@
+"""/v1/keys: a tenant's administrator manages the tenant's own keys (scope ``admin``).
+Operators manage every tenant's keys with `llmos key`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.schemas import KeyCreate, ListOf
+from llmos_jobs.api.state import ApiState, api_state
+from llmos_jobs.db import keys as key_crud
+from llmos_jobs.db.models import ApiKeyIssued, ApiKeyPublic
+from llmos_jobs.keys import Scope, issue_key, parse_scopes
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+State = Annotated[ApiState, Depends(api_state)]
+
+
+@router.get("", response_model=ListOf[ApiKeyPublic])
+def list_keys(
+    state: State, caller: Annotated[Caller, Depends(authorize("keys.list", Scope.admin))],
+) -> ListOf[ApiKeyPublic]:
+    """The tenant's keys, revoked ones included; never the secrets."""
+    with state.session() as session:
+        rows = key_crud.list_api_keys(session=session, tenant=caller.tenant)
+        return ListOf(data=[ApiKeyPublic.model_validate(r, from_attributes=True) for r in rows])
+
+
+@router.post("", status_code=201, response_model=ApiKeyIssued)
+def create_key(
+    body: KeyCreate, state: State,
+    caller: Annotated[Caller, Depends(authorize("keys.create", Scope.admin))],
+) -> ApiKeyIssued:
+    """A new key of the caller's tenant; ``key`` is in this answer only."""
+    with state.session() as session:
+        issued = issue_key(session=session, tenant=caller.tenant, name=body.name,
+                           scopes=parse_scopes(body.scopes))
+    caller.created(issued.id)
+    return issued
+
+
+@router.delete("/{key_id}", response_model=ApiKeyPublic)
+def revoke_key(
+    key_id: str, state: State,
+    caller: Annotated[Caller, Depends(authorize("keys.revoke", Scope.admin))],
+) -> ApiKeyPublic:
+    """Revoke one of the tenant's keys; it is refused from the next call on."""
+    with state.session() as session:
+        row = key_crud.revoke_api_key(session=session, key_id=key_id, tenant=caller.tenant)
+        return ApiKeyPublic.model_validate(row, from_attributes=True)

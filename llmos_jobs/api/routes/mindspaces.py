@@ -1,0 +1,75 @@
+"""/v1/mindspaces: create, show (with messages), take a turn, destroy."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from starlette.concurrency import run_in_threadpool
+
+from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.errors import ApiError
+from llmos_jobs.api.schemas import TurnSubmit
+from llmos_jobs.api.state import ApiState, api_state
+from llmos_jobs.api.waiting import wait_final
+from llmos_jobs.db.models import JobPublic, MindspacePublic
+from llmos_jobs.keys import Scope
+from schemas.mindspace import MindspaceCreate
+
+router = APIRouter(prefix="/v1/mindspaces", tags=["mindspaces"])
+State = Annotated[ApiState, Depends(api_state)]
+
+
+@router.post("", status_code=201, response_model=MindspacePublic)
+def create_mindspace(
+    body: MindspaceCreate, state: State,
+    caller: Annotated[Caller, Depends(authorize("mindspaces.create", Scope.mindspaces_write))],
+) -> MindspacePublic:
+    mindspace = state.client(caller.tenant).create_mindspace(
+        model=body.model, persona=body.persona, name=body.name)
+    caller.created(mindspace.id)
+    return mindspace
+
+
+@router.get("/{mindspace_id}", response_model=MindspacePublic)
+def get_mindspace(
+    mindspace_id: str, state: State,
+    caller: Annotated[Caller, Depends(authorize("mindspaces.read", Scope.mindspaces_read))],
+) -> MindspacePublic:
+    """The mindspace with its messages, oldest first."""
+    return state.client(caller.tenant).mindspace(mindspace_id)
+
+
+@router.post("/{mindspace_id}/turns", status_code=202, response_model=JobPublic,
+             responses={200: {"model": JobPublic, "description": "wait=true: the final job"}})
+async def take_turn(
+    mindspace_id: str, body: TurnSubmit, response: Response, state: State,
+    caller: Annotated[Caller, Depends(authorize("mindspaces.turn", Scope.mindspaces_write))],
+    wait: bool = False,
+) -> JobPublic:
+    """Submit one turn; with ``wait=true`` answer once its job is final (the reply is in
+    ``result.reply``), or 504 when the API's wait timeout passes first."""
+    client = state.client(caller.tenant)
+    job = await run_in_threadpool(
+        client.chat, mindspace_id, body.message, max_tokens=body.max_tokens,
+        temperature=body.temperature, priority=body.priority)
+    if not wait:
+        return job
+    timeout_s = state.settings.api_wait_timeout_s
+    try:
+        job = await wait_final(client, job.id, timeout_s=timeout_s)
+    except TimeoutError:
+        raise ApiError(504, f"turn job {job.id} did not finish within {timeout_s:g} s; it "
+                       f"stays queued: follow it with GET /v1/jobs/{job.id}",
+                       type_="timeout_error", code="wait_timeout") from None
+    response.status_code = 200
+    return job
+
+
+@router.delete("/{mindspace_id}", status_code=204)
+def destroy_mindspace(
+    mindspace_id: str, state: State,
+    caller: Annotated[Caller, Depends(authorize("mindspaces.delete", Scope.mindspaces_write))],
+) -> None:
+    """Destroy the mindspace and its history."""
+    state.client(caller.tenant).destroy_mindspace(mindspace_id)

@@ -1,0 +1,27 @@
+"""/v1/workers: the workers with their health and load (an operator's view)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.schemas import ListOf
+from llmos_jobs.api.state import ApiState, api_state
+from llmos_jobs.db.models import WorkerPublic
+from llmos_jobs.keys import Scope
+
+router = APIRouter(prefix="/v1/workers", tags=["workers"])
+
+
+@router.get("", response_model=ListOf[WorkerPublic])
+def list_workers(
+    state: Annotated[ApiState, Depends(api_state)],
+    caller: Annotated[Caller, Depends(authorize("workers.list", Scope.admin))],
+    include_gone: Annotated[bool, Query(alias="all")] = False,
+) -> ListOf[WorkerPublic]:
+    """Live workers (``all=true``: stopped and dead ones too): state, seconds since the
+    last heartbeat, running jobs, loaded models, engine and machine statistics.
+    Workers serve every tenant, so this needs the ``admin`` scope."""
+    return ListOf(data=state.client(caller.tenant).workers(include_gone=include_gone))

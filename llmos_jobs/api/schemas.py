@@ -1,0 +1,66 @@
+"""Bodies of the HTTP API that are not task contracts: submissions with a priority,
+list envelopes, key creation. Task payloads themselves stay in ``schemas/``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
+
+from schemas.common import PRIORITY_CLASSES, Contract, parse_priority
+from schemas.language import GenerateRequest
+
+T = TypeVar("T")
+
+
+def _priority_number(value: object) -> object:
+    # A class name or a number; anything else is left for the int check to refuse.
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        return parse_priority(value)
+    return value
+
+
+ApiPriority = Annotated[
+    int,
+    BeforeValidator(_priority_number),
+    WithJsonSchema({
+        "anyOf": [{"type": "integer", "minimum": 0, "maximum": 9},
+                  {"type": "string", "enum": list(PRIORITY_CLASSES)}],
+        "description": "0 (highest) to 9, or a class: "
+                       + ", ".join(f"{k} ({v})" for k, v in PRIORITY_CLASSES.items()),
+    }),
+]
+
+
+class ListOf(BaseModel, Generic[T]):
+    """The list envelope of every collection, as OpenAI's API has it."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+
+
+class JobSubmit(GenerateRequest):
+    """A language job: the ``generate`` payload plus its priority."""
+
+    priority: ApiPriority = PRIORITY_CLASSES["default"]
+
+
+class TurnSubmit(Contract):
+    message: str = Field(min_length=1)
+    max_tokens: int = Field(default=64, gt=0)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    priority: ApiPriority = PRIORITY_CLASSES["interactive"]
+
+
+class ModelOpBody(Contract):
+    worker: str | None = Field(default=None, description="aim at one worker's direct queue")
+    priority: ApiPriority = PRIORITY_CLASSES["interactive"]
+
+
+class KeyCreate(Contract):
+    name: str | None = Field(default=None, max_length=128)
+    scopes: list[str] | None = Field(default=None, description="none named: every scope")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"

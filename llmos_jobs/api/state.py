@@ -1,0 +1,43 @@
+"""What the API's routes share: the settings, and one LlmosClient per tenant (a client
+keeps per-tenant caches and runs the migration check once, so it is built once)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fastapi import Request
+from sqlmodel import Session
+
+from llmos_jobs.client import LlmosClient
+from llmos_jobs.db.session import normalise_url, session_scope
+from llmos_jobs.settings import Settings
+
+
+class ApiState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database_url = normalise_url(settings.resolved_database_url())
+        self._clients: dict[str, LlmosClient] = {}
+        self._lock = threading.Lock()
+
+    def client(self, tenant: str) -> LlmosClient:
+        with self._lock:
+            client = self._clients.get(tenant)
+            if client is None:
+                client = LlmosClient(tenant=tenant, settings=self.settings)
+                self._clients[tenant] = client
+            return client
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.database_url) as session:
+            yield session
+
+
+def api_state(request: Request) -> ApiState:
+    state = request.app.state.llmos
+    if not isinstance(state, ApiState):
+        raise RuntimeError("the app was not built by llmos_jobs.api.create_app")
+    return state

@@ -1,0 +1,108 @@
+"""`llmos key ...` and `llmos audit list`: the operator's side of the HTTP API's keys."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from llmos_jobs.cli.output import console, emit_json, err_console
+from llmos_jobs.cli.state import current_tenant
+from llmos_jobs.db import audit as audit_crud
+from llmos_jobs.db import keys as key_crud
+from llmos_jobs.db.migrate import upgrade
+from llmos_jobs.db.models import ApiKeyPublic, AuditEventPublic
+from llmos_jobs.db.session import session_scope
+from llmos_jobs.keys import Scope, issue_key, parse_scopes
+from llmos_jobs.settings import get_settings
+
+key_app = typer.Typer(help="API keys of the HTTP API.", no_args_is_help=True)
+audit_app = typer.Typer(help="The HTTP API's audit log.", no_args_is_help=True)
+_JSON = typer.Option(False, "--json")
+
+
+def _database() -> str:
+    url = get_settings().resolved_database_url()
+    upgrade(url)
+    return url
+
+
+def _when(value: object) -> str:
+    return "-" if value is None else str(value)[:19]
+
+
+@key_app.command("create")
+def create(
+    tenant: str = typer.Option(None, "--tenant",
+                               help="The key's tenant (default: the global --tenant)."),
+    scopes: str = typer.Option(None, "--scopes",
+                               help="Comma-separated, from: " + ", ".join(Scope)
+                                    + ". Default: all."),
+    name: str = typer.Option(None, "--name", help="A label shown in listings."),
+    as_json: bool = _JSON,
+) -> None:
+    """Create a key and print it once: only its digest is stored."""
+    with session_scope(_database()) as session:
+        issued = issue_key(session=session, tenant=tenant or current_tenant(),
+                           scopes=parse_scopes(scopes), name=name)
+    if as_json:
+        emit_json(issued)
+        return
+    console.print(issued.key, markup=False)
+    err_console.print(f"key {issued.id} for tenant {issued.tenant!r}, scopes "
+                      f"{', '.join(issued.scopes)}: store it now, it is not shown again",
+                      markup=False)
+
+
+@key_app.command("list")
+def list_keys(
+    tenant: str = typer.Option(None, "--tenant", help="Only this tenant's keys."),
+    as_json: bool = _JSON,
+) -> None:
+    """Keys of every tenant (or of one), revoked ones included; never the secrets."""
+    with session_scope(_database()) as session:
+        keys = [ApiKeyPublic.model_validate(k, from_attributes=True)
+                for k in key_crud.list_api_keys(session=session, tenant=tenant)]
+    if as_json:
+        emit_json(keys)
+        return
+    table = Table()
+    for column in ("id", "tenant", "name", "prefix", "scopes", "created", "revoked"):
+        table.add_column(column)
+    for k in keys:
+        table.add_row(k.id, k.tenant, k.name or "-", k.prefix + "…", ", ".join(k.scopes),
+                      _when(k.created_at), _when(k.revoked_at))
+    console.print(table)
+
+
+@key_app.command("revoke")
+def revoke(key_id: str, as_json: bool = _JSON) -> None:
+    """Revoke a key: the API refuses it from the next call on."""
+    with session_scope(_database()) as session:
+        key = ApiKeyPublic.model_validate(
+            key_crud.revoke_api_key(session=session, key_id=key_id), from_attributes=True)
+    if as_json:
+        emit_json(key)
+    else:
+        console.print(f"revoked {key.id} (tenant {key.tenant})", markup=False)
+
+
+@audit_app.command("list")
+def audit_list(
+    tenant: str = typer.Option(None, "--tenant", help="Only this tenant's calls."),
+    limit: int = typer.Option(50, "--limit", min=1, max=10_000),
+    as_json: bool = _JSON,
+) -> None:
+    """The newest API calls first: who, what, on which resource, with which outcome."""
+    with session_scope(_database()) as session:
+        events = [AuditEventPublic.model_validate(e, from_attributes=True)
+                  for e in audit_crud.list_events(session=session, tenant=tenant, limit=limit)]
+    if as_json:
+        emit_json(events)
+        return
+    table = Table()
+    for column in ("time", "tenant", "key", "action", "resource", "outcome", "status"):
+        table.add_column(column)
+    for e in events:
+        table.add_row(_when(e.created_at), e.tenant or "-", e.key_id or "-", e.action,
+                      e.resource_id or "-", e.outcome, str(e.status_code))
+    console.print(table)
