@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     turn_routing: Literal["affinity", "round_robin"] = Field(
         default="affinity", description="where mindspace turns go (round_robin: for comparison)"
     )
+    batch_max_lines: int = Field(default=50_000, ge=1, description="requests per batch file")
+    batch_max_bytes: int = Field(default=200 * 2**20, ge=1, description="bytes per uploaded file")
     prefix_cache_mb: int = Field(default=1024, ge=1, description="prefix KV cache per model")
     max_batch: int = Field(default=32, ge=1, description="requests per engine batch")
     batch_window_ms: float = Field(default=5.0, ge=0, description="wait for a batch to fill")

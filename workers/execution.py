@@ -153,6 +153,7 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
                 session=session, job_id=job_id, message_id=message_id,
                 error_type=type(exc).__name__, error_message=str(exc) or repr(exc),
             )
+        _after_final(job)
         return ClaimOutcome.claimed
     with session_scope() as session:
         recorded = succeed_job(
@@ -164,4 +165,17 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
         if not recorded:  # cancelled while it ran: keep what the work cost
             record_abandoned_usage(session=session, job_id=job_id, message_id=message_id,
                                    usage=outcome.usage)
+    _after_final(job)
     return ClaimOutcome.claimed
+
+
+def _after_final(job: Job) -> None:
+    """A job of a batch ended: the last one to end writes the batch's files."""
+    if job.batch_id is None:
+        return
+    from llmos_jobs import batches
+
+    with session_scope() as session:
+        done = batches.job_finished(session, job.batch_id)
+    if done:
+        batches.finalize(job.batch_id)

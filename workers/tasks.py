@@ -24,9 +24,19 @@ def _run(task: Task, job_id: str) -> str:
     return outcome.value
 
 
+def _expand_batch(batch_id: str) -> None:
+    from llmos_jobs.batches import expand
+
+    expand(batch_id)
+
+
 def register_tasks(app: Celery) -> None:
     """Register every llmos task on ``app``, one per task name."""
+    app.task(name=TaskName.batch_expand.value, acks_late=True, autoretry_for=(DBAPIError,),
+             retry_backoff=True, max_retries=10)(_expand_batch)
     for name in TaskName:
+        if name == TaskName.batch_expand:
+            continue
         def run(self: Task, job_id: str) -> str:
             return _run(self, job_id)
 

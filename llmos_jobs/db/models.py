@@ -32,6 +32,8 @@ class JobBase(SQLModel):
     priority: int = Field(ge=0, le=9)
     model: str = Field(index=True)
     mindspace_id: str | None = Field(default=None, index=True)
+    batch_id: str | None = Field(default=None, index=True)
+    custom_id: str | None = Field(default=None, description="the batch line's custom_id")
 
 
 class Job(JobBase, table=True):
@@ -340,3 +342,7 @@ class AuditEvent(AuditEventBase, table=True):
 class AuditEventPublic(AuditEventBase):
     id: int
     created_at: datetime
+
+
+# Batch tables live in their own module; importing it here registers them.
+from llmos_jobs.db import batch_models  # noqa: E402, F401

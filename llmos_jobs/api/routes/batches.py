@@ -1,0 +1,74 @@
+"""/v1/batches: OpenAI-compatible batches of chat completions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+from sqlmodel import col, select
+
+from llmos_jobs import batches
+from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.state import ApiState, api_state
+from llmos_jobs.db.batch_models import Batch
+from llmos_jobs.keys import Scope
+
+router = APIRouter(prefix="/v1/batches", tags=["openai"])
+State = Annotated[ApiState, Depends(api_state)]
+
+
+class BatchCreate(BaseModel):
+    input_file_id: str
+    endpoint: str = batches.ENDPOINT
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
+    priority: int | str = Field(default="batch", description="llmos: 0-9 or a class name")
+
+
+@router.post("")
+def create_batch(body: BatchCreate, state: State,
+                 caller: Annotated[Caller, Depends(authorize("batches.create", Scope.jobs_write))],
+                 ) -> dict[str, Any]:
+    """Validate the file's lines and run one job per valid line at batch priority."""
+    client = state.client(caller.tenant)
+    batch = batches.create(client, input_file_id=body.input_file_id, endpoint=body.endpoint,
+                           completion_window=body.completion_window, metadata=body.metadata,
+                           priority=body.priority)
+    caller.created(batch.id)
+    with client._session() as session:
+        return batches.public(session, batch)
+
+
+@router.get("")
+def list_batches(state: State,
+                 caller: Annotated[Caller, Depends(authorize("batches.list", Scope.jobs_read))],
+                 limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
+    client = state.client(caller.tenant)
+    with client._session() as session:
+        rows = session.exec(select(Batch).where(Batch.tenant == caller.tenant)
+                            .order_by(col(Batch.created_at).desc()).limit(limit)).all()
+        data = [batches.public(session, b) for b in rows]
+    return {"object": "list", "data": data, "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}
+
+
+@router.get("/{batch_id}")
+def get_batch(batch_id: str, state: State,
+              caller: Annotated[Caller, Depends(authorize("batches.read", Scope.jobs_read))],
+              ) -> dict[str, Any]:
+    client = state.client(caller.tenant)
+    with client._session() as session:
+        return batches.public(session, batches.get_batch(session, caller.tenant, batch_id))
+
+
+@router.post("/{batch_id}/cancel")
+def cancel_batch(batch_id: str, state: State,
+                 caller: Annotated[Caller, Depends(authorize("batches.cancel", Scope.jobs_write))],
+                 ) -> dict[str, Any]:
+    """Queued requests never run; running ones finish; then the batch is cancelled."""
+    client = state.client(caller.tenant)
+    batch = batches.cancel(client, batch_id)
+    with client._session() as session:
+        return batches.public(session, batch)

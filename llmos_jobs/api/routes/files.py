@@ -1,0 +1,58 @@
+"""/v1/files: OpenAI-compatible file upload (purpose "batch") and download."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.responses import PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from llmos_jobs import batches
+from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.state import ApiState, api_state
+from llmos_jobs.db.batch_models import StoredFile
+from llmos_jobs.keys import Scope
+
+router = APIRouter(prefix="/v1/files", tags=["openai"])
+State = Annotated[ApiState, Depends(api_state)]
+
+
+def file_object(row: StoredFile) -> dict[str, Any]:
+    return {"id": row.id, "object": "file", "bytes": row.bytes,
+            "created_at": int(row.created_at.timestamp()), "filename": row.filename,
+            "purpose": row.purpose, "status": "processed"}
+
+
+@router.post("")
+async def upload_file(
+    state: State, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
+    caller: Annotated[Caller, Depends(authorize("files.create", Scope.jobs_write))],
+) -> dict[str, Any]:
+    """Upload a JSONL batch input file."""
+    limit = state.settings.batch_max_bytes
+    content = await file.read(limit + 1)
+    row = await run_in_threadpool(batches.upload, state.client(caller.tenant),
+                                  filename=file.filename or "upload.jsonl", content=content,
+                                  purpose=purpose)
+    caller.created(row.id)
+    return file_object(row)
+
+
+@router.get("/{file_id}")
+def get_file(file_id: str, state: State,
+             caller: Annotated[Caller, Depends(authorize("files.read", Scope.jobs_read))],
+             ) -> dict[str, Any]:
+    client = state.client(caller.tenant)
+    with client._session() as session:
+        return file_object(batches.get_file(session, caller.tenant, file_id))
+
+
+@router.get("/{file_id}/content", response_class=PlainTextResponse)
+def get_file_content(file_id: str, state: State,
+                     caller: Annotated[Caller, Depends(authorize("files.read", Scope.jobs_read))],
+                     ) -> PlainTextResponse:
+    client = state.client(caller.tenant)
+    with client._session() as session:
+        row = batches.get_file(session, caller.tenant, file_id)
+    return PlainTextResponse(row.content, media_type="application/jsonl")

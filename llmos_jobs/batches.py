@@ -1,0 +1,303 @@
+"""OpenAI-style batches: a JSONL file of chat-completion requests becomes one job per
+valid line (at batch priority, so interactive work still goes first); invalid lines
+become error-file entries naming their line; when every job is final the output and
+error files are written.
+
+    validating → in_progress → finalizing → completed
+              ↘ failed (no valid line)      cancelling → cancelled
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from broker_config import CONTROL_QUEUE, TaskName, queue_for
+from llmos_jobs.celery_app import get_app
+from llmos_jobs.client import LlmosClient, validate
+from llmos_jobs.db.batch_models import Batch, StoredFile
+from llmos_jobs.db.jobs import JobCreate
+from llmos_jobs.db.models import Job, JobPublic
+from llmos_jobs.db.types import utcnow
+from llmos_jobs.errors import InvalidRequest, NotFound
+from schemas.common import JobKind, JobStatus
+from schemas.language import GenerateRequest
+
+ENDPOINT = "/v1/chat/completions"
+FINAL = [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]
+_SAMPLING = ("max_tokens", "max_completion_tokens", "temperature", "stop", "model", "messages")
+
+
+def upload(client: LlmosClient, *, filename: str, content: bytes, purpose: str) -> StoredFile:
+    limit = client.settings.batch_max_bytes
+    if len(content) > limit:
+        raise InvalidRequest(f"file {filename!r} is {len(content)} bytes; the limit is {limit} "
+                             "(LLMOS_BATCH_MAX_BYTES)")
+    if purpose != "batch":
+        raise InvalidRequest(f"purpose {purpose!r} is not supported: use 'batch'")
+    try:
+        text = content.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"file {filename!r} is not UTF-8 text") from None
+    row = StoredFile(tenant=client.tenant, filename=filename, purpose=purpose,
+                     bytes=len(content), content=text)
+    with client._session() as session:
+        session.add(row)
+    return row
+
+
+def get_file(session: Session, tenant: str, file_id: str) -> StoredFile:
+    row = session.exec(select(StoredFile).where(StoredFile.id == file_id,
+                                                StoredFile.tenant == tenant)).first()
+    if row is None:
+        raise NotFound(f"file {file_id} not found")
+    return row
+
+
+def get_batch(session: Session, tenant: str, batch_id: str) -> Batch:
+    row = session.exec(select(Batch).where(Batch.id == batch_id, Batch.tenant == tenant)).first()
+    if row is None:
+        raise NotFound(f"batch {batch_id} not found")
+    return row
+
+
+def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
+           completion_window: str = "24h", metadata: dict[str, str] | None = None,
+           priority: int | str = "batch") -> Batch:
+    """Accept a batch (validating) and hand its expansion to a control worker."""
+    from llmos_jobs.client import _priority
+
+    if endpoint != ENDPOINT:
+        raise InvalidRequest(f"endpoint {endpoint!r} is not supported: use {ENDPOINT!r}")
+    with client._session() as session:
+        source = get_file(session, client.tenant, input_file_id)
+        lines = sum(1 for line in source.content.splitlines() if line.strip())
+        if lines > client.settings.batch_max_lines:
+            raise InvalidRequest(f"file {input_file_id} has {lines} lines; the limit is "
+                                 f"{client.settings.batch_max_lines} (LLMOS_BATCH_MAX_LINES)")
+        if lines == 0:
+            raise InvalidRequest(f"file {input_file_id} holds no request")
+        batch = Batch(tenant=client.tenant, endpoint=endpoint, input_file_id=input_file_id,
+                      completion_window=completion_window, priority=_priority(priority),
+                      batch_metadata=metadata, total=lines)
+        session.add(batch)
+    get_app(client.settings.resolved_broker_url()).send_task(
+        TaskName.batch_expand, args=[batch.id], queue=CONTROL_QUEUE, priority=batch.priority)
+    return batch
+
+
+def _line_error(number: int, custom_id: Any, code: str, message: str) -> dict[str, Any]:
+    return {"line": number, "custom_id": custom_id if isinstance(custom_id, str) else None,
+            "code": code, "message": message}
+
+
+def parse(content: str) -> tuple[list[tuple[int, str, dict[str, Any]]], list[dict[str, Any]]]:
+    """Valid lines (number, custom_id, request body) and errors, each line on its own."""
+    valid: list[tuple[int, str, dict[str, Any]]] = []
+    invalid: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError as exc:
+            invalid.append(_line_error(number, None, "invalid_json", f"not JSON: {exc}"))
+            continue
+        if not isinstance(line, dict):
+            invalid.append(_line_error(number, None, "invalid_line", "a line must be an object"))
+            continue
+        custom_id = line.get("custom_id")
+        problem = None
+        if not isinstance(custom_id, str) or not custom_id:
+            problem = ("missing_custom_id", "custom_id is missing or empty")
+        elif custom_id in seen:
+            problem = ("duplicate_custom_id", f"custom_id {custom_id!r} appears twice")
+        elif line.get("method") != "POST":
+            problem = ("invalid_method", f"method must be POST, not {line.get('method')!r}")
+        elif line.get("url") != ENDPOINT:
+            problem = ("invalid_url", f"url must be {ENDPOINT}, not {line.get('url')!r}")
+        elif not isinstance(line.get("body"), dict):
+            problem = ("invalid_body", "body must be a chat completion request object")
+        if problem is not None:
+            invalid.append(_line_error(number, custom_id, *problem))
+            continue
+        assert isinstance(custom_id, str)
+        seen.add(custom_id)
+        valid.append((number, custom_id, line["body"]))
+    return valid, invalid
+
+
+def _request(body: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(body) - set(_SAMPLING) - {"n", "user"})
+    if unknown:
+        raise InvalidRequest(f"unsupported parameter(s): {', '.join(unknown)}")
+    stop = body.get("stop")
+    return {"model": body.get("model"), "messages": body.get("messages"),
+            "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or 64,
+            "temperature": body.get("temperature") or 0.0,
+            "stop": [stop] if isinstance(stop, str) else stop or []}
+
+
+def expand(batch_id: str) -> None:
+    """Validate every line; one job per valid line, all committed, then published."""
+    client = LlmosClient(tenant=_tenant_of(batch_id))
+    with client._session() as session:
+        batch = get_batch(session, client.tenant, batch_id)
+        if batch.status != "validating":
+            return  # a redelivered expansion: done already
+        content = get_file(session, client.tenant, batch.input_file_id).content
+    valid, invalid = parse(content)
+    jobs: list[JobCreate] = []
+    for number, custom_id, body in valid:
+        try:
+            request = validate(GenerateRequest, _request(body))
+            client._check_model(request.model, request.max_tokens)
+        except InvalidRequest as exc:
+            invalid.append(_line_error(number, custom_id, "invalid_body", str(exc)))
+            continue
+        jobs.append(JobCreate(
+            tenant=client.tenant, kind=JobKind.generate, priority=batch.priority,
+            model=request.model, batch_id=batch_id, custom_id=custom_id,
+            payload=request.model_dump(mode="json"),
+            queue=queue_for(TaskName.generate, model=request.model)))
+    with client._session() as session:
+        status = "in_progress" if jobs else "failed"
+        session.execute(update(Batch).where(col(Batch.id) == batch_id).values(
+            status=status, invalid=sorted(invalid, key=lambda e: e["line"]),
+            in_progress_at=utcnow() if jobs else None, failed_at=None if jobs else utcnow(),
+            errors=None if jobs else [{"code": "no_valid_lines",
+                                       "message": "no line of the file is a valid request"}]))
+    if jobs:
+        client._enqueue(jobs)
+    else:
+        finalize(batch_id)
+
+
+def _tenant_of(batch_id: str) -> str:
+    from llmos_jobs.db.session import session_scope
+
+    with session_scope() as session:
+        row = session.get(Batch, batch_id)
+    if row is None:
+        raise NotFound(f"batch {batch_id} not found")
+    return row.tenant
+
+
+def job_finished(session: Session, batch_id: str) -> bool:
+    """After a job of the batch became final: True if the batch is now done (the caller
+    finalizes it; the status change decides who, when two jobs finish at once)."""
+    pending = session.exec(select(func.count()).select_from(Job).where(
+        Job.batch_id == batch_id, col(Job.status).not_in(FINAL))).one()
+    if pending:
+        return False
+    moved = session.execute(update(Batch).where(
+        col(Batch.id) == batch_id, col(Batch.status).in_(["in_progress"])).values(
+        status="finalizing", finalizing_at=utcnow())).rowcount  # type: ignore[attr-defined]
+    cancelling = session.exec(select(Batch.status).where(Batch.id == batch_id)).first()
+    session.commit()
+    return bool(moved) or cancelling == "cancelling"
+
+
+def finalize(batch_id: str) -> None:
+    """Write the output and error files; the batch ends completed, cancelled or failed."""
+    from llmos_jobs.db.session import session_scope
+
+    with session_scope() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None or batch.status in ("completed", "cancelled") or batch.output_file_id:
+            return
+        jobs = list(session.exec(select(Job).where(Job.batch_id == batch_id)
+                                 .order_by(col(Job.created_at))))
+        outputs: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = [{"id": f"batch_req_{batch_id}_{e['line']}",
+                                "custom_id": e["custom_id"], "response": None,
+                                "error": {"code": e["code"], "message": e["message"],
+                                          "line": e["line"]}} for e in batch.invalid]
+        for job in jobs:
+            entry = output_line(JobPublic.from_row(job))
+            (outputs if job.status == JobStatus.succeeded else errors).append(entry)
+        for purpose, lines, field in (("batch_output", outputs, "output_file_id"),
+                                      ("batch_output", errors, "error_file_id")):
+            if not lines:
+                continue
+            text = "".join(json.dumps(line) + "\n" for line in lines)
+            stored = StoredFile(tenant=batch.tenant, filename=f"{batch_id}_{field}.jsonl",
+                                purpose=purpose, bytes=len(text.encode()), content=text)
+            session.add(stored)
+            setattr(batch, field, stored.id)
+        now = utcnow()
+        if batch.status == "cancelling":
+            batch.status, batch.cancelled_at = "cancelled", now
+        elif batch.status != "failed":
+            batch.status, batch.completed_at = "completed", now
+        session.add(batch)
+
+
+def output_line(job: JobPublic) -> dict[str, Any]:
+    """One line of an output or error file, in OpenAI's batch shape."""
+    line: dict[str, Any] = {"id": f"batch_req_{job.id}", "custom_id": job.custom_id,
+                            "response": None, "error": None}
+    if job.status == JobStatus.succeeded and job.result is not None and job.usage is not None:
+        usage = job.usage
+        line["response"] = {"status_code": 200, "request_id": job.id, "body": {
+            "id": f"chatcmpl-{job.id}", "object": "chat.completion",
+            "created": int(job.created_at.timestamp()), "model": job.model,
+            "choices": [{"index": 0, "finish_reason": job.result.get("finish_reason", "stop"),
+                         "message": {"role": "assistant", "content": job.result["text"]}}],
+            "usage": {"prompt_tokens": usage.prompt_tokens,
+                      "completion_tokens": usage.completion_tokens,
+                      "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                      "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}}}
+    else:
+        line["error"] = {"code": f"job_{job.status.value}",
+                         "message": job.error_message or f"the request was {job.status.value}"}
+    return line
+
+
+def cancel(client: LlmosClient, batch_id: str) -> Batch:
+    """Queued requests never run; running ones finish; then the batch is cancelled."""
+    with client._session() as session:
+        batch = get_batch(session, client.tenant, batch_id)
+        if batch.status not in ("validating", "in_progress"):
+            raise InvalidRequest(f"a {batch.status} batch cannot be cancelled")
+        session.execute(update(Batch).where(col(Batch.id) == batch_id).values(
+            status="cancelling", cancelling_at=utcnow()))
+        session.execute(update(Job).where(col(Job.batch_id) == batch_id,
+                                          col(Job.status) == JobStatus.queued)
+                        .values(status=JobStatus.cancelled, finished_at=utcnow()))
+        session.commit()
+        done = job_finished(session, batch_id)
+    if done:
+        finalize(batch_id)
+    with client._session() as session:
+        return get_batch(session, client.tenant, batch_id)
+
+
+def public(session: Session, batch: Batch) -> dict[str, Any]:
+    """The batch as OpenAI's Batch object."""
+    counts = Counter(s for (s,) in session.execute(
+        select(Job.status).where(Job.batch_id == batch.id)).all())
+
+    def ts(value: Any) -> int | None:
+        return None if value is None else int(value.timestamp())
+
+    failed = counts[JobStatus.failed] + counts[JobStatus.cancelled] + len(batch.invalid)
+    return {
+        "id": batch.id, "object": "batch", "endpoint": batch.endpoint,
+        "errors": {"object": "list", "data": batch.errors} if batch.errors else None,
+        "input_file_id": batch.input_file_id, "completion_window": batch.completion_window,
+        "status": batch.status, "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id, "created_at": ts(batch.created_at),
+        "in_progress_at": ts(batch.in_progress_at), "expires_at": None,
+        "finalizing_at": ts(batch.finalizing_at), "completed_at": ts(batch.completed_at),
+        "failed_at": ts(batch.failed_at), "expired_at": None,
+        "cancelling_at": ts(batch.cancelling_at), "cancelled_at": ts(batch.cancelled_at),
+        "request_counts": {"total": batch.total, "completed": counts[JobStatus.succeeded],
+                           "failed": failed},
+        "metadata": batch.batch_metadata,
+    }
