@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from broker_config import CONTROL_QUEUE, TaskName, queue_for
@@ -191,9 +191,11 @@ def _tenant_of(batch_id: str) -> str:
 def job_finished(session: Session, batch_id: str) -> bool:
     """After a job of the batch became final: True if the batch is now done (the caller
     finalizes it; the status change decides who, when two jobs finish at once)."""
-    pending = session.exec(select(func.count()).select_from(Job).where(
-        Job.batch_id == batch_id, col(Job.status).not_in(FINAL))).one()
-    if pending:
+    # One index probe (job batch_id, status), not a count: this runs after every job.
+    pending = session.exec(select(Job.id).where(
+        Job.batch_id == batch_id, col(Job.status).in_([JobStatus.queued, JobStatus.running]))
+        .limit(1)).first()
+    if pending is not None:
         return False
     moved = session.execute(update(Batch).where(
         col(Batch.id) == batch_id, col(Batch.status).in_(["in_progress"])).values(

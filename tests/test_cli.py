@@ -81,3 +81,21 @@ def test_cancel_from_the_cli(stack: Stack) -> None:
     assert cancelled["status"] == "cancelled"
     again = llmos("job", "cancel", job_id, env=env)
     assert again.returncode == 1 and "cancelled job cannot become cancelled" in again.stderr
+
+
+def test_batch_submit_wait_and_results(stack: Stack, tmp_path: Path) -> None:
+    lines = [json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": "echo", "max_tokens": 1,
+                                  "messages": [{"role": "user", "content": f"q {i}"}]}})
+             for i in range(3)] + ["not json"]
+    path = tmp_path / "batch.jsonl"
+    path.write_text("\n".join(lines))
+    out = llmos("batch", "submit", str(path), "--wait", "--json", env=stack.env)
+    assert out.returncode == 0, out.stderr
+    state = json.loads(out.stdout)
+    assert state["status"] == "completed"
+    assert state["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
+    results = llmos("batch", "results", state["id"], env=stack.env).stdout.splitlines()
+    assert sorted(json.loads(r)["custom_id"] for r in results) == ["q0", "q1", "q2"]
+    errors = llmos("batch", "results", state["id"], "--errors", env=stack.env).stdout
+    assert json.loads(errors)["error"]["line"] == 4

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from llmos_jobs.cli import access, encryption, jobs, mindspaces, models, serve, stack
+from llmos_jobs.cli import access, batch, encryption, jobs, mindspaces, models, serve, stack
 from llmos_jobs.cli.output import err_console
 from llmos_jobs.cli.state import set_tenant
 from llmos_jobs.errors import LlmosError, NoLiveWorkerWarning
@@ -29,6 +29,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 db_app.command("upgrade")(stack.db_upgrade)
 app.add_typer(db_app, name="db")
 app.add_typer(encryption.encryption_app, name="encryption")
+app.add_typer(batch.batch_app, name="batch")
 app.command("api")(serve.api)
 app.command("flower")(serve.flower)
 app.add_typer(access.key_app, name="key")

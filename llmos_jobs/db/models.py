@@ -37,7 +37,8 @@ class JobBase(SQLModel):
 
 
 class Job(JobBase, table=True):
-    __table_args__ = (Index("ix_job_tenant_status", "tenant", "status"),)
+    __table_args__ = (Index("ix_job_tenant_status", "tenant", "status"),
+                      Index("ix_job_batch_status", "batch_id", "status"))
 
     id: str = Field(default_factory=new_id, primary_key=True)
     status: JobStatus = Field(default=JobStatus.queued, index=True)

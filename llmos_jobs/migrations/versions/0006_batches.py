@@ -63,11 +63,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('batch_id', sa.String(), nullable=True))
         batch_op.add_column(sa.Column('custom_id', sa.String(), nullable=True))
         batch_op.create_index(batch_op.f('ix_job_batch_id'), ['batch_id'], unique=False)
+        batch_op.create_index('ix_job_batch_status', ['batch_id', 'status'], unique=False)
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_index('ix_job_batch_status')
         batch_op.drop_index(batch_op.f('ix_job_batch_id'))
         batch_op.drop_column('custom_id')
         batch_op.drop_column('batch_id')

@@ -1,0 +1,128 @@
+"""`llmos batch ...`: OpenAI-style batch files from the command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from llmos_jobs import batches
+from llmos_jobs.cli.output import console, emit_json
+from llmos_jobs.cli.state import client
+
+batch_app = typer.Typer(help="Batches of chat-completion requests (OpenAI's JSONL format).",
+                        no_args_is_help=True)
+_JSON = typer.Option(False, "--json", help="Print JSON.")
+FINAL = ("completed", "failed", "cancelled", "expired")
+
+
+def _public(batch_id: str) -> dict[str, Any]:
+    llmos = client()
+    with llmos._session() as session:
+        return batches.public(session, batches.get_batch(session, llmos.tenant, batch_id))
+
+
+def _watch(batch_id: str, timeout: float) -> dict[str, Any]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    deadline = time.monotonic() + timeout
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task("validating", total=None)
+        while True:
+            state = _public(batch_id)
+            counts = state["request_counts"]
+            progress.update(bar, description=state["status"], total=counts["total"],
+                            completed=counts["completed"] + counts["failed"])
+            if state["status"] in FINAL:
+                return state
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} is still {state['status']}")
+            time.sleep(0.5)
+
+
+@batch_app.command("submit")
+def submit(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A JSONL batch file."),
+    priority: str = typer.Option("batch", "--priority", "-p",
+                                 help="0 (highest) to 9, or interactive | default | batch."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for it, with a progress bar."),
+    timeout: float = typer.Option(3600.0, "--timeout"),
+    as_json: bool = _JSON,
+) -> None:
+    """Upload a file and start a batch; invalid lines go to its error file."""
+    llmos = client()
+    stored = batches.upload(llmos, filename=path.name, content=path.read_bytes(),
+                            purpose="batch")
+    batch = batches.create(llmos, input_file_id=stored.id, priority=priority)
+    state = _watch(batch.id, timeout) if wait else _public(batch.id)
+    if as_json:
+        emit_json(state)
+    else:
+        counts = state["request_counts"]
+        console.print(f"batch {batch.id}: {state['status']} ({counts['completed']} completed, "
+                      f"{counts['failed']} failed of {counts['total']})")
+    if wait and state["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@batch_app.command("status")
+def status(batch_id: str, as_json: bool = _JSON) -> None:
+    """A batch's status and request counts."""
+    state = _public(batch_id)
+    if as_json:
+        emit_json(state)
+        return
+    counts = state["request_counts"]
+    console.print(f"{batch_id}: {state['status']}, {counts['completed']} completed, "
+                  f"{counts['failed']} failed of {counts['total']}")
+
+
+@batch_app.command("results")
+def results(batch_id: str,
+            errors: bool = typer.Option(False, "--errors", help="The error file instead."),
+            ) -> None:
+    """Print the batch's output (or error) file, one JSON line per request."""
+    llmos = client()
+    state = _public(batch_id)
+    file_id = state["error_file_id" if errors else "output_file_id"]
+    if file_id is None:
+        raise typer.BadParameter(f"batch {batch_id} ({state['status']}) has no "
+                                 f"{'error' if errors else 'output'} file")
+    with llmos._session() as session:
+        print(batches.get_file(session, llmos.tenant, file_id).content, end="")
+
+
+@batch_app.command("cancel")
+def cancel(batch_id: str, as_json: bool = _JSON) -> None:
+    """Cancel: queued requests never run, running ones finish."""
+    llmos = client()
+    batch = batches.cancel(llmos, batch_id)
+    emit_json(_public(batch.id)) if as_json else console.print(f"{batch.id}: {batch.status}")
+
+
+@batch_app.command("list")
+def list_(as_json: bool = _JSON) -> None:
+    """This tenant's batches, newest first."""
+    from sqlmodel import col, select
+
+    from llmos_jobs.db.batch_models import Batch
+
+    llmos = client()
+    with llmos._session() as session:
+        rows = session.exec(select(Batch).where(Batch.tenant == llmos.tenant)
+                            .order_by(col(Batch.created_at).desc()).limit(50)).all()
+        states = [batches.public(session, b) for b in rows]
+    if as_json:
+        emit_json({"data": states})
+        return
+    table = Table()
+    for column in ("id", "status", "completed", "failed", "total"):
+        table.add_column(column)
+    for s in states:
+        c = s["request_counts"]
+        table.add_row(s["id"], s["status"], str(c["completed"]), str(c["failed"]), str(c["total"]))
+    console.print(table)
