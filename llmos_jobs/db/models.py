@@ -32,6 +32,8 @@ class JobBase(SQLModel):
     priority: int = Field(ge=0, le=9)
     model: str = Field(index=True)
     mindspace_id: str | None = Field(default=None, index=True)
+    # Where the job's outcome is POSTed (checked against SSRF at submission).
+    webhook_url: str | None = Field(default=None, max_length=2048)
 
 
 class Job(JobBase, table=True):
@@ -340,3 +342,11 @@ class AuditEvent(AuditEventBase, table=True):
 class AuditEventPublic(AuditEventBase):
     id: int
     created_at: datetime
+
+
+# Registered on the same metadata wherever the tables are imported from.
+from llmos_jobs.db.webhook_tables import (  # noqa: E402, F401
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookSecret,
+)
