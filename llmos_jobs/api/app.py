@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from llmos_jobs.api.audit import AuditMiddleware
 from llmos_jobs.api.errors import ERROR_RESPONSES, install_error_handlers
-from llmos_jobs.api.routes import chat, jobs, keys, mindspaces, models, workers
+from llmos_jobs.api.routes import chat, jobs, keys, mindspaces, models, webhooks, workers
 from llmos_jobs.api.schemas import Health
 from llmos_jobs.api.state import ApiState
 from llmos_jobs.db.migrate import upgrade
@@ -40,7 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.llmos = state
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware, database_url=state.database_url)
-    for module in (jobs, mindspaces, models, workers, chat, keys):
+    for module in (jobs, mindspaces, models, workers, chat, keys, webhooks):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
