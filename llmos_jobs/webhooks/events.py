@@ -17,6 +17,7 @@ from broker_config import TaskName, queue_for
 from llmos_jobs.db.models import Job, JobPublic
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import WebhookDelivery
+from llmos_jobs.errors import BrokerUnavailable
 from llmos_jobs.settings import Settings, get_settings
 from schemas.common import JobStatus
 
@@ -47,24 +48,25 @@ def emit(*, session: Session, tenant: str, event_type: str, url: str, data: dict
     session.add(row)
     session.flush()
     delivery_id = row.id
-    broker_url = (settings or get_settings()).resolved_broker_url()
+    settings = settings or get_settings()
 
     def publish(_: Session) -> None:
-        enqueue_delivery(delivery_id, broker_url=broker_url)
+        enqueue_delivery(delivery_id, settings=settings)
 
     event.listen(session, "after_commit", publish, once=True)
     return delivery_id
 
 
-def enqueue_delivery(delivery_id: str, *, broker_url: str) -> None:
+def enqueue_delivery(delivery_id: str, *, settings: Settings) -> None:
     """Send the delivery's message; the message carries its id only."""
     from llmos_jobs.celery_app import get_app
 
     task = TaskName.deliver_webhook
     try:
-        get_app(broker_url).send_task(task, args=[delivery_id], task_id=delivery_id,
-                                      queue=queue_for(task), retry_policy=_PUBLISH_RETRY)
-    except (OperationalError, OSError) as exc:
+        app = get_app(settings.resolved_broker_url())
+        app.send_task(task, args=[delivery_id], task_id=delivery_id, queue=queue_for(task),
+                      retry_policy=_PUBLISH_RETRY)
+    except (OperationalError, OSError, BrokerUnavailable) as exc:
         # The outcome it reports is committed already and must stand; the row stays
         # `pending` and visible in `llmos webhook deliveries`.
         log.error("webhook delivery %s not enqueued, broker unreachable: %s", delivery_id, exc)
