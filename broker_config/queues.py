@@ -21,16 +21,18 @@ class TaskName(StrEnum):
     model_op = "llmos.model.op"
     mindspace_turn = "llmos.mindspace.turn"
     batch_expand = "llmos.batch.expand"
+    deliver_webhook = "llmos.webhooks.deliver"
 
 
-# How each task is routed: to the language queue of the job's model, or to the
-# direct queue of a worker when the job names one. Every registered task must
+# How each task is routed: to the language queue of the job's model, to the direct
+# queue of a worker when the job names one, or to the webhooks queue. Every registered task must
 # appear here (a test checks it).
-TASK_FAMILIES: dict[TaskName, Literal["model", "model_or_worker", "control"]] = {
+TASK_FAMILIES: dict[TaskName, Literal["model", "model_or_worker", "control", "webhooks"]] = {
     TaskName.generate: "model",
     TaskName.mindspace_turn: "model_or_worker",  # cache affinity: the worker of its last turn
     TaskName.model_op: "model_or_worker",
     TaskName.batch_expand: "control",
+    TaskName.deliver_webhook: "webhooks",  # any worker; never behind a model's backlog
 }
 
 
@@ -42,10 +44,12 @@ def worker_queue(worker: str) -> str:
     return f"w.{worker}"
 
 
-def queue_for(task: TaskName, *, model: str, worker: str | None = None) -> str:
+def queue_for(task: TaskName, *, model: str = "", worker: str | None = None) -> str:
     """The queue a job of this task goes to."""
     if TASK_FAMILIES[task] == "control":
         return CONTROL_QUEUE
+    if TASK_FAMILIES[task] == "webhooks":
+        return WEBHOOKS_QUEUE
     if TASK_FAMILIES[task] == "model_or_worker" and worker is not None:
         return worker_queue(worker)
     return language_queue(model)

@@ -40,6 +40,8 @@ from llmos_jobs.errors import BrokerUnavailable, InvalidRequest, NoLiveWorkerWar
 from llmos_jobs.routing import route_turn
 from llmos_jobs.settings import Settings, get_settings
 from llmos_jobs.ttl_cache import TTLCache
+from llmos_jobs.webhooks.events import emit_job_event
+from llmos_jobs.webhooks.ssrf import check_destination
 from schemas.common import ChatMessage, JobKind, JobStatus, parse_priority
 from schemas.language import GenerateRequest
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest
@@ -118,7 +120,10 @@ class LlmosClient:
         temperature: float = 0.0,
         stop: Iterable[str] = (),
         priority: int | str = "default",
+        webhook: str | None = None,
     ) -> JobPublic:
+        """Queue a language job; ``webhook`` is POSTed its outcome (job.succeeded,
+        job.failed or job.cancelled), signed with the tenant's webhook secret."""
         data: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                                 "temperature": temperature, "stop": list(stop)}
         if prompt is not None:
@@ -129,13 +134,17 @@ class LlmosClient:
             ]
         request = validate(GenerateRequest, data)
         self._check_model(request.model, request.max_tokens)
-        return self._submit(JobKind.generate, request.model, request, _priority(priority))
+        return self._submit(JobKind.generate, request.model, request, _priority(priority),
+                            webhook=self._webhook(webhook))
 
     def generate_many(self, requests: Sequence[dict[str, Any]], *,
-                      priority: int | str = "batch") -> BulkSubmission:
+                      priority: int | str = "batch", webhook: str | None = None
+                      ) -> BulkSubmission:
         """Submit many language jobs at once: one transaction, one broker connection.
-        Each invalid request is reported by its index; the valid ones still run."""
+        Each invalid request is reported by its index; the valid ones still run.
+        ``webhook`` applies to every job (a refused URL refuses the whole call)."""
         number = _priority(priority)
+        webhook_url = self._webhook(webhook)
         accepted: list[job_crud.JobCreate] = []
         errors: dict[int, str] = {}
         for index, data in enumerate(requests):
@@ -148,7 +157,7 @@ class LlmosClient:
             accepted.append(job_crud.JobCreate(
                 tenant=self.tenant, kind=JobKind.generate, priority=number, model=request.model,
                 payload=request.model_dump(mode="json"),
-                queue=queue_for(TaskName.generate, model=request.model),
+                queue=queue_for(TaskName.generate, model=request.model), webhook_url=webhook_url,
             ))
         jobs = self._enqueue(accepted) if accepted else []
         return BulkSubmission(jobs=jobs, errors=errors)
@@ -346,9 +355,10 @@ class LlmosClient:
 
     def cancel(self, job_id: str) -> JobPublic:
         with self._session() as session:
-            return JobPublic.from_row(
-                job_crud.cancel_job(session=session, tenant=self.tenant, job_id=job_id)
-            )
+            job = job_crud.cancel_job(session=session, tenant=self.tenant, job_id=job_id)
+            if job.webhook_url:  # enqueued once the cancellation commits
+                emit_job_event(session=session, job_id=job.id, settings=self.settings)
+            return JobPublic.from_row(job)
 
     def wait(self, job_ids: Sequence[str], *, timeout_s: float = 300.0,
              poll_s: float = 0.1) -> list[JobPublic]:
@@ -392,12 +402,20 @@ class LlmosClient:
                 f"({context} tokens)"
             )
 
+    def _webhook(self, url: str | None) -> str | None:
+        """``url`` once it is a destination webhooks may go to (SSRF rules)."""
+        if url is not None:
+            check_destination(url, self.settings.webhook_allowed())
+        return url
+
     def _submit(self, kind: JobKind, model: str, payload: BaseModel, priority: int, *,
-                worker: str | None = None, mindspace_id: str | None = None) -> JobPublic:
+                worker: str | None = None, mindspace_id: str | None = None,
+                webhook: str | None = None) -> JobPublic:
         queue = queue_for(task_for_kind(kind), model=model, worker=worker)
         job_in = job_crud.JobCreate(
             tenant=self.tenant, kind=kind, priority=priority, model=model,
             mindspace_id=mindspace_id, payload=payload.model_dump(mode="json"), queue=queue,
+            webhook_url=webhook,
         )
         [job] = self._enqueue([job_in])
         return job

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from llmos_jobs.errors import BrokerUnavailable
 
 STACK_STATE_FILE = "stack.json"
+# Comma-separated non-negative seconds, e.g. "1,2,4.5".
+_DELAYS = r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$"
 
 
 class Settings(BaseSettings):
@@ -54,6 +56,23 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = Field(
         default=None, description="`llmos flower` basic auth password"
     )
+    webhook_retry_delays: str = Field(
+        default="1,2,4,8,16,32,64,128,256,512", pattern=_DELAYS,
+        description="webhooks: seconds before each retry, comma-separated; one attempt "
+                    "more than there are delays",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="webhooks: per attempt")
+    webhook_allowed_hosts: str = Field(
+        default="", description="webhooks: hosts (or host:port) allowed although they resolve "
+                                "to private, loopback or other internal addresses",
+    )
+
+    def webhook_delays(self) -> list[float]:
+        return [float(d) for d in self.webhook_retry_delays.split(",")]
+
+    def webhook_allowed(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",")
+                         if h.strip())
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -15,6 +15,10 @@ import redis
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.settings import Settings
 
+# The tests' webhook receivers listen on 127.0.0.1; 4 attempts, 0.3 s apart.
+WEBHOOK_ALLOWED_HOSTS = "127.0.0.1"
+WEBHOOK_RETRY_DELAYS = "0.3,0.3,0.3"
+
 
 @dataclass
 class Stack:
@@ -32,6 +36,10 @@ class Stack:
             LLMOS_BROKER_URL=self.broker_url, LLMOS_DATABASE_URL=self.database_url,
             LLMOS_DATA_DIR=str(self.data_dir), LLMOS_HEARTBEAT_INTERVAL_S="0.5",
             LLMOS_WORKER_DEAD_AFTER_S="4",
+            # Every worker may deliver webhooks (they all consume the `webhooks` queue),
+            # so all share the tests' receiver allow-list and a short retry schedule.
+            LLMOS_WEBHOOK_ALLOWED_HOSTS=WEBHOOK_ALLOWED_HOSTS,
+            LLMOS_WEBHOOK_RETRY_DELAYS=WEBHOOK_RETRY_DELAYS,
         )
         return env
 

@@ -24,6 +24,7 @@ from llmos_jobs.db.jobs import (
 from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
+from llmos_jobs.webhooks.events import emit_job_event
 from schemas.common import JobKind, Usage
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
@@ -140,6 +141,8 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
             pid=os.getpid(), max_attempts=get_settings().max_attempts,
             claimant_dead=ctx.claimant_dead,
         )
+        if claim.outcome == ClaimOutcome.poison and claim.job and claim.job.webhook_url:
+            emit_job_event(session=session, job_id=job_id)
     if claim.outcome != ClaimOutcome.claimed or claim.job is None:
         log.info("job %s message %s dropped: %s", job_id, message_id, claim.outcome.value)
         return claim.outcome
@@ -149,10 +152,12 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
     except Exception as exc:  # the job failed; its row says why
         log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
         with session_scope() as session:
-            fail_job(
+            failed = fail_job(
                 session=session, job_id=job_id, message_id=message_id,
                 error_type=type(exc).__name__, error_message=str(exc) or repr(exc),
             )
+            if failed and job.webhook_url:  # enqueued once this transaction commits
+                emit_job_event(session=session, job_id=job_id)
         _after_final(job)
         return ClaimOutcome.claimed
     with session_scope() as session:
@@ -162,6 +167,8 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
         )
         if recorded and outcome.persist is not None:
             outcome.persist(session)
+        if recorded and job.webhook_url:  # enqueued once this transaction commits
+            emit_job_event(session=session, job_id=job_id)
         if not recorded:  # cancelled while it ran: keep what the work cost
             record_abandoned_usage(session=session, job_id=job_id, message_id=message_id,
                                    usage=outcome.usage)

@@ -1,4 +1,5 @@
-"""Thin Celery tasks: the message carries a job id; the work is in workers.execution."""
+"""Thin Celery tasks: the message carries a job id (or a webhook delivery id); the work
+is in workers.execution and llmos_jobs.webhooks.delivery."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 
 from broker_config import TaskName
 from llmos_jobs.db.jobs import ClaimOutcome
+from llmos_jobs.webhooks.delivery import attempt_delivery
 from workers.execution import execute_job
 from workers.runtime import get_runtime
 
@@ -30,12 +32,24 @@ def _expand_batch(batch_id: str) -> None:
     expand(batch_id)
 
 
+def _deliver(task: Task, delivery_id: str) -> str:
+    retry_in = attempt_delivery(delivery_id=delivery_id)
+    if retry_in is not None:
+        # The schedule's limit lives on the delivery row, so Celery's count is unbounded.
+        raise task.retry(countdown=retry_in, max_retries=None)
+    return "done"
+
+
 def register_tasks(app: Celery) -> None:
     """Register every llmos task on ``app``, one per task name."""
     app.task(name=TaskName.batch_expand.value, acks_late=True, autoretry_for=(DBAPIError,),
              retry_backoff=True, max_retries=10)(_expand_batch)
+    app.task(
+        name=TaskName.deliver_webhook.value, bind=True, acks_late=True,
+        autoretry_for=(DBAPIError,), retry_backoff=True, retry_backoff_max=60, max_retries=10,
+    )(_deliver)
     for name in TaskName:
-        if name == TaskName.batch_expand:
+        if name in (TaskName.batch_expand, TaskName.deliver_webhook):
             continue
         def run(self: Task, job_id: str) -> str:
             return _run(self, job_id)

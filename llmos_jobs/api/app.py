@@ -11,7 +11,17 @@ from fastapi import FastAPI
 
 from llmos_jobs.api.audit import AuditMiddleware
 from llmos_jobs.api.errors import ERROR_RESPONSES, install_error_handlers
-from llmos_jobs.api.routes import batches, chat, files, jobs, keys, mindspaces, models, workers
+from llmos_jobs.api.routes import (
+    batches,
+    chat,
+    files,
+    jobs,
+    keys,
+    mindspaces,
+    models,
+    webhooks,
+    workers,
+)
 from llmos_jobs.api.schemas import Health
 from llmos_jobs.api.state import ApiState
 from llmos_jobs.db.migrate import upgrade
@@ -40,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.llmos = state
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware, database_url=state.database_url)
-    for module in (jobs, mindspaces, models, workers, chat, keys, files, batches):
+    for module in (jobs, mindspaces, models, workers, chat, keys, files, batches, webhooks):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])

@@ -40,9 +40,14 @@ class ListOf(BaseModel, Generic[T]):
 
 
 class JobSubmit(GenerateRequest):
-    """A language job: the ``generate`` payload plus its priority."""
+    """A language job: the ``generate`` payload plus its priority and webhook."""
 
     priority: ApiPriority = PRIORITY_CLASSES["default"]
+    webhook: str | None = Field(
+        default=None, max_length=2048,
+        description="http(s) URL POSTed the job's outcome (job.succeeded, job.failed, "
+                    "job.cancelled), Standard Webhooks-signed with the tenant's secret",
+    )
 
 
 class TurnSubmit(Contract):

@@ -38,6 +38,8 @@ def submit(
     max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens to generate at most."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
     stop: list[str] = typer.Option([], "--stop", help="A stop string (repeatable)."),
+    webhook: str = typer.Option(None, "--webhook",
+                                help="POST the job's outcome to this http(s) URL (signed)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
     as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
@@ -47,6 +49,7 @@ def submit(
     job = llmos.generate(
         model=model, prompt=prompt, messages=_messages(messages) if messages else None,
         max_tokens=max_tokens, temperature=temperature, stop=stop, priority=priority,
+        webhook=webhook,
     )
     if wait:
         [job] = llmos.wait([job.id], timeout_s=timeout)

@@ -8,7 +8,17 @@ from typing import Any
 
 import typer
 
-from llmos_jobs.cli import access, batch, encryption, jobs, mindspaces, models, serve, stack
+from llmos_jobs.cli import (
+    access,
+    batch,
+    encryption,
+    jobs,
+    mindspaces,
+    models,
+    serve,
+    stack,
+    webhooks,
+)
 from llmos_jobs.cli.output import err_console
 from llmos_jobs.cli.state import set_tenant
 from llmos_jobs.errors import LlmosError, NoLiveWorkerWarning
@@ -34,6 +44,7 @@ app.command("api")(serve.api)
 app.command("flower")(serve.flower)
 app.add_typer(access.key_app, name="key")
 app.add_typer(access.audit_app, name="audit")
+app.add_typer(webhooks.webhook_app, name="webhook")
 
 
 @app.callback()

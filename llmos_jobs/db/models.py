@@ -34,6 +34,8 @@ class JobBase(SQLModel):
     mindspace_id: str | None = Field(default=None, index=True)
     batch_id: str | None = Field(default=None, index=True)
     custom_id: str | None = Field(default=None, description="the batch line's custom_id")
+    # Where the job's outcome is POSTed (checked against SSRF at submission).
+    webhook_url: str | None = Field(default=None, max_length=2048)
 
 
 class Job(JobBase, table=True):
@@ -345,5 +347,10 @@ class AuditEventPublic(AuditEventBase):
     created_at: datetime
 
 
-# Batch tables live in their own module; importing it here registers them.
+# Tables in modules of their own; importing them here registers them on the metadata.
 from llmos_jobs.db import batch_models  # noqa: E402, F401
+from llmos_jobs.db.webhook_tables import (  # noqa: E402, F401
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookSecret,
+)

@@ -1,0 +1,163 @@
+"""One attempt at delivering a webhook event, and what comes after it.
+
+At-least-once: the outcome is recorded after the receiver answers, so a worker lost
+in between sends the event again, with the same `webhook-id` for the receiver to drop.
+After a failure the next attempt waits for the next delay of LLMOS_WEBHOOK_RETRY_DELAYS,
+or for the receiver's own `Retry-After` (seconds) on 429 and 503; 410 Gone stops at once
+(status `gone`), and an exhausted schedule stops with status `failed`. The caller (a
+Celery task) schedules the retry; nothing here sleeps."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.types import utcnow
+from llmos_jobs.db.webhook_tables import (
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookAttemptPublic,
+    WebhookDelivery,
+    WebhookDeliveryPublic,
+)
+from llmos_jobs.errors import InvalidRequest
+from llmos_jobs.settings import Settings, get_settings
+from llmos_jobs.webhooks.signing import signed_headers, tenant_secret
+from llmos_jobs.webhooks.ssrf import check_destination
+
+# A retry is an ETA message held by a worker until due; past the broker's visibility
+# timeout (30 min) Redis would hand it out twice, so a receiver's Retry-After is capped.
+MAX_RETRY_AFTER_S = 600.0
+HONOURS_RETRY_AFTER = (429, 503)
+USER_AGENT = "llmos-webhooks/1"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int | None  # None: no answer (refused destination, network error)
+    error: str | None
+    retry_after_s: float | None
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class Step:
+    status: DeliveryStatus
+    retry_in_s: float | None  # seconds until the next attempt; None once finished
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # absent, or an HTTP date: the schedule decides
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def post(url: str, body: str, headers: dict[str, str], settings: Settings) -> Answer:
+    started = time.monotonic()
+
+    def answer(code: int | None, error: str | None, retry_after: float | None = None) -> Answer:
+        return Answer(code, error, retry_after, (time.monotonic() - started) * 1000)
+
+    try:
+        # Checked again now: the name may resolve elsewhere than at submission.
+        check_destination(url, settings.webhook_allowed())
+    except InvalidRequest as exc:
+        return answer(None, f"refused: {exc}")
+    try:
+        # Redirects are not followed: one could point at an internal address.
+        response = httpx.post(
+            url, content=body.encode(), timeout=settings.webhook_timeout_s,
+            follow_redirects=False,
+            headers={**headers, "content-type": "application/json", "user-agent": USER_AGENT},
+        )
+    except httpx.HTTPError as exc:
+        return answer(None, f"{type(exc).__name__}: {exc}"[:1000])
+    if response.is_success:
+        return answer(response.status_code, None)
+    return answer(response.status_code, f"HTTP {response.status_code}: {response.text[:200]}",
+                  _retry_after(response))
+
+
+def next_step(answer: Answer, attempt: int, delays: list[float]) -> Step:
+    """What follows attempt number ``attempt`` (1-based)."""
+    if answer.status_code is not None and 200 <= answer.status_code < 300:
+        return Step(DeliveryStatus.delivered, None)
+    if answer.status_code == 410:
+        return Step(DeliveryStatus.gone, None)
+    if attempt > len(delays):
+        return Step(DeliveryStatus.failed, None)
+    delay = delays[attempt - 1]
+    if answer.status_code in HONOURS_RETRY_AFTER and answer.retry_after_s is not None:
+        delay = answer.retry_after_s
+    return Step(DeliveryStatus.pending, delay)
+
+
+def _record(session: Session, row: WebhookDelivery, answer: Answer, step: Step) -> bool:
+    """Record the attempt; False when another delivery of the same message got there
+    first (the row's attempt count moved)."""
+    now = utcnow()
+    finished = step.retry_in_s is None
+    next_at = None if step.retry_in_s is None else now + timedelta(seconds=step.retry_in_s)
+    moved = session.execute(
+        update(WebhookDelivery)
+        .where(col(WebhookDelivery.id) == row.id,
+               col(WebhookDelivery.status) == DeliveryStatus.pending,
+               col(WebhookDelivery.attempts) == row.attempts)
+        .values(status=step.status, attempts=row.attempts + 1,
+                last_status_code=answer.status_code, last_error=answer.error,
+                next_attempt_at=next_at, finished_at=now if finished else None)
+    ).rowcount  # type: ignore[attr-defined]
+    if moved:
+        session.add(WebhookAttempt(delivery_id=row.id, number=row.attempts + 1,
+                                   attempted_at=now, status_code=answer.status_code,
+                                   error=answer.error, duration_ms=answer.duration_ms))
+    return bool(moved)
+
+
+def attempt_delivery(*, delivery_id: str, settings: Settings | None = None) -> float | None:
+    """Make one attempt; the seconds until the next one, or None when there is none
+    (delivered, gone, failed, or not pending any more)."""
+    settings = settings or get_settings()
+    with session_scope() as session:
+        row = session.get(WebhookDelivery, delivery_id)
+        if row is None or row.status != DeliveryStatus.pending:
+            return None
+        secret = tenant_secret(session=session, tenant=row.tenant).secret
+    body = json.dumps(row.payload, separators=(",", ":"))
+    headers = signed_headers(secret=secret, message_id=row.id, body=body)
+    answer = post(row.url, body, headers, settings)
+    step = next_step(answer, row.attempts + 1, settings.webhook_delays())
+    with session_scope() as session:
+        if not _record(session, row, answer, step):
+            return None
+    return step.retry_in_s
+
+
+def list_deliveries(*, session: Session, tenant: str, job_id: str | None = None,
+                    limit: int = 50) -> list[WebhookDeliveryPublic]:
+    """The tenant's newest deliveries, each with its attempts in order."""
+    query = select(WebhookDelivery).where(WebhookDelivery.tenant == tenant)
+    if job_id is not None:
+        query = query.where(WebhookDelivery.job_id == job_id)
+    rows = list(session.exec(query.order_by(col(WebhookDelivery.created_at).desc())
+                             .limit(limit)))
+    attempts = session.exec(
+        select(WebhookAttempt).where(col(WebhookAttempt.delivery_id).in_([r.id for r in rows]))
+        .order_by(col(WebhookAttempt.number)))
+    log: dict[str, list[WebhookAttemptPublic]] = {}
+    for a in attempts:
+        log.setdefault(a.delivery_id, []).append(
+            WebhookAttemptPublic.model_validate(a, from_attributes=True))
+    return [WebhookDeliveryPublic.model_validate(r, from_attributes=True,
+                                                 update={"attempt_log": log.get(r.id, [])})
+            for r in rows]
