@@ -67,12 +67,16 @@ def get_batch(session: Session, tenant: str, batch_id: str) -> Batch:
 
 def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
            completion_window: str = "24h", metadata: dict[str, str] | None = None,
-           priority: int | str = "batch") -> Batch:
+           priority: int | str = "batch", webhook: str | None = None) -> Batch:
     """Accept a batch (validating) and hand its expansion to a control worker."""
     from llmos_jobs.client import _priority
 
     if endpoint != ENDPOINT:
         raise InvalidRequest(f"endpoint {endpoint!r} is not supported: use {ENDPOINT!r}")
+    if webhook is not None:
+        from llmos_jobs.webhooks.ssrf import check_destination
+
+        check_destination(webhook, client.settings.webhook_allowed())
     with client._session() as session:
         source = get_file(session, client.tenant, input_file_id)
         lines = sum(1 for line in source.content.splitlines() if line.strip())
@@ -83,7 +87,7 @@ def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
             raise InvalidRequest(f"file {input_file_id} holds no request")
         batch = Batch(tenant=client.tenant, endpoint=endpoint, input_file_id=input_file_id,
                       completion_window=completion_window, priority=_priority(priority),
-                      batch_metadata=metadata, total=lines)
+                      batch_metadata=metadata, total=lines, webhook_url=webhook)
         session.add(batch)
     get_app(client.settings.resolved_broker_url()).send_task(
         TaskName.batch_expand, args=[batch.id], queue=CONTROL_QUEUE, priority=batch.priority)
@@ -238,6 +242,12 @@ def finalize(batch_id: str) -> None:
         elif batch.status != "failed":
             batch.status, batch.completed_at = "completed", now
         session.add(batch)
+        if batch.webhook_url:  # sent once this transaction commits
+            from llmos_jobs.webhooks.events import emit
+
+            session.flush()
+            emit(session=session, tenant=batch.tenant, event_type=f"batch.{batch.status}",
+                 url=batch.webhook_url, data=public(session, batch))
 
 
 def output_line(job: JobPublic) -> dict[str, Any]:

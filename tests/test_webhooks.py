@@ -260,3 +260,24 @@ def test_the_cli_submits_with_a_webhook_and_lists_deliveries(
     assert [a["status_code"] for a in listed[0]["attempt_log"]] == [200]
     rotated = llmos("webhook", "rotate", "--json", env=env)
     assert json.loads(rotated.stdout)["secret"] != secret
+
+
+def test_a_batch_announces_its_end(stack: Stack, tenant: str, client: LlmosClient,
+                                   receiver: Receiver) -> None:
+    from llmos_jobs import batches
+
+    lines = [json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": "echo", "max_tokens": 1,
+                                  "messages": [{"role": "user", "content": "hi"}]}})
+             for i in range(3)]
+    stored = batches.upload(client, filename="b.jsonl", content="\n".join(lines).encode(),
+                            purpose="batch")
+    batch = batches.create(client, input_file_id=stored.id, webhook=receiver.url)
+    [request] = receiver.wait_for(1, timeout_s=60)
+    assert request.verified
+    body = json.loads(request.body)
+    assert body["type"] == "batch.completed"
+    assert body["data"]["id"] == batch.id
+    assert body["data"]["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    with pytest.raises(InvalidRequest, match=r"10\.0\.0\.1"):
+        batches.create(client, input_file_id=stored.id, webhook="http://10.0.0.1/hook")

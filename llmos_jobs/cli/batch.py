@@ -49,6 +49,8 @@ def submit(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A JSONL batch file."),
     priority: str = typer.Option("batch", "--priority", "-p",
                                  help="0 (highest) to 9, or interactive | default | batch."),
+    webhook: str = typer.Option(None, "--webhook",
+                                help="POST batch.completed (or .failed, .cancelled) here."),
     wait: bool = typer.Option(False, "--wait", help="Wait for it, with a progress bar."),
     timeout: float = typer.Option(3600.0, "--timeout"),
     as_json: bool = _JSON,
@@ -57,7 +59,7 @@ def submit(
     llmos = client()
     stored = batches.upload(llmos, filename=path.name, content=path.read_bytes(),
                             purpose="batch")
-    batch = batches.create(llmos, input_file_id=stored.id, priority=priority)
+    batch = batches.create(llmos, input_file_id=stored.id, priority=priority, webhook=webhook)
     state = _watch(batch.id, timeout) if wait else _public(batch.id)
     if as_json:
         emit_json(state)

@@ -43,6 +43,8 @@ class Batch(SQLModel, table=True):
     input_file_id: str
     completion_window: str
     priority: int
+    # Told of the batch's end (batch.completed | batch.failed | batch.cancelled).
+    webhook_url: str | None = Field(default=None, max_length=2048)
     output_file_id: str | None = None
     error_file_id: str | None = None
     # Lines that failed validation, kept until the error file is written.

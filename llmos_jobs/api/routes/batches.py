@@ -24,6 +24,7 @@ class BatchCreate(BaseModel):
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     priority: int | str = Field(default="batch", description="llmos: 0-9 or a class name")
+    webhook: str | None = Field(default=None, description="llmos: told when the batch ends")
 
 
 @router.post("")
@@ -34,7 +35,7 @@ def create_batch(body: BatchCreate, state: State,
     client = state.client(caller.tenant)
     batch = batches.create(client, input_file_id=body.input_file_id, endpoint=body.endpoint,
                            completion_window=body.completion_window, metadata=body.metadata,
-                           priority=body.priority)
+                           priority=body.priority, webhook=body.webhook)
     caller.created(batch.id)
     with client._session() as session:
         return batches.public(session, batch)

@@ -27,6 +27,7 @@ def upgrade() -> None:
     sa.Column('input_file_id', sa.String(), nullable=False),
     sa.Column('completion_window', sa.String(), nullable=False),
     sa.Column('priority', sa.Integer(), nullable=False),
+    sa.Column('webhook_url', sa.String(length=2048), nullable=True),
     sa.Column('output_file_id', sa.String(), nullable=True),
     sa.Column('error_file_id', sa.String(), nullable=True),
     sa.Column('invalid', sa.JSON(), nullable=False),
