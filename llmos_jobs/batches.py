@@ -10,6 +10,7 @@ error files are written.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -73,6 +74,7 @@ def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
 
     if endpoint != ENDPOINT:
         raise InvalidRequest(f"endpoint {endpoint!r} is not supported: use {ENDPOINT!r}")
+    window_s(completion_window)
     if webhook is not None:
         from llmos_jobs.webhooks.ssrf import check_destination
 
@@ -92,6 +94,35 @@ def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
     get_app(client.settings.resolved_broker_url()).send_task(
         TaskName.batch_expand, args=[batch.id], queue=CONTROL_QUEUE, priority=batch.priority)
     return batch
+
+
+def window_s(window: str) -> int:
+    """Seconds of a completion window such as "24h" (also "30m", "90s")."""
+    match = re.fullmatch(r"(\d+)([hms])", window)
+    if match is None or int(match.group(1)) == 0:
+        raise InvalidRequest(f"completion_window {window!r} is not a duration such as '24h'")
+    return int(match.group(1)) * {"h": 3600, "m": 60, "s": 1}[match.group(2)]
+
+
+def expire_overdue(session: Session) -> list[str]:
+    """Batches past their completion window: queued requests are cancelled, running ones
+    finish, the batch ends `expired` with the results it has. Their ids."""
+    now = utcnow()
+    overdue = [b for b in session.exec(select(Batch).where(
+        col(Batch.status).in_(["validating", "in_progress"])))
+        if (now - b.created_at).total_seconds() > window_s(b.completion_window)]
+    expired = []
+    for batch in overdue:
+        moved = session.execute(update(Batch).where(
+            col(Batch.id) == batch.id, col(Batch.status).in_(["validating", "in_progress"]))
+            .values(status="expired", expired_at=now)).rowcount  # type: ignore[attr-defined]
+        if moved:
+            session.execute(update(Job).where(col(Job.batch_id) == batch.id,
+                                              col(Job.status) == JobStatus.queued)
+                            .values(status=JobStatus.cancelled, finished_at=now))
+            expired.append(batch.id)
+    session.commit()
+    return expired
 
 
 def _line_error(number: int, custom_id: Any, code: str, message: str) -> dict[str, Any]:
@@ -204,9 +235,9 @@ def job_finished(session: Session, batch_id: str) -> bool:
     moved = session.execute(update(Batch).where(
         col(Batch.id) == batch_id, col(Batch.status).in_(["in_progress"])).values(
         status="finalizing", finalizing_at=utcnow())).rowcount  # type: ignore[attr-defined]
-    cancelling = session.exec(select(Batch.status).where(Batch.id == batch_id)).first()
+    status = session.exec(select(Batch.status).where(Batch.id == batch_id)).first()
     session.commit()
-    return bool(moved) or cancelling == "cancelling"
+    return bool(moved) or status in ("cancelling", "expired")
 
 
 def finalize(batch_id: str) -> None:
@@ -215,7 +246,8 @@ def finalize(batch_id: str) -> None:
 
     with session_scope() as session:
         batch = session.get(Batch, batch_id)
-        if batch is None or batch.status in ("completed", "cancelled") or batch.output_file_id:
+        if batch is None or batch.status in ("completed", "cancelled") or (
+                batch.output_file_id or batch.error_file_id):
             return
         jobs = list(session.exec(select(Job).where(Job.batch_id == batch_id)
                                  .order_by(col(Job.created_at))))
@@ -239,7 +271,7 @@ def finalize(batch_id: str) -> None:
         now = utcnow()
         if batch.status == "cancelling":
             batch.status, batch.cancelled_at = "cancelled", now
-        elif batch.status != "failed":
+        elif batch.status not in ("failed", "expired"):
             batch.status, batch.completed_at = "completed", now
         session.add(batch)
         if batch.webhook_url:  # sent once this transaction commits
@@ -305,9 +337,10 @@ def public(session: Session, batch: Batch) -> dict[str, Any]:
         "input_file_id": batch.input_file_id, "completion_window": batch.completion_window,
         "status": batch.status, "output_file_id": batch.output_file_id,
         "error_file_id": batch.error_file_id, "created_at": ts(batch.created_at),
-        "in_progress_at": ts(batch.in_progress_at), "expires_at": None,
+        "in_progress_at": ts(batch.in_progress_at),
+        "expires_at": int(batch.created_at.timestamp()) + window_s(batch.completion_window),
         "finalizing_at": ts(batch.finalizing_at), "completed_at": ts(batch.completed_at),
-        "failed_at": ts(batch.failed_at), "expired_at": None,
+        "failed_at": ts(batch.failed_at), "expired_at": ts(batch.expired_at),
         "cancelling_at": ts(batch.cancelling_at), "cancelled_at": ts(batch.cancelled_at),
         "request_counts": {"total": batch.total, "completed": counts[JobStatus.succeeded],
                            "failed": failed},

@@ -121,3 +121,26 @@ def test_files_over_the_limits_are_refused(api: ApiServer) -> None:
         assert "holds no request" in str(exc)
     else:
         raise AssertionError("an empty batch was accepted")
+
+
+def test_a_batch_past_its_completion_window_expires(api: ApiServer) -> None:
+    key = api.key(tenant())
+    client = sdk(api, key)
+    model = idle_model(api)  # nothing serves it: the requests wait until the window closes
+    body = "\n".join(line(f"x{i}", "too late", model=model) for i in range(3))
+    uploaded = client.files.create(file=("x.jsonl", body.encode()), purpose="batch")
+    with api.http(key) as http:
+        bad = http.post("/v1/batches", json={"input_file_id": uploaded.id,
+                                             "endpoint": "/v1/chat/completions",
+                                             "completion_window": "tomorrow"})
+        assert bad.status_code == 400 and "completion_window" in bad.text
+        created = http.post("/v1/batches", json={"input_file_id": uploaded.id,
+                                                 "endpoint": "/v1/chat/completions",
+                                                 "completion_window": "2s"}).json()
+    assert created["expires_at"] == created["created_at"] + 2
+    done = wait_for(client, created["id"], {"expired"}, timeout_s=60)
+    assert done.expired_at is not None and done.output_file_id is None
+    assert done.request_counts is not None and done.request_counts.failed == 3
+    assert done.error_file_id is not None
+    errors = client.files.content(done.error_file_id).text.splitlines()
+    assert sorted(json.loads(e)["custom_id"] for e in errors) == ["x0", "x1", "x2"]

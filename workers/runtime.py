@@ -121,6 +121,18 @@ class WorkerRuntime:
                 registry.set_worker_state(session=session, name=self.name, state="alive",
                                           expect="dead")
         reap(dead_after_s=settings.worker_dead_after_s, enqueue=self.enqueue)
+        self._expire_batches()
+
+    def _expire_batches(self) -> None:
+        from llmos_jobs import batches
+
+        with session_scope() as session:
+            expired = batches.expire_overdue(session)
+        for batch_id in expired:
+            with session_scope() as session:
+                done = batches.job_finished(session, batch_id)
+            if done:
+                batches.finalize(batch_id)
 
     def _follow_new_models(self) -> None:
         with session_scope() as session:

@@ -41,6 +41,7 @@ def upgrade() -> None:
     sa.Column('failed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('cancelling_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('cancelled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('expired_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('batch', schema=None) as batch_op:
