@@ -17,6 +17,7 @@ from llmos_jobs.api.routes import (
     files,
     jobs,
     keys,
+    mindspace_state,
     mindspaces,
     models,
     webhooks,
@@ -50,7 +51,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.llmos = state
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware, database_url=state.database_url)
-    for module in (jobs, mindspaces, models, workers, chat, keys, files, batches, webhooks):
+    for module in (jobs, mindspaces, mindspace_state, models, workers, chat, keys, files,
+                   batches, webhooks):
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])

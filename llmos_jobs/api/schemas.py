@@ -52,8 +52,9 @@ class JobSubmit(GenerateRequest):
 
 class TurnSubmit(Contract):
     message: str = Field(min_length=1)
-    max_tokens: int = Field(default=64, gt=0)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    # Unset: the mindspace's own defaults (its settings).
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     priority: ApiPriority = PRIORITY_CLASSES["interactive"]
 
 
