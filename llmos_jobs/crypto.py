@@ -25,7 +25,10 @@ from llmos_jobs.settings import get_settings
 KEY_FILE = "encryption.keys"
 
 
-def _local_keys(data_dir: Path) -> list[str]:
+@lru_cache(maxsize=8)
+def _local_keys(data_dir: Path) -> tuple[str, ...]:
+    """The embedded key ring of ``data_dir``, created on first use (read once per
+    process: every encrypted value passes through here)."""
     path = data_dir / KEY_FILE
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -35,14 +38,14 @@ def _local_keys(data_dir: Path) -> list[str]:
     else:
         with os.fdopen(fd, "w") as out:
             out.write(Fernet.generate_key().decode() + "\n")
-    return [k for k in path.read_text().split() if k]
+    return tuple(k for k in path.read_text().split() if k)
 
 
 def key_list() -> list[str]:
     settings = get_settings()
     if settings.encryption_keys:
         return [k.strip() for k in settings.encryption_keys.split(",") if k.strip()]
-    return _local_keys(settings.data_dir)
+    return list(_local_keys(settings.data_dir))
 
 
 @lru_cache(maxsize=8)

@@ -130,11 +130,12 @@ HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
 }
 
 
-def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
+def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext,
+                turn: bool = False) -> ClaimOutcome:
     """Run one delivery of a job. Never raises for a failure of the job itself: that is
     recorded on the row and the message is acknowledged."""
     with session_scope() as session:
-        if turns.waits_for_earlier_turn(session, job_id):
+        if turn and turns.waits_for_earlier_turn(session, job_id):
             return ClaimOutcome.waiting
         claim = claim_job(
             session=session, job_id=job_id, message_id=message_id, worker=ctx.name,

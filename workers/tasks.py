@@ -19,7 +19,8 @@ TURN_WAIT_S = 0.2
 
 
 def _run(task: Task, job_id: str) -> str:
-    outcome = execute_job(job_id=job_id, message_id=task.request.id, ctx=get_runtime().context())
+    outcome = execute_job(job_id=job_id, message_id=task.request.id, ctx=get_runtime().context(),
+                          turn=task.name == TaskName.mindspace_turn)
     if outcome == ClaimOutcome.waiting:
         # Same message id, so the claim still recognises it; Celery acks this delivery.
         raise task.retry(countdown=TURN_WAIT_S, max_retries=None)
