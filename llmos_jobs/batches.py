@@ -106,16 +106,18 @@ def window_s(window: str) -> int:
 
 def expire_overdue(session: Session) -> list[str]:
     """Batches past their completion window: queued requests are cancelled, running ones
-    finish, the batch ends `expired` with the results it has. Their ids."""
+    finish, and the batch ends `expired` with the results it has (its status changes only
+    once its files are written). Their ids."""
     now = utcnow()
     overdue = [b for b in session.exec(select(Batch).where(
-        col(Batch.status).in_(["validating", "in_progress"])))
+        col(Batch.status).in_(["validating", "in_progress"]), col(Batch.expired_at).is_(None)))
         if (now - b.created_at).total_seconds() > window_s(b.completion_window)]
     expired = []
     for batch in overdue:
         moved = session.execute(update(Batch).where(
-            col(Batch.id) == batch.id, col(Batch.status).in_(["validating", "in_progress"]))
-            .values(status="expired", expired_at=now)).rowcount  # type: ignore[attr-defined]
+            col(Batch.id) == batch.id, col(Batch.status).in_(["validating", "in_progress"]),
+            col(Batch.expired_at).is_(None))
+            .values(expired_at=now)).rowcount  # type: ignore[attr-defined]
         if moved:
             session.execute(update(Job).where(col(Job.batch_id) == batch.id,
                                               col(Job.status) == JobStatus.queued)
@@ -183,8 +185,8 @@ def expand(batch_id: str) -> None:
     client = LlmosClient(tenant=_tenant_of(batch_id))
     with client._session() as session:
         batch = get_batch(session, client.tenant, batch_id)
-        if batch.status != "validating":
-            return  # a redelivered expansion: done already
+        if batch.status != "validating" or batch.expired_at is not None:
+            return  # a redelivered expansion (done already), or it expired while waiting
         content = get_file(session, client.tenant, batch.input_file_id).content
     valid, invalid = parse(content)
     jobs: list[JobCreate] = []
@@ -232,12 +234,15 @@ def job_finished(session: Session, batch_id: str) -> bool:
         .limit(1)).first()
     if pending is not None:
         return False
+    # An expired batch may still be validating: it ends without ever running.
     moved = session.execute(update(Batch).where(
-        col(Batch.id) == batch_id, col(Batch.status).in_(["in_progress"])).values(
-        status="finalizing", finalizing_at=utcnow())).rowcount  # type: ignore[attr-defined]
+        col(Batch.id) == batch_id,
+        (col(Batch.status) == "in_progress")
+        | ((col(Batch.status) == "validating") & col(Batch.expired_at).is_not(None)))
+        .values(status="finalizing", finalizing_at=utcnow())).rowcount  # type: ignore[attr-defined]
     status = session.exec(select(Batch.status).where(Batch.id == batch_id)).first()
     session.commit()
-    return bool(moved) or status in ("cancelling", "expired")
+    return bool(moved) or status == "cancelling"
 
 
 def finalize(batch_id: str) -> None:
@@ -271,7 +276,9 @@ def finalize(batch_id: str) -> None:
         now = utcnow()
         if batch.status == "cancelling":
             batch.status, batch.cancelled_at = "cancelled", now
-        elif batch.status not in ("failed", "expired"):
+        elif batch.expired_at is not None:
+            batch.status = "expired"
+        elif batch.status != "failed":
             batch.status, batch.completed_at = "completed", now
         session.add(batch)
         if batch.webhook_url:  # sent once this transaction commits
