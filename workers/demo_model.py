@@ -109,8 +109,11 @@ def _corpus(seed: int, lines: int = 4000) -> list[str]:
     ]
 
 
-def create_demo_model(path: Path, *, size: str = "tiny", seed: int = 0) -> Path:
-    """Write a model directory loadable by ``AutoModelForCausalLM.from_pretrained``."""
+def create_demo_model(path: Path, *, size: str = "tiny", seed: int = 0,
+                      dtype: str = "float32") -> Path:
+    """Write a model directory loadable by ``AutoModelForCausalLM.from_pretrained``.
+    ``dtype="float64"`` gives a model whose greedy choices do not flip with the tiny
+    rounding differences between batch shapes (random weights leave near-ties)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -155,7 +158,7 @@ def create_demo_model(path: Path, *, size: str = "tiny", seed: int = 0) -> Path:
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     fast.save_pretrained(path)
