@@ -21,7 +21,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.models import model_dir  # noqa: E402
+from bench.models import model_dir, use_data_dir  # noqa: E402
 from llmos_jobs.client import LlmosClient  # noqa: E402
 from llmos_jobs.settings import Settings  # noqa: E402
 
@@ -81,11 +81,7 @@ def main() -> None:
     redis.Redis.from_url(args.redis).flushdb()
     print(f"{args.jobs} jobs x {args.max_tokens} tokens, {args.size} model")
     with tempfile.TemporaryDirectory() as name:
-        # Workers and this process share the data directory, and so its encryption key.
-        os.environ["LLMOS_DATA_DIR"] = name
-        from llmos_jobs.settings import get_settings as _settings
-
-        _settings.cache_clear()
+        use_data_dir(name)
         one = run("one-at-a-time", 1, args, Path(name))
         batched = run("batched", args.jobs, args, Path(name))
     print(f"throughput, batched / one at a time: {one / batched:.1f}x")

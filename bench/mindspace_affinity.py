@@ -21,7 +21,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.models import model_dir  # noqa: E402
+from bench.models import model_dir, use_data_dir  # noqa: E402
 from llmos_jobs.client import LlmosClient  # noqa: E402
 from llmos_jobs.settings import Settings, get_settings  # noqa: E402
 
@@ -86,11 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.users} mindspaces x {args.rounds} turns, shared persona, {args.size} model")
     with tempfile.TemporaryDirectory() as name:
-        # Workers and this process share the data directory, and so its encryption key.
-        os.environ["LLMOS_DATA_DIR"] = name
-        from llmos_jobs.settings import get_settings as _settings
-
-        _settings.cache_clear()
+        use_data_dir(name)
         tmp = Path(name)
         ideal, _ = run("ideal-1w", 1, "affinity", args, tmp)
         affinity, t_aff = run("affinity-2w", 2, "affinity", args, tmp)

@@ -17,3 +17,12 @@ def model_dir(size: str) -> Path:
         print(f"building the {size} model in {path} ...", flush=True)
         create_demo_model(path, size=size)
     return path
+
+
+def use_data_dir(path: str) -> None:
+    """This process uses ``path`` as its data directory, as the workers it starts do: they
+    share its embedded encryption key."""
+    from llmos_jobs.settings import get_settings
+
+    os.environ["LLMOS_DATA_DIR"] = path
+    get_settings.cache_clear()

@@ -24,6 +24,7 @@ from sqlmodel import col, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.models import use_data_dir  # noqa: E402
 from bench.raw_celery import COUNTER, make_app  # noqa: E402
 from llmos_jobs.client import LlmosClient  # noqa: E402
 from llmos_jobs.db.models import Job  # noqa: E402
@@ -158,11 +159,7 @@ def main() -> None:
     ours: list[tuple[float, float]] = []
     bulk: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as name:
-        # Workers and this process share the data directory, and so its encryption key.
-        os.environ["LLMOS_DATA_DIR"] = name
-        from llmos_jobs.settings import get_settings as _settings
-
-        _settings.cache_clear()
+        use_data_dir(name)
         tmp = Path(name)
         for round_ in range(args.rounds):
             raw.append(run_raw(args.redis, args.jobs, args.concurrency, tmp))

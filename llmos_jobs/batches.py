@@ -46,7 +46,7 @@ def upload(client: LlmosClient, *, filename: str, content: bytes, purpose: str) 
         raise InvalidRequest(f"file {filename!r} is not UTF-8 text") from None
     row = StoredFile(tenant=client.tenant, filename=filename, purpose=purpose,
                      bytes=len(content), content=text)
-    with client._session() as session:
+    with client.session() as session:
         session.add(row)
     return row
 
@@ -79,7 +79,7 @@ def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
         from llmos_jobs.webhooks.ssrf import check_destination
 
         check_destination(webhook, client.settings.webhook_allowed())
-    with client._session() as session:
+    with client.session() as session:
         source = get_file(session, client.tenant, input_file_id)
         lines = sum(1 for line in source.content.splitlines() if line.strip())
         if lines > client.settings.batch_max_lines:
@@ -104,6 +104,13 @@ def window_s(window: str) -> int:
     return int(match.group(1)) * {"h": 3600, "m": 60, "s": 1}[match.group(2)]
 
 
+def _cancel_queued(session: Session, batch_id: str) -> None:
+    """The batch's requests that have not started never will."""
+    session.execute(update(Job).where(col(Job.batch_id) == batch_id,
+                                      col(Job.status) == JobStatus.queued)
+                    .values(status=JobStatus.cancelled, finished_at=utcnow()))
+
+
 def expire_overdue(session: Session) -> list[str]:
     """Batches past their completion window: queued requests are cancelled, running ones
     finish, and the batch ends `expired` with the results it has (its status changes only
@@ -119,9 +126,7 @@ def expire_overdue(session: Session) -> list[str]:
             col(Batch.expired_at).is_(None))
             .values(expired_at=now)).rowcount  # type: ignore[attr-defined]
         if moved:
-            session.execute(update(Job).where(col(Job.batch_id) == batch.id,
-                                              col(Job.status) == JobStatus.queued)
-                            .values(status=JobStatus.cancelled, finished_at=now))
+            _cancel_queued(session, batch.id)
             expired.append(batch.id)
     session.commit()
     return expired
@@ -183,7 +188,7 @@ def _request(body: dict[str, Any]) -> dict[str, Any]:
 def expand(batch_id: str) -> None:
     """Validate every line; one job per valid line, all committed, then published."""
     client = LlmosClient(tenant=_tenant_of(batch_id))
-    with client._session() as session:
+    with client.session() as session:
         batch = get_batch(session, client.tenant, batch_id)
         if batch.status != "validating" or batch.expired_at is not None:
             return  # a redelivered expansion (done already), or it expired while waiting
@@ -202,7 +207,7 @@ def expand(batch_id: str) -> None:
             model=request.model, batch_id=batch_id, custom_id=custom_id,
             payload=request.model_dump(mode="json"),
             queue=queue_for(TaskName.generate, model=request.model)))
-    with client._session() as session:
+    with client.session() as session:
         status = "in_progress" if jobs else "failed"
         session.execute(update(Batch).where(col(Batch.id) == batch_id).values(
             status=status, invalid=sorted(invalid, key=lambda e: e["line"]),
@@ -312,20 +317,18 @@ def output_line(job: JobPublic) -> dict[str, Any]:
 
 def cancel(client: LlmosClient, batch_id: str) -> Batch:
     """Queued requests never run; running ones finish; then the batch is cancelled."""
-    with client._session() as session:
+    with client.session() as session:
         batch = get_batch(session, client.tenant, batch_id)
         if batch.status not in ("validating", "in_progress"):
             raise InvalidRequest(f"a {batch.status} batch cannot be cancelled")
         session.execute(update(Batch).where(col(Batch.id) == batch_id).values(
             status="cancelling", cancelling_at=utcnow()))
-        session.execute(update(Job).where(col(Job.batch_id) == batch_id,
-                                          col(Job.status) == JobStatus.queued)
-                        .values(status=JobStatus.cancelled, finished_at=utcnow()))
+        _cancel_queued(session, batch_id)
         session.commit()
         done = job_finished(session, batch_id)
     if done:
         finalize(batch_id)
-    with client._session() as session:
+    with client.session() as session:
         return get_batch(session, client.tenant, batch_id)
 
 

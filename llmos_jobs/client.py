@@ -105,7 +105,8 @@ class LlmosClient:
         self._contexts: TTLCache[int] = TTLCache(seconds=5.0)
         self._served: TTLCache[bool] = TTLCache(seconds=5.0)
 
-    def _session(self) -> AbstractContextManager[Session]:
+    def session(self) -> AbstractContextManager[Session]:
+        """A database session on this client's database (committed on success)."""
         return session_scope(self.database_url)
 
     # -- language -----------------------------------------------------------------------------
@@ -182,13 +183,13 @@ class LlmosClient:
                     raise InvalidRequest(f"{directory} is not a model directory: {exc}") from None
         row_in = RegisteredModelBase(name=request.name, path=str(directory),
                                      engine=request.engine.value, context_length=context)
-        with self._session() as session:
+        with self.session() as session:
             row = registry.register_model(session=session, model_in=row_in)
             self._contexts.put(row.name, row.context_length)
             return RegisteredModelPublic(**row.model_dump())
 
     def models(self) -> list[RegisteredModelPublic]:
-        with self._session() as session:
+        with self.session() as session:
             return registry.list_models(session=session,
                                         dead_after_s=self.settings.worker_dead_after_s)
 
@@ -206,7 +207,7 @@ class LlmosClient:
         request = validate(MindspaceCreate, {"model": model, "persona": persona, "name": name})
         self._check_model(request.model, None)
         options = validate(MindspaceSettings, settings).model_dump()
-        with self._session() as session:
+        with self.session() as session:
             row = ms_crud.create_mindspace(session=session, mindspace_in=MindspaceBase(
                 tenant=self.tenant, settings=options, **request.model_dump()))
             return ms_crud.show_mindspace(session=session, tenant=self.tenant,
@@ -220,7 +221,7 @@ class LlmosClient:
         if unknown:
             raise InvalidRequest(f"unknown mindspace setting(s) {', '.join(unknown)}: "
                                  f"choose from {', '.join(sorted(known))}")
-        with self._session() as session:
+        with self.session() as session:
             try:
                 ms_crud.configure(session=session, tenant=self.tenant,
                                   mindspace_id=mindspace_id, persona=persona, settings=settings)
@@ -230,12 +231,12 @@ class LlmosClient:
                                           mindspace_id=mindspace_id)
 
     def mindspace(self, mindspace_id: str) -> MindspacePublic:
-        with self._session() as session:
+        with self.session() as session:
             return ms_crud.show_mindspace(session=session, tenant=self.tenant,
                                           mindspace_id=mindspace_id)
 
     def mindspaces(self) -> list[MindspacePublic]:
-        with self._session() as session:
+        with self.session() as session:
             return [ms_crud.show_mindspace(session=session, tenant=self.tenant,
                                            mindspace_id=m.id)
                     for m in ms_crud.list_mindspaces(session=session, tenant=self.tenant)]
@@ -244,7 +245,7 @@ class LlmosClient:
              temperature: float | None = None, priority: int | str = "interactive") -> JobPublic:
         """Submit a turn. Turns of one mindspace run one at a time in the order sent; a
         turn sent while another runs waits for it."""
-        with self._session() as session:
+        with self.session() as session:
             mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
                                               mindspace_id=mindspace_id)
         defaults = MindspaceSettings(**mindspace.settings)
@@ -256,7 +257,7 @@ class LlmosClient:
         self._check_model(mindspace.model, request.max_tokens)
         number = _priority(priority)
         app = get_app(self.settings.resolved_broker_url())
-        with self._session() as session:
+        with self.session() as session:
             mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
                                               mindspace_id=mindspace_id)
             route = route_turn(session=session, mindspace=mindspace,
@@ -274,7 +275,7 @@ class LlmosClient:
         return JobPublic.from_row(job)
 
     def snapshot(self, mindspace_id: str, *, name: str | None = None) -> SnapshotPublic:
-        with self._session() as session:
+        with self.session() as session:
             snap = ms_crud.snapshot(session=session, tenant=self.tenant,
                                     mindspace_id=mindspace_id, name=name)
             return SnapshotPublic(id=snap.id, mindspace_id=snap.mindspace_id, name=snap.name,
@@ -282,25 +283,25 @@ class LlmosClient:
                                   created_at=snap.created_at)
 
     def snapshots(self, mindspace_id: str) -> list[SnapshotPublic]:
-        with self._session() as session:
+        with self.session() as session:
             return ms_crud.snapshots(session=session, tenant=self.tenant,
                                      mindspace_id=mindspace_id)
 
     def restore(self, snapshot_id: str) -> MindspacePublic:
         """A new mindspace from a snapshot; the original is untouched."""
-        with self._session() as session:
+        with self.session() as session:
             row = ms_crud.restore(session=session, tenant=self.tenant, snapshot_id=snapshot_id)
             return ms_crud.show_mindspace(session=session, tenant=self.tenant,
                                           mindspace_id=row.id)
 
     def fork(self, mindspace_id: str) -> MindspacePublic:
-        with self._session() as session:
+        with self.session() as session:
             row = ms_crud.fork(session=session, tenant=self.tenant, mindspace_id=mindspace_id)
             return ms_crud.show_mindspace(session=session, tenant=self.tenant,
                                           mindspace_id=row.id)
 
     def destroy_mindspace(self, mindspace_id: str) -> None:
-        with self._session() as session:
+        with self.session() as session:
             ms_crud.destroy_mindspace(session=session, tenant=self.tenant,
                                       mindspace_id=mindspace_id)
 
@@ -310,12 +311,12 @@ class LlmosClient:
 
         if not text.strip():
             raise InvalidRequest(f"document {title!r} is empty")
-        with self._session() as session:
+        with self.session() as session:
             ms_crud.get_mindspace(session=session, tenant=self.tenant, mindspace_id=mindspace_id)
         pieces = chunk_text(text)
         vectors = embedder().embed(pieces)
         document = new_id()
-        with self._session() as session:
+        with self.session() as session:
             ms_crud.add_chunks(session=session, chunks=[
                 KnowledgeChunk(mindspace_id=mindspace_id, tenant=self.tenant, document=document,
                                title=title, position=i, text=piece, embedding=vector.tobytes())
@@ -323,7 +324,7 @@ class LlmosClient:
         return KnowledgeDocument(id=document, title=title, chunks=len(pieces))
 
     def kb_list(self, mindspace_id: str) -> list[KnowledgeDocument]:
-        with self._session() as session:
+        with self.session() as session:
             ms_crud.get_mindspace(session=session, tenant=self.tenant, mindspace_id=mindspace_id)
             chunks = ms_crud.chunks_of(session=session, tenant=self.tenant,
                                        mindspace_id=mindspace_id)
@@ -335,26 +336,26 @@ class LlmosClient:
         return list(documents.values())
 
     def kb_remove(self, mindspace_id: str, document_id: str) -> int:
-        with self._session() as session:
+        with self.session() as session:
             return ms_crud.remove_document(session=session, tenant=self.tenant,
                                            mindspace_id=mindspace_id, document=document_id)
 
     # -- jobs -------------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> JobPublic:
-        with self._session() as session:
+        with self.session() as session:
             return JobPublic.from_row(
                 job_crud.get_job(session=session, tenant=self.tenant, job_id=job_id)
             )
 
     def jobs(self, *, status: JobStatus | None = None, limit: int = 50) -> list[JobPublic]:
-        with self._session() as session:
+        with self.session() as session:
             rows = job_crud.list_jobs(session=session, tenant=self.tenant, status=status,
                                       limit=limit)
             return [JobPublic.from_row(r) for r in rows]
 
     def cancel(self, job_id: str) -> JobPublic:
-        with self._session() as session:
+        with self.session() as session:
             job = job_crud.cancel_job(session=session, tenant=self.tenant, job_id=job_id)
             if job.webhook_url:  # enqueued once the cancellation commits
                 emit_job_event(session=session, job_id=job.id, settings=self.settings)
@@ -367,7 +368,7 @@ class LlmosClient:
         final: dict[str, JobPublic] = {}
         while True:
             pending = [j for j in job_ids if j not in final]
-            with self._session() as session:
+            with self.session() as session:
                 rows = job_crud.get_jobs(session=session, tenant=self.tenant, job_ids=pending)
             missing = [j for j in pending if j not in rows]
             if missing:
@@ -382,7 +383,7 @@ class LlmosClient:
             time.sleep(poll_s)
 
     def workers(self, *, include_gone: bool = False) -> list[WorkerPublic]:
-        with self._session() as session:
+        with self.session() as session:
             return registry.list_workers(session=session, include_gone=include_gone)
 
     # -- internals -----------------------------------------------------------------------
@@ -390,7 +391,7 @@ class LlmosClient:
     def _check_model(self, name: str, max_tokens: int | None) -> None:
         context = self._contexts.get(name)
         if context is None:
-            with self._session() as session:
+            with self.session() as session:
                 try:
                     context = registry.get_model(session=session, name=name).context_length
                 except NotFound as exc:
@@ -423,7 +424,7 @@ class LlmosClient:
     def _enqueue(self, jobs_in: Sequence[job_crud.JobCreate]) -> list[JobPublic]:
         """Commit the rows in one transaction, then publish one message per job."""
         app = get_app(self.settings.resolved_broker_url())
-        with self._session() as session:
+        with self.session() as session:
             jobs = [job_crud.create_job(session=session, job_in=j) for j in jobs_in]
         self._publish(app, jobs)
         for queue, model in sorted({(j.queue, j.model) for j in jobs}):
@@ -450,7 +451,7 @@ class LlmosClient:
 
     def _abandon(self, job: Job, reason: str) -> None:
         """A job whose message never left: failed, so no one waits on it forever."""
-        with self._session() as session:
+        with self.session() as session:
             job_crud.claim_job(session=session, job_id=job.id, message_id=job.task_id,
                                worker="producer", pid=0, max_attempts=1,
                                claimant_dead=lambda _: True)
@@ -460,7 +461,7 @@ class LlmosClient:
     def _warn_without_worker(self, queue: str, model: str) -> None:
         serves = self._served.get(queue)
         if serves is None:
-            with self._session() as session:
+            with self.session() as session:
                 live = registry.live_workers(session=session,
                                              dead_after_s=self.settings.worker_dead_after_s)
             serves = any(

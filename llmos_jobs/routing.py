@@ -32,10 +32,7 @@ def _serves(worker: WorkerRecord, model: str) -> bool:
 
 def _loads(session: Session, names: list[str]) -> dict[str, int]:
     """Jobs per worker that are running on it or queued on its direct queue."""
-    running = dict(session.exec(
-        select(Job.worker, func.count()).where(
-            col(Job.worker).in_(names), Job.status == JobStatus.running).group_by(Job.worker)
-    ).all())
+    running = registry.running_counts(session=session, names=names)
     queued = dict(session.exec(
         select(Job.queue, func.count()).where(
             col(Job.queue).in_([worker_queue(n) for n in names]),

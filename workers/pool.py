@@ -106,11 +106,6 @@ class EnginePool:
             engines = dict(self._engines)
         return {name: e.stats() for name, e in engines.items() if e.loaded}
 
-    def device_of(self, name: str) -> str:
-        with self._lock:
-            engine = self._engines.get(name)
-        return engine.device if engine is not None else "cpu"
-
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self.loaded())

@@ -22,7 +22,7 @@ FINAL = ("completed", "failed", "cancelled", "expired")
 
 def _public(batch_id: str) -> dict[str, Any]:
     llmos = client()
-    with llmos._session() as session:
+    with llmos.session() as session:
         return batches.public(session, batches.get_batch(session, llmos.tenant, batch_id))
 
 
@@ -94,7 +94,7 @@ def results(batch_id: str,
     if file_id is None:
         raise typer.BadParameter(f"batch {batch_id} ({state['status']}) has no "
                                  f"{'error' if errors else 'output'} file")
-    with llmos._session() as session:
+    with llmos.session() as session:
         print(batches.get_file(session, llmos.tenant, file_id).content, end="")
 
 
@@ -114,7 +114,7 @@ def list_(as_json: bool = _JSON) -> None:
     from llmos_jobs.db.batch_models import Batch
 
     llmos = client()
-    with llmos._session() as session:
+    with llmos.session() as session:
         rows = session.exec(select(Batch).where(Batch.tenant == llmos.tenant)
                             .order_by(col(Batch.created_at).desc()).limit(50)).all()
         states = [batches.public(session, b) for b in rows]

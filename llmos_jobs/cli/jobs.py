@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from llmos_jobs.cli.output import console, emit_json, job_table, show_job
+from llmos_jobs.cli.output import console, emit_json, job_table, report_submitted, show_job
 from llmos_jobs.cli.state import client
 from llmos_jobs.errors import InvalidRequest
 from schemas.common import JobStatus
@@ -53,14 +53,8 @@ def submit(
     )
     if wait:
         [job] = llmos.wait([job.id], timeout_s=timeout)
-    if as_json:
-        emit_json(job)
-    elif wait:
-        show_job(job)
-    else:
-        console.print(f"queued {job.id} (priority {job.priority}, queue {job.queue})")
-    if wait and job.status != JobStatus.succeeded:
-        raise typer.Exit(1)
+    report_submitted(job, waited=wait, as_json=as_json,
+                     queued=f"queued {job.id} (priority {job.priority}, queue {job.queue})")
 
 
 @job_app.command("show")

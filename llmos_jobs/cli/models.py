@@ -7,9 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from llmos_jobs.cli.output import console, emit_json, show_job
+from llmos_jobs.cli.output import console, emit_json, report_submitted
 from llmos_jobs.cli.state import client
-from schemas.common import JobStatus
 from schemas.model import EngineKind, ModelOp
 
 model_app = typer.Typer(help="Register models and place them on workers.", no_args_is_help=True)
@@ -50,14 +49,8 @@ def _op(op: ModelOp, name: str, worker: str | None, wait: bool, as_json: bool) -
     job = llmos.model_op(name, op, worker=worker)
     if wait:
         [job] = llmos.wait([job.id])
-    if as_json:
-        emit_json(job)
-    elif wait:
-        show_job(job)
-    else:
-        console.print(f"queued {op.value} of {name}: job {job.id}")
-    if wait and job.status != JobStatus.succeeded:
-        raise typer.Exit(1)
+    report_submitted(job, waited=wait, as_json=as_json,
+                     queued=f"queued {op.value} of {name}: job {job.id}")
 
 
 _WORKER = typer.Option(None, "--worker", help="Aim at one worker (its direct queue).")

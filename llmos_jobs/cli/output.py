@@ -7,11 +7,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
 from llmos_jobs.db.models import JobPublic
+from schemas.common import JobStatus
 
 console = Console()
 err_console = Console(stderr=True)
@@ -48,6 +50,19 @@ def job_table(jobs: Sequence[JobPublic], title: str | None = None) -> Table:
             f"{job.latency_s:.2f}s" if job.latency_s is not None else "-", job.worker or "-",
         )
     return table
+
+
+def report_submitted(job: JobPublic, *, waited: bool, as_json: bool, queued: str) -> None:
+    """Print a submitted job (or its outcome, after waiting); exit 1 when it waited for
+    a job that did not succeed."""
+    if as_json:
+        emit_json(job)
+    elif waited:
+        show_job(job)
+    else:
+        console.print(queued, markup=False)
+    if waited and job.status != JobStatus.succeeded:
+        raise typer.Exit(1)
 
 
 def show_job(job: JobPublic) -> None:

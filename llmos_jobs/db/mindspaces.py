@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.models import (
@@ -229,8 +229,3 @@ def destroy_mindspace(*, session: Session, tenant: str, mindspace_id: str) -> No
     session.delete(row)
     session.flush()
 
-
-def count_messages(*, session: Session, mindspace_id: str) -> int:
-    query = select(func.count()).select_from(MindspaceMessage).where(
-        MindspaceMessage.mindspace_id == mindspace_id)
-    return int(session.exec(query).one())

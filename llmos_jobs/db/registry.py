@@ -98,13 +98,6 @@ def set_worker_state(*, session: Session, name: str, state: str, expect: str) ->
     return moved
 
 
-def get_worker(*, session: Session, name: str) -> WorkerRecord:
-    row = session.get(WorkerRecord, name)
-    if row is None:
-        raise NotFound(f"worker {name!r} not found")
-    return row
-
-
 def stale_workers(*, session: Session, dead_after_s: float) -> list[WorkerRecord]:
     """Workers still marked alive whose heartbeat stopped."""
     cutoff = utcnow() - timedelta(seconds=dead_after_s)
@@ -122,17 +115,19 @@ def live_workers(*, session: Session, dead_after_s: float) -> list[WorkerRecord]
     return list(session.exec(query.order_by(WorkerRecord.name)))
 
 
+def running_counts(*, session: Session, names: list[str] | None = None) -> dict[str, int]:
+    """Running jobs per worker (of ``names``, or of every worker)."""
+    query = select(Job.worker, func.count()).where(Job.status == JobStatus.running)
+    if names is not None:
+        query = query.where(col(Job.worker).in_(names))
+    return {w: int(n) for w, n in session.exec(query.group_by(Job.worker)).all() if w}
+
+
 def list_workers(*, session: Session, include_gone: bool = False) -> list[WorkerPublic]:
     query = select(WorkerRecord).order_by(WorkerRecord.name)
     if not include_gone:
         query = query.where(WorkerRecord.state == "alive")
-    running = dict(
-        session.exec(
-            select(Job.worker, func.count())
-            .where(Job.status == JobStatus.running)
-            .group_by(Job.worker)
-        ).all()
-    )
+    running = running_counts(session=session)
     now = utcnow()
     return [
         WorkerPublic(

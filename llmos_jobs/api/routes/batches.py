@@ -37,7 +37,7 @@ def create_batch(body: BatchCreate, state: State,
                            completion_window=body.completion_window, metadata=body.metadata,
                            priority=body.priority, webhook=body.webhook)
     caller.created(batch.id)
-    with client._session() as session:
+    with client.session() as session:
         return batches.public(session, batch)
 
 
@@ -46,7 +46,7 @@ def list_batches(state: State,
                  caller: Annotated[Caller, Depends(authorize("batches.list", Scope.jobs_read))],
                  limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
     client = state.client(caller.tenant)
-    with client._session() as session:
+    with client.session() as session:
         rows = session.exec(select(Batch).where(Batch.tenant == caller.tenant)
                             .order_by(col(Batch.created_at).desc()).limit(limit)).all()
         data = [batches.public(session, b) for b in rows]
@@ -60,7 +60,7 @@ def get_batch(batch_id: str, state: State,
               caller: Annotated[Caller, Depends(authorize("batches.read", Scope.jobs_read))],
               ) -> dict[str, Any]:
     client = state.client(caller.tenant)
-    with client._session() as session:
+    with client.session() as session:
         return batches.public(session, batches.get_batch(session, caller.tenant, batch_id))
 
 
@@ -71,5 +71,5 @@ def cancel_batch(batch_id: str, state: State,
     """Queued requests never run; running ones finish; then the batch is cancelled."""
     client = state.client(caller.tenant)
     batch = batches.cancel(client, batch_id)
-    with client._session() as session:
+    with client.session() as session:
         return batches.public(session, batch)

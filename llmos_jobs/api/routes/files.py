@@ -44,7 +44,7 @@ def get_file(file_id: str, state: State,
              caller: Annotated[Caller, Depends(authorize("files.read", Scope.jobs_read))],
              ) -> dict[str, Any]:
     client = state.client(caller.tenant)
-    with client._session() as session:
+    with client.session() as session:
         return file_object(batches.get_file(session, caller.tenant, file_id))
 
 
@@ -53,6 +53,6 @@ def get_file_content(file_id: str, state: State,
                      caller: Annotated[Caller, Depends(authorize("files.read", Scope.jobs_read))],
                      ) -> PlainTextResponse:
     client = state.client(caller.tenant)
-    with client._session() as session:
+    with client.session() as session:
         row = batches.get_file(session, caller.tenant, file_id)
     return PlainTextResponse(row.content, media_type="application/jsonl")
