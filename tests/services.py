@@ -1,10 +1,16 @@
 """Where the tests find Redis and PostgreSQL: testcontainers when a Docker daemon
-answers, the local services otherwise. Under CI=true a missing service fails the run."""
+answers; otherwise a private redis-server of this run (or the local one) and the
+local PostgreSQL, in databases of this run's own. Under CI=true a missing service
+fails the run."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,11 +44,44 @@ def redis_server() -> Iterator[str]:
             host = container.get_container_host_ip()
             yield f"redis://{host}:{container.get_exposed_port(6379)}"
             return
-    except Exception:  # no Docker daemon here: use the local service
+    except Exception:  # no Docker daemon here: a private server, or the local service
         pass
+    if shutil.which("redis-server"):
+        with private_redis() as url:
+            yield url
+            return
     if not _port_open("127.0.0.1", 6379):
         missing("Redis", "start it with `redis-server --daemonize yes --port 6379`")
     yield "redis://127.0.0.1:6379"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def private_redis() -> Iterator[str]:
+    """A redis-server of this test run alone on a free loopback port: two suites on one
+    machine never share a database, and a test may flush or restart it."""
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="llmos-redis-")
+    process = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        while not _port_open("127.0.0.1", port):
+            if process.poll() is not None:
+                missing("Redis", f"redis-server exited with {process.returncode}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager

@@ -30,7 +30,14 @@ class EngineRequest:
     input_ids: Sequence[int] | None = None
     priority: int = 5
     # Polled between decoding steps; True stops this request (finish_reason "abort").
+    # It must be cheap (read a flag): it runs on the decode loop for every step.
     should_stop: Callable[[], bool] | None = None
+    # The prefix-cache namespace (the tenant): a request is served only from cache
+    # entries of its own namespace, so no tenant learns from cached_tokens or latency
+    # what another sent. "" is the namespace of shared, operator-declared prefixes.
+    cache_namespace: str = ""
+    # time.monotonic() after which the engine stops the request (finish "abort").
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
