@@ -174,10 +174,8 @@ class LlmosClient:
         if local and not directory.is_dir():
             raise InvalidRequest(f"model path {directory} is not a directory")
         if directory.is_dir():
-            from workers.transformers_engine import context_length_of
-
             try:
-                context = context_length_of(str(directory))
+                context = registry.context_length_of(str(directory))
             except (OSError, ValueError) as exc:
                 if local:
                     raise InvalidRequest(f"{directory} is not a model directory: {exc}") from None

@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from workers.engine import EngineRequest, SamplingParams
-from workers.prefix_cache import PrefixCache
-from workers.transformers_engine import BatchingOptions, TransformersEngine
+from workers.transformers_engine import BatchingOptions, EngineUnloaded, TransformersEngine
 
 
 def _engine(path: Path, **options: Any) -> TransformersEngine:
@@ -104,23 +102,6 @@ def test_eviction_keeps_the_cache_under_its_budget(demo_model_dir: Path) -> None
     assert recent.cached_tokens == 100 and oldest.cached_tokens == 0
 
 
-def test_prefix_cache_keeps_the_longest_match_and_drops_redundant_entries() -> None:
-    cache = PrefixCache(budget_bytes=1 << 20)
-
-    def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(torch.arange(n, dtype=torch.float32).view(1, 1, n, 1),) * 2]
-
-    cache.insert([1, 2, 3], kv(3))
-    cache.insert([1, 2, 3, 4, 5], kv(5))
-    assert len(cache) == 1  # the first is a prefix of the second
-    hit = cache.lookup([1, 2, 3, 9], max_length=3)
-    assert hit.length == 3 and hit.kv[0][0].shape[2] == 3
-    assert cache.lookup([7, 1, 2], max_length=2).length == 0
-    cache.insert([1, 2, 8], kv(3))
-    assert cache.lookup([1, 2, 8, 8], max_length=3).length == 3
-    assert cache.lookup([1, 2, 3, 4, 5, 6], max_length=5).length == 5
-
-
 def test_cancelling_stops_generation_at_the_next_step(engine: TransformersEngine) -> None:
     calls = 0
 
@@ -169,3 +150,40 @@ def test_a_request_arriving_mid_batch_joins_it_at_the_next_step(
     joined = [i for i, (batch, tokens) in enumerate(seen) if batch == 2]
     assert joined, "the second request never shared a forward pass"
     assert len(seen) < 200 + 3 + 2  # it did not wait for the long one to finish
+
+
+def test_requests_after_unload_fail_at_once(demo_model_dir: Path) -> None:
+    engine = _engine(demo_model_dir)
+    [before] = engine.generate([_req(_ids(6), max_tokens=2)])
+    engine.unload()
+    with pytest.raises(EngineUnloaded, match="unloaded"):
+        engine.generate([_req(_ids(6), max_tokens=2)])
+    assert before.completion_tokens == 2 and not engine.loaded and not engine.health()
+
+
+def test_a_weight_update_drains_the_batch_then_serves_only_new_weights(
+    demo_model_dir: Path, tmp_path: Path,
+) -> None:
+    import threading
+
+    from workers.demo_model import create_demo_model
+
+    other = create_demo_model(tmp_path / "other", seed=1, dtype="float64")
+    prompt = _ids(30, 2)
+    [old_alone] = _engine(demo_model_dir).generate([_req(prompt, max_tokens=60)])
+    [new_alone] = _engine(other).generate([_req(prompt, max_tokens=60)])
+    assert old_alone.text != new_alone.text  # the two models differ
+
+    engine = _engine(demo_model_dir)
+    seen = _forward_lengths(engine)
+    results: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: results.update(long=engine.generate([_req(prompt, max_tokens=60)])[0]))
+    thread.start()
+    while len(seen) < 5:  # the long request is decoding on the old weights
+        pass
+    engine.update_weights(str(other))
+    thread.join()
+    [after] = engine.generate([_req(prompt, max_tokens=60)])
+    assert results["long"].text == old_alone.text  # never mixed weights mid-sequence
+    assert after.text == new_alone.text and after.cached_tokens == 0  # old cache gone

@@ -36,10 +36,19 @@ class Sequence:
     sampling: SamplingParams
     should_stop: Callable[[], bool] | None
     on_done: Callable[[Sequence], None] = lambda _: None
+    namespace: str = ""  # of the prefix cache: the tenant
+    deadline: float | None = None  # time.monotonic()
     cached: int = 0
     generated: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
     text: str = ""
+
+    @property
+    def stop_window(self) -> int:
+        """How many of the newest tokens can hold a stop string that the newest token
+        completes: each token is at least one byte, plus a margin for tokens that
+        decode differently at the edge of a window."""
+        return max((len(s.encode()) for s in self.sampling.stop), default=0) + 8
 
 
 @dataclass
@@ -49,7 +58,7 @@ class Model:
     module: Any
     tokenizer: Any
     device: str
-    eos: int | None
+    eos: frozenset[int]  # every end-of-sequence id of the model
 
 
 @dataclass
@@ -60,16 +69,19 @@ class Batch:
 
 
 class GrowingLayer(DynamicLayer):  # type: ignore[misc]
-    """Keys and values in a buffer with room to grow: a decode step writes its new
+    """Keys and values in buffers with room to grow: a decode step writes its new
     position in place, where DynamicLayer would copy the whole cache (torch.cat) on
-    every step of every layer."""
+    every step of every layer. Keys and values keep a length each, because code that
+    replaces them (ours, and DynamicLayer's own ``crop``, ``batch_select_indices``)
+    assigns one and then reads the other."""
 
     HEADROOM = 64
 
     def __init__(self) -> None:
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
-        self._n = 0
+        self._nk = 0
+        self._nv = 0
         super().__init__()
 
     def _room(self, x: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -79,20 +91,21 @@ class GrowingLayer(DynamicLayer):  # type: ignore[misc]
 
     @property
     def keys(self) -> torch.Tensor | None:
-        return None if self._k is None else self._k[:, :, : self._n]
+        return None if self._k is None else self._k[:, :, : self._nk]
 
     @keys.setter
     def keys(self, value: torch.Tensor | None) -> None:
         self._k = None if value is None else self._room(value, value.shape[2] + self.HEADROOM)
-        self._n = 0 if value is None else value.shape[2]
+        self._nk = 0 if value is None else value.shape[2]
 
     @property
     def values(self) -> torch.Tensor | None:
-        return None if self._v is None else self._v[:, :, : self._n]
+        return None if self._v is None else self._v[:, :, : self._nv]
 
     @values.setter
     def values(self, value: torch.Tensor | None) -> None:
         self._v = None if value is None else self._room(value, value.shape[2] + self.HEADROOM)
+        self._nv = 0 if value is None else value.shape[2]
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -104,14 +117,16 @@ class GrowingLayer(DynamicLayer):  # type: ignore[misc]
             self.lazy_initialization(key_states, value_states)
             self.keys, self.values = key_states, value_states
         else:
-            end = self._n + key_states.shape[2]
+            assert self._nk == self._nv, "keys and values out of step"
+            n = self._nk
+            end = n + key_states.shape[2]
             if end > self._k.shape[2]:
                 capacity = max(2 * self._k.shape[2], end + self.HEADROOM)
-                self._k = self._room(self._k[:, :, : self._n], capacity)
-                self._v = self._room(self._v[:, :, : self._n], capacity)
-            self._k[:, :, self._n:end] = key_states
-            self._v[:, :, self._n:end] = value_states
-            self._n = end
+                self._k = self._room(self._k[:, :, :n], capacity)
+                self._v = self._room(self._v[:, :, :n], capacity)
+            self._k[:, :, n:end] = key_states
+            self._v[:, :, n:end] = value_states
+            self._nk = self._nv = end
         assert self.keys is not None and self.values is not None
         return self.keys, self.values
 
@@ -147,7 +162,8 @@ def prefill(model: Model, seqs: list[Sequence], cache: PrefixCache, stats: Engin
             ) -> tuple[Batch, torch.Tensor]:
     """One forward pass over the uncached tails of ``seqs``; the batch it leaves, and
     each sequence's next-token logits."""
-    hits = [cache.lookup(s.prompt, max_length=len(s.prompt) - 1) for s in seqs]
+    hits = [cache.lookup(s.prompt, max_length=len(s.prompt) - 1, namespace=s.namespace)
+            for s in seqs]
     past_w = max(h.length for h in hits)
     tails = [s.prompt[h.length:] for s, h in zip(seqs, hits, strict=True)]
     tail_w = max(len(t) for t in tails)
@@ -184,8 +200,9 @@ def merge(a: Batch | None, b: Batch) -> Batch:
         return b
     width = max(a.mask.shape[1], b.mask.shape[1])
     for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
-        la.keys = torch.cat([_pad_left(la.keys, width, 2), _pad_left(lb.keys, width, 2)])
-        la.values = torch.cat([_pad_left(la.values, width, 2), _pad_left(lb.values, width, 2)])
+        keys = torch.cat([_pad_left(la.keys, width, 2), _pad_left(lb.keys, width, 2)])
+        values = torch.cat([_pad_left(la.values, width, 2), _pad_left(lb.values, width, 2)])
+        la.keys, la.values = keys, values
     mask = torch.cat([_pad_left(a.mask, width, 1), _pad_left(b.mask, width, 1)])
     return Batch(a.seqs + b.seqs, a.cache, mask)
 
@@ -200,16 +217,21 @@ def _choose(logits: torch.Tensor, temperature: float) -> int:
 def _advance(model: Model, seq: Sequence, token: int) -> None:
     """Take one new token; set ``finish`` if the sequence is done."""
     seq.generated.append(token)
-    if model.eos is not None and token == model.eos:
+    if token in model.eos:
         seq.finish = "stop"
-    if seq.sampling.stop:
-        text, hit = apply_stop(model.tokenizer.decode(seq.generated, skip_special_tokens=True),
-                               seq.sampling.stop)
-        if hit:
-            seq.finish, seq.text = "stop", text
+    elif seq.sampling.stop:
+        # Only the newest tokens can complete a stop string not seen before: decode
+        # those, not the whole output (which would make a long output quadratic).
+        recent = model.tokenizer.decode(seq.generated[-seq.stop_window:],
+                                        skip_special_tokens=True)
+        if any(s in recent for s in seq.sampling.stop):
+            seq.finish = "stop"
     if seq.finish is None and len(seq.generated) >= seq.sampling.max_tokens:
         seq.finish = "length"
-    if seq.finish is None and seq.should_stop is not None and seq.should_stop():
+    if seq.finish is None and (
+        (seq.should_stop is not None and seq.should_stop())
+        or (seq.deadline is not None and time.monotonic() >= seq.deadline)
+    ):
         seq.finish = "abort"
 
 
@@ -225,10 +247,9 @@ def _retire(model: Model, batch: Batch, cache: PrefixCache) -> Batch | None:
         real = batch.mask[row].nonzero().squeeze(1)
         kv = [(layer.keys[row:row + 1].index_select(2, real),
                layer.values[row:row + 1].index_select(2, real)) for layer in batch.cache.layers]
-        cache.insert(seq.prompt + seq.generated[:-1], kv)
-        if not seq.text:
-            text = model.tokenizer.decode(seq.generated, skip_special_tokens=True)
-            seq.text = apply_stop(text, seq.sampling.stop)[0] if seq.sampling.stop else text
+        cache.insert(seq.prompt + seq.generated[:-1], kv, namespace=seq.namespace)
+        text = model.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        seq.text = apply_stop(text, seq.sampling.stop)[0] if seq.sampling.stop else text
         seq.on_done(seq)
     keep = [row for row, s in enumerate(batch.seqs) if s.finish is None]
     if not keep:
@@ -237,8 +258,9 @@ def _retire(model: Model, batch: Batch, cache: PrefixCache) -> Batch | None:
     mask = batch.mask.index_select(0, index)
     start = int(mask.argmax(dim=1).min())  # first real column of any remaining row
     for layer in batch.cache.layers:
-        layer.keys = layer.keys.index_select(0, index)[:, :, start:]
-        layer.values = layer.values.index_select(0, index)[:, :, start:]
+        keys = layer.keys.index_select(0, index)[:, :, start:]
+        values = layer.values.index_select(0, index)[:, :, start:]
+        layer.keys, layer.values = keys, values
     return Batch([batch.seqs[row] for row in keep], batch.cache, mask[:, start:])
 
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
@@ -109,11 +113,27 @@ def _corpus(seed: int, lines: int = 4000) -> list[str]:
     ]
 
 
+def _unprintable(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Special tokens, and tokens that decode to a stray byte or a control character:
+    the demo's output stays readable text."""
+    bad = set(tokenizer.all_special_ids)
+    for token in range(len(tokenizer)):
+        text = tokenizer.decode([token])
+        if "\ufffd" in text or not text.replace(" ", "").isprintable():
+            bad.add(token)
+    return sorted(bad)
+
+
 def create_demo_model(path: Path, *, size: str = "tiny", seed: int = 0,
-                      dtype: str = "float32") -> Path:
+                      dtype: str = "float32", initializer_range: float = 0.5) -> Path:
     """Write a model directory loadable by ``AutoModelForCausalLM.from_pretrained``.
-    ``dtype="float64"`` gives a model whose greedy choices do not flip with the tiny
-    rounding differences between batch shapes (random weights leave near-ties)."""
+
+    Weights drawn with a wide ``initializer_range`` give logits far apart, so the
+    greedy output changes from token to token (the default 0.02 repeats one token
+    forever, which would hide a wrong key or value) and rounding differences between
+    batch shapes cannot flip a choice; ``dtype="float64"`` makes that certain for
+    tests that compare outputs token for token. Special tokens' output rows are zero,
+    as are those of stray bytes, so generation never emits them and runs on to ``max_tokens``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -155,10 +175,13 @@ def create_demo_model(path: Path, *, size: str = "tiny", seed: int = 0,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    with torch.no_grad():
+        model.lm_head.weight[_unprintable(fast)] = 0
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     fast.save_pretrained(path)

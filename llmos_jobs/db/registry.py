@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
@@ -137,3 +139,12 @@ def list_workers(*, session: Session, include_gone: bool = False) -> list[Worker
         )
         for row in session.exec(query)
     ]
+
+
+def context_length_of(path: str) -> int:
+    """The context window a model directory declares (its config.json)."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if key in config:
+            return int(config[key])
+    raise ValueError(f"{path}/config.json declares no context length")
