@@ -105,6 +105,7 @@ def breakdown(broker: str, database: str, tmp: Path, jobs: int = 300) -> dict[st
     """Per-job cost in ms of llmos's own steps, each timed alone in this process."""
     from workers.execution import WorkerContext, execute_job
     from workers.pool import EnginePool
+    from workers.watch import JobWatcher
 
     settings = Settings(broker_url=broker, database_url=database, data_dir=tmp)
     client = LlmosClient(settings=settings)
@@ -126,7 +127,8 @@ def breakdown(broker: str, database: str, tmp: Path, jobs: int = 300) -> dict[st
         submitted = [client.generate(model="parts", prompt=f"p{i}", max_tokens=1)
                      for i in range(jobs)]
         submit = time.perf_counter() - started
-    ctx = WorkerContext(name="bench", pool=EnginePool(), claimant_dead=lambda _: False)
+    ctx = WorkerContext(name="bench", pool=EnginePool(), claimant_dead=lambda _: False,
+                        watcher=JobWatcher(), time_limit_s=600)
     started = time.perf_counter()
     for job in submitted:
         execute_job(job_id=job.id, message_id=job.task_id, ctx=ctx)

@@ -11,6 +11,7 @@ from schemas.common import DEFAULT_PRIORITY
 # vanishes whole is handled by heartbeats and the reaper, not by this timeout.
 JOB_TIME_LIMIT_S = 600
 VISIBILITY_TIMEOUT_S = 3 * JOB_TIME_LIMIT_S
+TIME_LIMIT_GRACE_S = 15
 
 
 def celery_config(*, broker_url: str, time_limit_s: int = JOB_TIME_LIMIT_S) -> dict[str, Any]:
@@ -39,8 +40,11 @@ def celery_config(*, broker_url: str, time_limit_s: int = JOB_TIME_LIMIT_S) -> d
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "task_time_limit": time_limit_s,
-        "task_soft_time_limit": max(1, time_limit_s - 10),
+        # Backstops only: the engine stops a job at its own deadline (at most
+        # time_limit_s), under every pool, and the job fails with reason "timeout".
+        # Celery's limits act under prefork alone, and only if that failed.
+        "task_soft_time_limit": time_limit_s + TIME_LIMIT_GRACE_S,
+        "task_time_limit": time_limit_s + 2 * TIME_LIMIT_GRACE_S,
         # Events for Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -122,11 +122,14 @@ class LlmosClient:
         stop: Iterable[str] = (),
         priority: int | str = "default",
         webhook: str | None = None,
+        timeout_s: float | None = None,
     ) -> JobPublic:
         """Queue a language job; ``webhook`` is POSTed its outcome (job.succeeded,
-        job.failed or job.cancelled), signed with the tenant's webhook secret."""
+        job.failed or job.cancelled), signed with the tenant's webhook secret. A job
+        still running ``timeout_s`` after it started fails with reason "timeout"."""
         data: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
-                                "temperature": temperature, "stop": list(stop)}
+                                "temperature": temperature, "stop": list(stop),
+                                "timeout_s": timeout_s}
         if prompt is not None:
             data["prompt"] = prompt
         if messages is not None:
@@ -240,7 +243,8 @@ class LlmosClient:
                     for m in ms_crud.list_mindspaces(session=session, tenant=self.tenant)]
 
     def chat(self, mindspace_id: str, message: str, *, max_tokens: int | None = None,
-             temperature: float | None = None, priority: int | str = "interactive") -> JobPublic:
+             temperature: float | None = None, priority: int | str = "interactive",
+             timeout_s: float | None = None) -> JobPublic:
         """Submit a turn. Turns of one mindspace run one at a time in the order sent; a
         turn sent while another runs waits for it."""
         with self.session() as session:
@@ -251,6 +255,7 @@ class LlmosClient:
             "mindspace_id": mindspace_id, "message": message,
             "max_tokens": defaults.max_tokens if max_tokens is None else max_tokens,
             "temperature": defaults.temperature if temperature is None else temperature,
+            "timeout_s": timeout_s,
         })
         self._check_model(mindspace.model, request.max_tokens)
         number = _priority(priority)

@@ -13,6 +13,10 @@ class SamplingParams(Contract):
     max_tokens: int = Field(default=64, gt=0, description="tokens to generate at most")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 is greedy")
     stop: list[str] = Field(default_factory=list, max_length=8)
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=86_400,
+        description="seconds the job may run once started (then it fails with reason "
+                    "'timeout'); the worker's LLMOS_JOB_TIME_LIMIT_S caps it")
 
 
 class GenerateRequest(SamplingParams):

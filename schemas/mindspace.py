@@ -21,6 +21,10 @@ class MindspaceTurnRequest(Contract):
     message: str = Field(min_length=1)
     max_tokens: int = Field(default=64, gt=0)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=86_400,
+        description="seconds the turn may run once started (then it fails with reason "
+                    "'timeout'); the worker's LLMOS_JOB_TIME_LIMIT_S caps it")
 
 
 class MindspaceTurnResult(Contract):

@@ -20,7 +20,10 @@ def model_stack(redis_base: str, demo_model_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("real"), redis_db=13)
     stack.client().register_model("tiny", demo_model_dir)
-    stack.start_worker("tiny@test", "--model", "tiny", "--concurrency", "8")
+    # The same weights under another name, served one job at a time: the reference.
+    stack.client().register_model("tiny-solo", demo_model_dir)
+    stack.start_worker("tiny@test", "--model", "tiny", "--concurrency", "12")
+    stack.start_worker("solo@test", "--model", "tiny-solo", "--concurrency", "1")
     yield stack
     stack.stop()
 
@@ -120,3 +123,21 @@ def test_cancelling_a_running_job_stops_its_generation(model_stack: Stack) -> No
     assert stopped.usage is not None and 0 < stopped.usage.completion_tokens < 1900
     [after] = client.wait([client.generate(model="tiny", prompt="next", max_tokens=3).id])
     assert after.status == JobStatus.succeeded
+
+
+def test_twelve_concurrent_jobs_give_the_text_of_the_same_jobs_one_at_a_time(
+        model_stack: Stack) -> None:
+    """Different prompt lengths and max_tokens, so sequences finish at different steps
+    and others keep decoding: the batch is rebuilt many times while they run."""
+    client = model_stack.client()
+    requests = [{"prompt": " ".join(["the queue keeps a job"] * (1 + i % 5)) + f" number {i}",
+                 "max_tokens": 4 + 7 * i % 37} for i in range(12)]
+    solo = [client.wait([client.generate(model="tiny-solo", **r).id])[0] for r in requests]
+    batched = client.wait([j.id for j in client.generate_many(
+        [{"model": "tiny", **r} for r in requests]).jobs], timeout_s=300)
+    assert all(j.status == JobStatus.succeeded for j in solo + batched)
+    texts = [j.result["text"] for j in batched if j.result]
+    assert texts == [j.result["text"] for j in solo if j.result]
+    assert len(set(texts)) == 12  # the model's output varies: equal text means something
+    [worker] = [w for w in client.workers() if w.name == "tiny@test"]
+    assert worker.engines["tiny"]["max_batch"] >= 2

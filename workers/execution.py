@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,20 +18,20 @@ from llmos_jobs.db.jobs import (
     claim_job,
     fail_job,
     record_abandoned_usage,
-    still_owned,
     succeed_job,
 )
 from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
 from llmos_jobs.webhooks.events import emit_job_event
-from schemas.common import JobKind, Usage
+from schemas.common import ChatMessage, JobKind, Usage
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
 from workers import turns
-from workers.engine import EngineRequest, SamplingParams
+from workers.engine import Completion, Engine, EngineRequest, SamplingParams
 from workers.pool import EnginePool
+from workers.watch import JobWatcher
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +49,33 @@ class WorkerContext:
     name: str
     pool: EnginePool
     claimant_dead: Callable[[Job], bool]
+    watcher: JobWatcher
+    time_limit_s: float  # LLMOS_JOB_TIME_LIMIT_S: no job runs longer
 
 
-CANCEL_POLL_S = 0.2
+class JobTimeout(Exception):
+    """The job ran past its time limit; the engine stopped it."""
 
 
-def cancel_watch(job: Job) -> Callable[[], bool]:
-    """True once the job no longer belongs to this attempt (cancelled, or reaped and
-    given to another); the database is read at most every CANCEL_POLL_S seconds."""
-    next_check = time.monotonic() + CANCEL_POLL_S
-    stopped = False
-
-    def should_stop() -> bool:
-        nonlocal next_check, stopped
-        if stopped or time.monotonic() < next_check:
-            return stopped
-        next_check = time.monotonic() + CANCEL_POLL_S
-        with session_scope() as session:
-            stopped = not still_owned(session=session, job_id=job.id, message_id=job.task_id)
-        return stopped
-
-    return should_stop
+def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: SamplingParams,
+                  timeout_s: float | None, *, prompt: str | None = None,
+                  messages: Sequence[ChatMessage] | None = None) -> Completion:
+    """One generation for ``job`` under its deadline, stopped early if the job is
+    cancelled or taken from this attempt; raises JobTimeout when the deadline ended it."""
+    limit = min(timeout_s or ctx.time_limit_s, ctx.time_limit_s)
+    deadline = time.monotonic() + limit
+    assert job.task_id is not None
+    should_stop = ctx.watcher.watch(job.id, job.task_id)
+    try:
+        [done] = engine.generate([EngineRequest(
+            sampling, priority=job.priority, should_stop=should_stop,
+            cache_namespace=job.tenant, deadline=deadline, prompt=prompt, messages=messages,
+        )])
+    finally:
+        ctx.watcher.forget(job.id, job.task_id)
+    if done.finish_reason == "abort" and not should_stop() and time.monotonic() >= deadline:
+        raise JobTimeout(f"the job ran past its time limit of {limit:g} s")
+    return done
 
 
 def _usage(prompt: int, completion: int, cached: int) -> Usage:
@@ -80,10 +86,8 @@ def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     request = GenerateRequest.model_validate(job.payload)
     engine = ctx.pool.get(request.model)
     sampling = SamplingParams(request.max_tokens, request.temperature, tuple(request.stop))
-    [done] = engine.generate([EngineRequest(
-        sampling, prompt=request.prompt, messages=request.messages, priority=job.priority,
-        should_stop=cancel_watch(job),
-    )])
+    done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
+                         prompt=request.prompt, messages=request.messages)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     result = GenerateResult(text=done.text, finish_reason=done.finish_reason, usage=usage)
     return Outcome(result.model_dump(mode="json"), usage)
@@ -110,9 +114,8 @@ def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
     engine = ctx.pool.get(job.model)
     prompt = turns.assemble(job, request.mindspace_id, request.message, engine)
     sampling = SamplingParams(request.max_tokens, request.temperature)
-    [done] = engine.generate([EngineRequest(sampling, messages=prompt.messages,
-                                            priority=job.priority,
-                                            should_stop=cancel_watch(job))])
+    done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
+                         messages=prompt.messages)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     result = MindspaceTurnResult(mindspace_id=request.mindspace_id, reply=done.text, usage=usage)
 
@@ -155,7 +158,8 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext,
         with session_scope() as session:
             failed = fail_job(
                 session=session, job_id=job_id, message_id=message_id,
-                error_type=type(exc).__name__, error_message=str(exc) or repr(exc),
+                error_type="timeout" if isinstance(exc, JobTimeout) else type(exc).__name__,
+                error_message=str(exc) or repr(exc),
             )
             if failed and job.webhook_url:  # enqueued once this transaction commits
                 emit_job_event(session=session, job_id=job_id)

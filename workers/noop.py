@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from workers.engine import Completion, EngineRequest, EngineStats
+from workers.engine import Completion, EngineRequest, EngineStats, FinishReason
 
 
 class NoopEngine:
@@ -51,17 +51,28 @@ class NoopEngine:
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         self._stats.requests += len(requests)
         self._stats.record_batch(len(requests))
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        until = time.monotonic() + self.delay_s
         out = []
         for request in requests:
             words = (request.prompt or " ".join(m.content for m in request.messages or ()))
             prompt_tokens = len(words.split())
             n = request.sampling.max_tokens
+            finish: FinishReason = "abort" if self._wait(until, request) else "length"
             out.append(
                 Completion(
-                    text=" ".join(["ok"] * n), finish_reason="length",
+                    text=" ".join(["ok"] * n), finish_reason=finish,
                     prompt_tokens=prompt_tokens, completion_tokens=n,
                 )
             )
         return out
+
+    def _wait(self, until: float, request: EngineRequest) -> bool:
+        """Sleep until ``until`` as a model would compute; True if the request was
+        stopped first (cancelled, or past its deadline)."""
+        while (left := until - time.monotonic()) > 0:
+            if request.should_stop is not None and request.should_stop():
+                return True
+            if request.deadline is not None and time.monotonic() >= request.deadline:
+                return True
+            time.sleep(min(left, 0.05))
+        return False

@@ -21,6 +21,7 @@ from workers.execution import WorkerContext
 from workers.pool import EngineChoice, EnginePool
 from workers.reaper import reap, requeue_orphans
 from workers.resources import sample
+from workers.watch import JobWatcher
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class WorkerRuntime:
     engine_choice: EngineChoice | None = None
     host: str = field(default_factory=socket.gethostname)
     pool: EnginePool = field(init=False)
+    watcher: JobWatcher = field(default_factory=JobWatcher)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -69,7 +71,9 @@ class WorkerRuntime:
         return False
 
     def context(self) -> WorkerContext:
-        return WorkerContext(name=self.name, pool=self.pool, claimant_dead=self.claimant_dead)
+        return WorkerContext(name=self.name, pool=self.pool, claimant_dead=self.claimant_dead,
+                             watcher=self.watcher,
+                             time_limit_s=get_settings().job_time_limit_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from schemas.common import PRIORITY_CLASSES, Contract, parse_priority
 from schemas.language import GenerateRequest
+from schemas.mindspace import MindspaceTurnRequest
 
 T = TypeVar("T")
 
@@ -55,6 +56,9 @@ class TurnSubmit(Contract):
     # Unset: the mindspace's own defaults (its settings).
     max_tokens: int | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=86_400,
+        description=MindspaceTurnRequest.model_fields["timeout_s"].description)
     priority: ApiPriority = PRIORITY_CLASSES["interactive"]
 
 

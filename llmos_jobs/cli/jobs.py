@@ -40,6 +40,9 @@ def submit(
     stop: list[str] = typer.Option([], "--stop", help="A stop string (repeatable)."),
     webhook: str = typer.Option(None, "--webhook",
                                 help="POST the job's outcome to this http(s) URL (signed)."),
+    timeout_s: float = typer.Option(
+        None, "--timeout-s", help="Seconds the job may run once started; then it fails "
+                                  "with reason 'timeout' (capped by LLMOS_JOB_TIME_LIMIT_S)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
     as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
@@ -49,7 +52,7 @@ def submit(
     job = llmos.generate(
         model=model, prompt=prompt, messages=_messages(messages) if messages else None,
         max_tokens=max_tokens, temperature=temperature, stop=stop, priority=priority,
-        webhook=webhook,
+        webhook=webhook, timeout_s=timeout_s,
     )
     if wait:
         [job] = llmos.wait([job.id], timeout_s=timeout)

@@ -68,12 +68,15 @@ def chat(
     mindspace_id: str,
     message: str,
     max_tokens: int = typer.Option(None, "--max-tokens"),
-    timeout: float = typer.Option(300.0, "--timeout"),
+    timeout_s: float = typer.Option(
+        None, "--timeout-s", help="Seconds the turn may run once started; then it fails "
+                                  "with reason 'timeout'."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the reply."),
     as_json: bool = _JSON,
 ) -> None:
     """Send one turn and print the reply (the history is kept in the mindspace)."""
     llmos = client()
-    job = llmos.chat(mindspace_id, message, max_tokens=max_tokens)
+    job = llmos.chat(mindspace_id, message, max_tokens=max_tokens, timeout_s=timeout_s)
     [job] = llmos.wait([job.id], timeout_s=timeout)
     if as_json:
         emit_json(job)

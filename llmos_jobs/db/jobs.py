@@ -212,12 +212,17 @@ def succeed_job(
     return bool(result_row.rowcount)
 
 
-def still_owned(*, session: Session, job_id: str, message_id: str) -> bool:
-    """Whether the attempt with ``message_id`` still owns the running job."""
-    row = session.execute(
-        select(Job.status, Job.task_id).where(col(Job.id) == job_id)
-    ).first()
-    return row is not None and row[0] == JobStatus.running and row[1] == message_id
+def owned_of(*, session: Session, attempts: Sequence[tuple[str, str]]
+             ) -> set[tuple[str, str]]:
+    """Which (job id, message id) attempts still own their running job: one query."""
+    if not attempts:
+        return set()
+    rows = session.execute(
+        select(Job.id, Job.task_id).where(col(Job.id).in_([job for job, _ in attempts]),
+                                          col(Job.status) == JobStatus.running)
+    ).all()
+    running = {(job_id, task_id) for job_id, task_id in rows}
+    return {attempt for attempt in attempts if attempt in running}
 
 
 def record_abandoned_usage(*, session: Session, job_id: str, message_id: str, usage: Usage

@@ -26,7 +26,7 @@ def submit_job(
     job = state.client(caller.tenant).generate(
         model=body.model, prompt=body.prompt, messages=body.messages,
         max_tokens=body.max_tokens, temperature=body.temperature, stop=body.stop,
-        priority=body.priority, webhook=body.webhook,
+        priority=body.priority, webhook=body.webhook, timeout_s=body.timeout_s,
     )
     caller.created(job.id)
     return job

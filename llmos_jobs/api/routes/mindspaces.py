@@ -52,7 +52,7 @@ async def take_turn(
     client = state.client(caller.tenant)
     job = await run_in_threadpool(
         client.chat, mindspace_id, body.message, max_tokens=body.max_tokens,
-        temperature=body.temperature, priority=body.priority)
+        temperature=body.temperature, priority=body.priority, timeout_s=body.timeout_s)
     if not wait:
         return job
     timeout_s = state.settings.api_wait_timeout_s
