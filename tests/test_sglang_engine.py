@@ -479,3 +479,16 @@ def test_real_sglang_engine_on_gpu() -> None:
     finally:
         engine.unload()
 
+
+def test_sglang_workers_hand_the_engine_many_jobs_at_once() -> None:
+    from schemas.model import EngineKind
+    from workers.main import CPU_CONCURRENCY, SGLANG_CONCURRENCY, default_concurrency
+    from workers.pool import EngineChoice
+
+    for kind in (EngineKind.sglang, EngineKind.sglang_http):
+        assert default_concurrency(pool="threads", choice=EngineChoice(kind=kind),
+                                   models=None) == SGLANG_CONCURRENCY == 64
+    assert default_concurrency(pool="threads", choice=EngineChoice(
+        kind=EngineKind.transformers), models=None) == CPU_CONCURRENCY == 8
+    assert default_concurrency(pool="prefork", choice=EngineChoice(kind=EngineKind.sglang),
+                               models=None) == CPU_CONCURRENCY
