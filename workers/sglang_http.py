@@ -209,6 +209,7 @@ class SGLangServerEngine:
         self._tokenizer: Any = None  # transformers tokenizers are untyped
         self._stats = EngineStats()
         self._lock = threading.Lock()  # stats only
+        self._load_lock = threading.Lock()  # many job threads may find it unloaded at once
 
     def _request(self, method: str, path: str, body: object = None,
                  timeout_s: float | None = None) -> httpx.Response:
@@ -250,8 +251,11 @@ class SGLangServerEngine:
         return self._loaded
 
     def load(self) -> None:
-        if self._loaded:
-            return
+        with self._load_lock:
+            if not self._loaded:
+                self._connect()
+
+    def _connect(self) -> None:
         self._call("GET", "/health")
         info = self._get_info("/model_info")
         if info.get("is_generation") is not True:
