@@ -467,7 +467,7 @@ def test_real_sglang_engine_on_gpu() -> None:
         assert again.text == first.text and again.cached_tokens > 0
         [other] = engine.generate([req(prompt, max_tokens=8, cache_namespace="t")])
         assert other.text == first.text and other.cached_tokens == 0
-        [cut] = engine.generate([req(prompt, max_tokens=2000,
+        [cut] = engine.generate([req(prompt, max_tokens=1000,
                                      deadline=time.monotonic() + 0.05)])
         assert cut.finish_reason == "abort"
         engine.flush_cache()

@@ -306,15 +306,19 @@ class SGLangEngine:
         # abort_request writes to the scheduler's socket, which only the loop may use.
         loop.call(engine.tokenizer_manager.abort_request, rid)
 
-    def _track(self, rid: str, future: concurrent.futures.Future[Any] | None) -> None:
+    def _submit(self, loop: _EngineLoop, coro: Coroutine[Any, Any, Any],
+                rid: str) -> concurrent.futures.Future[Any]:
+        # Under the lock, so that a request finishing meanwhile counts this one in flight.
         with self._inflight_lock:
-            now = time.monotonic()
-            if future is not None:
-                if not self._inflight:
-                    self._busy_since = now
-                self._inflight[rid] = future
-            elif self._inflight.pop(rid, None) is not None and not self._inflight:
-                self._stats.busy_s += now - self._busy_since
+            if not self._inflight:
+                self._busy_since = time.monotonic()
+            future = self._inflight[rid] = loop.submit(coro)
+            return future
+
+    def _untrack(self, rid: str) -> None:
+        with self._inflight_lock:
+            if self._inflight.pop(rid, None) is not None and not self._inflight:
+                self._stats.busy_s += time.monotonic() - self._busy_since
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
         engine, loop = self._running()
@@ -328,15 +332,14 @@ class SGLangEngine:
                 if should_end(request, time.monotonic()):
                     results[i] = aborted()
                     continue
-                futures[rid] = loop.submit(engine.async_generate(**kwargs))
-                self._track(rid, futures[rid])
+                futures[rid] = self._submit(loop, engine.async_generate(**kwargs), rid)
                 pending[rid] = i
             self._wait(requests, pending, futures, results)
         finally:
             for rid in futures:
-                if rid in pending:  # an error ended the wait: free the GPU of the rest
-                    self._abort(rid)
-                self._track(rid, None)
+                if rid in pending and not self._unloaded:  # unload() aborts its own
+                    self._abort(rid)  # an error ended the wait: free the GPU of the rest
+                self._untrack(rid)
         return [r if r is not None else aborted() for r in results]
 
     def _wait(self, requests: Sequence[EngineRequest], pending: dict[str, int],
