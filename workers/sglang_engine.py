@@ -133,7 +133,7 @@ class SGLangEngine:
     process-wide state, so a second engine is refused until the first is unloaded."""
 
     _slot_lock: ClassVar[threading.Lock] = threading.Lock()
-    _slot_owner: ClassVar[str | None] = None
+    _slot_owner: ClassVar[SGLangEngine | None] = None
 
     def __init__(self, name: str, path: str, *, gpu: int = 0,
                  mem_fraction_static: float = 0.85, enable_priority: bool = True,
@@ -184,13 +184,14 @@ class SGLangEngine:
             if owner is not None:
                 raise EngineSlotTaken(
                     f"cannot load {self.name!r}: this worker process already runs the SGLang "
-                    f"engine of {owner!r}, and SGLang allows one engine per process. Unload "
-                    f"{owner!r} here first, or serve {self.name!r} from another worker")
-            SGLangEngine._slot_owner = self.name
+                    f"engine of {owner.name!r}, and SGLang allows one engine per process. "
+                    f"Unload {owner.name!r} here first, or serve {self.name!r} from another "
+                    "worker")
+            SGLangEngine._slot_owner = self
 
     def _release_slot(self) -> None:
         with SGLangEngine._slot_lock:
-            if SGLangEngine._slot_owner == self.name:
+            if SGLangEngine._slot_owner is self:
                 SGLangEngine._slot_owner = None
 
     def _server_kwargs(self, sglang: Any) -> dict[str, object]:
