@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU checks for a lent NVIDIA machine (under 8 minutes): the transformers engine on
-# CUDA with the demo model, pinning (a worker's CUDA_VISIBLE_DEVICES leaves exactly one
-# device), the prefix cache and batching on the GPU, and the SGLang engine when sglang
-# imports there. Engine-level, so it needs torch and transformers but not the broker.
+# GPU checks for a lent NVIDIA machine: the transformers engine on CUDA with the demo
+# model, pinning (a worker's CUDA_VISIBLE_DEVICES leaves exactly one device), the prefix
+# cache and batching on the GPU, and, when sglang imports there, the SGLang engine and
+# bench/sglang_queue.py: llmos through its queue against sglang.Engine directly
+# (throughput ratio, goal >= 0.95). LLMOS_BENCH_SGLANG_MODEL picks its model.
 #   usage: bash bench/gpu_check.sh   (figures go to stdout and $OUT/gpu_check.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,3 +57,7 @@ else:
     print(f"sglang: cached_tokens on a shared prefix {second.cached_tokens} (first {first.cached_tokens})")
     engine.unload()
 PY
+if python3 -c "import sglang" 2>/dev/null; then
+  model="${LLMOS_BENCH_SGLANG_MODEL:-$(python3 -c 'from bench.models import model_dir; print(model_dir("base"))')}"
+  python3 bench/sglang_queue.py "$model" 2>&1 | tee -a "$OUT/gpu_check.txt"
+fi

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = Field(
         default=None, description="`llmos flower` basic auth password"
     )
+    sglang_api_key: SecretStr | None = Field(
+        default=None, description="sglang-http: the server's --api-key (sent as a Bearer token)"
+    )
+    sglang_admin_api_key: SecretStr | None = Field(
+        default=None, description="sglang-http: the server's --admin-api-key, for its admin "
+                                  "routes (abort, flush, weights); unset: sglang_api_key",
+    )
     webhook_retry_delays: str = Field(
         default="1,2,4,8,16,32,64,128,256,512", pattern=_DELAYS,
         description="webhooks: seconds before each retry, comma-separated; one attempt "

@@ -1,52 +1,45 @@
 """SGLang adapters: request building and response parsing against the shapes in
 sgl-project/sglang (io_struct.py, tokenizer_manager.py, schedule_batch.py,
-http_server.py). The HTTP server is replaced at the transport (httpx.MockTransport);
-the in-process ``sglang.Engine`` by a stand-in module with its call signatures. One
-GPU test runs the real engine."""
+http_server.py; see tests/sglang_shapes.py for the commit), and the HTTP adapter
+against a transport that answers like an SGLang server (httpx.MockTransport). The
+in-process adapter is tested in tests/test_sglang_engine.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import threading
-import types
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import pytest
 from transformers import AutoTokenizer
 
 from schemas.common import ChatMessage
-from workers.engine import Completion, EngineRequest, SamplingParams
-from workers.sglang_engine import (
-    SGLangEngine,
+from tests.sglang_shapes import (
+    ABORTED,
+    EOS,
+    LENGTH,
+    RadixCache,
+    check_generate_fields,
+    check_sampling_params,
+    output,
+    req,
+)
+from workers.engine import Completion, SamplingParams
+from workers.sglang_http import SGLangServerEngine, SGLangServerError, shown_url
+from workers.sglang_io import (
+    EngineUnloaded,
+    NamespaceLeak,
     build_sampling_params,
     parse_output,
     to_sglang_priority,
     update_weights_outcome,
 )
-from workers.sglang_http import SGLangServerEngine, SGLangServerError
 
 URL = "http://sglang.test:30000"
-LENGTH = {"type": "length", "length": 4}  # FINISH_LENGTH.to_json()
-EOS = {"type": "stop", "matched": 2}  # FINISH_MATCHED_TOKEN.to_json()
-
-
-def output(text: str, finish: dict[str, Any], prompt: int, completion: int,
-           cached: int = 0) -> dict[str, Any]:
-    """One element of a /generate or Engine.generate answer (tokenizer_manager.py)."""
-    return {"text": text, "output_ids": list(range(completion)), "meta_info": {
-        "id": "rid", "finish_reason": finish, "prompt_tokens": prompt,
-        "completion_tokens": completion, "cached_tokens": cached, "e2e_latency": 0.01}}
-
-
-def req(prompt: str | None = None, *, priority: int = 5, max_tokens: int = 4,
-        stop: tuple[str, ...] = (), **kw: Any) -> EngineRequest:
-    return EngineRequest(sampling=SamplingParams(max_tokens=max_tokens, stop=stop),
-                         prompt=prompt, priority=priority, **kw)
 
 
 # -- pure request building and response parsing -----------------------------------
@@ -108,13 +101,20 @@ def test_update_weights_results_from_engine_and_server() -> None:
 # -- the HTTP adapter against a transport that answers like SGLang ----------------
 
 class FakeServer:
-    """Answers SGLang's routes; records (method, path, json body) of every call."""
+    """Answers SGLang's routes; records (method, path, json body, headers) of every call.
+    /generate checks field names against GenerateReqInput, reports cached_tokens from a
+    radix cache keyed by cache_salt (or not, with ``salted=False``), and records how many
+    calls overlapped."""
 
     def __init__(self, *, priority: bool = True, low_first: bool = False,
-                 tokenizer_path: str = "/models/m") -> None:
-        self.calls: list[tuple[str, str, Any]] = []
+                 tokenizer_path: str = "/models/m", salted: bool = True) -> None:
+        self.calls: list[tuple[str, str, Any, httpx.Headers]] = []
+        self.cache = RadixCache(salted=salted)
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
         self.routes: dict[str, Callable[[Any], httpx.Response]] = {
             "/health": lambda b: httpx.Response(200),
+            "/health_generate": lambda b: httpx.Response(200),
             "/model_info": lambda b: httpx.Response(200, json={
                 "model_path": "/models/m", "tokenizer_path": tokenizer_path,
                 "is_generation": True, "preferred_sampling_params": None,
@@ -128,23 +128,43 @@ class FakeServer:
         }
 
     def generate(self, body: dict[str, Any]) -> httpx.Response:
+        check_generate_fields(body)
+        check_sampling_params(body["sampling_params"])
         inputs = body.get("text") or body["input_ids"]
-        return httpx.Response(200, json=[
-            output(f"out:{x if isinstance(x, str) else len(x)}", LENGTH, 3, 4)
-            for x in inputs])
+        salts = body.get("cache_salt") or [None] * len(inputs)
+        answers = []
+        for x, salt in zip(inputs, salts, strict=True):
+            tokens = tuple(x.split()) if isinstance(x, str) else tuple(x)
+            cached = self.cache.lookup_and_insert(tokens, salt)
+            answers.append(output(f"out:{x if isinstance(x, str) else len(x)}", LENGTH,
+                                  3 if isinstance(x, str) else len(x), 4, cached))
+        return httpx.Response(200, json=answers)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content) if request.content else None
-        self.calls.append((request.method, request.url.path, body))
-        route = self.routes.get(request.url.path)
-        return route(body) if route else httpx.Response(404, json={"detail": "Not Found"})
+        with self.lock:
+            self.calls.append((request.method, request.url.path, body, request.headers))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            route = self.routes.get(request.url.path)
+            return route(body) if route else httpx.Response(404, json={"detail": "Not Found"})
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
-    def bodies(self, path: str) -> list[Any]:
-        return [b for _, p, b in self.calls if p == path]
+    def bodies(self, path: str, *, probes: bool = False) -> list[Any]:
+        """Bodies sent to ``path``; without the namespace probes of load()."""
+        return [b for _, p, b, _ in self.calls if p == path and (probes or not is_probe(b))]
 
-    def engine(self) -> SGLangServerEngine:
+    def engine(self, base_url: str = URL + "/", **kwargs: Any) -> SGLangServerEngine:
         client = httpx.Client(transport=httpx.MockTransport(self.handle))
-        return SGLangServerEngine("m", URL + "/", client=client)
+        return SGLangServerEngine("m", base_url, client=client, **kwargs)
+
+
+def is_probe(body: Any) -> bool:
+    salts = body.get("cache_salt") if isinstance(body, dict) else None
+    return isinstance(salts, list) and all(str(s).startswith("llmos-probe-") for s in salts)
 
 
 def test_one_generate_per_priority_most_urgent_first_in_sglang_numbers() -> None:
@@ -159,7 +179,7 @@ def test_one_generate_per_priority_most_urgent_first_in_sglang_numbers() -> None
     assert second["sampling_params"] == [
         {"max_new_tokens": 4, "temperature": 0.0, "stop": ["x"]}]
     assert len(set(first["rid"])) == 2
-    assert [p for _, p, _ in server.calls[:3]] == ["/health", "/model_info", "/server_info"]
+    assert [p for _, p, *_ in server.calls[:3]] == ["/health", "/model_info", "/server_info"]
     stats = engine.stats()
     assert (stats.requests, list(stats.batch_sizes), stats.prompt_tokens) == (3, [2, 1], 9)
     assert stats.max_batch == 2 and stats.busy_s > 0
@@ -203,11 +223,13 @@ def test_load_names_the_url_and_the_servers_words() -> None:
 
 def test_generate_errors_carry_the_servers_message() -> None:
     server = FakeServer()
+    engine = server.engine()
+    engine.load()
     server.routes["/generate"] = lambda b: httpx.Response(
         400, json={"error": {"message": "The input (5000 tokens) is longer than the model's "
                                         "context length (4096 tokens)."}})
     with pytest.raises(SGLangServerError, match=r"/generate answered HTTP 400: The input"):
-        server.engine().generate([req("long")])
+        engine.generate([req("long")])
 
 
 def test_token_ids_and_text_go_in_separate_calls() -> None:
@@ -246,8 +268,11 @@ def test_flush_health_and_update_weights() -> None:
     with pytest.raises(SGLangServerError, match="Flush cache failed"):
         engine.flush_cache()
     assert engine.health()
-    server.routes["/health"] = lambda b: httpx.Response(503)
+    server.routes["/health_generate"] = lambda b: httpx.Response(503)
     assert not engine.health()
+    del server.routes["/health_generate"]  # an older server: /health alone
+    assert engine.health()
+    assert [p for _, p, *_ in server.calls[-2:]] == ["/health_generate", "/health"]
     server.routes["/update_weights_from_disk"] = lambda b: httpx.Response(200, json={
         "success": True, "message": "Succeeded to update model weights.",
         "num_paused_requests": 0})
@@ -274,6 +299,8 @@ def test_health_is_false_when_the_server_is_gone() -> None:
 
 def test_a_stop_aborts_that_rid_and_the_rest_of_the_batch_is_resent() -> None:
     server = FakeServer()
+    engine = server.engine()
+    engine.load()
     started, aborted = threading.Event(), threading.Event()
 
     def generate(body: dict[str, Any]) -> httpx.Response:
@@ -289,8 +316,7 @@ def test_a_stop_aborts_that_rid_and_the_rest_of_the_batch_is_resent() -> None:
         return httpx.Response(200)
 
     server.routes.update({"/generate": generate, "/abort_request": abort})
-    done = server.engine().generate([req("stop me", should_stop=started.is_set),
-                                     req("keep")])
+    done = engine.generate([req("stop me", should_stop=started.is_set), req("keep")])
     assert [c.finish_reason for c in done] == ["abort", "length"]
     assert done[1].text == "out:keep"
     first, second = server.bodies("/generate")
@@ -306,117 +332,129 @@ def test_a_request_stopped_before_it_starts_is_never_sent() -> None:
     assert [b["text"] for b in server.bodies("/generate")] == [["b"]]
 
 
-# -- the in-process adapter, with sglang.Engine replaced by its call shapes --------
-
-class StandInEngine:
-    """Engine's methods as in sglang/srt/entrypoints/engine.py."""
-
-    made: ClassVar[list[StandInEngine]] = []
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs, self.shut = kwargs, False
-        self.calls: list[dict[str, Any]] = []
-        self.flush_ok, self.update = True, (True, "Succeeded to update model weights.", 0)
-        self.tokenizer_manager = types.SimpleNamespace(
-            tokenizer=AutoTokenizer.from_pretrained(kwargs["model_path"]))
-        StandInEngine.made.append(self)
-
-    def generate(self, **kwargs: Any) -> list[dict[str, Any]]:
-        self.calls.append(kwargs)
-        inputs = kwargs.get("prompt") or kwargs["input_ids"]
-        return [output(f"#{i}", EOS, 5, 1, cached=2) for i, _ in enumerate(inputs)]
-
-    def flush_cache(self) -> types.SimpleNamespace:  # FlushCacheReqOutput
-        return types.SimpleNamespace(success=self.flush_ok, message="")
-
-    def update_weights_from_disk(self, model_path: str,
-                                 load_format: str | None = None) -> tuple[bool, str, int]:
-        return self.update
-
-    def shutdown(self) -> None:
-        self.shut = True
 
 
-@pytest.fixture
-def stand_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[StandInEngine]]:
-    StandInEngine.made = []
-    monkeypatch.setitem(sys.modules, "sglang", types.SimpleNamespace(Engine=StandInEngine))
-    yield StandInEngine
+def test_a_deadline_aborts_the_rid_on_the_server() -> None:
+    server = FakeServer()
+    engine = server.engine()
+    engine.load()
+    aborted = threading.Event()
+
+    def generate(body: dict[str, Any]) -> httpx.Response:
+        assert aborted.wait(5)  # runs until aborted, then answers like SGLang does
+        return httpx.Response(200, json=[output("", ABORTED, 3, 0)])
+
+    def abort(body: dict[str, Any]) -> httpx.Response:
+        aborted.set()
+        return httpx.Response(200)
+
+    server.routes.update({"/generate": generate, "/abort_request": abort})
+    started = time.monotonic()
+    [done] = engine.generate([req("slow", deadline=time.monotonic() + 0.2)])
+    assert done.finish_reason == "abort" and time.monotonic() - started < 3
+    [body] = server.bodies("/generate")
+    assert server.bodies("/abort_request") == [{"rid": body["rid"][0]}]
 
 
-def test_sglang_is_imported_only_by_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "sglang", None)
-    engine = SGLangEngine("m", "/models/m")
-    assert not engine.loaded
-    with pytest.raises(ImportError):
+def test_a_request_past_its_deadline_is_never_sent() -> None:
+    server = FakeServer()
+    [done] = server.engine().generate([req("late", deadline=time.monotonic() - 1)])
+    assert done.finish_reason == "abort" and server.bodies("/generate") == []
+
+
+def test_concurrent_jobs_are_in_flight_on_the_server_at_once() -> None:
+    server = FakeServer()
+    engine = server.engine()
+    engine.load()
+    barrier = threading.Barrier(8, timeout=5)
+
+    def generate(body: dict[str, Any]) -> httpx.Response:
+        barrier.wait()  # only returns once all eight calls are open at the same time
+        return FakeServer.generate(server, body)
+
+    server.routes["/generate"] = generate
+    results: list[Completion] = []
+    threads = [threading.Thread(target=lambda i=i: results.extend(
+        engine.generate([req(f"job{i}")]))) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 8 and server.max_in_flight == 8
+
+
+def test_each_tenant_is_its_own_cache_namespace() -> None:
+    server = FakeServer()
+    engine = server.engine()
+    ids = list(range(10, 60))
+    first = engine.generate([req(input_ids=ids, cache_namespace="tenant-a"),
+                             req(input_ids=[*ids, 1], cache_namespace="tenant-b")])
+    [again] = engine.generate([req(input_ids=[*ids, 2], cache_namespace="tenant-a")])
+    [shared] = engine.generate([req(input_ids=[*ids, 3])])
+    assert [c.cached_tokens for c in first] == [0, 0]
+    assert again.cached_tokens == 50 and shared.cached_tokens == 0
+    batch, alone_a, alone_shared = server.bodies("/generate")
+    assert batch["cache_salt"] == batch["extra_key"] == ["tenant-a", "tenant-b"]
+    assert alone_a["cache_salt"] == ["tenant-a"]
+    assert "cache_salt" not in alone_shared and "extra_key" not in alone_shared
+
+
+def test_load_checks_that_namespaces_do_not_share_the_cache() -> None:
+    server = FakeServer()
+    server.engine().load()
+    first, second = server.bodies("/generate", probes=True)
+    assert first["input_ids"] == second["input_ids"]
+    assert first["cache_salt"] != second["cache_salt"]
+    assert first["extra_key"] == first["cache_salt"]
+    leaky = FakeServer(salted=False)  # a server that ignores cache_salt and extra_key
+    engine = leaky.engine()
+    with pytest.raises(NamespaceLeak, match="ignores cache_salt/extra_key"):
         engine.load()
+    assert not engine.loaded
 
 
-def test_in_process_engine_calls(stand_in: type[StandInEngine], demo_model_dir: Path) -> None:
-    engine = SGLangEngine("m", str(demo_model_dir), gpu=3, mem_fraction_static=0.5,
-                          enable_priority=True)
-    messages = [ChatMessage(role="user", content="hi")]
-    done = engine.generate([req("a", priority=1), req(messages=messages, priority=1),
-                            req("b", priority=8)])
-    [made] = stand_in.made
-    assert made.kwargs == {"model_path": str(demo_model_dir), "base_gpu_id": 3,
-                           "mem_fraction_static": 0.5, "enable_priority_scheduling": True}
-    texts, chat, low = made.calls
-    assert texts["prompt"] == ["a"] and texts["priority"] == 8
-    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
-    expected = tokenizer.apply_chat_template([m.model_dump() for m in messages],
-                                             add_generation_prompt=True)["input_ids"]
-    assert chat["input_ids"] == [expected] and chat["priority"] == 8
-    assert low["prompt"] == ["b"] and low["priority"] == 1
-    assert texts["sampling_params"] == [{"max_new_tokens": 4, "temperature": 0.0}]
-    assert [c.finish_reason for c in done] == ["stop"] * 3
-    assert engine.stats().cached_tokens == 6
-    assert engine.tokenize("the model") == tokenizer.encode("the model")
+def test_the_api_key_goes_as_a_bearer_token_and_the_admin_key_to_admin_routes() -> None:
+    server = FakeServer()
+    server.routes["/flush_cache"] = lambda b: httpx.Response(200, text="Cache flushed.\n")
+    engine = server.engine(api_key="k-user", admin_api_key="k-admin")
+    engine.generate([req("a")])
+    engine.flush_cache()
+    seen = {p: h.get("authorization") for _, p, _, h in server.calls}
+    assert seen["/generate"] == seen["/model_info"] == "Bearer k-user"
+    assert seen["/flush_cache"] == "Bearer k-admin"
+    server = FakeServer()
+    server.engine(api_key="k-user").generate([req("a")])
+    assert {h.get("authorization") for *_, h in server.calls} == {"Bearer k-user"}
+    server = FakeServer()
+    server.engine().generate([req("a")])
+    assert {h.get("authorization") for *_, h in server.calls} == {None}
 
 
-def test_in_process_priority_off_and_engine_operations(stand_in: type[StandInEngine],
-                                                       demo_model_dir: Path) -> None:
-    engine = SGLangEngine("m", str(demo_model_dir))
-    engine.generate([req("a", priority=0), req("b", priority=9)])
-    [made] = stand_in.made
-    [call] = made.calls
-    assert call["prompt"] == ["a", "b"] and "priority" not in call
-    assert made.kwargs["enable_priority_scheduling"] is False
-    made.flush_ok = False
-    with pytest.raises(RuntimeError, match="refused to flush"):
-        engine.flush_cache()
-    made.update = (False, "Failed to get weights iterator", 0)
-    with pytest.raises(RuntimeError, match="/new: Failed to get weights iterator"):
-        engine.update_weights("/new")
+def test_errors_never_show_credentials_of_the_url() -> None:
+    secret_url = "http://llmos:s3cret@sglang.test:30000"
+    assert shown_url(secret_url + "/?token=x") == "http://sglang.test:30000/"
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"cannot connect to {secret_url}/health", request=request)
+
+    engine = SGLangServerEngine("m", secret_url, client=httpx.Client(
+        transport=httpx.MockTransport(refuse)))
+    with pytest.raises(SGLangServerError, match="unreachable") as refused:
+        engine.load()
+    assert "s3cret" not in str(refused.value) and "sglang.test:30000" in str(refused.value)
+    server = FakeServer()
+    server.routes["/health"] = lambda b: httpx.Response(401, json={"error": "Unauthorized"})
+    with pytest.raises(SGLangServerError, match="401") as denied:
+        server.engine(secret_url).load()
+    assert "s3cret" not in str(denied.value)
+
+
+def test_requests_after_unload_fail_at_once() -> None:
+    server = FakeServer()
+    engine = server.engine()
+    engine.generate([req("a")])
     engine.unload()
-    assert made.shut and not engine.loaded
-
-
-# -- the real engine ----------------------------------------------------------------
-
-@pytest.mark.gpu
-def test_real_sglang_engine_on_gpu() -> None:
-    pytest.importorskip("sglang")
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    path = os.environ.get("LLMOS_GPU_TEST_MODEL")
-    if not path:
-        pytest.skip("LLMOS_GPU_TEST_MODEL names no model directory")
-    engine = SGLangEngine("gpu", path, mem_fraction_static=0.5, enable_priority=True)
-    try:
-        prompt = "The capital of France is"
-        first, second = engine.generate([req(prompt, max_tokens=8, priority=0),
-                                         req(prompt, max_tokens=8, priority=9)])
-        assert first.text == second.text and first.text
-        assert first.prompt_tokens == len(engine.tokenize(prompt))
-        assert 1 <= first.completion_tokens <= 8
-        [again] = engine.generate([req(prompt, max_tokens=8)])
-        assert again.text == first.text and again.cached_tokens > 0
-        engine.flush_cache()
-        [cold] = engine.generate([req(prompt, max_tokens=8)])
-        assert cold.cached_tokens == 0
-        [chat] = engine.generate([req(messages=[ChatMessage(role="user", content="hi")])])
-        assert chat.prompt_tokens > 1 and chat.finish_reason in ("stop", "length")
-    finally:
-        engine.unload()
+    calls = len(server.calls)
+    with pytest.raises(EngineUnloaded, match="'m' was unloaded"):
+        engine.generate([req("b")])
+    assert len(server.calls) == calls and not engine.loaded

@@ -9,10 +9,36 @@ from celery.signals import worker_ready, worker_shutdown
 
 from llmos_jobs.db import registry
 from llmos_jobs.db.migrate import upgrade
+from llmos_jobs.db.models import RegisteredModel
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
+from schemas.model import EngineKind
 from workers.pool import EngineChoice
 from workers.runtime import WorkerRuntime, default_worker_name, initial_queues, set_runtime
+
+CPU_CONCURRENCY = 8
+# SGLang batches continuously whatever sequences it holds: a GPU is busy only when it is
+# handed many jobs at once. The threads pool gives it one sequence per thread.
+SGLANG_CONCURRENCY = 64
+_SGLANG = frozenset({EngineKind.sglang, EngineKind.sglang_http})
+
+
+def default_concurrency(*, pool: str, choice: EngineChoice | None,
+                        models: list[str] | None) -> int:
+    """Jobs in flight when ``--concurrency`` is not given: SGLANG_CONCURRENCY for a
+    threads-pool worker whose engine is SGLang (its ``--engine``, else the registered
+    engine of any model it serves; ``models`` None means all), else CPU_CONCURRENCY."""
+    if pool != "threads":
+        return CPU_CONCURRENCY
+    if choice is not None and choice.kind is not None:
+        kinds = {choice.kind}
+    else:
+        with session_scope() as session:
+            names = models if models is not None else registry.list_model_names(
+                session=session)
+            kinds = {EngineKind(row.engine) for name in names
+                     if (row := session.get(RegisteredModel, name)) is not None}
+    return SGLANG_CONCURRENCY if kinds & _SGLANG else CPU_CONCURRENCY
 
 
 def run_worker(
@@ -21,7 +47,7 @@ def run_worker(
     models: list[str],
     queues: list[str],
     gpu: int | None,
-    concurrency: int,
+    concurrency: int | None,
     pool: str,
     loglevel: str,
     engine_choice: EngineChoice | None = None,
@@ -48,6 +74,8 @@ def run_worker(
             served, consume = None, initial_queues(
                 name, registry.list_model_names(session=session)
             )
+    if concurrency is None:
+        concurrency = default_concurrency(pool=pool, choice=engine_choice, models=served)
     runtime = WorkerRuntime(
         app=app, name=name, pool_kind=pool, concurrency=concurrency, queues=consume,
         models=served, device=f"cuda:{gpu}" if gpu is not None else "cpu",

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import SecretStr
+
 from llmos_jobs.db import registry
 from llmos_jobs.db.models import RegisteredModel
 from llmos_jobs.db.session import session_scope
@@ -25,6 +27,10 @@ class EngineChoice:
     mem_fraction_static: float = 0.85
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
 def build_engine(model: RegisteredModel, choice: EngineChoice | None = None) -> Engine:
     choice = choice or EngineChoice()
     kind = choice.kind or EngineKind(model.engine)
@@ -33,14 +39,18 @@ def build_engine(model: RegisteredModel, choice: EngineChoice | None = None) -> 
 
         # The worker is pinned with CUDA_VISIBLE_DEVICES: its one GPU is device 0.
         return SGLangEngine(model.name, model.path, gpu=0,
-                            mem_fraction_static=choice.mem_fraction_static)
+                            mem_fraction_static=choice.mem_fraction_static,
+                            enable_priority=True)
     if kind == EngineKind.sglang_http:
         from workers.sglang_http import SGLangServerEngine
 
         if choice.sglang_url is None:
             raise ValueError(f"model {model.name!r}: the sglang-http engine needs "
                              "`llmos worker --sglang-url URL`")
-        return SGLangServerEngine(model.name, choice.sglang_url)
+        settings = get_settings()
+        return SGLangServerEngine(model.name, choice.sglang_url,
+                                  api_key=_secret(settings.sglang_api_key),
+                                  admin_api_key=_secret(settings.sglang_admin_api_key))
     if kind == EngineKind.noop:
         return NoopEngine(model.name, delay_s=get_settings().noop_delay_ms / 1000)
     if kind == EngineKind.transformers:

@@ -1,354 +1,431 @@
-"""The in-process ``sglang.Engine`` adapter, and the request building, response parsing
-and batching it shares with the HTTP adapter (``workers.sglang_http``).
+"""The in-process ``sglang.Engine`` adapter.
 
-Shapes are sgl-project/sglang's (python/sglang/srt/...): ``GenerateReqInput`` in
-managers/io_struct.py (text | input_ids, sampling_params, rid, and ONE priority per
-call), ``Engine`` in entrypoints/engine.py, and the ``meta_info`` built in
-managers/tokenizer_manager.py: prompt_tokens, completion_tokens, cached_tokens and
-finish_reason ``{"type": "stop"|"length"|"abort", ...}`` (managers/schedule_batch.py)."""
+Every request is its own ``Engine.async_generate`` on the engine's event loop, which
+runs for the engine's lifetime in one thread of its own: the worker's job threads hand
+SGLang as many sequences as they hold jobs, and its scheduler batches them
+continuously. No lock is held across a generation. Each request carries its own rid,
+priority and cache salt (the tenant), so cancelling or timing out one job aborts
+exactly its rid.
+
+API matched against sgl-project/sglang 001067fffe33427bee0ed2f007fb7551a1d76b44:
+``Engine.async_generate(prompt | input_ids, sampling_params, rid, priority, *,
+cache_salt)``, ``Engine.loop``, ``Engine.get_all_child_pids()``,
+``tokenizer_manager.abort_request(rid)`` (sync, on the loop), the coroutines
+``tokenizer_manager.flush_cache()`` and ``update_weights_from_disk(obj, request)``
+that Engine's blocking wrappers drive with ``loop.run_until_complete`` (which cannot
+be used while the loop runs in its own thread), and ServerArgs
+``enable_priority_scheduling`` / ``schedule_low_priority_values_first``."""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
 import copy
-import functools
+import dataclasses
+import inspect
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import psutil
 
 from schemas.common import ChatMessage
-from workers.engine import (
-    Completion,
-    EngineRequest,
-    EngineStats,
-    FinishReason,
-    SamplingParams,
-    apply_stop,
+from workers.engine import Completion, EngineRequest, EngineStats, SamplingParams
+from workers.sglang_io import (
+    EngineUnloaded,
+    aborted,
+    build_sampling_params,
+    check_namespaces_isolated,
+    input_of,
+    parse_output,
+    record_completions,
+    should_end,
+    to_sglang_priority,
+    token_ids_of,
+    update_weights_outcome,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-InputKind = Literal["text", "input_ids"]
-_FINISH_TYPES: tuple[FinishReason, ...] = ("stop", "length", "abort")
-LOWEST_PRIORITY = 9  # llmos: 0 is the highest priority, 9 the lowest
-
-
-def to_sglang_priority(priority: int, *, low_values_first: bool = False) -> int:
-    """llmos priority (0 highest) → SGLang's number for the same rank.
-
-    SGLang python/sglang/srt/managers/schedule_policy.py sorts the waiting queue by
-    ``req.priority * priority_sign`` ascending, with ``priority_sign = 1 if
-    schedule_low_priority_values_first else -1``: by default LARGER values run first,
-    so the scale is flipped; only ``--schedule-low-priority-values-first`` matches ours.
-    """
-    if not 0 <= priority <= LOWEST_PRIORITY:
-        raise ValueError(f"priority {priority} is outside 0-{LOWEST_PRIORITY}")
-    return priority if low_values_first else LOWEST_PRIORITY - priority
+ABORT_RESEND_S = 1.0  # an abort sent before SGLang registered the rid is a no-op there
+UNLOAD_GRACE_S = 5.0  # in-flight requests get this long to return their abort
+HEALTHY_IF_ANSWERED_WITHIN_S = 5.0
 
 
-def build_sampling_params(sampling: SamplingParams) -> dict[str, object]:
-    """SGLang ``sampling_params`` for one request. Temperature 0 is greedy there too
-    (SamplingParams turns it into top_k=1)."""
-    if sampling.max_tokens < 0:
-        raise ValueError(f"max_tokens must be >= 0, got {sampling.max_tokens}")
-    if sampling.temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {sampling.temperature}")
-    params: dict[str, object] = {
-        "max_new_tokens": sampling.max_tokens,
-        "temperature": sampling.temperature,
-    }
-    if sampling.stop:
-        params["stop"] = list(sampling.stop)
-    return params
+class EngineSlotTaken(RuntimeError):
+    """A second SGLang engine was asked for in a process that runs one."""
 
 
-def parse_finish_reason(raw: object) -> FinishReason:
-    kind = raw.get("type") if isinstance(raw, Mapping) else None
-    for known in _FINISH_TYPES:
-        if kind == known:
-            return known
-    raise ValueError(f"unexpected SGLang finish_reason {raw!r}")
+class _EngineLoop:
+    """``sglang.Engine``'s own asyncio loop, run forever in one thread. SGLang binds its
+    tokenizer manager's receive task to this loop on first use, so every coroutine of
+    the engine must run here."""
 
-
-def _count(meta: Mapping[str, object], key: str, default: int | None = None) -> int:
-    value = meta.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"SGLang meta_info.{key} is {value!r}, not a token count")
-    return value
-
-
-def parse_output(out: Mapping[str, object], stop: Sequence[str] = ()) -> Completion:
-    """One element of SGLang's generate result: ``{"text": ..., "meta_info": {...}}``."""
-    meta, text = out.get("meta_info"), out.get("text")
-    if not isinstance(meta, Mapping) or not isinstance(text, str):
-        raise ValueError(f"SGLang output lacks text or meta_info: {out!r}")
-    reason = parse_finish_reason(meta.get("finish_reason"))
-    # SGLang trims stop strings unless the server runs with no_stop_trim; cut anyway so
-    # the protocol's "text ends before the stop string" holds for every server.
-    text, hit_stop = apply_stop(text, stop)
-    return Completion(
-        text=text, finish_reason="stop" if hit_stop and reason == "length" else reason,
-        prompt_tokens=_count(meta, "prompt_tokens"),
-        completion_tokens=_count(meta, "completion_tokens"),
-        cached_tokens=_count(meta, "cached_tokens", 0),  # absent on embedding outputs
-    )
-
-
-def update_weights_outcome(result: object) -> tuple[bool, str]:
-    """``Engine.update_weights_from_disk`` returns ``(success, message, num_paused)``;
-    the HTTP route answers ``{"success", "message", "num_paused_requests"}``."""
-    if isinstance(result, Mapping):
-        return bool(result.get("success")), str(result.get("message", ""))
-    if isinstance(result, tuple | list) and len(result) >= 2:
-        return bool(result[0]), str(result[1])
-    raise ValueError(f"unexpected update_weights_from_disk result {result!r}")
-
-
-@dataclass(frozen=True)
-class GenerateCall:
-    """One SGLang generate call: a batch that shares an input kind and a priority."""
-
-    kind: InputKind
-    inputs: list[str | list[int]]  # all of ``kind``
-    sampling_params: list[dict[str, object]]
-    rids: list[str]
-    priority: int | None
-
-
-def token_ids_of(encoded: object) -> list[int]:
-    # transformers 5 answers apply_chat_template with a BatchEncoding, 4.x with a list.
-    ids = encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
-    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-        raise ValueError(f"the chat template did not render to token ids: {encoded!r}")
-    return ids
-
-
-def _input_of(request: EngineRequest,
-              render_chat: Callable[[Sequence[ChatMessage]], list[int]]
-              ) -> tuple[InputKind, str | list[int]]:
-    given = [x is not None for x in (request.prompt, request.messages, request.input_ids)]
-    if sum(given) != 1:
-        raise ValueError("a request needs exactly one of prompt, messages, input_ids")
-    if request.prompt is not None:
-        return "text", request.prompt
-    if request.messages is not None:
-        # Token ids, not rendered text: SGLang would add a second BOS when tokenizing.
-        return "input_ids", render_chat(request.messages)
-    assert request.input_ids is not None
-    return "input_ids", list(request.input_ids)
-
-
-def _aborted() -> Completion:
-    return Completion(text="", finish_reason="abort", prompt_tokens=0, completion_tokens=0)
-
-
-def record_call(stats: EngineStats, done: list[Completion], busy_s: float) -> None:
-    # SGLang's own forward passes are not visible from outside: one call counts as one.
-    stats.requests += len(done)
-    stats.record_batch(len(done))
-    stats.prompt_tokens += sum(c.prompt_tokens for c in done)
-    stats.cached_tokens += sum(c.cached_tokens for c in done)
-    stats.busy_s += busy_s
-
-
-def _try_abort(abort: Callable[[str], None], rid: str) -> None:
-    try:
-        abort(rid)
-    except Exception:  # the request then runs to its end; nothing else is lost
-        log.exception("could not abort SGLang request %s", rid)
-
-
-class _StopWatcher:
-    """Polls ``should_stop`` while a call runs and aborts the rids that ask to stop."""
-
-    def __init__(self, watched: list[tuple[str, Callable[[], bool]]],
-                 abort: Callable[[str], None], poll_s: float) -> None:
-        self.stopped: set[str] = set()
-        self._watched, self._abort, self._poll_s = watched, abort, poll_s
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="sglang-stop")
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        self.loop = loop
+        self._thread = threading.Thread(target=self._run, name=f"sglang-loop-{name}",
+                                        daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
-        while not self._done.wait(self._poll_s):
-            for rid, should_stop in self._watched:
-                if rid not in self.stopped and should_stop():
-                    self.stopped.add(rid)
-                    _try_abort(self._abort, rid)
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
 
-    def __enter__(self) -> _StopWatcher:
-        if self._watched:
-            self._thread.start()
-        return self
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        if self._watched:
-            self._thread.join()
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        return self.submit(coro).result(timeout_s)
+
+    def call(self, fn: Callable[..., object], *args: object) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout_s)
 
 
-def generate_in_batches(
-    requests: Sequence[EngineRequest], *,
-    submit: Callable[[GenerateCall], Sequence[Mapping[str, object]]],
-    abort: Callable[[str], None],
-    render_chat: Callable[[Sequence[ChatMessage]], list[int]],
-    priority_of: Callable[[int], int | None],
-    on_batch: Callable[[list[Completion], float], None] = lambda done, busy_s: None,
-    poll_s: float = 0.05,
-) -> list[Completion]:
-    """Results in request order, with one ``submit`` per (input kind, priority) group,
-    most urgent group first: SGLang takes a single priority per call. A stopped request
-    ends as "abort"; when an abort fails the whole call (newer SGLang raises instead of
-    returning it), the requests that did not ask to stop are sent again."""
-    inputs = [_input_of(r, render_chat) for r in requests]
-    results: list[Completion | None] = [None] * len(requests)
-    groups: dict[tuple[InputKind, int | None], list[int]] = {}
-    for i in sorted(range(len(requests)), key=lambda i: requests[i].priority):
-        request = requests[i]
-        if request.should_stop is not None and request.should_stop():
-            results[i] = _aborted()
-        else:
-            groups.setdefault((inputs[i][0], priority_of(request.priority)), []).append(i)
-    for (kind, priority), pending in groups.items():
-        while pending:
-            rids = {i: uuid.uuid4().hex for i in pending}
-            call = GenerateCall(
-                kind=kind, inputs=[inputs[i][1] for i in pending],
-                sampling_params=[build_sampling_params(requests[i].sampling) for i in pending],
-                rids=[rids[i] for i in pending], priority=priority)
-            watched = [(rids[i], stop) for i in pending
-                       if (stop := requests[i].should_stop) is not None]
-            started = time.monotonic()
-            with _StopWatcher(watched, abort, poll_s) as watcher:
-                try:
-                    outputs = submit(call)
-                except Exception:
-                    if not watcher.stopped:
-                        raise
-                    for rid in set(call.rids) - watcher.stopped:
-                        _try_abort(abort, rid)  # the call is lost; free the GPU first
-                    for i in pending:
-                        if rids[i] in watcher.stopped:
-                            results[i] = _aborted()
-                    pending = [i for i in pending if results[i] is None]
-                    continue
-            if len(outputs) != len(pending):
-                raise ValueError(f"SGLang answered {len(outputs)} outputs for {len(pending)}")
-            done = [parse_output(out, requests[i].sampling.stop)
-                    for i, out in zip(pending, outputs, strict=True)]
-            for i, completion in zip(pending, done, strict=True):
-                results[i] = completion
-            on_batch(done, time.monotonic() - started)
-            pending = []
-    return [r if r is not None else _aborted() for r in results]
+def _server_arg_names() -> set[str] | None:
+    """The fields of the installed ServerArgs, or None when it cannot be told."""
+    try:
+        from sglang.srt.server_args import ServerArgs
+
+        return {f.name for f in dataclasses.fields(ServerArgs)}
+    except Exception:
+        return None
+
+
+def _kill_trees(pids: Sequence[int], timeout_s: float = 30.0) -> None:
+    """SIGKILL these processes and their descendants, and nothing else (as SGLang's own
+    shutdown does to every child of the process, which would take other engines too)."""
+    victims: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            victims += [*process.children(recursive=True), process]
+        except psutil.NoSuchProcess:
+            continue
+    for process in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    _, alive = psutil.wait_procs(victims, timeout=timeout_s)
+    if alive:
+        log.error("SGLang processes %s did not exit", [p.pid for p in alive])
+
+
+def _child_pids() -> set[int]:
+    return {p.pid for p in psutil.Process().children()}
 
 
 class SGLangEngine:
     """``sglang.Engine`` in this process: its scheduler and detokenizer run as child
-    processes on GPU ``gpu``. Calls are serialized: the engine drives one asyncio loop
-    with ``run_until_complete``, so concurrent callers batch by sending lists."""
+    processes on GPU ``gpu``. One per process: SGLang publishes its server args as
+    process-wide state, so a second engine is refused until the first is unloaded."""
+
+    _slot_lock: ClassVar[threading.Lock] = threading.Lock()
+    _slot_owner: ClassVar[SGLangEngine | None] = None
 
     def __init__(self, name: str, path: str, *, gpu: int = 0,
-                 mem_fraction_static: float = 0.85, enable_priority: bool = False) -> None:
+                 mem_fraction_static: float = 0.85, enable_priority: bool = True,
+                 poll_s: float = 0.05, health_timeout_s: float = 10.0) -> None:
         self.name, self.path, self.gpu = name, path, gpu
         self.device = f"cuda:{gpu}"
         self.mem_fraction_static = mem_fraction_static
         self.enable_priority = enable_priority
+        self.poll_s, self.health_timeout_s = poll_s, health_timeout_s
         self._engine: Any = None  # sglang is untyped and absent on CPU-only hosts
         self._tokenizer: Any = None
+        self._loop: _EngineLoop | None = None
+        self._children: list[int] = []
+        self._priority_on = self._low_values_first = self._salted = False
+        self._unloaded = False
         self._stats = EngineStats()
-        self._stats_lock = threading.Lock()  # stats() must not wait for a generation
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # load/unload only; never held while generating
+        self._inflight: dict[str, concurrent.futures.Future[Any]] = {}
+        self._inflight_lock = threading.Lock()  # also guards _stats
+        self._busy_since = 0.0
+        self._last_answer = 0.0
 
     @property
     def loaded(self) -> bool:
         return self._engine is not None
 
+    # -- life cycle ----------------------------------------------------------------------
+
     def load(self) -> None:
         with self._lock:
             if self._engine is not None:
                 return
-            import sglang
+            self._claim_slot()
+            self._unloaded = False
+            before = _child_pids()
+            try:
+                self._start()
+            except BaseException:
+                if self._engine is None:  # a half-started engine: what its start spawned
+                    self._children = sorted(_child_pids() - before)
+                self._stop_engine()
+                self._release_slot()
+                raise
 
-            self._engine = sglang.Engine(
-                model_path=self.path, base_gpu_id=self.gpu,
-                mem_fraction_static=self.mem_fraction_static,
-                enable_priority_scheduling=self.enable_priority,
-            )
-            self._tokenizer = getattr(self._engine.tokenizer_manager, "tokenizer", None)
-            if self._tokenizer is None:  # skip_tokenizer_init servers keep none
-                from transformers import AutoTokenizer
+    def _claim_slot(self) -> None:
+        with SGLangEngine._slot_lock:
+            owner = SGLangEngine._slot_owner
+            if owner is not None:
+                raise EngineSlotTaken(
+                    f"cannot load {self.name!r}: this worker process already runs the SGLang "
+                    f"engine of {owner.name!r}, and SGLang allows one engine per process. "
+                    f"Unload {owner.name!r} here first, or serve {self.name!r} from another "
+                    "worker")
+            SGLangEngine._slot_owner = self
 
-                self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+    def _release_slot(self) -> None:
+        with SGLangEngine._slot_lock:
+            if SGLangEngine._slot_owner is self:
+                SGLangEngine._slot_owner = None
+
+    def _server_kwargs(self, sglang: Any) -> dict[str, object]:
+        fields = _server_arg_names()
+
+        def has(name: str) -> bool:
+            return fields is None or name in fields
+
+        kwargs: dict[str, object] = {
+            "model_path": self.path, "base_gpu_id": self.gpu,
+            "mem_fraction_static": self.mem_fraction_static}
+        if self.enable_priority and has("enable_priority_scheduling"):
+            kwargs["enable_priority_scheduling"] = self._priority_on = True
+            if has("schedule_low_priority_values_first"):
+                kwargs["schedule_low_priority_values_first"] = self._low_values_first = True
+        self._salted = "cache_salt" in inspect.signature(sglang.Engine.async_generate).parameters
+        if not self._salted:
+            log.warning("this SGLang's Engine.async_generate takes no cache_salt: the radix "
+                        "cache is disabled so that tenants do not share it")
+            kwargs["disable_radix_cache"] = True
+        return kwargs
+
+    def _start(self) -> None:
+        import sglang
+
+        kwargs = self._server_kwargs(sglang)
+        before = _child_pids()
+        self._engine = engine = sglang.Engine(**kwargs)
+        own = getattr(engine, "get_all_child_pids", None)
+        self._children = list(own()) if callable(own) else sorted(_child_pids() - before)
+        self._tokenizer = getattr(engine.tokenizer_manager, "tokenizer", None)
+        if self._tokenizer is None:  # skip_tokenizer_init engines keep none
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self._loop = _EngineLoop(engine.loop, self.name)
+        if self._salted:
+            check_namespaces_isolated(self._probe_cached, f"SGLang engine {self.name!r}")
+
+    def _probe_cached(self, ids: list[int], namespace: str) -> int:
+        [done] = self.generate([EngineRequest(
+            sampling=SamplingParams(max_tokens=1), input_ids=ids, cache_namespace=namespace)])
+        return done.cached_tokens
 
     def unload(self) -> None:
+        """Abort what is in flight, stop the loop, and end this engine's own processes;
+        later requests fail at once with EngineUnloaded."""
         with self._lock:
-            engine, self._engine, self._tokenizer = self._engine, None, None
-            if engine is not None:
-                engine.shutdown()
+            self._unloaded = True
+            if self._engine is None:
+                return
+            with self._inflight_lock:
+                inflight = dict(self._inflight)
+            for rid in inflight:
+                self._abort(rid)
+            concurrent.futures.wait(inflight.values(), timeout=UNLOAD_GRACE_S)
+            self._stop_engine()
+            self._release_slot()
+
+    def _stop_engine(self) -> None:
+        engine, loop = self._engine, self._loop
+        self._engine = self._tokenizer = self._loop = None
+        if loop is not None:
+            loop.stop()
+        with self._inflight_lock:
+            for future in self._inflight.values():
+                future.cancel()
+        if engine is None:
+            return
+        # Not engine.shutdown(): it SIGKILLs every child of this process.
+        watchdog = getattr(engine.tokenizer_manager, "_subprocess_watchdog", None)
+        if watchdog is not None:  # it would SIGQUIT this process once its children die
+            watchdog.stop()
+        _kill_trees(self._children)
+        self._children = []
+        atexit.unregister(engine.shutdown)
 
     def warmup(self) -> None:
         self.generate([EngineRequest(sampling=SamplingParams(max_tokens=2), prompt="warm up")])
 
-    def _priority(self, priority: int) -> int | None:
-        return to_sglang_priority(priority) if self.enable_priority else None
+    # -- generation ----------------------------------------------------------------------
 
-    def _submit(self, call: GenerateCall) -> Sequence[Mapping[str, object]]:
-        kwargs: dict[str, object] = {
-            "prompt" if call.kind == "text" else "input_ids": call.inputs,
-            "sampling_params": call.sampling_params, "rid": call.rids}
-        if call.priority is not None:
-            kwargs["priority"] = call.priority
-        out = self._engine.generate(**kwargs)
-        return [out] if isinstance(out, Mapping) else list(out)
-
-    def _abort(self, rid: str) -> None:
-        # The loop runs in whichever thread is inside generate(); this one is not it.
-        engine = self._engine
-        engine.loop.call_soon_threadsafe(
-            functools.partial(engine.tokenizer_manager.abort_request, rid=rid))
+    def _running(self) -> tuple[Any, _EngineLoop]:
+        if self._unloaded:
+            raise EngineUnloaded(f"model {self.name!r} was unloaded from this worker")
+        if self._engine is None:
+            self.load()
+        engine, loop = self._engine, self._loop
+        if engine is None or loop is None:
+            raise EngineUnloaded(f"model {self.name!r} was unloaded from this worker")
+        return engine, loop
 
     def _render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         return token_ids_of(self._tokenizer.apply_chat_template(
             [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=True))
 
-    def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
-        self.load()
-        with self._lock:
-            return generate_in_batches(
-                requests, submit=self._submit, abort=self._abort,
-                render_chat=self._render_chat, priority_of=self._priority,
-                on_batch=self._record)
+    def _call_args(self, request: EngineRequest, rid: str) -> dict[str, object]:
+        kind, value = input_of(request, self._render_chat)
+        kwargs: dict[str, object] = {
+            "prompt" if kind == "text" else "input_ids": value,
+            "sampling_params": build_sampling_params(request.sampling), "rid": rid}
+        if self._priority_on:
+            kwargs["priority"] = to_sglang_priority(
+                request.priority, low_values_first=self._low_values_first)
+        if self._salted and request.cache_namespace:
+            kwargs["cache_salt"] = request.cache_namespace
+        return kwargs
 
-    def _record(self, done: list[Completion], busy_s: float) -> None:
-        with self._stats_lock:
-            record_call(self._stats, done, busy_s)
+    def _abort(self, rid: str) -> None:
+        loop, engine = self._loop, self._engine
+        if loop is None or engine is None:
+            return
+        # abort_request writes to the scheduler's socket, which only the loop may use.
+        loop.call(engine.tokenizer_manager.abort_request, rid)
+
+    def _submit(self, loop: _EngineLoop, coro: Coroutine[Any, Any, Any],
+                rid: str) -> concurrent.futures.Future[Any]:
+        # Under the lock, so that a request finishing meanwhile counts this one in flight.
+        with self._inflight_lock:
+            if not self._inflight:
+                self._busy_since = time.monotonic()
+            future = self._inflight[rid] = loop.submit(coro)
+            return future
+
+    def _untrack(self, rid: str) -> None:
+        with self._inflight_lock:
+            if self._inflight.pop(rid, None) is not None and not self._inflight:
+                self._stats.busy_s += time.monotonic() - self._busy_since
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
+        engine, loop = self._running()
+        results: list[Completion | None] = [None] * len(requests)
+        pending: dict[str, int] = {}
+        futures: dict[str, concurrent.futures.Future[Any]] = {}
+        try:
+            for i, request in enumerate(requests):
+                rid = uuid.uuid4().hex
+                kwargs = self._call_args(request, rid)
+                if should_end(request, time.monotonic()):
+                    results[i] = aborted()
+                    continue
+                futures[rid] = self._submit(loop, engine.async_generate(**kwargs), rid)
+                pending[rid] = i
+            self._wait(requests, pending, futures, results)
+        finally:
+            for rid in futures:
+                if rid in pending and not self._unloaded:  # unload() aborts its own
+                    self._abort(rid)  # an error ended the wait: free the GPU of the rest
+                self._untrack(rid)
+        return [r if r is not None else aborted() for r in results]
+
+    def _wait(self, requests: Sequence[EngineRequest], pending: dict[str, int],
+              futures: dict[str, concurrent.futures.Future[Any]],
+              results: list[Completion | None]) -> None:
+        aborted_at: dict[str, float] = {}
+        while pending:
+            concurrent.futures.wait([futures[r] for r in pending], timeout=self.poll_s,
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            for rid in [r for r in pending if futures[r].done()]:
+                i = pending.pop(rid)
+                results[i] = self._outcome(futures[rid], requests[i], rid in aborted_at)
+            if pending and self._unloaded:
+                raise EngineUnloaded(f"model {self.name!r} was unloaded while this ran")
+            now = time.monotonic()
+            for rid, i in pending.items():
+                if rid in aborted_at:
+                    if now - aborted_at[rid] >= ABORT_RESEND_S:
+                        aborted_at[rid] = now
+                        self._abort(rid)
+                elif should_end(requests[i], now):
+                    aborted_at[rid] = now
+                    self._abort(rid)
+
+    def _outcome(self, future: concurrent.futures.Future[Any], request: EngineRequest,
+                 stopped: bool) -> Completion:
+        try:
+            out = future.result()
+        except concurrent.futures.CancelledError as e:
+            if stopped:
+                return aborted()
+            raise EngineUnloaded(f"model {self.name!r} was unloaded while this ran") from e
+        except Exception:
+            if stopped:  # newer SGLang raises for some aborted non-streaming requests
+                return aborted()
+            raise
+        done = parse_output(out, request.sampling.stop)
+        if done.finish_reason == "abort" and not stopped and self._unloaded:
+            raise EngineUnloaded(f"model {self.name!r} was unloaded while this ran")
+        with self._inflight_lock:
+            record_completions(self._stats, [done], batch=len(self._inflight))
+            self._last_answer = time.monotonic()
+        return done
+
+    # -- operations ----------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        self.load()
+        self._running()
         return list(self._tokenizer.encode(text))
 
     def flush_cache(self) -> None:
-        self.load()
-        with self._lock:
-            result = self._engine.flush_cache()
+        engine, loop = self._running()
+        result = loop.run(engine.tokenizer_manager.flush_cache())
         if not getattr(result, "success", True):
             raise RuntimeError(f"SGLang refused to flush the cache of {self.name!r}: "
                                f"{getattr(result, 'message', '') or 'requests are running'}")
 
     def health(self) -> bool:
-        return self._engine is not None and self._engine.tokenizer_manager is not None
+        """The loop runs and the engine answers: a recent answer, or a one-token request
+        that must finish within health_timeout_s."""
+        loop = self._loop
+        if self._engine is None or loop is None or not loop.alive:
+            return False
+        if time.monotonic() - self._last_answer < HEALTHY_IF_ANSWERED_WITHIN_S:
+            return True
+        try:
+            [done] = self.generate([EngineRequest(
+                sampling=SamplingParams(max_tokens=1), input_ids=[3, 4, 5], priority=0,
+                deadline=time.monotonic() + self.health_timeout_s)])
+        except Exception:
+            log.exception("SGLang engine %s failed its health probe", self.name)
+            return False
+        return done.finish_reason != "abort"
 
     def stats(self) -> EngineStats:
-        with self._stats_lock:
+        with self._inflight_lock:
             return copy.deepcopy(self._stats)
 
     def update_weights(self, path: str) -> None:
-        self.load()
-        with self._lock:
-            ok, message = update_weights_outcome(self._engine.update_weights_from_disk(path))
+        engine, loop = self._running()
+        from sglang.srt.managers.io_struct import UpdateWeightFromDiskReqInput
+
+        result = loop.run(engine.tokenizer_manager.update_weights_from_disk(
+            UpdateWeightFromDiskReqInput(model_path=path), None))
+        ok, message = update_weights_outcome(result)
         if not ok:
             raise RuntimeError(f"SGLang could not load weights from {path}: {message}")
         self.path = path

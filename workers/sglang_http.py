@@ -1,36 +1,55 @@
 """An SGLang server that an operator runs, driven over its native HTTP API.
 
 Routes and bodies follow python/sglang/srt/entrypoints/http_server.py in
-sgl-project/sglang: ``POST /generate`` (a ``GenerateReqInput``; a list of texts or of
-input_ids answers a list), ``POST /abort_request`` (``{"rid"}``), ``POST /flush_cache``
-(plain text, 400 when refused), ``POST /update_weights_from_disk`` (``{"success",
-"message", "num_paused_requests"}``, 400 on failure), ``GET /health``, and
+sgl-project/sglang (001067fffe33427bee0ed2f007fb7551a1d76b44): ``POST /generate`` (a
+``GenerateReqInput``; a list of texts or of input_ids answers a list, with one
+``extra_key``/``cache_salt`` per item), ``POST /abort_request`` (``{"rid"}``),
+``POST /flush_cache`` (plain text, 400 when refused), ``POST /update_weights_from_disk``
+(``{"success", "message", "num_paused_requests"}``, 400 on failure),
+``GET /health_generate`` (one token generated, 503 if not) and ``GET /health``, and
 ``GET /model_info`` / ``GET /server_info``, which older servers only know as
-``/get_model_info`` / ``/get_server_info``."""
+``/get_model_info`` / ``/get_server_info``. A server started with ``--api-key`` wants
+``Authorization: Bearer <key>`` on every route but /health*; one that also has an
+``--admin-api-key`` wants that key on its admin routes (abort, flush, weights)."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from schemas.common import ChatMessage
 from workers.engine import Completion, EngineRequest, EngineStats, SamplingParams
-from workers.sglang_engine import (
-    GenerateCall,
-    generate_in_batches,
-    record_call,
+from workers.sglang_io import (
+    EngineUnloaded,
+    InputKind,
+    aborted,
+    build_sampling_params,
+    check_namespaces_isolated,
+    input_of,
+    parse_output,
+    record_completions,
+    should_end,
     to_sglang_priority,
     token_ids_of,
     update_weights_outcome,
 )
 
+log = logging.getLogger(__name__)
+ADMIN_ROUTES = frozenset({"/abort_request", "/flush_cache", "/update_weights_from_disk"})
+
 
 class SGLangServerError(RuntimeError):
-    """The server could not be reached or refused a call; names the URL and its words."""
+    """The server could not be reached or refused a call; names the URL (without
+    credentials) and the server's words."""
 
 
 def server_message(response: httpx.Response) -> str:
@@ -50,36 +69,172 @@ def server_message(response: httpx.Response) -> str:
     return response.text.strip()
 
 
+def shown_url(url: str) -> str:
+    """``url`` without user:password@ and query, for messages that reach job rows and
+    logs."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class GenerateCall:
+    """One /generate call: a batch that shares an input kind and a priority (SGLang
+    takes one priority per call)."""
+
+    kind: InputKind
+    inputs: list[str | list[int]]  # all of ``kind``
+    sampling_params: list[dict[str, object]]
+    rids: list[str]
+    namespaces: list[str]  # the cache salt of each; "" is the shared namespace
+    priority: int | None
+
+
+def _try_abort(abort: Callable[[str], None], rid: str) -> None:
+    try:
+        abort(rid)
+    except Exception:  # the request then runs to its end; nothing else is lost
+        log.exception("could not abort SGLang request %s", rid)
+
+
+class _StopWatcher:
+    """While a call runs, aborts the rids whose job was cancelled or whose deadline
+    passed. ``should_stop`` may read the database (throttled), so it is polled here,
+    never on a path that holds the server's answer."""
+
+    def __init__(self, watched: list[tuple[str, EngineRequest]],
+                 abort: Callable[[str], None], poll_s: float) -> None:
+        self.stopped: set[str] = set()
+        self._watched, self._abort, self._poll_s = watched, abort, poll_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sglang-stop")
+
+    def _run(self) -> None:
+        while not self._done.wait(self._poll_s):
+            now = time.monotonic()
+            for rid, request in self._watched:
+                if rid not in self.stopped and should_end(request, now):
+                    self.stopped.add(rid)
+                    _try_abort(self._abort, rid)
+
+    def __enter__(self) -> _StopWatcher:
+        if self._watched:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._watched:
+            self._thread.join()
+
+
+def generate_in_batches(
+    requests: Sequence[EngineRequest], *,
+    submit: Callable[[GenerateCall], Sequence[Mapping[str, object]]],
+    abort: Callable[[str], None],
+    render_chat: Callable[[Sequence[ChatMessage]], list[int]],
+    priority_of: Callable[[int], int | None],
+    on_batch: Callable[[list[Completion], float], None] = lambda done, busy_s: None,
+    poll_s: float = 0.05,
+) -> list[Completion]:
+    """Results in request order, with one ``submit`` per (input kind, priority) group,
+    most urgent group first. A stopped request ends as "abort"; when an abort fails the
+    whole call (newer SGLang raises instead of returning it), the requests that did not
+    ask to stop are sent again."""
+    inputs = [input_of(r, render_chat) for r in requests]
+    results: list[Completion | None] = [None] * len(requests)
+    groups: dict[tuple[InputKind, int | None], list[int]] = {}
+    now = time.monotonic()
+    for i in sorted(range(len(requests)), key=lambda i: requests[i].priority):
+        if should_end(requests[i], now):
+            results[i] = aborted()
+        else:
+            groups.setdefault((inputs[i][0], priority_of(requests[i].priority)), []).append(i)
+    for (kind, priority), pending in groups.items():
+        while pending:
+            rids = {i: uuid.uuid4().hex for i in pending}
+            call = GenerateCall(
+                kind=kind, inputs=[inputs[i][1] for i in pending],
+                sampling_params=[build_sampling_params(requests[i].sampling) for i in pending],
+                rids=[rids[i] for i in pending],
+                namespaces=[requests[i].cache_namespace for i in pending], priority=priority)
+            watched = [(rids[i], requests[i]) for i in pending
+                       if requests[i].should_stop is not None or requests[i].deadline is not None]
+            started = time.monotonic()
+            with _StopWatcher(watched, abort, poll_s) as watcher:
+                try:
+                    outputs = submit(call)
+                except Exception:
+                    if not watcher.stopped:
+                        raise
+                    for rid in set(call.rids) - watcher.stopped:
+                        _try_abort(abort, rid)  # the call is lost; free the GPU first
+                    for i in pending:
+                        if rids[i] in watcher.stopped:
+                            results[i] = aborted()
+                    pending = [i for i in pending if results[i] is None]
+                    continue
+            if len(outputs) != len(pending):
+                raise ValueError(f"SGLang answered {len(outputs)} outputs for {len(pending)}")
+            done = [parse_output(out, requests[i].sampling.stop)
+                    for i, out in zip(pending, outputs, strict=True)]
+            for i, completion in zip(pending, done, strict=True):
+                results[i] = completion
+            on_batch(done, time.monotonic() - started)
+            pending = []
+    return [r if r is not None else aborted() for r in results]
+
+
 class SGLangServerEngine:
-    """The server is the operator's: ``load`` only checks it and ``unload`` only forgets
-    it. Priority is sent only when ``/server_info`` says the server schedules by it."""
+    """The server is the operator's: ``load`` checks it (health, a generation model,
+    whether it schedules by priority, that cache namespaces are isolated) and ``unload``
+    only forgets it. No lock is held across a call: the server batches concurrent jobs
+    itself (continuous batching)."""
 
     def __init__(self, name: str, base_url: str, *, timeout_s: float = 600,
-                 client: httpx.Client | None = None) -> None:
+                 client: httpx.Client | None = None, api_key: str | None = None,
+                 admin_api_key: str | None = None, health_timeout_s: float = 20.0) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
+        self.shown_url = shown_url(self.base_url)
         self.device = "remote"
+        self.health_timeout_s = health_timeout_s
         self._client = client if client is not None else httpx.Client(timeout=timeout_s)
-        self._loaded = False
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._admin_headers = (
+            {"Authorization": f"Bearer {admin_api_key}"} if admin_api_key else self._headers)
+        self._loaded = self._unloaded = False
         self.model_info: dict[str, object] = {}
         self._priority_enabled = False
         self._low_values_first = False
         self._tokenizer: Any = None  # transformers tokenizers are untyped
         self._stats = EngineStats()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # stats only
+        self._load_lock = threading.Lock()  # many job threads may find it unloaded at once
 
-    def _url(self, path: str) -> str:
-        return f"{self.base_url}{path}"
+    def _request(self, method: str, path: str, body: object = None,
+                 timeout_s: float | None = None) -> httpx.Response:
+        headers = self._admin_headers if path in ADMIN_ROUTES else self._headers
+        kwargs: dict[str, Any] = {"json": body, "headers": headers}
+        if timeout_s is not None:
+            kwargs["timeout"] = timeout_s
+        try:
+            return self._client.request(method, f"{self.base_url}{path}", **kwargs)
+        except httpx.HTTPError as e:
+            # httpx's words can carry the URL it was given, credentials included.
+            words = str(e).replace(self.base_url, self.shown_url)
+            userinfo = urlsplit(self.base_url).netloc.rpartition("@")[0]
+            if userinfo:
+                words = words.replace(userinfo, "***")
+            raise SGLangServerError(
+                f"SGLang server {self.shown_url}{path} unreachable: {words}") from None
 
     def _call(self, method: str, path: str, body: object = None,
               ok: tuple[int, ...] = (200,)) -> httpx.Response:
-        try:
-            response = self._client.request(method, self._url(path), json=body)
-        except httpx.HTTPError as e:
-            raise SGLangServerError(f"SGLang server {self._url(path)} unreachable: {e}") from e
+        response = self._request(method, path, body)
         if response.status_code not in ok:
-            raise SGLangServerError(f"SGLang server {method} {self._url(path)} answered HTTP "
-                                    f"{response.status_code}: {server_message(response)}")
+            raise SGLangServerError(
+                f"SGLang server {method} {self.shown_url}{path} answered HTTP "
+                f"{response.status_code}: {server_message(response)}")
         return response
 
     def _get_info(self, path: str) -> dict[str, object]:
@@ -88,7 +243,7 @@ class SGLangServerEngine:
             response = self._call("GET", path.replace("/", "/get_", 1))
         info = response.json()
         if not isinstance(info, dict):
-            raise SGLangServerError(f"SGLang server {self._url(path)} answered {info!r}")
+            raise SGLangServerError(f"SGLang server {self.shown_url}{path} answered {info!r}")
         return info
 
     @property
@@ -96,13 +251,16 @@ class SGLangServerEngine:
         return self._loaded
 
     def load(self) -> None:
-        if self._loaded:
-            return
+        with self._load_lock:
+            if not self._loaded:
+                self._connect()
+
+    def _connect(self) -> None:
         self._call("GET", "/health")
         info = self._get_info("/model_info")
         if info.get("is_generation") is not True:
             raise SGLangServerError(
-                f"SGLang server {self.base_url} serves {info.get('model_path')!r}, "
+                f"SGLang server {self.shown_url} serves {info.get('model_path')!r}, "
                 "which is not a generation model")
         try:
             server = self._get_info("/server_info")
@@ -110,17 +268,26 @@ class SGLangServerEngine:
             server = {}  # without the server's args, sending a priority could abort jobs
         self._priority_enabled = server.get("enable_priority_scheduling") is True
         self._low_values_first = server.get("schedule_low_priority_values_first") is True
-        self.model_info, self._loaded = info, True
+        self.model_info, self._unloaded = info, False
+        check_namespaces_isolated(self._probe_cached, f"SGLang server {self.shown_url}")
+        self._loaded = True
+
+    def _probe_cached(self, ids: list[int], namespace: str) -> int:
+        [out] = self._submit(GenerateCall(
+            kind="input_ids", inputs=[ids], sampling_params=[{"max_new_tokens": 1}],
+            rids=[uuid.uuid4().hex], namespaces=[namespace], priority=None))
+        return parse_output(out).cached_tokens
 
     def unload(self) -> None:
-        self._loaded = False
+        """Forget the server; requests that still hold this engine fail at once."""
+        self._loaded, self._unloaded = False, True
 
     def warmup(self) -> None:
         self.generate([EngineRequest(sampling=SamplingParams(max_tokens=2), prompt="warm up")])
 
     def _tokenizer_of_server(self) -> Any:
         if self._tokenizer is None:
-            self.load()
+            self._ready()
             path = self.model_info.get("tokenizer_path") or self.model_info.get("model_path")
             try:
                 from transformers import AutoTokenizer
@@ -128,7 +295,7 @@ class SGLangServerEngine:
                 self._tokenizer = AutoTokenizer.from_pretrained(str(path))
             except Exception as e:
                 raise SGLangServerError(
-                    f"chat templates and tokenize() need the tokenizer of {self.base_url} "
+                    f"chat templates and tokenize() need the tokenizer of {self.shown_url} "
                     f"({path!r}) on this host: {e}") from e
         return self._tokenizer
 
@@ -144,11 +311,16 @@ class SGLangServerEngine:
     def _submit(self, call: GenerateCall) -> Sequence[Mapping[str, object]]:
         body: dict[str, object] = {
             call.kind: call.inputs, "sampling_params": call.sampling_params, "rid": call.rids}
+        if any(call.namespaces):
+            # cache_salt is the namespace on servers that have it (sgl-project/sglang
+            # #30827); extra_key keyed the radix cache before that (#10317, reaching the
+            # scheduler from #23300). Both carry the tenant; load() checks that one works.
+            body["cache_salt"] = body["extra_key"] = call.namespaces
         if call.priority is not None:
             body["priority"] = call.priority
         outputs = self._call("POST", "/generate", body).json()
         if not isinstance(outputs, list) or not all(isinstance(o, Mapping) for o in outputs):
-            raise SGLangServerError(f"SGLang server {self._url('/generate')} answered "
+            raise SGLangServerError(f"SGLang server {self.shown_url}/generate answered "
                                     f"{outputs!r}, not a list of outputs")
         return outputs
 
@@ -157,11 +329,15 @@ class SGLangServerEngine:
 
     def _record(self, done: list[Completion], busy_s: float) -> None:
         with self._lock:
-            record_call(self._stats, done, busy_s)
+            record_completions(self._stats, done, batch=len(done), busy_s=busy_s)
+
+    def _ready(self) -> None:
+        if self._unloaded:
+            raise EngineUnloaded(f"model {self.name!r} was unloaded from this worker")
+        self.load()
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[Completion]:
-        self.load()
-        # No lock: the server batches concurrent calls itself (continuous batching).
+        self._ready()
         return generate_in_batches(
             requests, submit=self._submit, abort=self._abort,
             render_chat=self._render_chat, priority_of=self._priority, on_batch=self._record)
@@ -170,19 +346,27 @@ class SGLangServerEngine:
         return list(self._tokenizer_of_server().encode(text))
 
     def flush_cache(self) -> None:
+        self._ready()
         self._call("POST", "/flush_cache")
 
     def health(self) -> bool:
-        try:
-            return self._client.get(self._url("/health")).status_code == 200
-        except httpx.HTTPError:
-            return False
+        """The server generates a token within health_timeout_s (/health_generate);
+        servers without that route answer /health."""
+        for path in ("/health_generate", "/health"):
+            try:
+                response = self._request("GET", path, timeout_s=self.health_timeout_s)
+            except SGLangServerError:
+                return False
+            if response.status_code != 404:
+                return response.status_code == 200
+        return False
 
     def stats(self) -> EngineStats:
         with self._lock:
             return copy.deepcopy(self._stats)
 
     def update_weights(self, path: str) -> None:
+        self._ready()
         response = self._call("POST", "/update_weights_from_disk", {"model_path": path},
                               ok=(200, 400))
         try:
@@ -190,6 +374,6 @@ class SGLangServerEngine:
         except ValueError:
             ok, message = False, server_message(response)
         if not ok or response.status_code != 200:
-            raise SGLangServerError(f"SGLang server {self.base_url} could not load weights "
+            raise SGLangServerError(f"SGLang server {self.shown_url} could not load weights "
                                     f"from {path}: {message}")
         self.model_info = {**self.model_info, "model_path": path}

@@ -18,8 +18,10 @@ POOLS = ("threads", "prefork", "solo")
 
 
 def worker(
-    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1,
-                                    help="Jobs in flight at once; 1 is strict one-at-a-time."),
+    concurrency: int = typer.Option(None, "--concurrency", "-c", min=1,
+                                    help="Jobs in flight at once; 1 is strict one-at-a-time. "
+                                         "Default 8, or 64 on a threads-pool worker whose "
+                                         "engine is SGLang (it batches what it is handed)."),
     gpu: int = typer.Option(None, "--gpu", min=0, help="Pin to this GPU (CUDA_VISIBLE_DEVICES)."),
     model: list[str] = typer.Option([], "--model", "-m",
                                     help="Serve only this model (repeatable). Default: all, "
