@@ -1,8 +1,10 @@
-"""32 concurrent jobs through the queue: a worker that batches them vs. one that runs
-them one at a time, side by side, with the prefix cache in use in both (every prompt
-shares a system prompt).
+"""N concurrent chat jobs through the queue to one worker at ``--concurrency N``,
+against the ceiling: the same N requests handed to the engine in-process at once
+(``TransformersEngine.generate``), side by side in one run. Optionally also one job
+at a time through the queue (``--sequential``), the speed-up batching is measured
+against. Every prompt shares a system prompt, so the prefix cache is in use.
 
-    python bench/batching.py [--size base] [--jobs 32] [--max-tokens 16]
+    python bench/batching.py [--size base] [--jobs 32 128] [--max-tokens 16] [--sequential]
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-
-import redis
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -24,18 +25,45 @@ sys.path.insert(0, str(ROOT))
 from bench.models import model_dir, use_data_dir  # noqa: E402
 from llmos_jobs.client import LlmosClient  # noqa: E402
 from llmos_jobs.settings import Settings  # noqa: E402
+from tests.services import private_redis  # noqa: E402
+from workers.engine import EngineRequest, SamplingParams  # noqa: E402
+from workers.transformers_engine import BatchingOptions, TransformersEngine  # noqa: E402
 
 SYSTEM = ("You are the scheduler of a shared model service. Answer in one short line, "
           "name the queue, the worker and the priority of the job you describe. ") * 2
 
 
-def run(label: str, concurrency: int, args: argparse.Namespace, tmp: Path) -> float:
+def messages(i: int) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Describe job {i} of batch {i % 5}."}]
+
+
+def ceiling(size: str, jobs: int, max_tokens: int) -> float:
+    """Seconds for the engine alone to serve ``jobs`` requests handed over at once."""
+    from schemas.common import ChatMessage
+
+    engine = TransformersEngine("bench", str(model_dir(size)), BatchingOptions(max_batch=jobs))
+    warm = [ChatMessage(**m) for m in messages(-1)]
+    engine.generate([EngineRequest(SamplingParams(2), messages=warm)])
+    requests = [EngineRequest(SamplingParams(max_tokens),
+                              messages=[ChatMessage(**m) for m in messages(i)])
+                for i in range(jobs)]
+    started = time.perf_counter()
+    engine.generate(requests)
+    elapsed = time.perf_counter() - started
+    engine.unload()
+    return elapsed
+
+
+def through_queue(label: str, concurrency: int, jobs: int, args: argparse.Namespace,
+                  redis_url: str, tmp: Path) -> tuple[float, dict[str, Any]]:
     database = f"sqlite:///{tmp / f'{label}.db'}"
-    settings = Settings(broker_url=args.redis, database_url=database, data_dir=tmp)
+    settings = Settings(broker_url=redis_url, database_url=database, data_dir=tmp)
     client = LlmosClient(settings=settings)
     client.register_model("bench", model_dir(args.size))
-    env = {**os.environ, "LLMOS_BROKER_URL": args.redis, "LLMOS_DATABASE_URL": database,
-           "LLMOS_DATA_DIR": str(tmp), "LLMOS_MAX_BATCH": str(args.jobs)}
+    env = {**os.environ, "LLMOS_BROKER_URL": redis_url, "LLMOS_DATABASE_URL": database,
+           "LLMOS_DATA_DIR": str(tmp), "LLMOS_MAX_BATCH": str(jobs),
+           "LLMOS_HEARTBEAT_INTERVAL_S": "0.5"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "llmos_jobs.cli.main", "worker", "--name", f"{label}@bench",
          "--model", "bench", "--concurrency", str(concurrency), "--loglevel", "warning"],
@@ -44,47 +72,48 @@ def run(label: str, concurrency: int, args: argparse.Namespace, tmp: Path) -> fl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # Load the model and cache the system prompt before the clock starts.
-            client.wait([client.generate(model="bench", messages=[
-                {"role": "system", "content": SYSTEM}, {"role": "user", "content": "warm"}],
-                max_tokens=2).id], timeout_s=600)
+            client.wait([client.generate(model="bench", messages=messages(-1),
+                                         max_tokens=2).id], timeout_s=600)
             started = time.perf_counter()
-            jobs = client.generate_many([{
-                "model": "bench", "max_tokens": args.max_tokens,
-                "messages": [{"role": "system", "content": SYSTEM},
-                             {"role": "user", "content": f"Describe job {i} of batch {i % 5}."}],
-            } for i in range(args.jobs)], priority="default").jobs
-            done = client.wait([j.id for j in jobs], timeout_s=3600)
+            submitted = client.generate_many([{
+                "model": "bench", "max_tokens": args.max_tokens, "messages": messages(i),
+            } for i in range(jobs)], priority="default").jobs
+            done = client.wait([j.id for j in submitted], timeout_s=3600)
             elapsed = time.perf_counter() - started
-            time.sleep(2.5)  # one more heartbeat carries the engine's statistics
+            time.sleep(1.5)  # one more heartbeat carries the engine's statistics
             [row] = [w for w in client.workers() if w.name == f"{label}@bench"]
-            engine = row.engines.get("bench", {})
     finally:
         worker.terminate()
         worker.wait(timeout=60)
     assert all(j.status == "succeeded" for j in done), [j.error_message for j in done]
-    cached = sum(j.usage.cached_tokens for j in done if j.usage)
-    prompt = sum(j.usage.prompt_tokens for j in done if j.usage)
-    print(f"{label:14}{elapsed:10.2f}s {args.jobs / elapsed:8.2f} jobs/s   "
-          f"prompt tokens from cache {cached}/{prompt}, forward passes "
-          f"{engine.get('forward_passes', 0):.0f}, largest batch {engine.get('max_batch', 0):.0f}")
-    return elapsed
+    return elapsed, row.engines.get("bench", {})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="base", choices=["tiny", "base"])
-    parser.add_argument("--jobs", type=int, default=32)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--sequential", action="store_true",
+                        help="also run the jobs one at a time through the queue")
     args = parser.parse_args()
-    redis.Redis.from_url(args.redis).flushdb()
-    print(f"{args.jobs} jobs x {args.max_tokens} tokens, {args.size} model")
-    with tempfile.TemporaryDirectory() as name:
+    print(f"{args.size} model, {args.max_tokens} new tokens per job")
+    print(f"{'jobs':>5} {'ceiling':>9} {'queue':>9} {'of ceiling':>11} {'passes':>7} "
+          f"{'largest':>8}" + (f" {'sequential':>11} {'speed-up':>9}" if args.sequential else ""))
+    with tempfile.TemporaryDirectory() as name, private_redis() as redis_url:
         use_data_dir(name)
-        one = run("one-at-a-time", 1, args, Path(name))
-        batched = run("batched", args.jobs, args, Path(name))
-    print(f"throughput, batched / one at a time: {one / batched:.1f}x")
+        for jobs in args.jobs:
+            best = ceiling(args.size, jobs, args.max_tokens)
+            queued, engine = through_queue(f"batched-{jobs}", jobs, jobs, args, redis_url,
+                                           Path(name))
+            line = (f"{jobs:>5} {best:>8.2f}s {queued:>8.2f}s {best / queued:>11.2f} "
+                    f"{engine.get('forward_passes', 0):>7.0f} {engine.get('max_batch', 0):>8.0f}")
+            if args.sequential:
+                one, _ = through_queue(f"sequential-{jobs}", 1, jobs, args, redis_url,
+                                       Path(name))
+                line += f" {one:>10.2f}s {one / queued:>8.1f}x"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

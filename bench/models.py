@@ -12,7 +12,8 @@ CACHE = Path(os.environ.get("LLMOS_BENCH_MODELS", Path.home() / ".cache" / "llmo
 
 def model_dir(size: str) -> Path:
     """``tiny`` (the demo model) or ``base`` (~100M parameters)."""
-    path = CACHE / f"llama-{size}"
+    # The recipe's version is in the name: a changed recipe builds a new model.
+    path = CACHE / f"llama-{size}-v2"
     if not (path / "model.safetensors").exists():
         print(f"building the {size} model in {path} ...", flush=True)
         create_demo_model(path, size=size)

@@ -1,5 +1,7 @@
 """Prefill time of a request that shares a 512-token prefix with an earlier one: with
-the prefix cache vs. without, side by side, on the demo model and a ~100M model.
+the prefix cache vs. without, side by side, on the demo model and a ~100M model; and
+the cache's memory for 100 conversations that share a 1,000-token system prompt,
+against the ideal (the prompt once plus each conversation's own tokens).
 
     python bench/prefix_cache.py [--sizes tiny base] [--repeats 5]
 """
@@ -48,6 +50,29 @@ def measure(size: str, repeats: int) -> tuple[float, float, int]:
     return statistics.median(cold), statistics.median(warm), cached
 
 
+def memory(size: str, conversations: int = 100, system: int = 1000) -> None:
+    """Cache bytes after ``conversations`` that share a ``system``-token prompt."""
+    engine = TransformersEngine(size, str(model_dir(size)))
+    shared = [10 + (7 * i) % 400 for i in range(system)]
+    requests = [EngineRequest(sampling=SamplingParams(max_tokens=8), input_ids=[
+        *shared, *(10 + (c * 13 + 5 * i) % 400 for i in range(20))])
+        for c in range(conversations)]
+    done = engine.generate(requests)
+    cached = engine.stats().cache_bytes
+    engine.flush_cache()
+    engine.generate([EngineRequest(sampling=SamplingParams(max_tokens=1), input_ids=shared)])
+    per_token = engine.stats().cache_bytes / system  # the store holds prompt + 0 generated
+    engine.unload()
+    # Each sequence goes into the cache as its prompt and all generated tokens but the last.
+    own = sum(c.prompt_tokens + c.completion_tokens - 1 - system for c in done)
+    ideal = per_token * (system + own)
+    whole = per_token * (conversations * system + own)  # a store of whole sequences
+    print(f"{conversations} conversations sharing a {system}-token prompt ({size} model): "
+          f"{cached / 2**20:.1f} MiB cached, ideal {ideal / 2**20:.1f} MiB, "
+          f"ratio {cached / ideal:.2f} (goal <= 1.5); whole sequences would take "
+          f"{whole / 2**20:.1f} MiB ({whole / ideal:.0f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +84,7 @@ def main() -> None:
     for size in args.sizes:
         cold, warm, cached = measure(size, args.repeats)
         print(f"{size:8}{1000 * cold:15.1f}{1000 * warm:12.1f}{cached:15d}{cold / warm:9.1f}x")
+    memory(args.sizes[0])
 
 
 if __name__ == "__main__":
