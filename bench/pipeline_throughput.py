@@ -126,7 +126,8 @@ def breakdown(broker: str, database: str, tmp: Path, jobs: int = 300) -> dict[st
         submitted = [client.generate(model="parts", prompt=f"p{i}", max_tokens=1)
                      for i in range(jobs)]
         submit = time.perf_counter() - started
-    ctx = WorkerContext(name="bench", pool=EnginePool(), claimant_dead=lambda _: False)
+    ctx = WorkerContext(name="bench", pool=EnginePool(), claimant_dead=lambda _: False,
+                        publish=lambda _: None)  # generate jobs release no turns
     started = time.perf_counter()
     for job in submitted:
         execute_job(job_id=job.id, message_id=job.task_id, ctx=ctx)

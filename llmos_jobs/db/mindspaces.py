@@ -60,11 +60,28 @@ def configure(*, session: Session, tenant: str, mindspace_id: str, persona: str 
     return row
 
 
+def lock_turns(*, session: Session, mindspace_id: str) -> bool:
+    """Hold the mindspace's row lock until the transaction ends; False if it is gone.
+
+    Every decision about which turn of a mindspace runs next is taken under this lock,
+    and every transaction that accepts or ends a turn takes it before it writes any job
+    row, so two of them never wait on each other. It is a write, not SELECT ... FOR
+    UPDATE, because on SQLite only a write takes the database's write lock; on
+    PostgreSQL each statement after it sees every transaction that held it before."""
+    statement = (update(Mindspace).where(col(Mindspace.id) == mindspace_id)
+                 .values(next_seq=Mindspace.next_seq))
+    return bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+
+
 def next_turn(*, session: Session, mindspace: Mindspace) -> int:
-    """The sequence number of a new turn (turns run in this order)."""
+    """The sequence number of a new turn (turns run in this order). Takes the lock of
+    ``lock_turns`` too."""
     statement = (update(Mindspace).where(col(Mindspace.id) == mindspace.id)
                  .values(next_seq=Mindspace.next_seq + 1).returning(col(Mindspace.next_seq)))
-    return int(session.execute(statement).scalar_one()) - 1
+    seq = session.execute(statement).scalar_one_or_none()
+    if seq is None:  # destroyed since it was read
+        raise NotFound(f"mindspace {mindspace.id} not found")
+    return int(seq) - 1
 
 
 def place(*, session: Session, mindspace_id: str, worker: str) -> None:
