@@ -4,6 +4,8 @@ fork, a failing model, a cancelled turn). Real worker processes, real Redis and 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,6 +30,7 @@ from tests.turns import (
     in_acceptance_order,
     messages,
     send_at_once,
+    seqs_of,
     start_echo_worker,
     wait_for_status,
 )
@@ -49,6 +52,39 @@ def test_ten_turns_sent_at_once_all_run_once_in_acceptance_order(stack: Stack,
             assert ordered[-1].finished_at and ordered[0].started_at
             span = (ordered[-1].finished_at - ordered[0].started_at).total_seconds()
             assert span >= 10 * delay_ms / 1000
+    finally:
+        stack.stop_worker(worker)
+
+
+def test_destroy_cancels_pending_turns_and_the_chat_command_says_why(stack: Stack) -> None:
+    client, model, env = echo_model(stack, delay_ms=1500)
+    worker = start_echo_worker(stack, model, env, "destroy")
+    try:
+        space = client.create_mindspace(model=model, max_tokens=16)
+        jobs = send_at_once(stack, space.id, messages(5))
+        first = in_acceptance_order(stack, space.id, jobs)[0]
+        wait_for_status(client, first.id, JobStatus.running)
+        shell = subprocess.Popen(
+            [sys.executable, "-m", "llmos_jobs.cli.main", "mindspace", "chat", space.id,
+             "sent from a shell"], env=stack.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + HANG_GUARD_S
+        while len(seqs_of(stack, space.id)) < 6:  # the shell's turn is accepted
+            assert shell.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        client.destroy_mindspace(space.id)
+        output, _ = shell.communicate(timeout=HANG_GUARD_S)
+        assert shell.returncode == 1
+        assert "turn cancelled" in output and "destroyed" in output, output
+        done = client.wait([j.id for j in jobs], timeout_s=HANG_GUARD_S)
+        # The first turn was running; at most it finished before the destroy.
+        ended = [j for j in done if j.status != JobStatus.succeeded]
+        assert len(ended) >= 4
+        for job in ended:
+            assert job.status == JobStatus.cancelled
+            assert job.error_type == "MindspaceDestroyed"
+            assert job.error_message and space.id in job.error_message
+        assert all(j.payload == {"scrubbed": True} and j.result is None for j in done)
     finally:
         stack.stop_worker(worker)
 

@@ -317,6 +317,19 @@ def release_turn(*, session: Session, job: Job, queue: str) -> bool:
     return moved
 
 
+def cancel_unfinished_turns(*, session: Session, mindspace_id: str, error_type: str,
+                            error_message: str) -> int:
+    """Every turn of the mindspace that is waiting, queued or running ends cancelled with
+    the reason (a running one stops at its next cancellation check). How many."""
+    return int(session.execute(
+        update(Job)
+        .where(col(Job.mindspace_id) == mindspace_id,
+               col(Job.status).in_(sources_of(JobStatus.cancelled)))
+        .values(status=JobStatus.cancelled, error_type=error_type,
+                error_message=error_message, finished_at=utcnow())
+    ).rowcount)  # type: ignore[attr-defined]
+
+
 def running_jobs_of(*, session: Session, worker: str) -> list[Job]:
     query = select(Job).where(Job.worker == worker, Job.status == JobStatus.running)
     return list(session.exec(query))

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
+from llmos_jobs.db.jobs import cancel_unfinished_turns
 from llmos_jobs.db.models import (
     Job,
     KnowledgeChunk,
@@ -237,8 +238,14 @@ def fork(*, session: Session, tenant: str, mindspace_id: str) -> Mindspace:
 
 def destroy_mindspace(*, session: Session, tenant: str, mindspace_id: str) -> None:
     """Remove the mindspace and every text of it: history, knowledge, snapshots, and the
-    prompts and replies of its turn jobs (the job rows stay, scrubbed, for accounting)."""
+    prompts and replies of its turn jobs (the job rows stay, scrubbed, for accounting).
+    Its unfinished turns end cancelled, saying why; none is accepted after."""
     row = get_mindspace(session=session, tenant=tenant, mindspace_id=mindspace_id)
+    if not lock_turns(session=session, mindspace_id=mindspace_id):
+        raise NotFound(f"mindspace {mindspace_id} not found")  # destroyed meanwhile
+    cancel_unfinished_turns(
+        session=session, mindspace_id=mindspace_id, error_type="MindspaceDestroyed",
+        error_message=f"mindspace {mindspace_id} was destroyed before this turn finished")
     for table in (MindspaceMessage, KnowledgeChunk, MindspaceSnapshot, MindspaceCompaction):
         session.execute(delete(table).where(col(table.mindspace_id) == mindspace_id))
     session.execute(update(Job).where(col(Job.mindspace_id) == mindspace_id)
