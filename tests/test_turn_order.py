@@ -15,11 +15,12 @@ import pytest
 
 from broker_config import language_queue
 from llmos_jobs import turn_order
+from llmos_jobs.client import LlmosClient
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db import mindspaces as ms_crud
 from llmos_jobs.db.models import Job, JobPublic
 from llmos_jobs.db.session import session_scope
-from llmos_jobs.errors import NoLiveWorkerWarning
+from llmos_jobs.errors import BrokerUnavailable, NoLiveWorkerWarning
 from schemas.common import JobKind, JobStatus, Usage
 from schemas.mindspace import MindspaceTurnRequest
 from tests.stack import Stack
@@ -231,3 +232,17 @@ def _end_in_thread(stack: Stack, job_id: str, task_id: str, released: list[Job]
     thread.done = threading.Event()
     thread.start()
     return thread
+
+
+def test_a_turn_whose_message_never_left_fails_and_the_next_turn_runs(stack: Stack) -> None:
+    client = stack.client()
+    space = client.create_mindspace(model="echo", max_tokens=2)
+    unreachable = LlmosClient(settings=stack.settings().model_copy(
+        update={"broker_url": "redis://127.0.0.1:1/0"}))
+    with pytest.raises(BrokerUnavailable, match="could not enqueue 1 job"):
+        unreachable.chat(space.id, "lost")
+    [lost] = [client.job(job_id) for job_id in seqs_of(stack, space.id)]
+    assert lost.status == JobStatus.failed and lost.error_type == "BrokerUnavailable"
+    [after] = client.wait([client.chat(space.id, "after").id], timeout_s=HANG_GUARD_S)
+    assert after.status == JobStatus.succeeded
+    assert [m.content for m in client.mindspace(space.id).messages] == ["after", "ok ok"]
