@@ -128,7 +128,8 @@ def breakdown(broker: str, database: str, tmp: Path, jobs: int = 300) -> dict[st
                      for i in range(jobs)]
         submit = time.perf_counter() - started
     ctx = WorkerContext(name="bench", pool=EnginePool(), claimant_dead=lambda _: False,
-                        watcher=JobWatcher(), time_limit_s=600)
+                        watcher=JobWatcher(), time_limit_s=600,
+                        publish=lambda _: None)  # generate jobs release no turns
     started = time.perf_counter()
     for job in submitted:
         execute_job(job_id=job.id, message_id=job.task_id, ctx=ctx)

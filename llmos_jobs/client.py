@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from celery import Celery
-from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
 
 from broker_config import TaskName, language_queue, queue_for
+from llmos_jobs import dispatch, turn_order
 from llmos_jobs.celery_app import get_app
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db import mindspaces as ms_crud
@@ -36,8 +36,8 @@ from llmos_jobs.db.models import (
     new_id,
 )
 from llmos_jobs.db.session import session_scope
-from llmos_jobs.errors import BrokerUnavailable, InvalidRequest, NoLiveWorkerWarning, NotFound
-from llmos_jobs.routing import route_turn
+from llmos_jobs.dispatch import task_for_kind
+from llmos_jobs.errors import InvalidRequest, NoLiveWorkerWarning, NotFound
 from llmos_jobs.settings import Settings, get_settings
 from llmos_jobs.ttl_cache import TTLCache
 from llmos_jobs.webhooks.events import emit_job_event
@@ -48,13 +48,6 @@ from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest
 from schemas.model import EngineKind, ModelOp, ModelOpRequest, ModelRegister
 
 C = TypeVar("C", bound=BaseModel)
-
-_TASKS: dict[JobKind, TaskName] = {
-    JobKind.generate: TaskName.generate,
-    JobKind.model_op: TaskName.model_op,
-    JobKind.mindspace_turn: TaskName.mindspace_turn,
-}
-_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
 
 
 @dataclass
@@ -68,10 +61,6 @@ class KnowledgeDocument:
 class BulkSubmission:
     jobs: list[JobPublic]  # in the order of the valid requests
     errors: dict[int, str]  # index of each rejected request → why
-
-
-def task_for_kind(kind: JobKind) -> TaskName:
-    return _TASKS[kind]
 
 
 def validate(contract: type[C], data: dict[str, Any]) -> C:
@@ -245,8 +234,9 @@ class LlmosClient:
     def chat(self, mindspace_id: str, message: str, *, max_tokens: int | None = None,
              temperature: float | None = None, priority: int | str = "interactive",
              timeout_s: float | None = None) -> JobPublic:
-        """Submit a turn. Turns of one mindspace run one at a time in the order sent; a
-        turn sent while another runs waits for it."""
+        """Submit a turn. Turns of one mindspace run one at a time in the order accepted:
+        a turn sent while an earlier one is unfinished is `waiting` until that one ends
+        (llmos_jobs.turn_order)."""
         with self.session() as session:
             mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
                                               mindspace_id=mindspace_id)
@@ -263,18 +253,15 @@ class LlmosClient:
         with self.session() as session:
             mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
                                               mindspace_id=mindspace_id)
-            route = route_turn(session=session, mindspace=mindspace,
-                               dead_after_s=self.settings.worker_dead_after_s)
-            job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
-                tenant=self.tenant, kind=JobKind.mindspace_turn, priority=number,
-                model=mindspace.model, mindspace_id=mindspace.id,
-                payload=request.model_dump(mode="json"), queue=route.queue,
-                mindspace_seq=ms_crud.next_turn(session=session, mindspace=mindspace)))
-            if route.worker is not None:
-                ms_crud.place(session=session, mindspace_id=mindspace.id, worker=route.worker)
-        self._publish(app, [job])
-        if route.worker is None:
-            self._warn_without_worker(route.queue, mindspace.model)
+            job, released = turn_order.accept(
+                session=session, mindspace=mindspace, job_in=job_crud.JobCreate(
+                    tenant=self.tenant, kind=JobKind.mindspace_turn, priority=number,
+                    model=mindspace.model, mindspace_id=mindspace.id,
+                    payload=request.model_dump(mode="json"),
+                    queue=language_queue(mindspace.model)),  # routed when released
+                dead_after_s=self.settings.worker_dead_after_s)
+        self._publish(app, released)
+        self._warn_without_worker(job.queue, mindspace.model)
         return JobPublic.from_row(job)
 
     def snapshot(self, mindspace_id: str, *, name: str | None = None) -> SnapshotPublic:
@@ -358,7 +345,16 @@ class LlmosClient:
             return [JobPublic.from_row(r) for r in rows]
 
     def cancel(self, job_id: str) -> JobPublic:
+        """Cancel a job that has not ended; a cancelled turn lets the next one run."""
         with self.session() as session:
+            job = job_crud.get_job(session=session, tenant=self.tenant, job_id=job_id)
+
+        def publish(released: Sequence[Job]) -> None:
+            self._publish(get_app(self.settings.resolved_broker_url()), released)
+
+        with turn_order.ending(job, publish=publish,
+                               dead_after_s=self.settings.worker_dead_after_s,
+                               database_url=self.database_url) as session:
             job = job_crud.cancel_job(session=session, tenant=self.tenant, job_id=job_id)
             if job.webhook_url:  # enqueued once the cancellation commits
                 emit_job_event(session=session, job_id=job.id, settings=self.settings)
@@ -436,30 +432,9 @@ class LlmosClient:
 
     def _publish(self, app: Celery, jobs: Sequence[Job]) -> None:
         """One message per committed job; jobs whose message never left are failed."""
-        published = 0
-        try:
-            with app.producer_or_acquire() as producer:
-                for job in jobs:
-                    app.send_task(task_for_kind(job.kind), args=[job.id], task_id=job.task_id,
-                                  queue=job.queue, priority=job.priority, producer=producer,
-                                  retry_policy=_PUBLISH_RETRY)
-                    published += 1
-        except (OperationalError, OSError) as exc:
-            for job in jobs[published:]:
-                self._abandon(job, f"broker unreachable: {exc}")
-            raise BrokerUnavailable(
-                f"could not enqueue {len(jobs) - published} job(s): the broker is unreachable "
-                f"({exc}); start one with `llmos up` or check LLMOS_BROKER_URL"
-            ) from None
-
-    def _abandon(self, job: Job, reason: str) -> None:
-        """A job whose message never left: failed, so no one waits on it forever."""
-        with self.session() as session:
-            job_crud.claim_job(session=session, job_id=job.id, message_id=job.task_id,
-                               worker="producer", pid=0, max_attempts=1,
-                               claimant_dead=lambda _: True)
-            job_crud.fail_job(session=session, job_id=job.id, message_id=job.task_id,
-                              error_type="BrokerUnavailable", error_message=reason)
+        if jobs:
+            dispatch.publish(app, jobs, dead_after_s=self.settings.worker_dead_after_s,
+                             database_url=self.database_url)
 
     def _warn_without_worker(self, queue: str, model: str) -> None:
         serves = self._served.get(queue)

@@ -41,13 +41,15 @@ def _loads(session: Session, names: list[str]) -> dict[str, int]:
     return {n: int(running.get(n, 0)) + int(queued.get(worker_queue(n), 0)) for n in names}
 
 
-def route_turn(*, session: Session, mindspace: Mindspace, dead_after_s: float) -> Route:
+def route_turn(*, session: Session, mindspace: Mindspace, seq: int, dead_after_s: float
+               ) -> Route:
+    """Where turn number ``seq`` of ``mindspace`` goes, decided when it is released."""
     live = [w for w in registry.live_workers(session=session, dead_after_s=dead_after_s)
             if _serves(w, mindspace.model)]
     if not live:
         return Route(language_queue(mindspace.model), None)
     if get_settings().turn_routing == "round_robin":  # the baseline affinity is measured against
-        chosen = live[mindspace.next_seq % len(live)]
+        chosen = live[seq % len(live)]
         return Route(worker_queue(chosen.name), chosen.name)
     loads = _loads(session, [w.name for w in live])
     home = next((w for w in live if w.name == mindspace.worker), None)

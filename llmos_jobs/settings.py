@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is poison")
     job_time_limit_s: int = Field(default=600, ge=1)
     noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
+    noop_echo: bool = Field(
+        default=False, description="no-op engine: reply with the request's last message")
     encryption_keys: str | None = Field(
         default=None, description="Fernet keys, comma-separated, newest first"
     )

@@ -1,9 +1,13 @@
 """The job state machine: one status enum, and the only transitions it allows.
 
-    queued ──► running ──► succeeded | failed | cancelled
-       │          │
-       │          └──► queued   (a new attempt, after its worker died)
-       └──► cancelled
+    waiting ──► queued ──► running ──► succeeded | failed | cancelled
+       │           │          │
+       │           │          └──► queued   (a new attempt, after its worker died)
+       └───────────┴──► cancelled
+
+Only a mindspace turn waits: it is accepted `waiting` while an earlier turn of its
+mindspace is unfinished, and becomes `queued` (its message published) when released
+(llmos_jobs.turn_order).
 """
 
 from __future__ import annotations
@@ -11,7 +15,11 @@ from __future__ import annotations
 from llmos_jobs.errors import IllegalTransition
 from schemas.common import JobStatus
 
+# The statuses a job may be created in.
+INITIAL: frozenset[JobStatus] = frozenset({JobStatus.queued, JobStatus.waiting})
+
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.waiting: frozenset({JobStatus.queued, JobStatus.cancelled}),
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled}),
     JobStatus.running: frozenset(
         {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.queued}

@@ -43,6 +43,7 @@ class JobKind(StrEnum):
 
 
 class JobStatus(StrEnum):
+    waiting = "waiting"  # a mindspace turn behind an earlier turn; not in the broker yet
     queued = "queued"
     running = "running"
     succeeded = "succeeded"

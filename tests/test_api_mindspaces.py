@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 from tests.api_server import ApiServer, tenant
+from tests.stack import Stack
+from tests.turns import HANG_GUARD_S, echo_model, seqs_of, start_echo_worker
 
 
 def test_the_whole_lifecycle_over_http(api: ApiServer) -> None:
@@ -41,3 +46,31 @@ def test_the_whole_lifecycle_over_http(api: ApiServer) -> None:
     with api.http(api.key(owner, "mindspaces:read")) as reader:
         assert reader.get(f"/v1/mindspaces/{sid}/snapshots").status_code == 200
         assert reader.post(f"/v1/mindspaces/{sid}/fork").status_code == 403
+
+
+def test_a_waiting_turn_answers_at_once_when_its_mindspace_is_destroyed(
+        api: ApiServer, stack: Stack) -> None:
+    _, model, env = echo_model(stack, delay_ms=5000)
+    worker = start_echo_worker(stack, model, env, "http-turns")
+    try:
+        with api.http(api.key(tenant())) as http:
+            sid = http.post("/v1/mindspaces", json={"model": model}).json()["id"]
+            running = http.post(f"/v1/mindspaces/{sid}/turns", json={"message": "first"})
+            assert running.status_code == 202
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(http.post, f"/v1/mindspaces/{sid}/turns",
+                                      params={"wait": "true"}, json={"message": "second"})
+                deadline = time.monotonic() + HANG_GUARD_S
+                while len(seqs_of(stack, sid)) < 2:  # the second turn is accepted
+                    assert time.monotonic() < deadline and not waiting.done()
+                    time.sleep(0.02)
+                assert http.delete(f"/v1/mindspaces/{sid}").status_code == 204
+                answer = waiting.result(timeout=HANG_GUARD_S)
+            assert answer.status_code == 200, answer.text
+            turn = answer.json()
+            assert turn["status"] == "cancelled" and turn["error_type"] == "MindspaceDestroyed"
+            assert sid in turn["error_message"]
+            first = http.get(f"/v1/jobs/{running.json()['id']}").json()
+            assert first["status"] == "cancelled"  # it was running; it stops counting
+    finally:
+        stack.stop_worker(worker)

@@ -54,6 +54,9 @@ def test_state_machine_refuses_illegal_transitions() -> None:
                 check_transition(final, target)
     with pytest.raises(IllegalTransition):
         check_transition(JobStatus.queued, JobStatus.succeeded)
+    # A waiting turn is released (queued) or cancelled; it never runs straight away.
+    assert TRANSITIONS[JobStatus.waiting] == {JobStatus.queued, JobStatus.cancelled}
+    assert not JobStatus.waiting.is_final
 
 
 def test_every_registered_task_has_a_route() -> None:

@@ -18,6 +18,16 @@ from llmos_jobs.client import LlmosClient, task_for_kind
 from llmos_jobs.db.models import JobPublic
 from schemas.common import JobStatus
 from tests.stack import Stack
+from tests.turns import (
+    HANG_GUARD_S,
+    assert_turns_applied_in_order,
+    echo_model,
+    in_acceptance_order,
+    messages,
+    send_at_once,
+    start_echo_worker,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.slow
 SLOW = {"LLMOS_NOOP_DELAY_MS": "3000"}
@@ -93,3 +103,25 @@ def test_pool_process_killed_job_is_rerun_by_the_same_worker_once(stack: Stack) 
         assert worker.poll() is None  # the worker itself lived on
     finally:
         stack.stop_worker(worker)
+
+
+def test_worker_killed_during_a_sequence_of_turns_all_finish_in_order_once(
+        stack: Stack) -> None:
+    client, model, env = echo_model(stack, delay_ms=2500)
+    a = start_echo_worker(stack, model, env, "turns-a")
+    b = start_echo_worker(stack, model, env, "turns-b")
+    try:
+        space = client.create_mindspace(model=model, max_tokens=16)
+        jobs = in_acceptance_order(stack, space.id, send_at_once(stack, space.id, messages(6)))
+        third = wait_for_status(client, jobs[2].id, JobStatus.running)
+        doomed = a if third.worker_pid == a.pid else b
+        assert third.worker_pid == doomed.pid
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait()
+        done = client.wait([j.id for j in jobs], timeout_s=HANG_GUARD_S)
+        assert_turns_applied_in_order(stack, client, space.id, done)
+        assert [j.worker == third.worker for j in done] == [True] * 2 + [False] * 4
+        assert [j.attempts for j in done] == [1, 1, 2, 1, 1, 1]  # only the killed one twice
+    finally:
+        stack.stop_worker(a)
+        stack.stop_worker(b)

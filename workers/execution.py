@@ -8,11 +8,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlmodel import Session
 
+from llmos_jobs import turn_order
 from llmos_jobs.db.jobs import (
     ClaimOutcome,
     claim_job,
@@ -51,6 +53,7 @@ class WorkerContext:
     claimant_dead: Callable[[Job], bool]
     watcher: JobWatcher
     time_limit_s: float  # LLMOS_JOB_TIME_LIMIT_S: no job runs longer
+    publish: turn_order.Publish  # the turns that ending a turn releases
 
 
 class JobTimeout(Exception):
@@ -133,13 +136,16 @@ HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
 }
 
 
-def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext,
-                turn: bool = False) -> ClaimOutcome:
+def _ending(job: Job, ctx: WorkerContext) -> AbstractContextManager[Session]:
+    """The transaction that records how ``job`` ended; the turn after it follows."""
+    return turn_order.ending(job, publish=ctx.publish,
+                             dead_after_s=get_settings().worker_dead_after_s)
+
+
+def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
     """Run one delivery of a job. Never raises for a failure of the job itself: that is
     recorded on the row and the message is acknowledged."""
     with session_scope() as session:
-        if turn and turns.waits_for_earlier_turn(session, job_id):
-            return ClaimOutcome.waiting
         claim = claim_job(
             session=session, job_id=job_id, message_id=message_id, worker=ctx.name,
             pid=os.getpid(), max_attempts=get_settings().max_attempts,
@@ -147,6 +153,9 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext,
         )
         if claim.outcome == ClaimOutcome.poison and claim.job and claim.job.webhook_url:
             emit_job_event(session=session, job_id=job_id)
+    if claim.outcome == ClaimOutcome.poison and claim.job is not None:
+        turn_order.release_after(claim.job, publish=ctx.publish,
+                                 dead_after_s=get_settings().worker_dead_after_s)
     if claim.outcome != ClaimOutcome.claimed or claim.job is None:
         log.info("job %s message %s dropped: %s", job_id, message_id, claim.outcome.value)
         return claim.outcome
@@ -155,7 +164,7 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext,
         outcome = HANDLERS[job.kind](job, ctx)
     except Exception as exc:  # the job failed; its row says why
         log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
-        with session_scope() as session:
+        with _ending(job, ctx) as session:
             failed = fail_job(
                 session=session, job_id=job_id, message_id=message_id,
                 error_type="timeout" if isinstance(exc, JobTimeout) else type(exc).__name__,
@@ -165,7 +174,7 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext,
                 emit_job_event(session=session, job_id=job_id)
         _after_final(job)
         return ClaimOutcome.claimed
-    with session_scope() as session:
+    with _ending(job, ctx) as session:
         recorded = succeed_job(
             session=session, job_id=job_id, message_id=message_id,
             result=outcome.result, usage=outcome.usage,

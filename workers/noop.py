@@ -9,13 +9,15 @@ from workers.engine import Completion, EngineRequest, EngineStats, FinishReason
 
 
 class NoopEngine:
-    """Echoes a fixed-size answer; ``delay_s`` stands in for the model's time."""
+    """Answers "ok" per token, or with ``echo`` the request's last message (so a test can
+    tell which request a reply answers); ``delay_s`` stands in for the model's time."""
 
     device = "cpu"
 
-    def __init__(self, name: str, *, delay_s: float = 0.0) -> None:
+    def __init__(self, name: str, *, delay_s: float = 0.0, echo: bool = False) -> None:
         self.name = name
         self.delay_s = delay_s
+        self.echo = echo
         self._loaded = False
         self._stats = EngineStats()
 
@@ -57,11 +59,15 @@ class NoopEngine:
             words = (request.prompt or " ".join(m.content for m in request.messages or ()))
             prompt_tokens = len(words.split())
             n = request.sampling.max_tokens
+            reply = ["ok"] * n
+            if self.echo:
+                last = request.prompt or (request.messages[-1].content if request.messages else "")
+                reply = last.split()[:n]
             finish: FinishReason = "abort" if self._wait(until, request) else "length"
             out.append(
                 Completion(
-                    text=" ".join(["ok"] * n), finish_reason=finish,
-                    prompt_tokens=prompt_tokens, completion_tokens=n,
+                    text=" ".join(reply), finish_reason=finish,
+                    prompt_tokens=prompt_tokens, completion_tokens=len(reply),
                 )
             )
         return out

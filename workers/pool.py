@@ -52,7 +52,9 @@ def build_engine(model: RegisteredModel, choice: EngineChoice | None = None) -> 
                                   api_key=_secret(settings.sglang_api_key),
                                   admin_api_key=_secret(settings.sglang_admin_api_key))
     if kind == EngineKind.noop:
-        return NoopEngine(model.name, delay_s=get_settings().noop_delay_ms / 1000)
+        settings = get_settings()
+        return NoopEngine(model.name, delay_s=settings.noop_delay_ms / 1000,
+                          echo=settings.noop_echo)
     if kind == EngineKind.transformers:
         settings = get_settings()
         return TransformersEngine(model.name, model.path, BatchingOptions(

@@ -7,15 +7,18 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psutil
 from celery import Celery
 
 from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE, language_queue, worker_queue
+from llmos_jobs import dispatch
 from llmos_jobs.db import registry
 from llmos_jobs.db.models import Job, WorkerRecord
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.errors import BrokerUnavailable
 from llmos_jobs.settings import get_settings
 from workers.execution import WorkerContext
 from workers.pool import EngineChoice, EnginePool
@@ -72,7 +75,7 @@ class WorkerRuntime:
 
     def context(self) -> WorkerContext:
         return WorkerContext(name=self.name, pool=self.pool, claimant_dead=self.claimant_dead,
-                             watcher=self.watcher,
+                             watcher=self.watcher, publish=self.publish,
                              time_limit_s=get_settings().job_time_limit_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -149,12 +152,16 @@ class WorkerRuntime:
                 log.info("now consuming %s", queue)
 
     def enqueue(self, job: Job, task_id: str) -> None:
-        from llmos_jobs.client import task_for_kind
+        """A new attempt of a job the reaper took back (committed under ``task_id``)."""
+        job.task_id = task_id
+        dispatch.send(self.app, job)
 
-        self.app.send_task(
-            task_for_kind(job.kind), args=[job.id], task_id=task_id, queue=job.queue,
-            priority=job.priority,
-        )
+    def publish(self, jobs: Sequence[Job]) -> None:
+        """The turns released by a turn this worker ended (committed already)."""
+        try:
+            dispatch.publish(self.app, jobs, dead_after_s=get_settings().worker_dead_after_s)
+        except BrokerUnavailable as exc:  # they were failed with the reason
+            log.error("released turns not enqueued: %s", exc)
 
     def _report_loaded(self, loaded: list[str]) -> None:
         with session_scope() as session:

@@ -9,22 +9,16 @@ from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError
 
 from broker_config import TaskName
-from llmos_jobs.db.jobs import ClaimOutcome
 from llmos_jobs.webhooks.delivery import attempt_delivery
 from workers.execution import execute_job
 from workers.runtime import get_runtime
 
-# A turn whose mindspace is busy with an earlier turn is delivered again this much later.
-TURN_WAIT_S = 0.2
-
 
 def _run(task: Task, job_id: str) -> str:
-    outcome = execute_job(job_id=job_id, message_id=task.request.id, ctx=get_runtime().context(),
-                          turn=task.name == TaskName.mindspace_turn)
-    if outcome == ClaimOutcome.waiting:
-        # Same message id, so the claim still recognises it; Celery acks this delivery.
-        raise task.retry(countdown=TURN_WAIT_S, max_retries=None)
-    return outcome.value
+    # A turn's message is published only once the turns before it have ended
+    # (llmos_jobs.turn_order): it never has to wait here.
+    return execute_job(job_id=job_id, message_id=task.request.id,
+                       ctx=get_runtime().context()).value
 
 
 def _expand_batch(batch_id: str) -> None:

@@ -12,24 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from llmos_jobs.db import mindspaces as ms_crud
 from llmos_jobs.db.models import Job, Mindspace, MindspaceMessage, MindspaceSettings
 from llmos_jobs.db.session import session_scope
-from schemas.common import ChatMessage, JobKind, JobStatus
+from schemas.common import ChatMessage
 from workers.engine import Engine
-
-
-def waits_for_earlier_turn(session: Session, job_id: str) -> bool:
-    """Whether an earlier turn of the same mindspace is still queued or running."""
-    job = session.get(Job, job_id)
-    if job is None or job.kind != JobKind.mindspace_turn or job.mindspace_seq is None:
-        return False
-    earlier = session.exec(select(Job.id).where(
-        Job.mindspace_id == job.mindspace_id, col(Job.mindspace_seq) < job.mindspace_seq,
-        col(Job.status).in_([JobStatus.queued, JobStatus.running])).limit(1)).first()
-    return earlier is not None
 
 
 @dataclass(frozen=True)

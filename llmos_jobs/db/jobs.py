@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from llmos_jobs.db.models import Job, JobBase, new_id
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import NotFound
-from llmos_jobs.states import check_transition, sources_of
+from llmos_jobs.states import INITIAL, check_transition, sources_of
 from schemas.common import JobStatus, Usage
 
 
@@ -25,8 +25,11 @@ class JobCreate(JobBase):
     mindspace_seq: int | None = None
 
 
-def create_job(*, session: Session, job_in: JobCreate) -> Job:
-    job = Job.model_validate(job_in, update={"status": JobStatus.queued})
+def create_job(*, session: Session, job_in: JobCreate, status: JobStatus = JobStatus.queued
+               ) -> Job:
+    if status not in INITIAL:
+        raise ValueError(f"a job cannot be created {status.value}")
+    job = Job.model_validate(job_in, update={"status": status})
     session.connection().execute(insert(Job.__table__), job.model_dump())  # type: ignore[attr-defined]
     return job
 
@@ -122,7 +125,6 @@ class ClaimOutcome(StrEnum):
     duplicate = "duplicate"  # its live claimant still runs it
     poison = "poison"  # delivered too often; failed
     missing = "missing"
-    waiting = "waiting"  # an earlier turn of its mindspace has not finished
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,20 @@ def fail_job(
     return moved
 
 
+def fail_unsent(*, session: Session, job_id: str, message_id: str, error_message: str
+                ) -> bool:
+    """A queued job whose message never reached the broker ends failed (through
+    `running`, as the state machine requires), so no one waits for it forever. False if
+    it is no longer queued under that message (a worker took it after all)."""
+    taken = _set_status(
+        session, job_id, JobStatus.running,
+        extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.queued),
+        worker="producer", started_at=utcnow(),
+    )
+    return taken and fail_job(session=session, job_id=job_id, message_id=message_id,
+                              error_type="BrokerUnavailable", error_message=error_message)
+
+
 def requeue_job(*, session: Session, job: Job) -> str | None:
     """Give a running job whose worker died a new attempt; the new message id, or None
     when another reaper (or the job's end) got there first."""
@@ -278,6 +294,45 @@ def reroute_job(*, session: Session, job: Job, queue: str) -> str | None:
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
     return new_task_id if moved else None
+
+
+# -- the turns of a mindspace (their order: llmos_jobs.turn_order) ---------------------------
+
+
+def turn_in_progress(*, session: Session, mindspace_id: str) -> bool:
+    """Whether a turn of the mindspace is queued or running."""
+    return session.exec(select(Job.id).where(
+        Job.mindspace_id == mindspace_id,
+        col(Job.status).in_([JobStatus.queued, JobStatus.running])).limit(1)).first() is not None
+
+
+def first_waiting_turn(*, session: Session, mindspace_id: str) -> Job | None:
+    return session.exec(
+        select(Job).where(Job.mindspace_id == mindspace_id, Job.status == JobStatus.waiting)
+        .order_by(col(Job.mindspace_seq)).limit(1)
+        .execution_options(populate_existing=True)).first()
+
+
+def release_turn(*, session: Session, job: Job, queue: str) -> bool:
+    """A waiting turn becomes queued on ``queue``; False if it is no longer waiting."""
+    moved = _set_status(session, job.id, JobStatus.queued,
+                        extra_where=(col(Job.status) == JobStatus.waiting,), queue=queue)
+    if moved:
+        job.status, job.queue = JobStatus.queued, queue
+    return moved
+
+
+def cancel_unfinished_turns(*, session: Session, mindspace_id: str, error_type: str,
+                            error_message: str) -> int:
+    """Every turn of the mindspace that is waiting, queued or running ends cancelled with
+    the reason (a running one stops at its next cancellation check). How many."""
+    return int(session.execute(
+        update(Job)
+        .where(col(Job.mindspace_id) == mindspace_id,
+               col(Job.status).in_(sources_of(JobStatus.cancelled)))
+        .values(status=JobStatus.cancelled, error_type=error_type,
+                error_message=error_message, finished_at=utcnow())
+    ).rowcount)  # type: ignore[attr-defined]
 
 
 def running_jobs_of(*, session: Session, worker: str) -> list[Job]:

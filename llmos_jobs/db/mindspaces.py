@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
+from llmos_jobs.db.jobs import cancel_unfinished_turns
 from llmos_jobs.db.models import (
     Job,
     KnowledgeChunk,
@@ -60,11 +61,28 @@ def configure(*, session: Session, tenant: str, mindspace_id: str, persona: str 
     return row
 
 
+def lock_turns(*, session: Session, mindspace_id: str) -> bool:
+    """Hold the mindspace's row lock until the transaction ends; False if it is gone.
+
+    Every decision about which turn of a mindspace runs next is taken under this lock,
+    and every transaction that accepts or ends a turn takes it before it writes any job
+    row, so two of them never wait on each other. It is a write, not SELECT ... FOR
+    UPDATE, because on SQLite only a write takes the database's write lock; on
+    PostgreSQL each statement after it sees every transaction that held it before."""
+    statement = (update(Mindspace).where(col(Mindspace.id) == mindspace_id)
+                 .values(next_seq=Mindspace.next_seq))
+    return bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+
+
 def next_turn(*, session: Session, mindspace: Mindspace) -> int:
-    """The sequence number of a new turn (turns run in this order)."""
+    """The sequence number of a new turn (turns run in this order). Takes the lock of
+    ``lock_turns`` too."""
     statement = (update(Mindspace).where(col(Mindspace.id) == mindspace.id)
                  .values(next_seq=Mindspace.next_seq + 1).returning(col(Mindspace.next_seq)))
-    return int(session.execute(statement).scalar_one()) - 1
+    seq = session.execute(statement).scalar_one_or_none()
+    if seq is None:  # destroyed since it was read
+        raise NotFound(f"mindspace {mindspace.id} not found")
+    return int(seq) - 1
 
 
 def place(*, session: Session, mindspace_id: str, worker: str) -> None:
@@ -220,8 +238,14 @@ def fork(*, session: Session, tenant: str, mindspace_id: str) -> Mindspace:
 
 def destroy_mindspace(*, session: Session, tenant: str, mindspace_id: str) -> None:
     """Remove the mindspace and every text of it: history, knowledge, snapshots, and the
-    prompts and replies of its turn jobs (the job rows stay, scrubbed, for accounting)."""
+    prompts and replies of its turn jobs (the job rows stay, scrubbed, for accounting).
+    Its unfinished turns end cancelled, saying why; none is accepted after."""
     row = get_mindspace(session=session, tenant=tenant, mindspace_id=mindspace_id)
+    if not lock_turns(session=session, mindspace_id=mindspace_id):
+        raise NotFound(f"mindspace {mindspace_id} not found")  # destroyed meanwhile
+    cancel_unfinished_turns(
+        session=session, mindspace_id=mindspace_id, error_type="MindspaceDestroyed",
+        error_message=f"mindspace {mindspace_id} was destroyed before this turn finished")
     for table in (MindspaceMessage, KnowledgeChunk, MindspaceSnapshot, MindspaceCompaction):
         session.execute(delete(table).where(col(table.mindspace_id) == mindspace_id))
     session.execute(update(Job).where(col(Job.mindspace_id) == mindspace_id)

@@ -1,0 +1,75 @@
+"""Jobs reach the broker here and nowhere else: after their rows are committed, one
+message each, whose only argument is the job id and whose message id is the job's
+``task_id`` (a delivery with any other id is stale and dropped).
+
+A job whose message cannot leave is failed with the reason, so no one waits for it
+forever. A turn failed this way releases the next turn of its mindspace, which cannot
+leave either and is failed the same way, so that none of them waits forever behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from broker_config import TaskName
+from llmos_jobs import turn_order
+from llmos_jobs.db import jobs as job_crud
+from llmos_jobs.db.models import Job
+from llmos_jobs.errors import BrokerUnavailable
+from schemas.common import JobKind
+
+_TASKS: dict[JobKind, TaskName] = {
+    JobKind.generate: TaskName.generate,
+    JobKind.model_op: TaskName.model_op,
+    JobKind.mindspace_turn: TaskName.mindspace_turn,
+}
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+
+
+def task_for_kind(kind: JobKind) -> TaskName:
+    return _TASKS[kind]
+
+
+def send(app: Celery, job: Job, *, producer: Any = None) -> None:
+    """The message of one committed job (its current attempt: ``job.task_id``)."""
+    app.send_task(task_for_kind(job.kind), args=[job.id], task_id=job.task_id,
+                  queue=job.queue, priority=job.priority, producer=producer,
+                  retry_policy=_PUBLISH_RETRY)
+
+
+def publish(app: Celery, jobs: Sequence[Job], *, dead_after_s: float,
+            database_url: str | None = None) -> None:
+    """One message per committed job, on one connection. When the broker cannot be
+    reached, the jobs not yet sent are failed, and BrokerUnavailable says so."""
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for job in jobs:
+                send(app, job, producer=producer)
+                sent += 1
+    except (OperationalError, OSError) as exc:
+        unsent = list(jobs[sent:])
+        failed = 0
+        while unsent:
+            unsent += _abandon(unsent.pop(0), f"broker unreachable: {exc}",
+                               dead_after_s=dead_after_s, database_url=database_url)
+            failed += 1
+        raise BrokerUnavailable(
+            f"could not enqueue {failed} job(s): the broker is unreachable ({exc}); start "
+            f"one with `llmos up` or check LLMOS_BROKER_URL"
+        ) from None
+
+
+def _abandon(job: Job, reason: str, *, dead_after_s: float, database_url: str | None
+             ) -> list[Job]:
+    """A job whose message never left: failed. The turns this releases (not sent)."""
+    released: list[Job] = []
+    with turn_order.ending(job, publish=released.extend, dead_after_s=dead_after_s,
+                           database_url=database_url) as session:
+        job_crud.fail_unsent(session=session, job_id=job.id, message_id=job.task_id,
+                             error_message=reason)
+    return released
