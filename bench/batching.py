@@ -4,7 +4,11 @@ against the ceiling: the same N requests handed to the engine in-process at once
 at a time through the queue (``--sequential``), the speed-up batching is measured
 against. Every prompt shares a system prompt, so the prefix cache is in use.
 
-    python bench/batching.py [--size base] [--jobs 32 128] [--max-tokens 16] [--sequential]
+    python bench/batching.py [--size base] [--jobs 32 128] [--max-tokens 16] [--rounds 2]
+                             [--sequential]
+
+The two sides alternate, ``--rounds`` times each, and the best time of each counts:
+on a shared machine a neighbour's burst then spoils one round, not the ratio.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ def main() -> None:
     parser.add_argument("--size", default="base", choices=["tiny", "base"])
     parser.add_argument("--jobs", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sequential", action="store_true",
                         help="also run the jobs one at a time through the queue")
     args = parser.parse_args()
@@ -104,9 +109,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name, private_redis() as redis_url:
         use_data_dir(name)
         for jobs in args.jobs:
-            best = ceiling(args.size, jobs, args.max_tokens)
-            queued, engine = through_queue(f"batched-{jobs}", jobs, jobs, args, redis_url,
-                                           Path(name))
+            best, queued, engine = float("inf"), float("inf"), {}
+            for r in range(args.rounds):
+                best = min(best, ceiling(args.size, jobs, args.max_tokens))
+                seconds, stats = through_queue(f"batched-{jobs}-{r}", jobs, jobs, args,
+                                               redis_url, Path(name))
+                if seconds < queued:
+                    queued, engine = seconds, stats
             line = (f"{jobs:>5} {best:>8.2f}s {queued:>8.2f}s {best / queued:>11.2f} "
                     f"{engine.get('forward_passes', 0):>7.0f} {engine.get('max_batch', 0):>8.0f}")
             if args.sequential:
