@@ -6,8 +6,9 @@ layer (the table models cost more CPU to import than most commands spend working
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -19,7 +20,12 @@ if TYPE_CHECKING:
 
     from llmos_jobs.db.models import JobPublic
 
-console = Console()
+# A pipe has no width; Rich would assume 80 columns and crush wide tables. Give them
+# room for one row per line (what grep and people reading a log want); past that,
+# and on a narrow terminal, cells fold (see `table`). COLUMNS still decides.
+PIPE_WIDTH = 200
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
+                  else PIPE_WIDTH)
 # A message or warning is one line, whatever the terminal's width: scripts grep them.
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -34,12 +40,13 @@ def emit_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def table(*columns: str, title: str | None = None) -> Table:
-    """A table whose cells fold rather than end in "…" when the width runs out (output
-    that is not a terminal is 80 columns wide): an id is always there whole."""
+def table(*columns: str, title: str | None = None,
+          unbroken: Collection[str] = ("id", "job", "name")) -> Table:
+    """A table whose cells fold rather than end in "…" when the width runs out; the
+    ``unbroken`` columns (ids) give way last, so they stay whole and can be pasted."""
     grid = Table(title=title)
     for column in columns:
-        grid.add_column(column, overflow="fold")
+        grid.add_column(column, overflow="fold", no_wrap=column in unbroken)
     return grid
 
 
