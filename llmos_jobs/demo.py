@@ -19,7 +19,8 @@ from rich.progress import (
 from llmos_jobs.cli.output import job_table
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.models import JobPublic
-from llmos_jobs.embedded import EmbeddedStack
+from llmos_jobs.embedded import EmbeddedStack, live_stack
+from llmos_jobs.errors import LlmosError
 from llmos_jobs.settings import get_settings
 from schemas.common import JobStatus
 
@@ -40,6 +41,9 @@ def run_demo(console: Console) -> int:
     """Run the demo; 0 when every job succeeded."""
     settings = get_settings()
     data_dir = settings.data_dir / "demo"
+    running = live_stack(data_dir)
+    if running is not None:  # its database is about to be deleted: never under it
+        raise LlmosError(f"a demo already runs (pid {running.owner.pid}); wait for it to end")
     database_url = settings.database_url
     if database_url is None:
         db_file = data_dir / "demo.db"

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
+import psutil
+import pytest
+from alembic.script import ScriptDirectory
+
+from llmos_jobs.db.migrate import alembic_config, head_revision, stored_revision
+from tests.conftest import _drop_pg_database, _fresh_pg_database
 from tests.stack import Stack
 
 
@@ -51,15 +59,131 @@ def test_errors_go_to_stderr_without_a_traceback(stack: Stack) -> None:
         assert out.stdout == ""
 
 
-def test_no_broker_says_how_to_start_one(tmp_path: Path) -> None:
+def newcomer(data_dir: Path, **variables: str) -> dict[str, str]:
+    """The environment of someone who set nothing but where their data goes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-    env["LLMOS_DATA_DIR"] = str(tmp_path)
-    # A model must exist for the submission to get as far as the broker.
+    return {**env, "LLMOS_DATA_DIR": str(data_dir), **variables}
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, out.stderr)
+
+
+def test_a_newcomers_mistakes_are_one_line_errors(tmp_path: Path) -> None:
+    env = newcomer(tmp_path)
+    assert_one_line_error(llmos("model", "register", "demo", str(tmp_path / "nope"), env=env),
+                          "model path", "nope is not a directory")
+    assert_one_line_error(llmos("submit", "hello", env=env), "model 'demo' is not registered")
+    # Before `llmos up`: what needs no broker works, what does says how to start one.
     assert llmos("model", "register", "echo", str(tmp_path), "--engine", "noop",
                  env=env).returncode == 0
-    out = llmos("submit", "hello", "--model", "echo", env=env)
-    assert out.returncode == 1
-    assert "llmos up" in out.stderr and "LLMOS_BROKER_URL" in out.stderr
+    created = llmos("mindspace", "create", "--model", "echo", "--json", env=env)
+    mindspace = json.loads(created.stdout)["id"]
+    for args in (("submit", "hello", "--model", "echo"), ("mindspace", "chat", mindspace, "hi"),
+                 ("model", "load", "echo")):
+        assert_one_line_error(llmos(*args, env=env), "no broker", "llmos up",
+                              "LLMOS_BROKER_URL")
+    assert_one_line_error(llmos("--tenant", "acme", "mindspace", "show", mindspace, env=env),
+                          f"mindspace {mindspace} not found")
+    assert_one_line_error(llmos("job", "list", env=newcomer(tmp_path, LLMOS_MAX_ATTEMPTS="0")),
+                          "invalid setting: LLMOS_MAX_ATTEMPTS")
+    unreachable = newcomer(tmp_path, LLMOS_DATABASE_URL="postgresql://llmos@127.0.0.1:1/llmos")
+    assert_one_line_error(llmos("job", "list", env=unreachable), "database", "refused")
+
+
+def test_the_state_of_a_crashed_stack_is_noticed_and_cleaned_up(tmp_path: Path) -> None:
+    env = newcomer(tmp_path)
+    assert llmos("model", "register", "echo", str(tmp_path), "--engine", "noop",
+                 env=env).returncode == 0
+    # What a killed `llmos up` leaves: its state file, naming a process that is gone (a
+    # pid now used by another process: this one, started at another time) and a child
+    # still running.
+    orphan = subprocess.Popen(["sleep", "120"])
+    (tmp_path / "stack.json").write_text(json.dumps({
+        "broker_url": f"redis+socket://{tmp_path / 'gone.sock'}", "pid": os.getpid(),
+        "started": 1.0, "children": [[orphan.pid, psutil.Process(orphan.pid).create_time()]],
+    }))
+    try:
+        out = llmos("submit", "hello", "--model", "echo", env=env)
+        assert orphan.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        orphan.kill()
+    assert_one_line_error(out, "no broker", "llmos up")
+    [warning] = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
+    assert f"removed {tmp_path / 'stack.json'}" in warning and "is gone" in warning
+    assert "stopped the 1 process(es)" in warning
+    assert not (tmp_path / "stack.json").exists()
+    again = llmos("job", "list", env=env)
+    assert again.returncode == 0 and again.stderr == ""  # said once
+
+
+def test_up_refuses_a_second_stack_and_recovers_after_a_crash(tmp_path: Path) -> None:
+    env = newcomer(tmp_path)
+
+    def up() -> tuple[subprocess.Popen[str], str]:
+        process = subprocess.Popen([sys.executable, "-m", "llmos_jobs.cli.main", "up",
+                                    "--no-worker"], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:  # until it is ready; EOF if it dies
+            lines.append(line)
+            if line.startswith("ready:"):
+                break
+        assert lines and lines[-1].startswith("ready:"), "".join(lines)
+        return process, "".join(lines)
+
+    first, _ = up()
+    try:
+        assert_one_line_error(llmos("up", "--no-worker", env=env), "already runs",
+                              str(first.pid))
+        [redis_pid, _] = json.loads((tmp_path / "stack.json").read_text())["children"][0]
+        first.kill()  # a crash: nothing cleans up
+        first.wait()
+        assert psutil.pid_exists(redis_pid)
+        out = llmos("workers", env=env)
+        assert out.returncode == 0 and "warning: removed" in out.stderr, out.stderr
+        deadline = time.monotonic() + 60
+        while psutil.pid_exists(redis_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)  # a hang guard: Redis takes a moment to exit
+        assert not psutil.pid_exists(redis_pid)
+        second, output = up()
+        assert "warning" not in output
+        second.terminate()
+        assert second.wait(timeout=60) == 0
+        assert not (tmp_path / "stack.json").exists()
+    finally:
+        first.kill()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_first_commands_on_a_new_database_create_its_schema_once(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    variables = {}
+    if backend == "postgres":
+        admin = request.getfixturevalue("postgres_admin")
+        url = _fresh_pg_database(admin)
+        request.addfinalizer(lambda: _drop_pg_database(admin, url))
+        variables["LLMOS_DATABASE_URL"] = url
+    env = newcomer(tmp_path, **variables)
+    command = [sys.executable, "-m", "llmos_jobs.cli.main", "job", "list", "--json"]
+    racing = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(4)]
+    for process in racing:
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0 and json.loads(stdout) == [], stderr
+    url = variables.get("LLMOS_DATABASE_URL", f"sqlite:///{tmp_path / 'llmos.db'}")
+    assert stored_revision(url) == head_revision()
+
+
+def test_the_cheap_schema_check_reads_the_same_head_as_alembic() -> None:
+    assert head_revision() == ScriptDirectory.from_config(
+        alembic_config("sqlite://")).get_current_head()
 
 
 def test_workers_and_models_json(stack: Stack) -> None:

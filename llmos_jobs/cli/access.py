@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from llmos_jobs.cli.output import console, emit_json, err_console
+from llmos_jobs.cli.output import console, emit_json, err_console, table
 from llmos_jobs.cli.state import current_tenant
-from llmos_jobs.db import audit as audit_crud
-from llmos_jobs.db import keys as key_crud
-from llmos_jobs.db.migrate import upgrade
-from llmos_jobs.db.models import ApiKeyPublic, AuditEventPublic
-from llmos_jobs.db.session import session_scope
-from llmos_jobs.keys import Scope, issue_key, parse_scopes
-from llmos_jobs.settings import get_settings
 
 key_app = typer.Typer(help="API keys of the HTTP API.", no_args_is_help=True)
 audit_app = typer.Typer(help="The HTTP API's audit log.", no_args_is_help=True)
@@ -21,6 +13,9 @@ _JSON = typer.Option(False, "--json")
 
 
 def _database() -> str:
+    from llmos_jobs.db.migrate import upgrade
+    from llmos_jobs.settings import get_settings
+
     url = get_settings().resolved_database_url()
     upgrade(url)
     return url
@@ -35,12 +30,15 @@ def create(
     tenant: str = typer.Option(None, "--tenant",
                                help="The key's tenant (default: the global --tenant)."),
     scopes: str = typer.Option(None, "--scopes",
-                               help="Comma-separated, from: " + ", ".join(Scope)
-                                    + ". Default: all."),
+                               help="Comma-separated, e.g. jobs:read,jobs:write (an unknown "
+                                    "one is refused with the list). Default: all."),
     name: str = typer.Option(None, "--name", help="A label shown in listings."),
     as_json: bool = _JSON,
 ) -> None:
     """Create a key and print it once: only its digest is stored."""
+    from llmos_jobs.db.session import session_scope
+    from llmos_jobs.keys import issue_key, parse_scopes
+
     with session_scope(_database()) as session:
         issued = issue_key(session=session, tenant=tenant or current_tenant(),
                            scopes=parse_scopes(scopes), name=name)
@@ -59,24 +57,30 @@ def list_keys(
     as_json: bool = _JSON,
 ) -> None:
     """Keys of every tenant (or of one), revoked ones included; never the secrets."""
+    from llmos_jobs.db import keys as key_crud
+    from llmos_jobs.db.models import ApiKeyPublic
+    from llmos_jobs.db.session import session_scope
+
     with session_scope(_database()) as session:
         keys = [ApiKeyPublic.model_validate(k, from_attributes=True)
                 for k in key_crud.list_api_keys(session=session, tenant=tenant)]
     if as_json:
         emit_json(keys)
         return
-    table = Table()
-    for column in ("id", "tenant", "name", "prefix", "scopes", "created", "revoked"):
-        table.add_column(column)
+    grid = table("id", "tenant", "name", "prefix", "scopes", "created", "revoked")
     for k in keys:
-        table.add_row(k.id, k.tenant, k.name or "-", k.prefix + "…", ", ".join(k.scopes),
-                      _when(k.created_at), _when(k.revoked_at))
-    console.print(table)
+        grid.add_row(k.id, k.tenant, k.name or "-", k.prefix + "…", ", ".join(k.scopes),
+                     _when(k.created_at), _when(k.revoked_at))
+    console.print(grid)
 
 
 @key_app.command("revoke")
 def revoke(key_id: str, as_json: bool = _JSON) -> None:
     """Revoke a key: the API refuses it from the next call on."""
+    from llmos_jobs.db import keys as key_crud
+    from llmos_jobs.db.models import ApiKeyPublic
+    from llmos_jobs.db.session import session_scope
+
     with session_scope(_database()) as session:
         key = ApiKeyPublic.model_validate(
             key_crud.revoke_api_key(session=session, key_id=key_id), from_attributes=True)
@@ -93,16 +97,18 @@ def audit_list(
     as_json: bool = _JSON,
 ) -> None:
     """The newest API calls first: who, what, on which resource, with which outcome."""
+    from llmos_jobs.db import audit as audit_crud
+    from llmos_jobs.db.models import AuditEventPublic
+    from llmos_jobs.db.session import session_scope
+
     with session_scope(_database()) as session:
         events = [AuditEventPublic.model_validate(e, from_attributes=True)
                   for e in audit_crud.list_events(session=session, tenant=tenant, limit=limit)]
     if as_json:
         emit_json(events)
         return
-    table = Table()
-    for column in ("time", "tenant", "key", "action", "resource", "outcome", "status"):
-        table.add_column(column)
+    grid = table("time", "tenant", "key", "action", "resource", "outcome", "status")
     for e in events:
-        table.add_row(_when(e.created_at), e.tenant or "-", e.key_id or "-", e.action,
-                      e.resource_id or "-", e.outcome, str(e.status_code))
-    console.print(table)
+        grid.add_row(_when(e.created_at), e.tenant or "-", e.key_id or "-", e.action,
+                     e.resource_id or "-", e.outcome, str(e.status_code))
+    console.print(grid)

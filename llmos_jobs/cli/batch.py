@@ -7,11 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from llmos_jobs import batches
-from llmos_jobs.cli.output import console, emit_json
+from llmos_jobs.cli.output import console, emit_json, table
 from llmos_jobs.cli.state import client
 
 batch_app = typer.Typer(help="Batches of chat-completion requests (OpenAI's JSONL format).",
@@ -21,12 +18,22 @@ FINAL = ("completed", "failed", "cancelled", "expired")
 
 
 def _public(batch_id: str) -> dict[str, Any]:
+    from llmos_jobs import batches
+
     llmos = client()
     with llmos.session() as session:
         return batches.public(session, batches.get_batch(session, llmos.tenant, batch_id))
 
 
 def _watch(batch_id: str, timeout: float) -> dict[str, Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     deadline = time.monotonic() + timeout
@@ -56,6 +63,8 @@ def submit(
     as_json: bool = _JSON,
 ) -> None:
     """Upload a file and start a batch; invalid lines go to its error file."""
+    from llmos_jobs import batches
+
     llmos = client()
     stored = batches.upload(llmos, filename=path.name, content=path.read_bytes(),
                             purpose="batch")
@@ -88,6 +97,8 @@ def results(batch_id: str,
             errors: bool = typer.Option(False, "--errors", help="The error file instead."),
             ) -> None:
     """Print the batch's output (or error) file, one JSON line per request."""
+    from llmos_jobs import batches
+
     llmos = client()
     state = _public(batch_id)
     file_id = state["error_file_id" if errors else "output_file_id"]
@@ -101,6 +112,8 @@ def results(batch_id: str,
 @batch_app.command("cancel")
 def cancel(batch_id: str, as_json: bool = _JSON) -> None:
     """Cancel: queued requests never run, running ones finish."""
+    from llmos_jobs import batches
+
     llmos = client()
     batch = batches.cancel(llmos, batch_id)
     emit_json(_public(batch.id)) if as_json else console.print(f"{batch.id}: {batch.status}")
@@ -111,6 +124,7 @@ def list_(as_json: bool = _JSON) -> None:
     """This tenant's batches, newest first."""
     from sqlmodel import col, select
 
+    from llmos_jobs import batches
     from llmos_jobs.db.batch_models import Batch
 
     llmos = client()
@@ -121,10 +135,8 @@ def list_(as_json: bool = _JSON) -> None:
     if as_json:
         emit_json({"data": states})
         return
-    table = Table()
-    for column in ("id", "status", "completed", "failed", "total"):
-        table.add_column(column)
+    grid = table("id", "status", "completed", "failed", "total")
     for s in states:
         c = s["request_counts"]
-        table.add_row(s["id"], s["status"], str(c["completed"]), str(c["failed"]), str(c["total"]))
-    console.print(table)
+        grid.add_row(s["id"], s["status"], str(c["completed"]), str(c["failed"]), str(c["total"]))
+    console.print(grid)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from cryptography.fernet import Fernet
 
 from llmos_jobs.cli.output import console, emit_json
 
@@ -14,6 +13,8 @@ encryption_app = typer.Typer(help="Keys of the encryption at rest.", no_args_is_
 def new_key() -> None:
     """Print a new key. Put it first in LLMOS_ENCRYPTION_KEYS (keep the old ones after
     it), restart, then run `llmos encryption rotate`."""
+    from cryptography.fernet import Fernet
+
     print(Fernet.generate_key().decode())
 
 

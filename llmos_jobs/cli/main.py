@@ -59,13 +59,35 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
     err_console.print(f"warning: {message}", markup=False, style="yellow")
 
 
+def _for_the_user(exc: Exception) -> str | None:
+    """The one line to print for a mistake the user can fix; None for a bug, which
+    keeps its traceback."""
+    if isinstance(exc, LlmosError | TimeoutError):
+        return str(exc)
+    # Looked up, not imported: a command that never loaded them cannot raise them.
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(exc, pydantic.ValidationError) \
+            and exc.title == "Settings":
+        problems = "; ".join(f"LLMOS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        return f"invalid setting: {problems}"
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.OperationalError):
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        return f"the database cannot be used: {reason}"
+    return None
+
+
 def main() -> None:
     warnings.simplefilter("always", NoLiveWorkerWarning)
     warnings.showwarning = _show_warning
     try:
         app()
-    except (LlmosError, TimeoutError) as exc:
-        err_console.print(f"error: {exc}", markup=False, style="red")
+    except Exception as exc:
+        message = _for_the_user(exc)
+        if message is None:
+            raise
+        err_console.print(f"error: {message}", markup=False, style="red")
         sys.exit(1)
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
-from llmos_jobs.cli.output import console, emit_json
+from llmos_jobs.cli.output import console, emit_json, table
 from llmos_jobs.cli.state import client
-from llmos_jobs.db.models import MindspacePublic
-from schemas.common import JobStatus
+
+if TYPE_CHECKING:
+    from llmos_jobs.db.models import MindspacePublic
 
 mindspace_app = typer.Typer(help="Persistent, isolated LLM contexts.", no_args_is_help=True)
 kb_app = typer.Typer(help="A mindspace's knowledge base.", no_args_is_help=True)
@@ -75,6 +76,8 @@ def chat(
     as_json: bool = _JSON,
 ) -> None:
     """Send one turn and print the reply (the history is kept in the mindspace)."""
+    from schemas.common import JobStatus
+
     llmos = client()
     job = llmos.chat(mindspace_id, message, max_tokens=max_tokens, timeout_s=timeout_s)
     [job] = llmos.wait([job.id], timeout_s=timeout)
@@ -112,13 +115,11 @@ def list_(as_json: bool = _JSON) -> None:
     if as_json:
         emit_json(spaces)
         return
-    table = Table()
-    for column in ("id", "name", "model", "messages", "documents", "worker", "updated"):
-        table.add_column(column)
+    grid = table("id", "name", "model", "messages", "documents", "worker", "updated")
     for m in spaces:
-        table.add_row(m.id, m.name or "-", m.model, str(len(m.messages)), str(len(m.documents)),
+        grid.add_row(m.id, m.name or "-", m.model, str(len(m.messages)), str(len(m.documents)),
                       m.worker or "-", m.updated_at.isoformat(timespec="seconds"))
-    console.print(table)
+    console.print(grid)
 
 
 @mindspace_app.command("snapshot")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from llmos_jobs.cli.output import console, emit_json, report_submitted
+from llmos_jobs.cli.output import console, emit_json, report_submitted, table
 from llmos_jobs.cli.state import client
 from schemas.model import EngineKind, ModelOp
 
@@ -83,10 +82,8 @@ def list_models(as_json: bool = _JSON) -> None:
     if as_json:
         emit_json(models)
         return
-    table = Table()
-    for column in ("name", "engine", "context", "path", "loaded on"):
-        table.add_column(column)
+    grid = table("name", "engine", "context", "path", "loaded on")
     for m in models:
-        table.add_row(m.name, m.engine, str(m.context_length), m.path,
-                      ", ".join(m.loaded_on) or "-")
-    console.print(table)
+        grid.add_row(m.name, m.engine, str(m.context_length), m.path,
+                     ", ".join(m.loaded_on) or "-")
+    console.print(grid)

@@ -1,43 +1,58 @@
-"""Rendering for the CLI: Rich tables for people, ``--json`` for scripts."""
+"""Rendering for the CLI: Rich tables for people, ``--json`` for scripts.
+
+Imported by every command, `--help` included: nothing here may import the database
+layer (the table models cost more CPU to import than most commands spend working)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from llmos_jobs.db.models import JobPublic
-from schemas.common import JobStatus
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-console = Console()
-err_console = Console(stderr=True)
+    from llmos_jobs.db.models import JobPublic
+
+# A pipe has no width; Rich would assume 80 columns and crush wide tables. Give them
+# room for one row per line (what grep and people reading a log want); past that,
+# and on a narrow terminal, cells fold (see `table`). COLUMNS still decides.
+PIPE_WIDTH = 200
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
+                  else PIPE_WIDTH)
+# A message or warning is one line, whatever the terminal's width: scripts grep them.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def emit_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
-    if isinstance(value, BaseModel):
-        data: Any = value.model_dump(mode="json")
-    elif isinstance(value, dict):
-        data = value
-    else:
+    if isinstance(value, dict):
+        data: Any = value
+    elif isinstance(value, Sequence):
         data = [v.model_dump(mode="json") for v in value]
+    else:
+        data = value.model_dump(mode="json")
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def short(job_id: str) -> str:
-    return job_id[:8]
+def table(*columns: str, title: str | None = None,
+          unbroken: Collection[str] = ("id", "job", "name")) -> Table:
+    """A table whose cells fold rather than end in "…" when the width runs out; the
+    ``unbroken`` columns (ids) give way last, so they stay whole and can be pasted."""
+    grid = Table(title=title)
+    for column in columns:
+        grid.add_column(column, overflow="fold", no_wrap=column in unbroken)
+    return grid
 
 
 def job_table(jobs: Sequence[JobPublic], title: str | None = None) -> Table:
-    table = Table(title=title)
-    for column in ("job", "kind", "model", "priority", "status", "tokens (p/c/cached)",
-                   "latency", "worker"):
-        table.add_column(column)
+    grid = table("job", "kind", "model", "priority", "status", "tokens (p/c/cached)",
+                 "latency", "worker", title=title)
     for job in jobs:
         usage = job.usage
         tokens = (f"{usage.prompt_tokens}/{usage.completion_tokens}/{usage.cached_tokens}"
@@ -45,16 +60,18 @@ def job_table(jobs: Sequence[JobPublic], title: str | None = None) -> Table:
         status = job.status.value
         if job.error_type:
             status += f" ({job.error_type})"
-        table.add_row(
-            short(job.id), job.kind.value, job.model, str(job.priority), status, tokens,
+        grid.add_row(
+            job.id, job.kind.value, job.model, str(job.priority), status, tokens,
             f"{job.latency_s:.2f}s" if job.latency_s is not None else "-", job.worker or "-",
         )
-    return table
+    return grid
 
 
 def report_submitted(job: JobPublic, *, waited: bool, as_json: bool, queued: str) -> None:
     """Print a submitted job (or its outcome, after waiting); exit 1 when it waited for
     a job that did not succeed."""
+    from schemas.common import JobStatus
+
     if as_json:
         emit_json(job)
     elif waited:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from llmos_jobs.cli.output import err_console
-from llmos_jobs.settings import get_settings
 
 
 def api(
@@ -17,6 +16,7 @@ def api(
     import uvicorn
 
     from llmos_jobs.api import create_app
+    from llmos_jobs.settings import get_settings
 
     uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
 
@@ -31,6 +31,8 @@ def flower(
     address: str = typer.Option("127.0.0.1", "--address", help="Address to listen on."),
 ) -> None:
     """Run Flower against the configured broker, behind basic auth."""
+    from llmos_jobs.settings import get_settings
+
     settings = get_settings()
     user = settings.flower_user
     password = settings.flower_password.get_secret_value() if settings.flower_password else ""

@@ -7,11 +7,9 @@ import socket
 import time
 
 import typer
-from rich.table import Table
 
-from llmos_jobs.cli.output import console, emit_json
+from llmos_jobs.cli.output import console, emit_json, err_console, table
 from llmos_jobs.cli.state import client
-from llmos_jobs.settings import get_settings
 from schemas.model import EngineKind
 
 POOLS = ("threads", "prefork", "solo")
@@ -69,17 +67,15 @@ def workers(
     if as_json:
         emit_json(rows)
         return
-    table = Table()
-    for column in ("name", "state", "pid", "pool", "models", "loaded", "running", "heartbeat"):
-        table.add_column(column)
+    grid = table("name", "state", "pid", "pool", "models", "loaded", "running", "heartbeat")
     for w in rows:
-        table.add_row(
+        grid.add_row(
             w.name, w.state, str(w.pid), f"{w.pool} x{w.concurrency}",
             "all" if w.models is None else ", ".join(w.models) or "-",
             ", ".join(w.loaded) or "-", str(w.running_jobs),
             f"{w.seconds_since_heartbeat:.0f}s ago",
         )
-    console.print(table)
+    console.print(grid)
 
 
 def up(
@@ -88,23 +84,28 @@ def up(
 ) -> None:
     """Run the embedded stack in the foreground until interrupted (Ctrl-C)."""
     from llmos_jobs.embedded import EmbeddedStack
+    from llmos_jobs.settings import get_settings
 
+    # From the start, so that a stop during start-up also stops what was started.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     settings = get_settings()
-    with EmbeddedStack(settings.data_dir) as stack:
-        console.print(f"broker:   {stack.broker_url}\ndatabase: {stack.database_url}")
-        if with_worker:
-            name = f"cpu-up@{socket.gethostname()}"
-            process = stack.start_worker("--name", name)
-            with console.status("starting a worker"):
-                stack.wait_for_worker(name, process)
-            console.print(f"worker:   {name} (logs in {stack.log_dir})")
-        console.print("ready: other shells' `llmos` commands use this stack. Ctrl-C stops it.")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
+    try:
+        with EmbeddedStack(settings.data_dir) as stack:
+            if stack.recovered:
+                err_console.print(f"warning: {stack.recovered}", markup=False, style="yellow")
+            console.print(f"broker:   {stack.broker_url}\ndatabase: {stack.database_url}")
+            if with_worker:
+                name = f"cpu-up@{socket.gethostname()}"
+                process = stack.start_worker("--name", name)
+                with console.status("starting a worker"):
+                    stack.wait_for_worker(name, process)
+                console.print(f"worker:   {name} (logs in {stack.log_dir})")
+            console.print("ready: other shells' `llmos` commands use this stack. "
+                          "Ctrl-C stops it.")
             while True:
                 time.sleep(1)
-        except KeyboardInterrupt:
-            console.print("stopping")
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 def demo() -> None:
@@ -117,6 +118,7 @@ def demo() -> None:
 def db_upgrade() -> None:
     """Apply the database migrations (every command also does it on first use)."""
     from llmos_jobs.db.migrate import upgrade
+    from llmos_jobs.settings import get_settings
 
     url = get_settings().resolved_database_url()
     upgrade(url)

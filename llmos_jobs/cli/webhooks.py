@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
-import typer
-from rich.table import Table
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from llmos_jobs.cli.output import console, emit_json, err_console
+import typer
+
+from llmos_jobs.cli.output import console, emit_json, err_console, table
 from llmos_jobs.cli.state import current_tenant
-from llmos_jobs.db.migrate import upgrade
-from llmos_jobs.db.session import session_scope
-from llmos_jobs.settings import get_settings
-from llmos_jobs.webhooks.delivery import list_deliveries
-from llmos_jobs.webhooks.signing import rotate_secret, tenant_secret
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 webhook_app = typer.Typer(help="Webhook callbacks: signing secret and deliveries.",
                           no_args_is_help=True)
 _JSON = typer.Option(False, "--json")
 
 
-def _database() -> str:
+@contextmanager
+def _session() -> Iterator[Session]:
+    from llmos_jobs.db.migrate import upgrade
+    from llmos_jobs.db.session import session_scope
+    from llmos_jobs.settings import get_settings
+
     url = get_settings().resolved_database_url()
     upgrade(url)
-    return url
+    with session_scope(url) as session:
+        yield session
 
 
 @webhook_app.command("secret")
 def secret(as_json: bool = _JSON) -> None:
     """Show the tenant's signing secret (created on first use)."""
-    with session_scope(_database()) as session:
+    from llmos_jobs.webhooks.signing import tenant_secret
+
+    with _session() as session:
         row = tenant_secret(session=session, tenant=current_tenant())
     emit_json(row) if as_json else console.print(row.secret, markup=False)
 
@@ -35,7 +44,9 @@ def secret(as_json: bool = _JSON) -> None:
 @webhook_app.command("rotate")
 def rotate(as_json: bool = _JSON) -> None:
     """Replace the signing secret; the old one signs nothing from now on."""
-    with session_scope(_database()) as session:
+    from llmos_jobs.webhooks.signing import rotate_secret
+
+    with _session() as session:
         row = rotate_secret(session=session, tenant=current_tenant())
     if as_json:
         emit_json(row)
@@ -52,18 +63,18 @@ def deliveries(
     as_json: bool = _JSON,
 ) -> None:
     """The newest deliveries with their attempts."""
-    with session_scope(_database()) as session:
+    from llmos_jobs.webhooks.delivery import list_deliveries
+
+    with _session() as session:
         rows = list_deliveries(session=session, tenant=current_tenant(), job_id=job,
                                limit=limit)
     if as_json:
         emit_json(rows)
         return
-    table = Table()
-    for column in ("id", "event", "job", "status", "attempts", "last", "url"):
-        table.add_column(column)
+    grid = table("id", "event", "job", "status", "attempts", "last", "url")
     for d in rows:
         last = "-" if not d.attempt_log else (
             str(d.attempt_log[-1].status_code or d.attempt_log[-1].error))
-        table.add_row(d.id, d.event_type, d.job_id or "-", d.status.value, str(d.attempts),
-                      last[:40], d.url)
-    console.print(table)
+        grid.add_row(d.id, d.event_type, d.job_id or "-", d.status.value, str(d.attempts),
+                     last[:40], d.url)
+    console.print(grid)
