@@ -19,8 +19,12 @@ from llmos_jobs.db.session import session_scope
 from llmos_jobs.keys import issue_key, parse_scopes
 from tests.stack import Stack
 
-# Short, so that a test can watch a wait time out; the no-op engine answers in ms.
+# How long a waiting call waits: generous on the server most tests use, so a slow
+# machine never turns a result into a time-out; short on the server of the tests that
+# watch a wait time out (they wait on a model no worker serves, so the outcome is the
+# same however fast the machine is).
 API_WAIT_TIMEOUT_S = 3
+API_WAIT_GENEROUS_S = 300
 
 
 def free_port() -> int:
@@ -50,13 +54,13 @@ class ApiServer:
     process: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, stack: Stack) -> ApiServer:
+    def start(cls, stack: Stack, wait_timeout_s: float = API_WAIT_GENEROUS_S) -> ApiServer:
         port = free_port()
-        log = stack.data_dir / "api.log"
+        log = stack.data_dir / f"api-{port}.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "llmos_jobs.cli.main", "api", "--port", str(port),
              "--log-level", "warning"],
-            env={**stack.env, "LLMOS_API_WAIT_TIMEOUT_S": str(API_WAIT_TIMEOUT_S)},
+            env={**stack.env, "LLMOS_API_WAIT_TIMEOUT_S": str(wait_timeout_s)},
             stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
             start_new_session=True,
         )

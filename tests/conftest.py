@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.api_server import ApiServer
+from tests.api_server import API_WAIT_TIMEOUT_S, ApiServer
 from tests.services import postgres_server, redis_server
 from tests.stack import Stack
 
@@ -112,5 +112,14 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def api(stack: Stack) -> Iterator[ApiServer]:
     """`llmos api` serving the session stack (one server per backend)."""
     server = ApiServer.start(stack)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def api_short_wait(stack: Stack) -> Iterator[ApiServer]:
+    """A second `llmos api` on the same stack whose waiting calls give up after
+    API_WAIT_TIMEOUT_S, for the tests that watch a wait time out."""
+    server = ApiServer.start(stack, wait_timeout_s=API_WAIT_TIMEOUT_S)
     yield server
     server.stop()

@@ -121,7 +121,9 @@ def test_mindspace_turns_keep_the_history(api: ApiServer) -> None:
         assert http.get(f"/v1/mindspaces/{ms['id']}").status_code == 404
 
 
-def test_a_waited_turn_that_times_out_is_504_and_keeps_its_job(api: ApiServer) -> None:
+def test_a_waited_turn_that_times_out_is_504_and_keeps_its_job(
+        api_short_wait: ApiServer) -> None:
+    api = api_short_wait
     model = idle_model(api)
     with api.http(api.key(tenant())) as http:
         ms = http.post("/v1/mindspaces", json={"model": model}).json()

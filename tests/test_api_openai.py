@@ -93,7 +93,9 @@ def test_a_failed_job_is_a_server_error(api: ApiServer) -> None:
     assert info.value.status_code == 500
 
 
-def test_a_reply_that_takes_too_long_is_504_and_its_job_cancelled(api: ApiServer) -> None:
+def test_a_reply_that_takes_too_long_is_504_and_its_job_cancelled(
+        api_short_wait: ApiServer) -> None:
+    api = api_short_wait
     model = idle_model(api)
     key = api.key(tenant())
     with pytest.raises(openai.APIStatusError, match="was cancelled") as info:
