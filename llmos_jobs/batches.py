@@ -21,7 +21,7 @@ from broker_config import CONTROL_QUEUE, TaskName, queue_for
 from llmos_jobs.celery_app import get_app
 from llmos_jobs.client import LlmosClient, validate
 from llmos_jobs.db.batch_models import Batch, StoredFile
-from llmos_jobs.db.jobs import JobCreate
+from llmos_jobs.db.jobs import JobCreate, create_job
 from llmos_jobs.db.models import Job, JobPublic
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import InvalidRequest, NotFound
@@ -207,6 +207,9 @@ def expand(batch_id: str) -> None:
             model=request.model, batch_id=batch_id, custom_id=custom_id,
             payload=request.model_dump(mode="json"),
             queue=queue_for(TaskName.generate, model=request.model)))
+    # The jobs and the batch's new status commit together: a batch is never seen
+    # in_progress without its jobs (a cancel in between would find nothing to cancel,
+    # finish the batch, and the jobs would then run for a cancelled batch).
     with client.session() as session:
         status = "in_progress" if jobs else "failed"
         session.execute(update(Batch).where(col(Batch.id) == batch_id).values(
@@ -214,8 +217,9 @@ def expand(batch_id: str) -> None:
             in_progress_at=utcnow() if jobs else None, failed_at=None if jobs else utcnow(),
             errors=None if jobs else [{"code": "no_valid_lines",
                                        "message": "no line of the file is a valid request"}]))
-    if jobs:
-        client._enqueue(jobs)
+        rows = [create_job(session=session, job_in=j) for j in jobs]
+    if rows:
+        client._publish(get_app(client.settings.resolved_broker_url()), rows)
     else:
         finalize(batch_id)
 
