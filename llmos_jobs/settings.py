@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         default=120.0, gt=0,
         description="HTTP API: how long a waiting call (chat completions, turns) waits",
     )
+    model_roots: str = Field(
+        default="", description="HTTP API: directories (comma-separated) that registered "
+                                "model paths must lie under; unset: DATA_DIR/models",
+    )
     flower_user: str | None = Field(default=None, description="`llmos flower` basic auth user")
     flower_password: SecretStr | None = Field(
         default=None, description="`llmos flower` basic auth password"
@@ -82,6 +86,10 @@ class Settings(BaseSettings):
     def webhook_allowed(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",")
                          if h.strip())
+
+    def model_root_paths(self) -> list[Path]:
+        named = [Path(p.strip()) for p in self.model_roots.split(",") if p.strip()]
+        return named or [self.data_dir / "models"]
 
     def resolved_database_url(self) -> str:
         if self.database_url:

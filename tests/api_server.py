@@ -56,7 +56,8 @@ class ApiServer:
         process = subprocess.Popen(
             [sys.executable, "-m", "llmos_jobs.cli.main", "api", "--port", str(port),
              "--log-level", "warning"],
-            env={**stack.env, "LLMOS_API_WAIT_TIMEOUT_S": str(API_WAIT_TIMEOUT_S)},
+            env={**stack.env, "LLMOS_API_WAIT_TIMEOUT_S": str(API_WAIT_TIMEOUT_S),
+                 "LLMOS_MODEL_ROOTS": str(stack.data_dir)},
             stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
             start_new_session=True,
         )
@@ -73,14 +74,18 @@ class ApiServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
-    def issue(self, tenant: str, scopes: str | None = None) -> tuple[str, str]:
-        """A new key of ``tenant`` (all scopes when none named): (key id, key)."""
+    def issue(self, tenant: str | None, scopes: str | None = None) -> tuple[str, str]:
+        """A new key of ``tenant`` (None: an operator's; all scopes when none named):
+        (key id, key)."""
         with session_scope(self.stack.database_url) as session:
             issued = issue_key(session=session, tenant=tenant, scopes=parse_scopes(scopes))
         return issued.id, issued.key
 
     def key(self, tenant: str, scopes: str | None = None) -> str:
         return self.issue(tenant, scopes)[1]
+
+    def operator_key(self, scopes: str | None = None) -> str:
+        return self.issue(None, scopes)[1]
 
     def http(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -104,7 +109,7 @@ def wait_job(http: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str
 def idle_model(api: ApiServer) -> str:
     """A registered model that no worker serves: its jobs stay queued."""
     name = f"idle-{uuid.uuid4().hex[:6]}"
-    with api.http(api.key("ops", "models:admin")) as ops:
+    with api.http(api.operator_key("models:admin")) as ops:
         ops.post("/v1/models", json={"name": name, "path": str(api.stack.data_dir / name),
                                      "engine": "noop"}).raise_for_status()
     return name

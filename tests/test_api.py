@@ -50,10 +50,28 @@ def test_chat_messages_and_numeric_priorities_are_accepted(api: ApiServer) -> No
     with api.http(api.key(tenant(), "jobs:read,jobs:write")) as http:
         job = http.post("/v1/jobs", json={
             "model": "echo", "messages": [{"role": "user", "content": "a b"}],
-            "max_tokens": 2, "priority": 0,
+            "max_tokens": 2, "priority": 1,
         }).json()
-        assert job["priority"] == 0 and job["payload"]["messages"][0]["content"] == "a b"
+        assert job["priority"] == 1 and job["payload"]["messages"][0]["content"] == "a b"
         assert wait_job(http, job["id"])["result"]["text"] == "ok ok"
+
+
+def test_priority_zero_is_an_operator_privilege(api: ApiServer) -> None:
+    owner = tenant()
+    body = {"model": "echo", "prompt": "first", "max_tokens": 2, "priority": 0}
+    with api.http(api.key(owner)) as http:
+        refused = http.post("/v1/jobs", json=body)
+        assert refused.status_code == 403, refused.text
+        assert "priority 0 is reserved for operators" in refused.json()["error"]["message"]
+        ms = http.post("/v1/mindspaces", json={"model": "echo"}).json()
+        turn = http.post(f"/v1/mindspaces/{ms['id']}/turns", json={"message": "hi",
+                                                                  "priority": 0})
+        assert turn.status_code == 403
+        assert http.get("/v1/jobs").json()["data"] == []  # nothing was queued
+    with api.http(api.operator_key()) as ops:
+        job = ops.post("/v1/jobs", json=body, headers={"X-Llmos-Tenant": owner})
+        assert job.status_code == 202 and job.json()["priority"] == 0
+        assert job.json()["tenant"] == owner
 
 
 def test_bad_input_is_400_naming_the_field_and_nothing_is_enqueued(api: ApiServer) -> None:
@@ -140,7 +158,7 @@ def test_a_waited_turn_that_times_out_is_504_and_keeps_its_job(api: ApiServer) -
 def test_models_list_register_load_and_unload(api: ApiServer) -> None:
     name = f"ops-{uuid.uuid4().hex[:6]}"
     worker = f"noop-{api.stack.name}@test"
-    with api.http(api.key(tenant(), "models:read,models:admin,jobs:read")) as http:
+    with api.http(api.operator_key("models:read,models:admin,jobs:read")) as http:
         registered = http.post("/v1/models", json={
             "name": name, "path": str(api.stack.data_dir / name), "engine": "noop"})
         assert registered.status_code == 201, registered.text
@@ -158,7 +176,7 @@ def test_models_list_register_load_and_unload(api: ApiServer) -> None:
 
 
 def test_workers_show_health_and_load(api: ApiServer) -> None:
-    with api.http(api.key(tenant(), "admin")) as http:
+    with api.http(api.operator_key("admin")) as http:
         workers = http.get("/v1/workers").json()["data"]
     [mine] = [w for w in workers if w["name"] == f"noop-{api.stack.name}@test"]
     assert mine["state"] == "alive" and mine["seconds_since_heartbeat"] < 10

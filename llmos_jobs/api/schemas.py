@@ -69,7 +69,13 @@ class ModelOpBody(Contract):
 
 class KeyCreate(Contract):
     name: str | None = Field(default=None, max_length=128)
-    scopes: list[str] | None = Field(default=None, description="none named: every scope")
+    scopes: list[str] | None = Field(default=None, max_length=16,
+                                     description="none named: every scope")
+    tenant: str | None = Field(default=None, min_length=1, max_length=128,
+                               description="operator keys only: the new key's tenant "
+                                           "(default: the tenant the call acts for)")
+    operator: bool = Field(default=False, description="operator keys only: issue an "
+                                                      "operator key (no tenant)")
 
 
 class Health(BaseModel):

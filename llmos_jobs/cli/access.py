@@ -38,17 +38,24 @@ def create(
                                help="Comma-separated, from: " + ", ".join(Scope)
                                     + ". Default: all."),
     name: str = typer.Option(None, "--name", help="A label shown in listings."),
+    operator: bool = typer.Option(False, "--operator",
+                                  help="An operator's key (no tenant): models, workers, "
+                                       "every tenant's keys, priority 0."),
     as_json: bool = _JSON,
 ) -> None:
     """Create a key and print it once: only its digest is stored."""
+    if operator and tenant:
+        raise typer.BadParameter("an operator key has no tenant: drop --tenant")
     with session_scope(_database()) as session:
-        issued = issue_key(session=session, tenant=tenant or current_tenant(),
+        owner_tenant = None if operator else tenant or current_tenant()
+        issued = issue_key(session=session, tenant=owner_tenant,
                            scopes=parse_scopes(scopes), name=name)
     if as_json:
         emit_json(issued)
         return
     console.print(issued.key, markup=False)
-    err_console.print(f"key {issued.id} for tenant {issued.tenant!r}, scopes "
+    owner = "an operator" if issued.tenant is None else f"tenant {issued.tenant!r}"
+    err_console.print(f"key {issued.id} for {owner}, scopes "
                       f"{', '.join(issued.scopes)}: store it now, it is not shown again",
                       markup=False)
 
@@ -69,8 +76,8 @@ def list_keys(
     for column in ("id", "tenant", "name", "prefix", "scopes", "created", "revoked"):
         table.add_column(column)
     for k in keys:
-        table.add_row(k.id, k.tenant, k.name or "-", k.prefix + "…", ", ".join(k.scopes),
-                      _when(k.created_at), _when(k.revoked_at))
+        table.add_row(k.id, k.tenant or "(operator)", k.name or "-", k.prefix + "…",
+                      ", ".join(k.scopes), _when(k.created_at), _when(k.revoked_at))
     console.print(table)
 
 
@@ -83,7 +90,7 @@ def revoke(key_id: str, as_json: bool = _JSON) -> None:
     if as_json:
         emit_json(key)
     else:
-        console.print(f"revoked {key.id} (tenant {key.tenant})", markup=False)
+        console.print(f"revoked {key.id} (tenant {key.tenant or '(operator)'})", markup=False)
 
 
 @audit_app.command("list")

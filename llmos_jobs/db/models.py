@@ -288,7 +288,8 @@ class WorkerPublic(SQLModel):
 
 
 class ApiKeyBase(SQLModel):
-    tenant: str = Field(index=True, min_length=1)
+    # None: an operator's key (models, workers, every tenant's keys); else the tenant's own.
+    tenant: str | None = Field(default=None, index=True, min_length=1)
     name: str | None = Field(default=None, max_length=128)
     scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 

@@ -22,7 +22,9 @@ def submit_job(
     body: JobSubmit, state: State,
     caller: Annotated[Caller, Depends(authorize("jobs.create", Scope.jobs_write))],
 ) -> JobPublic:
-    """Queue a language job (a prompt or chat messages); poll it with GET /v1/jobs/{id}."""
+    """Queue a language job (a prompt or chat messages); poll it with GET /v1/jobs/{id}.
+    Priority 0 is reserved for operator keys."""
+    caller.check_priority(body.priority)
     job = state.client(caller.tenant).generate(
         model=body.model, prompt=body.prompt, messages=body.messages,
         max_tokens=body.max_tokens, temperature=body.temperature, stop=body.stop,

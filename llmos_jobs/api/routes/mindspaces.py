@@ -49,6 +49,7 @@ async def take_turn(
 ) -> JobPublic:
     """Submit one turn; with ``wait=true`` answer once its job is final (the reply is in
     ``result.reply``), or 504 when the API's wait timeout passes first."""
+    caller.check_priority(body.priority)
     client = state.client(caller.tenant)
     job = await run_in_threadpool(
         client.chat, mindspace_id, body.message, max_tokens=body.max_tokens,
