@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         default=120.0, gt=0,
         description="HTTP API: how long a waiting call (chat completions, turns) waits",
     )
+    api_max_body_bytes: int = Field(
+        default=2 * 2**20, ge=1024, description="HTTP API: bytes of a JSON request body "
+                                                "(uploads: batch_max_bytes)")
+    audit_denied_per_minute: int = Field(
+        default=20, ge=1, description="HTTP API: audit rows of denied calls per source "
+                                      "(key, else address) and minute; more are not written")
     model_roots: str = Field(
         default="", description="HTTP API: directories (comma-separated) that registered "
                                 "model paths must lie under; unset: DATA_DIR/models",

@@ -50,14 +50,16 @@ class ApiServer:
     process: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, stack: Stack) -> ApiServer:
+    def start(cls, stack: Stack, env: dict[str, str] | None = None) -> ApiServer:
         port = free_port()
         log = stack.data_dir / "api.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "llmos_jobs.cli.main", "api", "--port", str(port),
              "--log-level", "warning"],
             env={**stack.env, "LLMOS_API_WAIT_TIMEOUT_S": str(API_WAIT_TIMEOUT_S),
-                 "LLMOS_MODEL_ROOTS": str(stack.data_dir)},
+                 "LLMOS_MODEL_ROOTS": str(stack.data_dir),
+                 # Every test calls from 127.0.0.1; test_api_gate.py tests the budget.
+                 "LLMOS_AUDIT_DENIED_PER_MINUTE": "1000000", **(env or {})},
             stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
             start_new_session=True,
         )

@@ -13,7 +13,6 @@ operator route: 403."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -22,9 +21,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llmos_jobs.api.audit import AuditEntry, audit_entry
 from llmos_jobs.api.errors import forbidden, unauthorized
+from llmos_jobs.api.gate import KEY_STATE
 from llmos_jobs.api.state import api_state
 from llmos_jobs.db.models import ApiKey
-from llmos_jobs.keys import Scope, authenticate, grants
+from llmos_jobs.keys import Scope, grants
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `llmos key create`.")
 TENANT_HEADER = "X-Llmos-Tenant"
@@ -49,9 +49,6 @@ class Caller:
                             f"ask for {OPERATOR_PRIORITY + 1} (interactive) to 9")
 
 
-Authorizer = Callable[[Request, HTTPAuthorizationCredentials | None], Caller]
-
-
 def _acting_tenant(request: Request, key: ApiKey, default: str) -> str:
     named = request.headers.get(TENANT_HEADER)
     if key.tenant is not None:
@@ -64,37 +61,42 @@ def _acting_tenant(request: Request, key: ApiKey, default: str) -> str:
     return named or default
 
 
-def authorize(action: str, scope: Scope, *, operator_only: bool = False) -> Authorizer:
+class Authorize:
     """A dependency admitting callers whose key holds ``scope`` (and is an operator's,
-    when ``operator_only``); ``action`` names the call in the audit log (``jobs.create``)."""
+    when ``operator_only``); ``action`` names the call in the audit log (``jobs.create``).
+    The key itself was authenticated by the gate (api/gate.py) before the body was read."""
 
-    def dependency(
-        request: Request,
+    def __init__(self, action: str, scope: Scope, *, operator_only: bool = False) -> None:
+        self.action = action
+        self.scope = scope
+        self.operator_only = operator_only
+
+    def __call__(
+        self, request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Caller:
         entry = audit_entry(request)
-        entry.action = action
+        entry.action = self.action
         entry.resource_id = next(iter(request.path_params.values()), None)
-        if credentials is None:
+        key = getattr(request.state, KEY_STATE, None)
+        if credentials is None or not isinstance(key, ApiKey):
             raise unauthorized("missing API key: send the header 'Authorization: Bearer "
                                "<key>' (an operator creates keys with `llmos key create`)")
-        state = api_state(request)
-        with state.session() as session:
-            key = authenticate(session=session, presented=credentials.credentials)
-        if key is None:
-            raise unauthorized("invalid or revoked API key")
         operator = key.tenant is None
         entry.key_id = key.id
         entry.tenant = key.tenant
-        if operator_only and not operator:
-            raise forbidden(f"{action} is an operator action: models, workers and placement "
-                            "are shared by every tenant (a tenant key cannot use it)")
-        if not grants(key.scopes, scope):
+        if self.operator_only and not operator:
+            raise forbidden(f"{self.action} is an operator action: models, workers and "
+                            "placement are shared by every tenant (a tenant key cannot use it)")
+        if not grants(key.scopes, self.scope):
             held = ", ".join(key.scopes) or "none"
-            raise forbidden(f"{action} needs the scope '{scope.value}'; this key holds: {held}")
-        tenant = _acting_tenant(request, key, state.settings.tenant)
-        if not operator_only:
+            raise forbidden(f"{self.action} needs the scope '{self.scope.value}'; this key "
+                            f"holds: {held}")
+        tenant = _acting_tenant(request, key, api_state(request).settings.tenant)
+        if not self.operator_only:
             entry.tenant = tenant
         return Caller(tenant=tenant, key_id=key.id, operator=operator, audit=entry)
 
-    return dependency
+
+def authorize(action: str, scope: Scope, *, operator_only: bool = False) -> Authorize:
+    return Authorize(action, scope, operator_only=operator_only)
