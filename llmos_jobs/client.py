@@ -38,6 +38,7 @@ from llmos_jobs.db.models import (
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.dispatch import task_for_kind
 from llmos_jobs.errors import InvalidRequest, NoLiveWorkerWarning, NotFound
+from llmos_jobs.limits import FieldLimits
 from llmos_jobs.settings import Settings, get_settings
 from llmos_jobs.ttl_cache import TTLCache
 from llmos_jobs.webhooks.events import emit_job_event
@@ -90,6 +91,7 @@ class LlmosClient:
         self.tenant = tenant or self.settings.tenant
         self.database_url = self.settings.resolved_database_url()
         upgrade(self.database_url)
+        self.limits = FieldLimits.from_settings(self.settings)
         # Read on every submission, changed rarely: kept for a few seconds.
         self._contexts: TTLCache[int] = TTLCache(seconds=5.0)
         self._served: TTLCache[bool] = TTLCache(seconds=5.0)
@@ -126,6 +128,7 @@ class LlmosClient:
                 m.model_dump() if isinstance(m, ChatMessage) else m for m in messages
             ]
         request = validate(GenerateRequest, data)
+        self.limits.generate(request)
         self._check_model(request.model, request.max_tokens)
         return self._submit(JobKind.generate, request.model, request, _priority(priority),
                             webhook=self._webhook(webhook))
@@ -143,6 +146,7 @@ class LlmosClient:
         for index, data in enumerate(requests):
             try:
                 request = validate(GenerateRequest, data)
+                self.limits.generate(request)
                 self._check_model(request.model, request.max_tokens)
             except InvalidRequest as exc:
                 errors[index] = str(exc)
@@ -195,6 +199,7 @@ class LlmosClient:
     def create_mindspace(self, *, model: str, persona: str | None = None,
                          name: str | None = None, **settings: Any) -> MindspacePublic:
         request = validate(MindspaceCreate, {"model": model, "persona": persona, "name": name})
+        self.limits.persona(request.persona)
         self._check_model(request.model, None)
         options = validate(MindspaceSettings, settings).model_dump()
         with self.session() as session:
@@ -206,6 +211,7 @@ class LlmosClient:
     def configure_mindspace(self, mindspace_id: str, *, persona: str | None = None,
                             **settings: Any) -> MindspacePublic:
         """Change the persona ('' removes it) and settings; history stays."""
+        self.limits.persona(persona)
         known = set(MindspaceSettings.model_fields)
         unknown = sorted(set(settings) - known)
         if unknown:
@@ -237,6 +243,7 @@ class LlmosClient:
         """Submit a turn. Turns of one mindspace run one at a time in the order accepted:
         a turn sent while an earlier one is unfinished is `waiting` until that one ends
         (llmos_jobs.turn_order)."""
+        self.limits.turn(message)
         with self.session() as session:
             mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
                                               mindspace_id=mindspace_id)
@@ -299,6 +306,7 @@ class LlmosClient:
         """Add a text or Markdown document: chunked, embedded, stored encrypted."""
         from llmos_jobs.knowledge import chunk_text, embedder
 
+        self.limits.knowledge(title, text)
         if not text.strip():
             raise InvalidRequest(f"document {title!r} is empty")
         with self.session() as session:

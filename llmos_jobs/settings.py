@@ -60,6 +60,22 @@ class Settings(BaseSettings):
     audit_denied_per_minute: int = Field(
         default=20, ge=1, description="HTTP API: audit rows of denied calls per source "
                                       "(key, else address) and minute; more are not written")
+    # Sizes of the fields producers send (llmos_jobs/limits.py names them in refusals).
+    limit_prompt_bytes: int = Field(default=512 * 1024, ge=1, description="a prompt")
+    limit_message_bytes: int = Field(default=512 * 1024, ge=1,
+                                     description="one chat message or mindspace turn")
+    limit_messages: int = Field(default=1000, ge=1, description="messages per request")
+    limit_persona_bytes: int = Field(default=64 * 1024, ge=1, description="a persona")
+    limit_knowledge_bytes: int = Field(default=1024 * 1024, ge=1,
+                                       description="one knowledge document")
+    limit_title_chars: int = Field(default=256, ge=1, description="a knowledge title")
+    limit_stop_strings: int = Field(default=8, ge=0, description="stop strings per request")
+    limit_stop_bytes: int = Field(default=256, ge=1, description="one stop string")
+    limit_metadata_keys: int = Field(default=16, ge=0, description="batch metadata keys")
+    limit_metadata_key_chars: int = Field(default=64, ge=1)
+    limit_metadata_value_chars: int = Field(default=512, ge=1)
+    limit_filename_chars: int = Field(default=255, ge=1, description="an uploaded file's name")
+    limit_json_depth: int = Field(default=32, ge=2, description="nesting of a JSON body")
     model_roots: str = Field(
         default="", description="HTTP API: directories (comma-separated) that registered "
                                 "model paths must lie under; unset: DATA_DIR/models",

@@ -18,12 +18,16 @@ from tests.test_api_access import audit
 JSON_LIMIT = 4096
 UPLOAD_LIMIT = 8192
 DENIED_PER_MINUTE = 5
+SMALL_FIELDS = {"LLMOS_LIMIT_PROMPT_BYTES": "64", "LLMOS_LIMIT_MESSAGES": "2",
+                "LLMOS_LIMIT_PERSONA_BYTES": "32", "LLMOS_LIMIT_KNOWLEDGE_BYTES": "64",
+                "LLMOS_LIMIT_FILENAME_CHARS": "16", "LLMOS_LIMIT_METADATA_KEYS": "1",
+                "LLMOS_LIMIT_JSON_DEPTH": "8"}
 
 
 def _small_server(stack: Stack) -> Iterator[ApiServer]:
     server = ApiServer.start(stack, env={
         "LLMOS_API_MAX_BODY_BYTES": str(JSON_LIMIT), "LLMOS_BATCH_MAX_BYTES": str(UPLOAD_LIMIT),
-        "LLMOS_AUDIT_DENIED_PER_MINUTE": str(DENIED_PER_MINUTE)})
+        "LLMOS_AUDIT_DENIED_PER_MINUTE": str(DENIED_PER_MINUTE), **SMALL_FIELDS})
     yield server
     server.stop()
 
@@ -149,3 +153,43 @@ def test_denied_calls_are_audited_within_a_budget_per_source(fresh: ApiServer) -
     rows = audit(small, owner, limit=1000)
     assert 1 <= sum(r["outcome"] == "denied" for r in rows) <= 2 * DENIED_PER_MINUTE
     assert [r["action"] for r in rows if r["outcome"] == "ok"] == ["jobs.create"]
+
+
+def test_oversized_fields_are_400_naming_the_limit_and_nothing_is_stored(small: ApiServer
+                                                                          ) -> None:
+    message = {"role": "user", "content": "x"}
+    with small.http(small.key(tenant())) as http:
+        ms = http.post("/v1/mindspaces", json={"model": "echo"}).json()
+        file = http.post("/v1/files", files={"file": ("a.jsonl", b"{}")},
+                         data={"purpose": "batch"}).json()
+        for path, body, setting in [
+            ("/v1/jobs", {"model": "echo", "prompt": "x" * 65}, "LLMOS_LIMIT_PROMPT_BYTES"),
+            ("/v1/jobs", {"model": "echo", "messages": [message] * 3}, "LLMOS_LIMIT_MESSAGES"),
+            ("/v1/chat/completions", {"model": "echo", "messages": [message] * 3},
+             "LLMOS_LIMIT_MESSAGES"),
+            ("/v1/jobs", {"model": "echo", "prompt": "x", "max_tokens": 10**6},
+             "does not fit the context"),
+            ("/v1/jobs", {"model": "echo", "prompt": "x", "stop": [[[[[[[[["x"]]]]]]]]]},
+             "LLMOS_LIMIT_JSON_DEPTH"),
+            ("/v1/mindspaces", {"model": "echo", "persona": "p" * 33},
+             "LLMOS_LIMIT_PERSONA_BYTES"),
+            (f"/v1/mindspaces/{ms['id']}/knowledge", {"title": "t", "text": "k" * 65},
+             "LLMOS_LIMIT_KNOWLEDGE_BYTES"),
+            ("/v1/batches", {"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                             "completion_window": "24h", "metadata": {"a": "1", "b": "2"}},
+             "LLMOS_LIMIT_METADATA_KEYS"),
+        ]:
+            response = http.post(path, json=body)
+            assert response.status_code == 400, (path, response.text)
+            assert setting in response.json()["error"]["message"], (path, response.text)
+        persona = http.patch(f"/v1/mindspaces/{ms['id']}", json={"persona": "p" * 33})
+        assert persona.status_code == 400 and "LLMOS_LIMIT_PERSONA_BYTES" in persona.text
+        named = http.post("/v1/files", files={"file": ("n" * 17 + ".jsonl", b"{}")},
+                          data={"purpose": "batch"})
+        assert named.status_code == 400 and "LLMOS_LIMIT_FILENAME_CHARS" in named.text
+        assert http.get("/v1/jobs").json()["data"] == []
+        assert [m["id"] for m in http.get("/v1/mindspaces").json()["data"]] == [ms["id"]]
+        assert http.get(f"/v1/mindspaces/{ms['id']}/knowledge").json()["data"] == []
+        assert http.get("/v1/batches").json()["data"] == []
+        # Metadata without decrypting the content.
+        assert http.get(f"/v1/files/{file['id']}").json()["bytes"] == 2

@@ -60,7 +60,8 @@ def create_app(settings: Settings) -> FastAPI:
               if isinstance(route, APIRoute)]
     app.add_middleware(Gate, routes=routes, database_url=state.database_url,
                        limits=BodyLimits(json_bytes=settings.api_max_body_bytes,
-                                         upload_bytes=settings.batch_max_bytes))
+                                         upload_bytes=settings.batch_max_bytes,
+                                         json_depth=settings.limit_json_depth))
     app.add_middleware(AuditMiddleware, database_url=state.database_url,
                        denied_per_minute=settings.audit_denied_per_minute)
     for module in ROUTERS:

@@ -27,6 +27,7 @@ from llmos_jobs.api.errors import ErrorBody, ErrorDetail
 from llmos_jobs.db.models import ApiKey
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.keys import authenticate
+from llmos_jobs.limits import json_depth
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                           "/redoc"})
@@ -41,6 +42,7 @@ KEY_STATE = "api_key"
 class BodyLimits:
     json_bytes: int
     upload_bytes: int
+    json_depth: int
 
     def for_route(self, method: str, path: str) -> tuple[int, str]:
         if (method, path) in UPLOAD_ROUTES:
@@ -101,13 +103,16 @@ class Gate:
                          "invalid_api_key", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
         scope.setdefault("state", {})[KEY_STATE] = key
-        limit, setting = self.limits.for_route(scope["method"],
-                                               route.path if route else scope["path"])
+        path = route.path if route else scope["path"]
+        limit, setting = self.limits.for_route(scope["method"], path)
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             exc = too_large(limit, setting)
             await _error(413, str(exc.detail), "invalid_request_error",
                          "request_too_large")(scope, receive, send)
+            return
+        if (scope["method"], path) not in UPLOAD_ROUTES:
+            await self._buffered(scope, receive, send, limit, setting)
             return
         received = 0
 
@@ -121,6 +126,40 @@ class Gate:
             return message
 
         await self.app(scope, counted, send)
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send, limit: int,
+                        setting: str) -> None:
+        """Read a small JSON body whole (it is at most ``limit`` bytes), refuse it when it
+        nests too deeply, and hand it on to the route as if it arrived just now."""
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > limit:
+                exc = too_large(limit, setting)
+                await _error(413, str(exc.detail), "invalid_request_error",
+                             "request_too_large")(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        depth = json_depth(bytes(body))
+        if depth > self.limits.json_depth:
+            await _error(400, f"request body nests {depth} levels deep; the limit is "
+                              f"{self.limits.json_depth} (LLMOS_LIMIT_JSON_DEPTH)",
+                         "invalid_request_error", "invalid_value")(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def action_of(route: APIRoute) -> str | None:

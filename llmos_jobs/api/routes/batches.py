@@ -36,6 +36,7 @@ def create_batch(body: BatchCreate, state: State,
     """Validate the file's lines and run one job per valid line at batch priority."""
     caller.check_priority(body.priority)
     client = state.client(caller.tenant)
+    client.limits.metadata(body.metadata)
     batch = batches.create(client, input_file_id=body.input_file_id, endpoint=body.endpoint,
                            completion_window=body.completion_window, metadata=body.metadata,
                            priority=body.priority, webhook=body.webhook)

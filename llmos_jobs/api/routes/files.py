@@ -45,7 +45,7 @@ def get_file(file_id: str, state: State,
              ) -> dict[str, Any]:
     client = state.client(caller.tenant)
     with client.session() as session:
-        return file_object(batches.get_file(session, caller.tenant, file_id))
+        return file_object(batches.get_file(session, caller.tenant, file_id, content=False))
 
 
 @router.get("/{file_id}/content", response_class=PlainTextResponse)
