@@ -96,7 +96,8 @@ class Settings(BaseSettings):
         description="webhooks: seconds before each retry, comma-separated; one attempt "
                     "more than there are delays",
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0, description="webhooks: per attempt")
+    webhook_timeout_s: float = Field(default=10.0, gt=0,
+                                     description="webhooks: one whole attempt, connect to answer")
     webhook_allowed_hosts: str = Field(
         default="", description="webhooks: hosts (or host:port) allowed although they resolve "
                                 "to private, loopback or other internal addresses",
