@@ -22,11 +22,13 @@ _DELAYS = r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMOS_", extra="ignore")
 
+    # repr=False: the URLs may hold passwords; print them through db.session.masked.
     broker_url: str | None = Field(
-        default=None, description="Redis URL; unset: the stack started by `llmos up`"
+        default=None, repr=False, description="Redis URL; unset: the stack started by `llmos up`"
     )
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; unset: a SQLite file in the data directory"
+        default=None, repr=False,
+        description="SQLAlchemy URL; unset: a SQLite file in the data directory"
     )
     tenant: str = Field(default="default", min_length=1)
     data_dir: Path = Field(default=Path.home() / ".llmos")
@@ -39,7 +41,7 @@ class Settings(BaseSettings):
     noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
     noop_echo: bool = Field(
         default=False, description="no-op engine: reply with the request's last message")
-    encryption_keys: str | None = Field(
+    encryption_keys: SecretStr | None = Field(
         default=None, description="Fernet keys, comma-separated, newest first"
     )
     turn_routing: Literal["affinity", "round_robin"] = Field(

@@ -7,6 +7,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
+from llmos_jobs.db.models import JobPublic
 from schemas.common import PRIORITY_CLASSES, Contract, parse_priority
 from schemas.language import GenerateRequest
 from schemas.mindspace import MindspaceTurnRequest
@@ -38,6 +39,26 @@ class ListOf(BaseModel, Generic[T]):
 
     object: Literal["list"] = "list"
     data: list[T]
+
+
+# Where a job ran: the deployment's business, not the tenant's.
+PLACEMENT_FIELDS = frozenset({"queue", "task_id", "worker", "worker_pid"})
+
+
+class JobView(JobPublic):
+    """A job as the HTTP API shows it. To a tenant key the fields saying where it ran
+    (queue, Celery task id, worker host and pid) are absent; an operator key sees them."""
+
+    queue: str | None = None  # type: ignore[assignment]
+    task_id: str | None = None  # type: ignore[assignment]
+    worker: str | None = None
+    worker_pid: int | None = None
+
+    @classmethod
+    def of(cls, job: JobPublic, *, operator: bool) -> JobView:
+        # Fields left out are "unset", and routes answer with exclude_unset: omitted.
+        return cls.model_validate(job.model_dump(exclude=None if operator else
+                                                 set(PLACEMENT_FIELDS)))
 
 
 class JobSubmit(GenerateRequest):

@@ -9,10 +9,10 @@ from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.errors import ApiError
-from llmos_jobs.api.schemas import TurnSubmit
+from llmos_jobs.api.schemas import JobView, TurnSubmit
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.api.waiting import wait_final
-from llmos_jobs.db.models import JobPublic, MindspacePublic
+from llmos_jobs.db.models import MindspacePublic
 from llmos_jobs.keys import Scope
 from schemas.mindspace import MindspaceCreate
 
@@ -40,13 +40,14 @@ def get_mindspace(
     return state.client(caller.tenant).mindspace(mindspace_id)
 
 
-@router.post("/{mindspace_id}/turns", status_code=202, response_model=JobPublic,
-             responses={200: {"model": JobPublic, "description": "wait=true: the final job"}})
+@router.post("/{mindspace_id}/turns", status_code=202, response_model=JobView,
+             response_model_exclude_unset=True,
+             responses={200: {"model": JobView, "description": "wait=true: the final job"}})
 async def take_turn(
     mindspace_id: str, body: TurnSubmit, response: Response, state: State,
     caller: Annotated[Caller, Depends(authorize("mindspaces.turn", Scope.mindspaces_write))],
     wait: bool = False,
-) -> JobPublic:
+) -> JobView:
     """Submit one turn; with ``wait=true`` answer once its job is final (the reply is in
     ``result.reply``), or 504 when the API's wait timeout passes first."""
     caller.check_priority(body.priority)
@@ -55,7 +56,7 @@ async def take_turn(
         client.chat, mindspace_id, body.message, max_tokens=body.max_tokens,
         temperature=body.temperature, priority=body.priority, timeout_s=body.timeout_s)
     if not wait:
-        return job
+        return JobView.of(job, operator=caller.operator)
     timeout_s = state.settings.api_wait_timeout_s
     try:
         job = await wait_final(client, job.id, timeout_s=timeout_s)
@@ -64,7 +65,7 @@ async def take_turn(
                        f"stays queued: follow it with GET /v1/jobs/{job.id}",
                        type_="timeout_error", code="wait_timeout") from None
     response.status_code = 200
-    return job
+    return JobView.of(job, operator=caller.operator)
 
 
 @router.delete("/{mindspace_id}", status_code=204)
