@@ -7,6 +7,7 @@ from rich.table import Table
 
 from llmos_jobs.cli.output import console, emit_json, err_console
 from llmos_jobs.cli.state import current_tenant
+from llmos_jobs.client_audit import default_actor, record
 from llmos_jobs.db import audit as audit_crud
 from llmos_jobs.db import keys as key_crud
 from llmos_jobs.db.migrate import upgrade
@@ -46,10 +47,13 @@ def create(
     """Create a key and print it once: only its digest is stored."""
     if operator and tenant:
         raise typer.BadParameter("an operator key has no tenant: drop --tenant")
-    with session_scope(_database()) as session:
+    url = _database()
+    with session_scope(url) as session:
         owner_tenant = None if operator else tenant or current_tenant()
         issued = issue_key(session=session, tenant=owner_tenant,
                            scopes=parse_scopes(scopes), name=name)
+    record(url, actor=default_actor(), tenant=issued.tenant, action="keys.create",
+           resource_id=issued.id, exc=None)
     if as_json:
         emit_json(issued)
         return
@@ -84,9 +88,12 @@ def list_keys(
 @key_app.command("revoke")
 def revoke(key_id: str, as_json: bool = _JSON) -> None:
     """Revoke a key: the API refuses it from the next call on."""
-    with session_scope(_database()) as session:
+    url = _database()
+    with session_scope(url) as session:
         key = ApiKeyPublic.model_validate(
             key_crud.revoke_api_key(session=session, key_id=key_id), from_attributes=True)
+    record(url, actor=default_actor(), tenant=key.tenant, action="keys.revoke",
+           resource_id=key.id, exc=None)
     if as_json:
         emit_json(key)
     else:
@@ -99,7 +106,8 @@ def audit_list(
     limit: int = typer.Option(50, "--limit", min=1, max=10_000),
     as_json: bool = _JSON,
 ) -> None:
-    """The newest API calls first: who, what, on which resource, with which outcome."""
+    """The newest actions first (HTTP calls, and the CLI's and Python client's): who,
+    what, on which resource, with which outcome."""
     with session_scope(_database()) as session:
         events = [AuditEventPublic.model_validate(e, from_attributes=True)
                   for e in audit_crud.list_events(session=session, tenant=tenant, limit=limit)]
@@ -107,9 +115,9 @@ def audit_list(
         emit_json(events)
         return
     table = Table()
-    for column in ("time", "tenant", "key", "action", "resource", "outcome", "status"):
+    for column in ("time", "tenant", "key or actor", "action", "resource", "outcome", "status"):
         table.add_column(column)
     for e in events:
-        table.add_row(_when(e.created_at), e.tenant or "-", e.key_id or "-", e.action,
+        table.add_row(_when(e.created_at), e.tenant or "-", e.key_id or e.actor or "-", e.action,
                       e.resource_id or "-", e.outcome, str(e.status_code))
     console.print(table)

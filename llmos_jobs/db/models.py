@@ -327,6 +327,8 @@ class AuditEventBase(SQLModel):
     # None when the caller could not be identified (a missing or unknown key).
     tenant: str | None = Field(default=None)
     key_id: str | None = None
+    # Who acted without a key: the CLI's or the Python client's user@host.
+    actor: str | None = Field(default=None, max_length=255)
     action: str = Field(index=True)
     resource_id: str | None = None
     outcome: str  # ok | denied | error

@@ -1,4 +1,5 @@
-"""operator keys: an API key without a tenant belongs to an operator
+"""operator keys: an API key without a tenant belongs to an operator; audit rows
+name the actor of calls made without a key (the CLI, the Python client)
 
 Revision ID: 0008
 Revises: 0007
@@ -22,9 +23,13 @@ def upgrade() -> None:
     # Batch mode: SQLite cannot alter a column's nullability in place.
     with op.batch_alter_table("api_key", schema=None) as batch_op:
         batch_op.alter_column("tenant", existing_type=sa.String(), nullable=True)
+    with op.batch_alter_table("audit_event", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("actor", sa.String(length=255), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("audit_event", schema=None) as batch_op:
+        batch_op.drop_column("actor")
     # An operator key cannot be expressed without a tenant column value: revoke and drop them.
     op.execute("DELETE FROM api_key WHERE tenant IS NULL")
     with op.batch_alter_table("api_key", schema=None) as batch_op:
