@@ -148,13 +148,19 @@ def parse(content: str) -> tuple[list[tuple[int, str, dict[str, Any]]], list[dic
     valid: list[tuple[int, str, dict[str, Any]]] = []
     invalid: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for number, raw in enumerate(content.splitlines(), start=1):
+    # JSON Lines end at "\n" only: str.splitlines would also cut a line at a U+2028 or
+    # a form feed that JSON allows inside a string.
+    for number, raw in enumerate(content.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
             line = json.loads(raw)
         except ValueError as exc:
             invalid.append(_line_error(number, None, "invalid_json", f"not JSON: {exc}"))
+            continue
+        except RecursionError:  # nested deeper than the parser goes: one bad line, no crash
+            invalid.append(_line_error(number, None, "invalid_json", "not JSON: nested too "
+                                                                     "deeply"))
             continue
         if not isinstance(line, dict):
             invalid.append(_line_error(number, None, "invalid_line", "a line must be an object"))
