@@ -35,8 +35,10 @@ Submit and follow language jobs, mindspace turns and model operations, and call 
 OpenAI-compatible `/v1/chat/completions` and `/v1/models`.
 
 Every route but `/healthz` and these docs needs `Authorization: Bearer <key>`; an
-operator creates keys with `llmos key create --tenant T --scopes ...`. Errors are
-OpenAI-style: `{"error": {"message", "type", "param", "code"}}`.
+operator creates keys with `llmos key create --tenant T --scopes ...` (a tenant's) or
+`llmos key create --operator` (models, workers, every tenant's keys, priority 0; acts
+for the tenant named in `X-Llmos-Tenant`). Errors are OpenAI-style:
+`{"error": {"message", "type", "param", "code"}}`.
 """
 
 ROUTERS = (jobs, mindspaces, mindspace_state, models, workers, chat, keys, files, batches,

@@ -7,8 +7,10 @@ in full, and bad JSON answered 400 before the missing key was noticed. The gate 
 first. It finds the route, authenticates the bearer key (401 at once when it is
 missing, unknown or revoked, without reading a byte of the body), refuses a declared
 length over the route's limit with 413, and counts the bytes as they arrive so that a
-body without a declared length is cut off at the same limit. The key it found is left
-in the request for ``authorize`` (api/auth.py), which checks scopes and tenants."""
+body without a declared length is cut off at the same limit. A JSON body (at most the
+limit) is read whole and its nesting measured before any parser sees it; an upload is
+passed on as it streams. The key it found is left in the request for ``authorize``
+(api/auth.py), which checks scopes and tenants."""
 
 from __future__ import annotations
 
