@@ -197,3 +197,19 @@ def test_llmos_key_create_operator_issues_a_key_without_a_tenant(api: ApiServer)
         assert ops.get("/v1/workers").status_code == 200
     both = llmos("key", "create", "--operator", "--tenant", "acme", env=api.stack.env)
     assert both.returncode != 0 and "operator key has no tenant" in both.stderr
+
+
+def test_a_tenant_does_not_see_which_worker_holds_its_mindspace(api: ApiServer) -> None:
+    owner = tenant()
+    with api.http(api.key(owner)) as http:
+        ms = http.post("/v1/mindspaces", json={"model": "echo"}).json()
+        turn = http.post(f"/v1/mindspaces/{ms['id']}/turns", params={"wait": "true"},
+                         json={"message": "hi", "max_tokens": 2})
+        assert turn.status_code == 200 and "worker" not in turn.json()
+        for view in (http.get(f"/v1/mindspaces/{ms['id']}").json(),
+                     http.post(f"/v1/mindspaces/{ms['id']}/fork").json(),
+                     *http.get("/v1/mindspaces").json()["data"]):
+            assert "worker" not in view and view["tenant"] == owner
+    with api.http(api.operator_key()) as ops:
+        seen = ops.get(f"/v1/mindspaces/{ms['id']}", headers={"X-Llmos-Tenant": owner}).json()
+        assert seen["worker"] == f"noop-{api.stack.name}@test"

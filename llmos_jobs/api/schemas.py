@@ -7,7 +7,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
-from llmos_jobs.db.models import JobPublic
+from llmos_jobs.db.models import JobPublic, MindspacePublic
 from schemas.common import PRIORITY_CLASSES, Contract, parse_priority
 from schemas.language import GenerateRequest
 from schemas.mindspace import MindspaceTurnRequest
@@ -59,6 +59,18 @@ class JobView(JobPublic):
         # Fields left out are "unset", and routes answer with exclude_unset: omitted.
         return cls.model_validate(job.model_dump(exclude=None if operator else
                                                  set(PLACEMENT_FIELDS)))
+
+
+class MindspaceView(MindspacePublic):
+    """A mindspace as the HTTP API shows it: to a tenant key, the worker that holds its
+    prefix cache (a host name) is absent; an operator key sees it."""
+
+    worker: str | None = None
+
+    @classmethod
+    def of(cls, mindspace: MindspacePublic, *, operator: bool) -> MindspaceView:
+        return cls.model_validate(mindspace.model_dump(exclude=None if operator else
+                                                       {"worker"}))
 
 
 class JobSubmit(GenerateRequest):

@@ -9,10 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.errors import ApiError
-from llmos_jobs.api.schemas import JobView, TurnSubmit
+from llmos_jobs.api.schemas import JobView, MindspaceView, TurnSubmit
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.api.waiting import wait_final
-from llmos_jobs.db.models import MindspacePublic
 from llmos_jobs.keys import Scope
 from schemas.mindspace import MindspaceCreate
 
@@ -20,24 +19,25 @@ router = APIRouter(prefix="/v1/mindspaces", tags=["mindspaces"])
 State = Annotated[ApiState, Depends(api_state)]
 
 
-@router.post("", status_code=201, response_model=MindspacePublic)
+@router.post("", status_code=201, response_model=MindspaceView, response_model_exclude_unset=True)
 def create_mindspace(
     body: MindspaceCreate, state: State,
     caller: Annotated[Caller, Depends(authorize("mindspaces.create", Scope.mindspaces_write))],
-) -> MindspacePublic:
+) -> MindspaceView:
     mindspace = state.client(caller.tenant).create_mindspace(
         model=body.model, persona=body.persona, name=body.name)
     caller.created(mindspace.id)
-    return mindspace
+    return MindspaceView.of(mindspace, operator=caller.operator)
 
 
-@router.get("/{mindspace_id}", response_model=MindspacePublic)
+@router.get("/{mindspace_id}", response_model=MindspaceView, response_model_exclude_unset=True)
 def get_mindspace(
     mindspace_id: str, state: State,
     caller: Annotated[Caller, Depends(authorize("mindspaces.read", Scope.mindspaces_read))],
-) -> MindspacePublic:
+) -> MindspaceView:
     """The mindspace with its messages, oldest first."""
-    return state.client(caller.tenant).mindspace(mindspace_id)
+    return MindspaceView.of(state.client(caller.tenant).mindspace(mindspace_id),
+                            operator=caller.operator)
 
 
 @router.post("/{mindspace_id}/turns", status_code=202, response_model=JobView,
