@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import update
+from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import Session, col, select
 
 from broker_config import CONTROL_QUEUE, TaskName, queue_for
@@ -38,6 +39,7 @@ def upload(client: LlmosClient, *, filename: str, content: bytes, purpose: str) 
     if len(content) > limit:
         raise InvalidRequest(f"file {filename!r} is {len(content)} bytes; the limit is {limit} "
                              "(LLMOS_BATCH_MAX_BYTES)")
+    client.limits.filename(filename)
     if purpose != "batch":
         raise InvalidRequest(f"purpose {purpose!r} is not supported: use 'batch'")
     try:
@@ -51,9 +53,13 @@ def upload(client: LlmosClient, *, filename: str, content: bytes, purpose: str) 
     return row
 
 
-def get_file(session: Session, tenant: str, file_id: str) -> StoredFile:
-    row = session.exec(select(StoredFile).where(StoredFile.id == file_id,
-                                                StoredFile.tenant == tenant)).first()
+def get_file(session: Session, tenant: str, file_id: str, *, content: bool = True
+             ) -> StoredFile:
+    """The file; ``content=False`` leaves its content unread (and undecrypted)."""
+    query = select(StoredFile).where(StoredFile.id == file_id, StoredFile.tenant == tenant)
+    if not content:
+        query = query.options(defer(cast("QueryableAttribute[str]", StoredFile.content)))
+    row = session.exec(query).first()
     if row is None:
         raise NotFound(f"file {file_id} not found")
     return row
@@ -142,13 +148,19 @@ def parse(content: str) -> tuple[list[tuple[int, str, dict[str, Any]]], list[dic
     valid: list[tuple[int, str, dict[str, Any]]] = []
     invalid: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for number, raw in enumerate(content.splitlines(), start=1):
+    # JSON Lines end at "\n" only: str.splitlines would also cut a line at a U+2028 or
+    # a form feed that JSON allows inside a string.
+    for number, raw in enumerate(content.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
             line = json.loads(raw)
         except ValueError as exc:
             invalid.append(_line_error(number, None, "invalid_json", f"not JSON: {exc}"))
+            continue
+        except RecursionError:  # nested deeper than the parser goes: one bad line, no crash
+            invalid.append(_line_error(number, None, "invalid_json", "not JSON: nested too "
+                                                                     "deeply"))
             continue
         if not isinstance(line, dict):
             invalid.append(_line_error(number, None, "invalid_line", "a line must be an object"))
@@ -198,6 +210,7 @@ def expand(batch_id: str) -> None:
     for number, custom_id, body in valid:
         try:
             request = validate(GenerateRequest, _request(body))
+            client.limits.generate(request)
             client._check_model(request.model, request.max_tokens)
         except InvalidRequest as exc:
             invalid.append(_line_error(number, custom_id, "invalid_body", str(exc)))

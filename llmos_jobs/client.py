@@ -18,6 +18,7 @@ from sqlmodel import Session
 from broker_config import TaskName, language_queue, queue_for
 from llmos_jobs import dispatch, turn_order
 from llmos_jobs.celery_app import get_app
+from llmos_jobs.client_audit import audited, default_actor
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db import mindspaces as ms_crud
 from llmos_jobs.db import registry
@@ -38,6 +39,7 @@ from llmos_jobs.db.models import (
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.dispatch import task_for_kind
 from llmos_jobs.errors import InvalidRequest, NoLiveWorkerWarning, NotFound
+from llmos_jobs.limits import FieldLimits
 from llmos_jobs.settings import Settings, get_settings
 from llmos_jobs.ttl_cache import TTLCache
 from llmos_jobs.webhooks.events import emit_job_event
@@ -85,11 +87,16 @@ def _priority(value: int | str) -> int:
 class LlmosClient:
     """Submit and inspect work as one tenant."""
 
-    def __init__(self, *, tenant: str | None = None, settings: Settings | None = None) -> None:
+    def __init__(self, *, tenant: str | None = None, settings: Settings | None = None,
+                 audit: bool = True, actor: str | None = None) -> None:
+        """``audit``: write an audit row per action, naming ``actor`` (default: this
+        process's user@host); the HTTP API turns it off (its middleware writes them)."""
         self.settings = settings or get_settings()
         self.tenant = tenant or self.settings.tenant
+        self.actor = (actor or default_actor()) if audit else None
         self.database_url = self.settings.resolved_database_url()
         upgrade(self.database_url)
+        self.limits = FieldLimits.from_settings(self.settings)
         # Read on every submission, changed rarely: kept for a few seconds.
         self._contexts: TTLCache[int] = TTLCache(seconds=5.0)
         self._served: TTLCache[bool] = TTLCache(seconds=5.0)
@@ -100,6 +107,7 @@ class LlmosClient:
 
     # -- language -----------------------------------------------------------------------------
 
+    @audited("jobs.create")
     def generate(
         self,
         *,
@@ -126,10 +134,12 @@ class LlmosClient:
                 m.model_dump() if isinstance(m, ChatMessage) else m for m in messages
             ]
         request = validate(GenerateRequest, data)
+        self.limits.generate(request)
         self._check_model(request.model, request.max_tokens)
         return self._submit(JobKind.generate, request.model, request, _priority(priority),
                             webhook=self._webhook(webhook))
 
+    @audited("jobs.create_many")
     def generate_many(self, requests: Sequence[dict[str, Any]], *,
                       priority: int | str = "batch", webhook: str | None = None
                       ) -> BulkSubmission:
@@ -143,6 +153,7 @@ class LlmosClient:
         for index, data in enumerate(requests):
             try:
                 request = validate(GenerateRequest, data)
+                self.limits.generate(request)
                 self._check_model(request.model, request.max_tokens)
             except InvalidRequest as exc:
                 errors[index] = str(exc)
@@ -157,6 +168,7 @@ class LlmosClient:
 
     # -- models ---------------------------------------------------------------------------------
 
+    @audited("models.register")
     def register_model(self, name: str, path: str | Path, engine: str = "transformers"
                        ) -> RegisteredModelPublic:
         request = validate(ModelRegister, {"name": name, "path": str(path), "engine": engine})
@@ -183,6 +195,7 @@ class LlmosClient:
             return registry.list_models(session=session,
                                         dead_after_s=self.settings.worker_dead_after_s)
 
+    @audited("models.{op}")
     def model_op(self, model: str, op: ModelOp | str, *, worker: str | None = None,
                  priority: int | str = "interactive") -> JobPublic:
         request = validate(ModelOpRequest, {"model": model, "op": op, "worker": worker})
@@ -192,9 +205,11 @@ class LlmosClient:
 
     # -- mindspaces -----------------------------------------------------------------------------
 
-    def create_mindspace(self, *, model: str, persona: str | None = None,
+    @audited("mindspaces.create")
+    def create_mindspace(self, /, *, model: str, persona: str | None = None,
                          name: str | None = None, **settings: Any) -> MindspacePublic:
         request = validate(MindspaceCreate, {"model": model, "persona": persona, "name": name})
+        self.limits.persona(request.persona)
         self._check_model(request.model, None)
         options = validate(MindspaceSettings, settings).model_dump()
         with self.session() as session:
@@ -203,9 +218,11 @@ class LlmosClient:
             return ms_crud.show_mindspace(session=session, tenant=self.tenant,
                                           mindspace_id=row.id)
 
-    def configure_mindspace(self, mindspace_id: str, *, persona: str | None = None,
+    @audited("mindspaces.configure")
+    def configure_mindspace(self, /, mindspace_id: str, *, persona: str | None = None,
                             **settings: Any) -> MindspacePublic:
         """Change the persona ('' removes it) and settings; history stays."""
+        self.limits.persona(persona)
         known = set(MindspaceSettings.model_fields)
         unknown = sorted(set(settings) - known)
         if unknown:
@@ -231,12 +248,14 @@ class LlmosClient:
                                            mindspace_id=m.id)
                     for m in ms_crud.list_mindspaces(session=session, tenant=self.tenant)]
 
+    @audited("mindspaces.turn")
     def chat(self, mindspace_id: str, message: str, *, max_tokens: int | None = None,
              temperature: float | None = None, priority: int | str = "interactive",
              timeout_s: float | None = None) -> JobPublic:
         """Submit a turn. Turns of one mindspace run one at a time in the order accepted:
         a turn sent while an earlier one is unfinished is `waiting` until that one ends
         (llmos_jobs.turn_order)."""
+        self.limits.turn(message)
         with self.session() as session:
             mindspace = ms_crud.get_mindspace(session=session, tenant=self.tenant,
                                               mindspace_id=mindspace_id)
@@ -264,6 +283,7 @@ class LlmosClient:
         self._warn_without_worker(job.queue, mindspace.model)
         return JobPublic.from_row(job)
 
+    @audited("mindspaces.snapshot")
     def snapshot(self, mindspace_id: str, *, name: str | None = None) -> SnapshotPublic:
         with self.session() as session:
             snap = ms_crud.snapshot(session=session, tenant=self.tenant,
@@ -277,6 +297,7 @@ class LlmosClient:
             return ms_crud.snapshots(session=session, tenant=self.tenant,
                                      mindspace_id=mindspace_id)
 
+    @audited("mindspaces.restore")
     def restore(self, snapshot_id: str) -> MindspacePublic:
         """A new mindspace from a snapshot; the original is untouched."""
         with self.session() as session:
@@ -284,21 +305,25 @@ class LlmosClient:
             return ms_crud.show_mindspace(session=session, tenant=self.tenant,
                                           mindspace_id=row.id)
 
+    @audited("mindspaces.fork")
     def fork(self, mindspace_id: str) -> MindspacePublic:
         with self.session() as session:
             row = ms_crud.fork(session=session, tenant=self.tenant, mindspace_id=mindspace_id)
             return ms_crud.show_mindspace(session=session, tenant=self.tenant,
                                           mindspace_id=row.id)
 
+    @audited("mindspaces.delete")
     def destroy_mindspace(self, mindspace_id: str) -> None:
         with self.session() as session:
             ms_crud.destroy_mindspace(session=session, tenant=self.tenant,
                                       mindspace_id=mindspace_id)
 
+    @audited("mindspaces.knowledge.add")
     def kb_add(self, mindspace_id: str, text: str, *, title: str) -> KnowledgeDocument:
         """Add a text or Markdown document: chunked, embedded, stored encrypted."""
         from llmos_jobs.knowledge import chunk_text, embedder
 
+        self.limits.knowledge(title, text)
         if not text.strip():
             raise InvalidRequest(f"document {title!r} is empty")
         with self.session() as session:
@@ -325,6 +350,7 @@ class LlmosClient:
             doc.chunks += 1
         return list(documents.values())
 
+    @audited("mindspaces.knowledge.remove")
     def kb_remove(self, mindspace_id: str, document_id: str) -> int:
         with self.session() as session:
             return ms_crud.remove_document(session=session, tenant=self.tenant,
@@ -344,6 +370,7 @@ class LlmosClient:
                                       limit=limit)
             return [JobPublic.from_row(r) for r in rows]
 
+    @audited("jobs.cancel")
     def cancel(self, job_id: str) -> JobPublic:
         """Cancel a job that has not ended; a cancelled turn lets the next one run."""
         with self.session() as session:

@@ -44,7 +44,8 @@ def _local_keys(data_dir: Path) -> tuple[str, ...]:
 def key_list() -> list[str]:
     settings = get_settings()
     if settings.encryption_keys:
-        return [k.strip() for k in settings.encryption_keys.split(",") if k.strip()]
+        keys = settings.encryption_keys.get_secret_value()
+        return [k.strip() for k in keys.split(",") if k.strip()]
     return list(_local_keys(settings.data_dir))
 
 

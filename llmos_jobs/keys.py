@@ -28,8 +28,10 @@ class Scope(StrEnum):
     mindspaces_read = "mindspaces:read"
     mindspaces_write = "mindspaces:write"
     models_read = "models:read"
-    models_admin = "models:admin"  # register, load and unload models: shared by all tenants
-    admin = "admin"  # every scope above, plus workers and the tenant's own keys
+    models_admin = "models:admin"  # register, load, unload: operator keys only (shared models)
+    # Every scope above; on a tenant key also the tenant's own keys and webhooks; on an
+    # operator key also workers and every tenant's keys.
+    admin = "admin"
 
 
 KEY_PREFIX = "llmos_"
@@ -63,10 +65,11 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def issue_key(*, session: Session, tenant: str, scopes: Sequence[Scope],
+def issue_key(*, session: Session, tenant: str | None, scopes: Sequence[Scope],
               name: str | None = None) -> ApiKeyIssued:
-    """Create a key; the secret is in the answer and nowhere else."""
-    if not tenant.strip():
+    """Create a key of ``tenant``, or an operator's key when ``tenant`` is None; the
+    secret is in the answer and nowhere else."""
+    if tenant is not None and not tenant.strip():
         raise InvalidRequest("tenant must not be empty")
     if name is not None and len(name) > 128:
         raise InvalidRequest("name is longer than 128 characters")

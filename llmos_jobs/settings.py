@@ -22,11 +22,13 @@ _DELAYS = r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMOS_", extra="ignore")
 
+    # repr=False: the URLs may hold passwords; print them through db.session.masked.
     broker_url: str | None = Field(
-        default=None, description="Redis URL; unset: the stack started by `llmos up`"
+        default=None, repr=False, description="Redis URL; unset: the stack started by `llmos up`"
     )
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; unset: a SQLite file in the data directory"
+        default=None, repr=False,
+        description="SQLAlchemy URL; unset: a SQLite file in the data directory"
     )
     tenant: str = Field(default="default", min_length=1)
     data_dir: Path = Field(default=Path.home() / ".llmos")
@@ -39,7 +41,7 @@ class Settings(BaseSettings):
     noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
     noop_echo: bool = Field(
         default=False, description="no-op engine: reply with the request's last message")
-    encryption_keys: str | None = Field(
+    encryption_keys: SecretStr | None = Field(
         default=None, description="Fernet keys, comma-separated, newest first"
     )
     turn_routing: Literal["affinity", "round_robin"] = Field(
@@ -53,6 +55,32 @@ class Settings(BaseSettings):
     api_wait_timeout_s: float = Field(
         default=120.0, gt=0,
         description="HTTP API: how long a waiting call (chat completions, turns) waits",
+    )
+    api_max_body_bytes: int = Field(
+        default=2 * 2**20, ge=1024, description="HTTP API: bytes of a JSON request body "
+                                                "(uploads: batch_max_bytes)")
+    audit_denied_per_minute: int = Field(
+        default=20, ge=1, description="HTTP API: audit rows of denied calls per source "
+                                      "(key, else address) and minute; more are not written")
+    # Sizes of the fields producers send (llmos_jobs/limits.py names them in refusals).
+    limit_prompt_bytes: int = Field(default=512 * 1024, ge=1, description="a prompt")
+    limit_message_bytes: int = Field(default=512 * 1024, ge=1,
+                                     description="one chat message or mindspace turn")
+    limit_messages: int = Field(default=1000, ge=1, description="messages per request")
+    limit_persona_bytes: int = Field(default=64 * 1024, ge=1, description="a persona")
+    limit_knowledge_bytes: int = Field(default=1024 * 1024, ge=1,
+                                       description="one knowledge document")
+    limit_title_chars: int = Field(default=256, ge=1, description="a knowledge title")
+    limit_stop_strings: int = Field(default=8, ge=0, description="stop strings per request")
+    limit_stop_bytes: int = Field(default=256, ge=1, description="one stop string")
+    limit_metadata_keys: int = Field(default=16, ge=0, description="batch metadata keys")
+    limit_metadata_key_chars: int = Field(default=64, ge=1)
+    limit_metadata_value_chars: int = Field(default=512, ge=1)
+    limit_filename_chars: int = Field(default=255, ge=1, description="an uploaded file's name")
+    limit_json_depth: int = Field(default=32, ge=2, description="nesting of a JSON body")
+    model_roots: str = Field(
+        default="", description="HTTP API: directories (comma-separated) that registered "
+                                "model paths must lie under; unset: DATA_DIR/models",
     )
     flower_user: str | None = Field(default=None, description="`llmos flower` basic auth user")
     flower_password: SecretStr | None = Field(
@@ -70,7 +98,8 @@ class Settings(BaseSettings):
         description="webhooks: seconds before each retry, comma-separated; one attempt "
                     "more than there are delays",
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0, description="webhooks: per attempt")
+    webhook_timeout_s: float = Field(default=10.0, gt=0,
+                                     description="webhooks: one whole attempt, connect to answer")
     webhook_allowed_hosts: str = Field(
         default="", description="webhooks: hosts (or host:port) allowed although they resolve "
                                 "to private, loopback or other internal addresses",
@@ -82,6 +111,10 @@ class Settings(BaseSettings):
     def webhook_allowed(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",")
                          if h.strip())
+
+    def model_root_paths(self) -> list[Path]:
+        named = [Path(p.strip()) for p in self.model_roots.split(",") if p.strip()]
+        return named or [self.data_dir / "models"]
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -54,13 +54,17 @@ class ApiServer:
     process: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, stack: Stack, wait_timeout_s: float = API_WAIT_GENEROUS_S) -> ApiServer:
+    def start(cls, stack: Stack, wait_timeout_s: float = API_WAIT_GENEROUS_S,
+              env: dict[str, str] | None = None) -> ApiServer:
         port = free_port()
         log = stack.data_dir / f"api-{port}.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "llmos_jobs.cli.main", "api", "--port", str(port),
              "--log-level", "warning"],
-            env={**stack.env, "LLMOS_API_WAIT_TIMEOUT_S": str(wait_timeout_s)},
+            env={**stack.env, "LLMOS_API_WAIT_TIMEOUT_S": str(wait_timeout_s),
+                 "LLMOS_MODEL_ROOTS": str(stack.data_dir),
+                 # Every test calls from 127.0.0.1; test_api_gate.py tests the budget.
+                 "LLMOS_AUDIT_DENIED_PER_MINUTE": "1000000", **(env or {})},
             stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
             start_new_session=True,
         )
@@ -77,14 +81,18 @@ class ApiServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
-    def issue(self, tenant: str, scopes: str | None = None) -> tuple[str, str]:
-        """A new key of ``tenant`` (all scopes when none named): (key id, key)."""
+    def issue(self, tenant: str | None, scopes: str | None = None) -> tuple[str, str]:
+        """A new key of ``tenant`` (None: an operator's; all scopes when none named):
+        (key id, key)."""
         with session_scope(self.stack.database_url) as session:
             issued = issue_key(session=session, tenant=tenant, scopes=parse_scopes(scopes))
         return issued.id, issued.key
 
     def key(self, tenant: str, scopes: str | None = None) -> str:
         return self.issue(tenant, scopes)[1]
+
+    def operator_key(self, scopes: str | None = None) -> str:
+        return self.issue(None, scopes)[1]
 
     def http(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -108,7 +116,7 @@ def wait_job(http: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str
 def idle_model(api: ApiServer) -> str:
     """A registered model that no worker serves: its jobs stay queued."""
     name = f"idle-{uuid.uuid4().hex[:6]}"
-    with api.http(api.key("ops", "models:admin")) as ops:
+    with api.http(api.operator_key("models:admin")) as ops:
         ops.post("/v1/models", json={"name": name, "path": str(api.stack.data_dir / name),
                                      "engine": "noop"}).raise_for_status()
     return name

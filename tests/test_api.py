@@ -32,15 +32,22 @@ def test_a_job_submitted_over_http_runs_on_the_worker(api: ApiServer) -> None:
         assert response.status_code == 202, response.text
         queued = response.json()
         assert queued["status"] == "queued" and queued["priority"] == 8
-        assert queued["tenant"] == owner and queued["queue"] == "lang.echo"
+        assert queued["tenant"] == owner
         done = wait_job(http, queued["id"])
         assert done["status"] == "succeeded", done
         assert done["result"]["text"] == "ok ok ok ok"
         assert done["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "cached_tokens": 0}
-        assert done["worker"] == f"noop-{api.stack.name}@test"
+        # Where it ran is the operators' business: a tenant key does not see it.
+        placement = {"queue", "task_id", "worker", "worker_pid"}
+        assert not placement & set(done), done
         listed = http.get("/v1/jobs", params={"status": "succeeded"}).json()
         assert listed["object"] == "list"
         assert [j["id"] for j in listed["data"]] == [queued["id"]]  # this tenant's only
+    with api.http(api.operator_key("jobs:read")) as ops:
+        seen = ops.get(f"/v1/jobs/{queued['id']}", headers={"X-Llmos-Tenant": owner}).json()
+        assert seen["queue"] == "lang.echo" and seen["worker"] == f"noop-{api.stack.name}@test"
+        assert seen["task_id"] and seen["worker_pid"] > 0
+    assert set(seen) == set(done) | placement
     # The same row, as the Python client of that tenant (and no other) sees it.
     assert api.stack.client(owner).job(queued["id"]).status == "succeeded"
     assert queued["id"] not in [j.id for j in api.stack.client("default").jobs(limit=1000)]
@@ -50,10 +57,28 @@ def test_chat_messages_and_numeric_priorities_are_accepted(api: ApiServer) -> No
     with api.http(api.key(tenant(), "jobs:read,jobs:write")) as http:
         job = http.post("/v1/jobs", json={
             "model": "echo", "messages": [{"role": "user", "content": "a b"}],
-            "max_tokens": 2, "priority": 0,
+            "max_tokens": 2, "priority": 1,
         }).json()
-        assert job["priority"] == 0 and job["payload"]["messages"][0]["content"] == "a b"
+        assert job["priority"] == 1 and job["payload"]["messages"][0]["content"] == "a b"
         assert wait_job(http, job["id"])["result"]["text"] == "ok ok"
+
+
+def test_priority_zero_is_an_operator_privilege(api: ApiServer) -> None:
+    owner = tenant()
+    body = {"model": "echo", "prompt": "first", "max_tokens": 2, "priority": 0}
+    with api.http(api.key(owner)) as http:
+        refused = http.post("/v1/jobs", json=body)
+        assert refused.status_code == 403, refused.text
+        assert "priority 0 is reserved for operators" in refused.json()["error"]["message"]
+        ms = http.post("/v1/mindspaces", json={"model": "echo"}).json()
+        turn = http.post(f"/v1/mindspaces/{ms['id']}/turns", json={"message": "hi",
+                                                                  "priority": 0})
+        assert turn.status_code == 403
+        assert http.get("/v1/jobs").json()["data"] == []  # nothing was queued
+    with api.http(api.operator_key()) as ops:
+        job = ops.post("/v1/jobs", json=body, headers={"X-Llmos-Tenant": owner})
+        assert job.status_code == 202 and job.json()["priority"] == 0
+        assert job.json()["tenant"] == owner
 
 
 def test_bad_input_is_400_naming_the_field_and_nothing_is_enqueued(api: ApiServer) -> None:
@@ -142,7 +167,7 @@ def test_a_waited_turn_that_times_out_is_504_and_keeps_its_job(
 def test_models_list_register_load_and_unload(api: ApiServer) -> None:
     name = f"ops-{uuid.uuid4().hex[:6]}"
     worker = f"noop-{api.stack.name}@test"
-    with api.http(api.key(tenant(), "models:read,models:admin,jobs:read")) as http:
+    with api.http(api.operator_key("models:read,models:admin,jobs:read")) as http:
         registered = http.post("/v1/models", json={
             "name": name, "path": str(api.stack.data_dir / name), "engine": "noop"})
         assert registered.status_code == 201, registered.text
@@ -160,7 +185,7 @@ def test_models_list_register_load_and_unload(api: ApiServer) -> None:
 
 
 def test_workers_show_health_and_load(api: ApiServer) -> None:
-    with api.http(api.key(tenant(), "admin")) as http:
+    with api.http(api.operator_key("admin")) as http:
         workers = http.get("/v1/workers").json()["data"]
     [mine] = [w for w in workers if w["name"] == f"noop-{api.stack.name}@test"]
     assert mine["state"] == "alive" and mine["seconds_since_heartbeat"] < 10

@@ -78,9 +78,10 @@ def test_a_key_without_the_scope_is_forbidden(api: ApiServer) -> None:
                              ("POST", "/v1/models"), ("GET", "/v1/mindspaces/x"),
                              ("POST", "/v1/chat/completions"), ("GET", "/v1/keys")]:
             assert http.request(method, path, json={}).status_code == 403, path
-    with api.http(api.key(tenant(), "admin")) as http:  # admin holds every scope
-        assert http.get("/v1/workers").status_code == 200
+    with api.http(api.key(tenant(), "admin")) as http:  # admin holds every tenant scope
         assert http.get("/v1/models").status_code == 200
+        assert http.get("/v1/jobs").status_code == 200
+        assert http.get("/v1/workers").status_code == 403  # shared: an operator's view
 
 
 def test_another_tenants_ids_answer_not_found(api: ApiServer) -> None:

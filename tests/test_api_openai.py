@@ -37,7 +37,7 @@ def test_chat_completion_runs_through_the_queue(api: ApiServer) -> None:
     with api.http(key) as http:
         job = http.get(f"/v1/jobs/{completion.id.removeprefix('chatcmpl-')}").json()
     assert job["status"] == "succeeded" and job["priority"] == 1
-    assert job["worker"] == f"noop-{api.stack.name}@test"
+    assert job["status"] == "succeeded" and "worker" not in job
     created = datetime.fromisoformat(job["created_at"])
     assert abs(completion.created - created.timestamp()) <= 1
 

@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from llmos_jobs.api.audit import AuditMiddleware
 from llmos_jobs.api.errors import ERROR_RESPONSES, install_error_handlers
+from llmos_jobs.api.gate import BodyLimits, Gate
 from llmos_jobs.api.routes import (
     batches,
     chat,
@@ -33,9 +35,14 @@ Submit and follow language jobs, mindspace turns and model operations, and call 
 OpenAI-compatible `/v1/chat/completions` and `/v1/models`.
 
 Every route but `/healthz` and these docs needs `Authorization: Bearer <key>`; an
-operator creates keys with `llmos key create --tenant T --scopes ...`. Errors are
-OpenAI-style: `{"error": {"message", "type", "param", "code"}}`.
+operator creates keys with `llmos key create --tenant T --scopes ...` (a tenant's) or
+`llmos key create --operator` (models, workers, every tenant's keys, priority 0; acts
+for the tenant named in `X-Llmos-Tenant`). Errors are OpenAI-style:
+`{"error": {"message", "type", "param", "code"}}`.
 """
+
+ROUTERS = (jobs, mindspaces, mindspace_state, models, workers, chat, keys, files, batches,
+           webhooks)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -50,9 +57,16 @@ def create_app(settings: Settings) -> FastAPI:
                   responses=ERROR_RESPONSES)
     app.state.llmos = state
     install_error_handlers(app)
-    app.add_middleware(AuditMiddleware, database_url=state.database_url)
-    for module in (jobs, mindspaces, mindspace_state, models, workers, chat, keys, files,
-                   batches, webhooks):
+    # Added first, so it runs inside the audit middleware: its refusals are audited.
+    routes = [route for module in ROUTERS for route in module.router.routes
+              if isinstance(route, APIRoute)]
+    app.add_middleware(Gate, routes=routes, database_url=state.database_url,
+                       limits=BodyLimits(json_bytes=settings.api_max_body_bytes,
+                                         upload_bytes=settings.batch_max_bytes,
+                                         json_depth=settings.limit_json_depth))
+    app.add_middleware(AuditMiddleware, database_url=state.database_url,
+                       denied_per_minute=settings.audit_denied_per_minute)
+    for module in ROUTERS:
         app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])

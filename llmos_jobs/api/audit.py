@@ -4,10 +4,16 @@ The route's authorisation dependency (api/auth.py) fills an ``AuditEntry`` with 
 action, the caller and the resource; this middleware writes the row with the final
 status before the response starts. So no caller sees an answer whose row is missing,
 denied calls (401, 403, 404) are recorded like the others, and a row that cannot be
-written fails the call instead of vanishing."""
+written fails the call instead of vanishing.
+
+Denied calls cost the caller nothing, so each source (its key, else its address) gets a
+budget of denied rows per minute; past it, denied calls are answered but not written,
+and nobody can fill the database by knocking."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -49,10 +55,34 @@ def audit_entry(request: Request) -> AuditEntry:
     return entry
 
 
+class DeniedBudget:
+    """At most ``per_minute`` denied rows per source in each minute-long window."""
+
+    MAX_SOURCES = 10_000  # past this many sources in one window, the window restarts
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._window = time.monotonic()
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, source: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._window >= 60 or len(self._counts) >= self.MAX_SOURCES:
+                self._window, self._counts = now, {}
+            count = self._counts.get(source, 0)
+            if count >= self.per_minute:
+                return False
+            self._counts[source] = count + 1
+            return True
+
+
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, *, database_url: str) -> None:
+    def __init__(self, app: ASGIApp, *, database_url: str, denied_per_minute: int) -> None:
         self.app = app
         self.database_url = database_url
+        self.denied = DeniedBudget(denied_per_minute)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,28 +90,33 @@ class AuditMiddleware:
             return
         entry = AuditEntry()
         scope.setdefault("state", {})["audit"] = entry
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
         started = False
 
         async def send_recorded(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start" and not started:
                 started = True
-                await self._record(entry, int(message["status"]))
+                await self._record(entry, int(message["status"]), address)
             await send(message)
 
         try:
             await self.app(scope, receive, send_recorded)
         except Exception:
             if not started:  # the error handler outside answers 500; record it first
-                await self._record(entry, 500)
+                await self._record(entry, 500, address)
             raise
 
-    async def _record(self, entry: AuditEntry, status: int) -> None:
+    async def _record(self, entry: AuditEntry, status: int, address: str) -> None:
         if entry.action is None:
+            return
+        outcome = outcome_of(status)
+        if outcome == AuditOutcome.denied and not self.denied.allow(entry.key_id or address):
             return
         event = AuditEventBase(
             tenant=entry.tenant, key_id=entry.key_id, action=entry.action,
-            resource_id=entry.resource_id, outcome=outcome_of(status).value, status_code=status,
+            resource_id=entry.resource_id, outcome=outcome.value, status_code=status,
         )
         await anyio.to_thread.run_sync(self._write, event)
 

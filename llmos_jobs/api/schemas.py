@@ -7,6 +7,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
+from llmos_jobs.db.models import JobPublic, MindspacePublic
 from schemas.common import PRIORITY_CLASSES, Contract, parse_priority
 from schemas.language import GenerateRequest
 from schemas.mindspace import MindspaceTurnRequest
@@ -40,6 +41,38 @@ class ListOf(BaseModel, Generic[T]):
     data: list[T]
 
 
+# Where a job ran: the deployment's business, not the tenant's.
+PLACEMENT_FIELDS = frozenset({"queue", "task_id", "worker", "worker_pid"})
+
+
+class JobView(JobPublic):
+    """A job as the HTTP API shows it. To a tenant key the fields saying where it ran
+    (queue, Celery task id, worker host and pid) are absent; an operator key sees them."""
+
+    queue: str | None = None  # type: ignore[assignment]
+    task_id: str | None = None  # type: ignore[assignment]
+    worker: str | None = None
+    worker_pid: int | None = None
+
+    @classmethod
+    def of(cls, job: JobPublic, *, operator: bool) -> JobView:
+        # Fields left out are "unset", and routes answer with exclude_unset: omitted.
+        return cls.model_validate(job.model_dump(exclude=None if operator else
+                                                 set(PLACEMENT_FIELDS)))
+
+
+class MindspaceView(MindspacePublic):
+    """A mindspace as the HTTP API shows it: to a tenant key, the worker that holds its
+    prefix cache (a host name) is absent; an operator key sees it."""
+
+    worker: str | None = None
+
+    @classmethod
+    def of(cls, mindspace: MindspacePublic, *, operator: bool) -> MindspaceView:
+        return cls.model_validate(mindspace.model_dump(exclude=None if operator else
+                                                       {"worker"}))
+
+
 class JobSubmit(GenerateRequest):
     """A language job: the ``generate`` payload plus its priority and webhook."""
 
@@ -69,7 +102,13 @@ class ModelOpBody(Contract):
 
 class KeyCreate(Contract):
     name: str | None = Field(default=None, max_length=128)
-    scopes: list[str] | None = Field(default=None, description="none named: every scope")
+    scopes: list[str] | None = Field(default=None, max_length=16,
+                                     description="none named: every scope")
+    tenant: str | None = Field(default=None, min_length=1, max_length=128,
+                               description="operator keys only: the new key's tenant "
+                                           "(default: the tenant the call acts for)")
+    operator: bool = Field(default=False, description="operator keys only: issue an "
+                                                      "operator key (no tenant)")
 
 
 class Health(BaseModel):

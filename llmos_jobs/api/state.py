@@ -26,7 +26,8 @@ class ApiState:
         with self._lock:
             client = self._clients.get(tenant)
             if client is None:
-                client = LlmosClient(tenant=tenant, settings=self.settings)
+                # audit=False: the audit middleware records each call, with its key.
+                client = LlmosClient(tenant=tenant, settings=self.settings, audit=False)
                 self._clients[tenant] = client
             return client
 

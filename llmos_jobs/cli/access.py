@@ -33,20 +33,31 @@ def create(
                                help="Comma-separated, e.g. jobs:read,jobs:write (an unknown "
                                     "one is refused with the list). Default: all."),
     name: str = typer.Option(None, "--name", help="A label shown in listings."),
+    operator: bool = typer.Option(False, "--operator",
+                                  help="An operator's key (no tenant): models, workers, "
+                                       "every tenant's keys, priority 0."),
     as_json: bool = _JSON,
 ) -> None:
     """Create a key and print it once: only its digest is stored."""
+    from llmos_jobs.client_audit import default_actor, record
     from llmos_jobs.db.session import session_scope
     from llmos_jobs.keys import issue_key, parse_scopes
 
-    with session_scope(_database()) as session:
-        issued = issue_key(session=session, tenant=tenant or current_tenant(),
+    if operator and tenant:
+        raise typer.BadParameter("an operator key has no tenant: drop --tenant")
+    url = _database()
+    with session_scope(url) as session:
+        owner_tenant = None if operator else tenant or current_tenant()
+        issued = issue_key(session=session, tenant=owner_tenant,
                            scopes=parse_scopes(scopes), name=name)
+    record(url, actor=default_actor(), tenant=issued.tenant, action="keys.create",
+           resource_id=issued.id, exc=None)
     if as_json:
         emit_json(issued)
         return
     console.print(issued.key, markup=False)
-    err_console.print(f"key {issued.id} for tenant {issued.tenant!r}, scopes "
+    owner = "an operator" if issued.tenant is None else f"tenant {issued.tenant!r}"
+    err_console.print(f"key {issued.id} for {owner}, scopes "
                       f"{', '.join(issued.scopes)}: store it now, it is not shown again",
                       markup=False)
 
@@ -69,25 +80,29 @@ def list_keys(
         return
     grid = table("id", "tenant", "name", "prefix", "scopes", "created", "revoked")
     for k in keys:
-        grid.add_row(k.id, k.tenant, k.name or "-", k.prefix + "…", ", ".join(k.scopes),
-                     _when(k.created_at), _when(k.revoked_at))
+        grid.add_row(k.id, k.tenant or "(operator)", k.name or "-", k.prefix + "…",
+                     ", ".join(k.scopes), _when(k.created_at), _when(k.revoked_at))
     console.print(grid)
 
 
 @key_app.command("revoke")
 def revoke(key_id: str, as_json: bool = _JSON) -> None:
     """Revoke a key: the API refuses it from the next call on."""
+    from llmos_jobs.client_audit import default_actor, record
     from llmos_jobs.db import keys as key_crud
     from llmos_jobs.db.models import ApiKeyPublic
     from llmos_jobs.db.session import session_scope
 
-    with session_scope(_database()) as session:
+    url = _database()
+    with session_scope(url) as session:
         key = ApiKeyPublic.model_validate(
             key_crud.revoke_api_key(session=session, key_id=key_id), from_attributes=True)
+    record(url, actor=default_actor(), tenant=key.tenant, action="keys.revoke",
+           resource_id=key.id, exc=None)
     if as_json:
         emit_json(key)
     else:
-        console.print(f"revoked {key.id} (tenant {key.tenant})", markup=False)
+        console.print(f"revoked {key.id} (tenant {key.tenant or '(operator)'})", markup=False)
 
 
 @audit_app.command("list")
@@ -96,7 +111,8 @@ def audit_list(
     limit: int = typer.Option(50, "--limit", min=1, max=10_000),
     as_json: bool = _JSON,
 ) -> None:
-    """The newest API calls first: who, what, on which resource, with which outcome."""
+    """The newest actions first (HTTP calls, and the CLI's and Python client's): who,
+    what, on which resource, with which outcome."""
     from llmos_jobs.db import audit as audit_crud
     from llmos_jobs.db.models import AuditEventPublic
     from llmos_jobs.db.session import session_scope
@@ -107,8 +123,8 @@ def audit_list(
     if as_json:
         emit_json(events)
         return
-    grid = table("time", "tenant", "key", "action", "resource", "outcome", "status")
+    grid = table("time", "tenant", "key or actor", "action", "resource", "outcome", "status")
     for e in events:
-        grid.add_row(_when(e.created_at), e.tenant or "-", e.key_id or "-", e.action,
+        grid.add_row(_when(e.created_at), e.tenant or "-", e.key_id or e.actor or "-", e.action,
                      e.resource_id or "-", e.outcome, str(e.status_code))
     console.print(grid)

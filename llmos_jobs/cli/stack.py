@@ -118,8 +118,9 @@ def demo() -> None:
 def db_upgrade() -> None:
     """Apply the database migrations (every command also does it on first use)."""
     from llmos_jobs.db.migrate import upgrade
+    from llmos_jobs.db.session import masked
     from llmos_jobs.settings import get_settings
 
     url = get_settings().resolved_database_url()
     upgrade(url)
-    console.print(f"database at the newest revision: {url}")
+    console.print(f"database at the newest revision: {masked(url)}")

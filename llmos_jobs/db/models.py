@@ -288,7 +288,8 @@ class WorkerPublic(SQLModel):
 
 
 class ApiKeyBase(SQLModel):
-    tenant: str = Field(index=True, min_length=1)
+    # None: an operator's key (models, workers, every tenant's keys); else the tenant's own.
+    tenant: str | None = Field(default=None, index=True, min_length=1)
     name: str | None = Field(default=None, max_length=128)
     scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
@@ -326,6 +327,8 @@ class AuditEventBase(SQLModel):
     # None when the caller could not be identified (a missing or unknown key).
     tenant: str | None = Field(default=None)
     key_id: str | None = None
+    # Who acted without a key: the CLI's or the Python client's user@host.
+    actor: str | None = Field(default=None, max_length=255)
     action: str = Field(index=True)
     resource_id: str | None = None
     outcome: str  # ok | denied | error

@@ -10,10 +10,12 @@ Celery task) schedules the retry; nothing here sleeps."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+import anyio
 import httpx
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -30,13 +32,14 @@ from llmos_jobs.db.webhook_tables import (
 from llmos_jobs.errors import InvalidRequest
 from llmos_jobs.settings import Settings, get_settings
 from llmos_jobs.webhooks.signing import signed_headers, tenant_secret
-from llmos_jobs.webhooks.ssrf import check_destination
+from llmos_jobs.webhooks.ssrf import Destination, resolve
 
 # A retry is an ETA message held by a worker until due; past the broker's visibility
 # timeout (30 min) Redis would hand it out twice, so a receiver's Retry-After is capped.
 MAX_RETRY_AFTER_S = 600.0
 HONOURS_RETRY_AFTER = (429, 503)
 USER_AGENT = "llmos-webhooks/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def post(url: str, body: str, headers: dict[str, str], settings: Settings) -> Answer:
+    """One POST. The tenant sees only the status and a fixed reason (``error``): never
+    the receiver's body, nor the addresses and errors of the network on the way."""
     started = time.monotonic()
 
     def answer(code: int | None, error: str | None, retry_after: float | None = None) -> Answer:
@@ -70,22 +75,43 @@ def post(url: str, body: str, headers: dict[str, str], settings: Settings) -> An
 
     try:
         # Checked again now: the name may resolve elsewhere than at submission.
-        check_destination(url, settings.webhook_allowed())
+        destination = resolve(url, settings.webhook_allowed())
     except InvalidRequest as exc:
-        return answer(None, f"refused: {exc}")
+        log.info("webhook to %s refused: %s", url, exc)
+        return answer(None, "refused: the destination is not a public host")
     try:
-        # Redirects are not followed: one could point at an internal address.
-        response = httpx.post(
-            url, content=body.encode(), timeout=settings.webhook_timeout_s,
-            follow_redirects=False,
-            headers={**headers, "content-type": "application/json", "user-agent": USER_AGENT},
-        )
+        status, retry_after = anyio.run(_send, destination, body, headers,
+                                        settings.webhook_timeout_s)
+    except TimeoutError:
+        return answer(None, f"timeout: no answer within {settings.webhook_timeout_s:g} s")
     except httpx.HTTPError as exc:
-        return answer(None, f"{type(exc).__name__}: {exc}"[:1000])
-    if response.is_success:
-        return answer(response.status_code, None)
-    return answer(response.status_code, f"HTTP {response.status_code}: {response.text[:200]}",
-                  _retry_after(response))
+        log.info("webhook to %s failed: %r", url, exc)
+        return answer(None, "connection failed")
+    if 200 <= status < 300:
+        return answer(status, None)
+    return answer(status, f"HTTP {status}", retry_after)
+
+
+async def _send(destination: Destination, body: str, headers: dict[str, str],
+                timeout_s: float) -> tuple[int, float | None]:
+    """POST to the checked address, the whole attempt within ``timeout_s``; the answer's
+    body is never read (a receiver cannot make the worker download anything)."""
+    request_headers = {**headers, "host": destination.host_header,
+                       "content-type": "application/json", "user-agent": USER_AGENT}
+    # The TLS server name (and the certificate check) is the name, not the address.
+    extensions = {"sni_hostname": destination.host} if destination.url.startswith(
+        "https:") else {}
+    with anyio.fail_after(timeout_s):
+        # No proxies from the environment (one would connect to the name again), and
+        # redirects are not followed (one could point at an internal address).
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False,
+                                     trust_env=False) as client:
+            request = client.build_request("POST", destination.connect_url,
+                                           content=body.encode(), headers=request_headers,
+                                           extensions=extensions)
+            response = await client.send(request, stream=True)
+            await response.aclose()
+    return response.status_code, _retry_after(response)
 
 
 def next_step(answer: Answer, attempt: int, delays: list[float]) -> Step:

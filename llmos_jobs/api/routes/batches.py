@@ -10,9 +10,11 @@ from sqlmodel import col, select
 
 from llmos_jobs import batches
 from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.schemas import ApiPriority
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.db.batch_models import Batch
 from llmos_jobs.keys import Scope
+from schemas.common import PRIORITY_CLASSES
 
 router = APIRouter(prefix="/v1/batches", tags=["openai"])
 State = Annotated[ApiState, Depends(api_state)]
@@ -23,7 +25,7 @@ class BatchCreate(BaseModel):
     endpoint: str = batches.ENDPOINT
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
-    priority: int | str = Field(default="batch", description="llmos: 0-9 or a class name")
+    priority: ApiPriority = PRIORITY_CLASSES["batch"]
     webhook: str | None = Field(default=None, description="llmos: told when the batch ends")
 
 
@@ -32,7 +34,9 @@ def create_batch(body: BatchCreate, state: State,
                  caller: Annotated[Caller, Depends(authorize("batches.create", Scope.jobs_write))],
                  ) -> dict[str, Any]:
     """Validate the file's lines and run one job per valid line at batch priority."""
+    caller.check_priority(body.priority)
     client = state.client(caller.tenant)
+    client.limits.metadata(body.metadata)
     batch = batches.create(client, input_file_id=body.input_file_id, endpoint=body.endpoint,
                            completion_window=body.completion_window, metadata=body.metadata,
                            priority=body.priority, webhook=body.webhook)

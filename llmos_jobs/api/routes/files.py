@@ -45,10 +45,13 @@ def get_file(file_id: str, state: State,
              ) -> dict[str, Any]:
     client = state.client(caller.tenant)
     with client.session() as session:
-        return file_object(batches.get_file(session, caller.tenant, file_id))
+        return file_object(batches.get_file(session, caller.tenant, file_id, content=False))
 
 
-@router.get("/{file_id}/content", response_class=PlainTextResponse)
+# Errors stay JSON like every route's: only the 200 answer is JSON Lines text.
+@router.get("/{file_id}/content", response_model=None, responses={
+    200: {"description": "the file's lines", "content": {
+        "application/jsonl": {"schema": {"type": "string"}}}}})
 def get_file_content(file_id: str, state: State,
                      caller: Annotated[Caller, Depends(authorize("files.read", Scope.jobs_read))],
                      ) -> PlainTextResponse:

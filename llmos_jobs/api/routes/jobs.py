@@ -7,9 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from llmos_jobs.api.auth import Caller, authorize
-from llmos_jobs.api.schemas import JobSubmit, ListOf
+from llmos_jobs.api.schemas import JobSubmit, JobView, ListOf
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.db.models import JobPublic
 from llmos_jobs.keys import Scope
 from schemas.common import JobStatus
 
@@ -17,44 +16,47 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 State = Annotated[ApiState, Depends(api_state)]
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post("", status_code=202, response_model=JobView, response_model_exclude_unset=True)
 def submit_job(
     body: JobSubmit, state: State,
     caller: Annotated[Caller, Depends(authorize("jobs.create", Scope.jobs_write))],
-) -> JobPublic:
-    """Queue a language job (a prompt or chat messages); poll it with GET /v1/jobs/{id}."""
+) -> JobView:
+    """Queue a language job (a prompt or chat messages); poll it with GET /v1/jobs/{id}.
+    Priority 0 is reserved for operator keys."""
+    caller.check_priority(body.priority)
     job = state.client(caller.tenant).generate(
         model=body.model, prompt=body.prompt, messages=body.messages,
         max_tokens=body.max_tokens, temperature=body.temperature, stop=body.stop,
         priority=body.priority, webhook=body.webhook, timeout_s=body.timeout_s,
     )
     caller.created(job.id)
-    return job
+    return JobView.of(job, operator=caller.operator)
 
 
-@router.get("", response_model=ListOf[JobPublic])
+@router.get("", response_model=ListOf[JobView], response_model_exclude_unset=True)
 def list_jobs(
     state: State,
     caller: Annotated[Caller, Depends(authorize("jobs.list", Scope.jobs_read))],
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> ListOf[JobPublic]:
+) -> ListOf[JobView]:
     """The tenant's newest jobs, optionally of one status."""
-    return ListOf(data=state.client(caller.tenant).jobs(status=status, limit=limit))
+    jobs = state.client(caller.tenant).jobs(status=status, limit=limit)
+    return ListOf(object="list", data=[JobView.of(j, operator=caller.operator) for j in jobs])
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobView, response_model_exclude_unset=True)
 def get_job(
     job_id: str, state: State,
     caller: Annotated[Caller, Depends(authorize("jobs.read", Scope.jobs_read))],
-) -> JobPublic:
-    return state.client(caller.tenant).job(job_id)
+) -> JobView:
+    return JobView.of(state.client(caller.tenant).job(job_id), operator=caller.operator)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobView, response_model_exclude_unset=True)
 def cancel_job(
     job_id: str, state: State,
     caller: Annotated[Caller, Depends(authorize("jobs.cancel", Scope.jobs_write))],
-) -> JobPublic:
+) -> JobView:
     """Cancel a queued or running job; a finished one answers 409."""
-    return state.client(caller.tenant).cancel(job_id)
+    return JobView.of(state.client(caller.tenant).cancel(job_id), operator=caller.operator)

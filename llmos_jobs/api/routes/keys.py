@@ -1,13 +1,14 @@
-"""/v1/keys: a tenant's administrator manages the tenant's own keys (scope ``admin``).
-Operators manage every tenant's keys with `llmos key`."""
+"""/v1/keys: a tenant's administrator manages the tenant's own keys (scope ``admin``);
+an operator key with ``admin`` manages every tenant's keys and other operators' keys."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.errors import forbidden
 from llmos_jobs.api.schemas import KeyCreate, ListOf
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.db import keys as key_crud
@@ -18,13 +19,22 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 State = Annotated[ApiState, Depends(api_state)]
 
 
+def _within(caller: Caller) -> str | None:
+    """The tenant whose keys the caller may see and revoke; None: every key (operators)."""
+    return None if caller.operator else caller.tenant
+
+
 @router.get("", response_model=ListOf[ApiKeyPublic])
 def list_keys(
     state: State, caller: Annotated[Caller, Depends(authorize("keys.list", Scope.admin))],
+    tenant: Annotated[str | None, Query(max_length=128,
+                                        description="operators: one tenant's keys")] = None,
 ) -> ListOf[ApiKeyPublic]:
-    """The tenant's keys, revoked ones included; never the secrets."""
+    """The tenant's keys (an operator: every key, or one tenant's), revoked ones
+    included; never the secrets."""
+    within = tenant if caller.operator else caller.tenant
     with state.session() as session:
-        rows = key_crud.list_api_keys(session=session, tenant=caller.tenant)
+        rows = key_crud.list_api_keys(session=session, tenant=within)
         return ListOf(data=[ApiKeyPublic.model_validate(r, from_attributes=True) for r in rows])
 
 
@@ -33,9 +43,13 @@ def create_key(
     body: KeyCreate, state: State,
     caller: Annotated[Caller, Depends(authorize("keys.create", Scope.admin))],
 ) -> ApiKeyIssued:
-    """A new key of the caller's tenant; ``key`` is in this answer only."""
+    """A new key of the caller's tenant; ``key`` is in this answer only. An operator may
+    name another tenant or ask for an operator key."""
+    if not caller.operator and (body.operator or body.tenant not in (None, caller.tenant)):
+        raise forbidden("a tenant key issues keys of its own tenant only")
+    tenant = None if body.operator else body.tenant or caller.tenant
     with state.session() as session:
-        issued = issue_key(session=session, tenant=caller.tenant, name=body.name,
+        issued = issue_key(session=session, tenant=tenant, name=body.name,
                            scopes=parse_scopes(body.scopes))
     caller.created(issued.id)
     return issued
@@ -46,7 +60,8 @@ def revoke_key(
     key_id: str, state: State,
     caller: Annotated[Caller, Depends(authorize("keys.revoke", Scope.admin))],
 ) -> ApiKeyPublic:
-    """Revoke one of the tenant's keys; it is refused from the next call on."""
+    """Revoke one of the tenant's keys (an operator: any key); it is refused from the
+    next call on."""
     with state.session() as session:
-        row = key_crud.revoke_api_key(session=session, key_id=key_id, tenant=caller.tenant)
+        row = key_crud.revoke_api_key(session=session, key_id=key_id, tenant=_within(caller))
         return ApiKeyPublic.model_validate(row, from_attributes=True)

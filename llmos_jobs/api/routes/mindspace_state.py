@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
 from llmos_jobs.api.auth import Caller, authorize
-from llmos_jobs.api.schemas import ListOf
+from llmos_jobs.api.schemas import ListOf, MindspaceView
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.db.models import MindspacePublic, SnapshotPublic
+from llmos_jobs.db.models import SnapshotPublic
 from llmos_jobs.keys import Scope
 
 router = APIRouter(prefix="/v1/mindspaces", tags=["mindspaces"])
@@ -45,18 +45,21 @@ class KnowledgeDocumentOut(BaseModel):
     chunks: int
 
 
-@router.get("", response_model=ListOf[MindspacePublic])
-def list_mindspaces(state: State, caller: Reader) -> ListOf[MindspacePublic]:
-    return ListOf(data=state.client(caller.tenant).mindspaces())
+@router.get("", response_model=ListOf[MindspaceView], response_model_exclude_unset=True)
+def list_mindspaces(state: State, caller: Reader) -> ListOf[MindspaceView]:
+    return ListOf(object="list", data=[MindspaceView.of(m, operator=caller.operator)
+                                       for m in state.client(caller.tenant).mindspaces()])
 
 
-@router.patch("/{mindspace_id}", response_model=MindspacePublic)
+@router.patch("/{mindspace_id}", response_model=MindspaceView,
+              response_model_exclude_unset=True)
 def configure(mindspace_id: str, body: Configure, state: State,
-              caller: Annotated[Caller, writer("mindspaces.configure")]) -> MindspacePublic:
+              caller: Annotated[Caller, writer("mindspaces.configure")]) -> MindspaceView:
     """Change the persona or settings; the history stays."""
     settings = body.model_dump(exclude={"persona"}, exclude_none=True)
-    return state.client(caller.tenant).configure_mindspace(mindspace_id, persona=body.persona,
-                                                           **settings)
+    configured = state.client(caller.tenant).configure_mindspace(
+        mindspace_id, persona=body.persona, **settings)
+    return MindspaceView.of(configured, operator=caller.operator)
 
 
 @router.post("/{mindspace_id}/snapshots", status_code=201, response_model=SnapshotPublic)
@@ -73,22 +76,23 @@ def snapshots(mindspace_id: str, state: State, caller: Reader) -> ListOf[Snapsho
 
 
 @router.post("/snapshots/{snapshot_id}/restore", status_code=201,
-             response_model=MindspacePublic)
+             response_model=MindspaceView, response_model_exclude_unset=True)
 def restore(snapshot_id: str, state: State,
-            caller: Annotated[Caller, writer("mindspaces.restore")]) -> MindspacePublic:
+            caller: Annotated[Caller, writer("mindspaces.restore")]) -> MindspaceView:
     """A new mindspace from the snapshot; the original is untouched."""
     restored = state.client(caller.tenant).restore(snapshot_id)
     caller.created(restored.id)
-    return restored
+    return MindspaceView.of(restored, operator=caller.operator)
 
 
-@router.post("/{mindspace_id}/fork", status_code=201, response_model=MindspacePublic)
+@router.post("/{mindspace_id}/fork", status_code=201, response_model=MindspaceView,
+             response_model_exclude_unset=True)
 def fork(mindspace_id: str, state: State,
-         caller: Annotated[Caller, writer("mindspaces.fork")]) -> MindspacePublic:
+         caller: Annotated[Caller, writer("mindspaces.fork")]) -> MindspaceView:
     """A new mindspace sharing the history up to now."""
     forked = state.client(caller.tenant).fork(mindspace_id)
     caller.created(forked.id)
-    return forked
+    return MindspaceView.of(forked, operator=caller.operator)
 
 
 @router.post("/{mindspace_id}/knowledge", status_code=201, response_model=KnowledgeDocumentOut)

@@ -9,10 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.errors import ApiError
-from llmos_jobs.api.schemas import TurnSubmit
+from llmos_jobs.api.schemas import JobView, MindspaceView, TurnSubmit
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.api.waiting import wait_final
-from llmos_jobs.db.models import JobPublic, MindspacePublic
 from llmos_jobs.keys import Scope
 from schemas.mindspace import MindspaceCreate
 
@@ -20,41 +19,44 @@ router = APIRouter(prefix="/v1/mindspaces", tags=["mindspaces"])
 State = Annotated[ApiState, Depends(api_state)]
 
 
-@router.post("", status_code=201, response_model=MindspacePublic)
+@router.post("", status_code=201, response_model=MindspaceView, response_model_exclude_unset=True)
 def create_mindspace(
     body: MindspaceCreate, state: State,
     caller: Annotated[Caller, Depends(authorize("mindspaces.create", Scope.mindspaces_write))],
-) -> MindspacePublic:
+) -> MindspaceView:
     mindspace = state.client(caller.tenant).create_mindspace(
         model=body.model, persona=body.persona, name=body.name)
     caller.created(mindspace.id)
-    return mindspace
+    return MindspaceView.of(mindspace, operator=caller.operator)
 
 
-@router.get("/{mindspace_id}", response_model=MindspacePublic)
+@router.get("/{mindspace_id}", response_model=MindspaceView, response_model_exclude_unset=True)
 def get_mindspace(
     mindspace_id: str, state: State,
     caller: Annotated[Caller, Depends(authorize("mindspaces.read", Scope.mindspaces_read))],
-) -> MindspacePublic:
+) -> MindspaceView:
     """The mindspace with its messages, oldest first."""
-    return state.client(caller.tenant).mindspace(mindspace_id)
+    return MindspaceView.of(state.client(caller.tenant).mindspace(mindspace_id),
+                            operator=caller.operator)
 
 
-@router.post("/{mindspace_id}/turns", status_code=202, response_model=JobPublic,
-             responses={200: {"model": JobPublic, "description": "wait=true: the final job"}})
+@router.post("/{mindspace_id}/turns", status_code=202, response_model=JobView,
+             response_model_exclude_unset=True,
+             responses={200: {"model": JobView, "description": "wait=true: the final job"}})
 async def take_turn(
     mindspace_id: str, body: TurnSubmit, response: Response, state: State,
     caller: Annotated[Caller, Depends(authorize("mindspaces.turn", Scope.mindspaces_write))],
     wait: bool = False,
-) -> JobPublic:
+) -> JobView:
     """Submit one turn; with ``wait=true`` answer once its job is final (the reply is in
     ``result.reply``), or 504 when the API's wait timeout passes first."""
+    caller.check_priority(body.priority)
     client = state.client(caller.tenant)
     job = await run_in_threadpool(
         client.chat, mindspace_id, body.message, max_tokens=body.max_tokens,
         temperature=body.temperature, priority=body.priority, timeout_s=body.timeout_s)
     if not wait:
-        return job
+        return JobView.of(job, operator=caller.operator)
     timeout_s = state.settings.api_wait_timeout_s
     try:
         job = await wait_final(client, job.id, timeout_s=timeout_s)
@@ -63,7 +65,7 @@ async def take_turn(
                        f"stays queued: follow it with GET /v1/jobs/{job.id}",
                        type_="timeout_error", code="wait_timeout") from None
     response.status_code = 200
-    return job
+    return JobView.of(job, operator=caller.operator)
 
 
 @router.delete("/{mindspace_id}", status_code=204)

@@ -1,5 +1,6 @@
 """/v1/models: the OpenAI-compatible model list; registering and placing models is an
-operator's act (scope ``models:admin``), since models are shared by every tenant."""
+operator's act (an operator key with scope ``models:admin``), since models are shared by
+every tenant."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from llmos_jobs.api.schemas import ModelOpBody
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.db.models import JobPublic, RegisteredModelPublic
 from llmos_jobs.keys import Scope
+from llmos_jobs.model_roots import confine
 from schemas.model import ModelOp, ModelRegister
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -34,10 +36,13 @@ def list_models(
 @router.post("", status_code=201, response_model=RegisteredModelPublic)
 def register_model(
     body: ModelRegister, state: State,
-    caller: Annotated[Caller, Depends(authorize("models.register", Scope.models_admin))],
+    caller: Annotated[Caller, Depends(authorize("models.register", Scope.models_admin,
+                                                    operator_only=True))],
 ) -> RegisteredModelPublic:
-    """Register (or re-register) a model directory on the API server's machine."""
-    model = state.client(caller.tenant).register_model(body.name, body.path, body.engine.value)
+    """Register (or re-register) a model directory on the API server's machine; it must
+    lie under a model root (``LLMOS_MODEL_ROOTS``)."""
+    path = confine(body.path, state.settings.model_root_paths())
+    model = state.client(caller.tenant).register_model(body.name, path, body.engine.value)
     caller.created(model.name)
     return model
 
@@ -52,7 +57,8 @@ def _model_op(state: ApiState, caller: Caller, name: str, op: ModelOp,
 @router.post("/{name}/load", status_code=202, response_model=JobPublic)
 def load_model(
     name: str, state: State,
-    caller: Annotated[Caller, Depends(authorize("models.load", Scope.models_admin))],
+    caller: Annotated[Caller, Depends(authorize("models.load", Scope.models_admin,
+                                                    operator_only=True))],
     body: OpBody = None,
 ) -> JobPublic:
     """Queue loading the model on a worker serving it, or on the worker named."""
@@ -62,7 +68,8 @@ def load_model(
 @router.post("/{name}/unload", status_code=202, response_model=JobPublic)
 def unload_model(
     name: str, state: State,
-    caller: Annotated[Caller, Depends(authorize("models.unload", Scope.models_admin))],
+    caller: Annotated[Caller, Depends(authorize("models.unload", Scope.models_admin,
+                                                    operator_only=True))],
     body: OpBody = None,
 ) -> JobPublic:
     """Queue unloading the model from a worker, freeing its memory."""
@@ -72,7 +79,8 @@ def unload_model(
 @router.post("/{name}/warmup", status_code=202, response_model=JobPublic)
 def warm_up_model(
     name: str, state: State,
-    caller: Annotated[Caller, Depends(authorize("models.warmup", Scope.models_admin))],
+    caller: Annotated[Caller, Depends(authorize("models.warmup", Scope.models_admin,
+                                                    operator_only=True))],
     body: OpBody = None,
 ) -> JobPublic:
     """Queue loading the model and one short generation through it."""

@@ -18,10 +18,10 @@ router = APIRouter(prefix="/v1/workers", tags=["workers"])
 @router.get("", response_model=ListOf[WorkerPublic])
 def list_workers(
     state: Annotated[ApiState, Depends(api_state)],
-    caller: Annotated[Caller, Depends(authorize("workers.list", Scope.admin))],
+    caller: Annotated[Caller, Depends(authorize("workers.list", Scope.admin, operator_only=True))],
     include_gone: Annotated[bool, Query(alias="all")] = False,
 ) -> ListOf[WorkerPublic]:
     """Live workers (``all=true``: stopped and dead ones too): state, seconds since the
     last heartbeat, running jobs, loaded models, engine and machine statistics.
-    Workers serve every tenant, so this needs the ``admin`` scope."""
+    Workers serve every tenant, so this needs an operator key."""
     return ListOf(data=state.client(caller.tenant).workers(include_gone=include_gone))
