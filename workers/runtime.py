@@ -18,9 +18,11 @@ from llmos_jobs import dispatch
 from llmos_jobs.db import registry
 from llmos_jobs.db.models import Job, WorkerRecord
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import BrokerUnavailable
 from llmos_jobs.settings import get_settings
 from workers.execution import WorkerContext
+from workers.held import HeldJobs
 from workers.pool import EngineChoice, EnginePool
 from workers.reaper import reap, requeue_orphans
 from workers.resources import sample
@@ -53,6 +55,7 @@ class WorkerRuntime:
     host: str = field(default_factory=socket.gethostname)
     pool: EnginePool = field(init=False)
     watcher: JobWatcher = field(default_factory=JobWatcher)
+    held: HeldJobs = field(default_factory=HeldJobs)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -62,9 +65,13 @@ class WorkerRuntime:
     # -- claims ------------------------------------------------------------------------------
 
     def claimant_dead(self, job: Job) -> bool:
-        """Whether the process that claimed ``job`` is gone."""
+        """Whether the attempt that claimed ``job`` is gone: its process, or, when it
+        was this process, the attempt itself (its outcome never reached the database and
+        its message came back: the asking delivery is the only one holding it)."""
         if job.worker is None:
             return True
+        if job.worker == self.name and job.worker_pid == os.getpid():
+            return self.held.count(job.id, job.task_id) <= 1
         with session_scope() as session:
             row = session.get(WorkerRecord, job.worker)
         if row is None or row.state != "alive":
@@ -75,7 +82,7 @@ class WorkerRuntime:
 
     def context(self) -> WorkerContext:
         return WorkerContext(name=self.name, pool=self.pool, claimant_dead=self.claimant_dead,
-                             watcher=self.watcher, publish=self.publish,
+                             watcher=self.watcher, publish=self.publish, held=self.held,
                              time_limit_s=get_settings().job_time_limit_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -116,11 +123,14 @@ class WorkerRuntime:
         settings = get_settings()
         if self.models is None:
             self._follow_new_models()
+        beat_at = utcnow()  # before the snapshot: see WorkerRecord.holding
+        # A prefork pool runs jobs in child processes, whose attempts this one cannot see.
+        holding = self.held.job_ids() if self.pool_kind != "prefork" else None
         with session_scope() as session:
             alive = registry.heartbeat(
                 session=session, name=self.name, queues=self.queues,
                 engines={n: st.summary() for n, st in self.pool.stats().items()},
-                resources=sample(self.device),
+                resources=sample(self.device), now=beat_at, holding=holding,
             )
         if not alive:
             log.warning("worker %s was declared dead while alive; rejoining", self.name)

@@ -16,7 +16,7 @@ from llmos_jobs.db.models import Job, JobBase, new_id
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import NotFound
 from llmos_jobs.states import INITIAL, check_transition, sources_of
-from schemas.common import JobStatus, Usage
+from schemas.common import JobKind, JobStatus, Usage
 
 
 class JobCreate(JobBase):
@@ -262,6 +262,36 @@ def fail_unsent(*, session: Session, job_id: str, message_id: str, error_message
     )
     return taken and fail_job(session=session, job_id=job_id, message_id=message_id,
                               error_type="BrokerUnavailable", error_message=error_message)
+
+
+def fail_attempt(*, session: Session, job_id: str, message_id: str, worker: str,
+                 error_type: str, error_message: str) -> bool:
+    """The attempt ``message_id`` ends failed whether its claim committed or not (a
+    queued job goes through `running`, as the state machine requires). False if that
+    attempt no longer owns the job."""
+    _set_status(session, job_id, JobStatus.running,
+                extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.queued),
+                worker=worker, started_at=utcnow())
+    return fail_job(session=session, job_id=job_id, message_id=message_id,
+                    error_type=error_type, error_message=error_message)
+
+
+@dataclass(frozen=True)
+class JobHeader:
+    """A job's identity and hooks, read without its (encrypted) payload and result."""
+
+    id: str
+    kind: JobKind
+    mindspace_id: str | None
+    batch_id: str | None
+    webhook_url: str | None
+
+
+def job_header(*, session: Session, job_id: str) -> JobHeader | None:
+    row = session.execute(
+        select(Job.kind, Job.mindspace_id, Job.batch_id, Job.webhook_url)
+        .where(col(Job.id) == job_id)).first()
+    return None if row is None else JobHeader(job_id, *row)
 
 
 def requeue_job(*, session: Session, job: Job) -> str | None:

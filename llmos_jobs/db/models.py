@@ -263,6 +263,10 @@ class WorkerRecord(SQLModel, table=True):
     last_heartbeat: datetime = Field(
         default_factory=utcnow, sa_type=UTCDateTime, nullable=False
     )
+    # The job ids this worker's process was running when it last beat (taken before
+    # `last_heartbeat`); None when it cannot tell (a prefork pool runs jobs in children).
+    # A job it claimed before that beat and does not name is no longer held by anyone.
+    holding: list[str] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class WorkerPublic(SQLModel):

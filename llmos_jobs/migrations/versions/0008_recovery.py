@@ -1,0 +1,28 @@
+"""recovery: workers report the jobs they hold (a job no live attempt holds is re-queued)
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-29 15:40:00.000000
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = '0008'
+down_revision: str | None = '0007'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('worker', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('holding', sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('worker', schema=None) as batch_op:
+        batch_op.drop_column('holding')
