@@ -9,17 +9,21 @@ error files are written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
 from typing import Any
 
+from kombu.exceptions import OperationalError
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from broker_config import CONTROL_QUEUE, TaskName, queue_for
+from broker_config import TaskName, queue_for
+from llmos_jobs import dispatch
 from llmos_jobs.celery_app import get_app
 from llmos_jobs.client import LlmosClient, validate
+from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db.batch_models import Batch, StoredFile
 from llmos_jobs.db.jobs import JobCreate
 from llmos_jobs.db.models import Job, JobPublic
@@ -91,8 +95,10 @@ def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
                       completion_window=completion_window, priority=_priority(priority),
                       batch_metadata=metadata, total=lines, webhook_url=webhook)
         session.add(batch)
-    get_app(client.settings.resolved_broker_url()).send_task(
-        TaskName.batch_expand, args=[batch.id], queue=CONTROL_QUEUE, priority=batch.priority)
+    # Lost on the way (broker down, restarted), it is sent again by the reconciler.
+    with contextlib.suppress(OperationalError, OSError):
+        dispatch.send_batch_expansion(get_app(client.settings.resolved_broker_url()),
+                                      batch.id, priority=batch.priority)
     return batch
 
 
@@ -207,15 +213,23 @@ def expand(batch_id: str) -> None:
             model=request.model, batch_id=batch_id, custom_id=custom_id,
             payload=request.model_dump(mode="json"),
             queue=queue_for(TaskName.generate, model=request.model)))
+    # The batch's jobs and its new status commit together, once: a second expansion
+    # (a redelivery, the reconciler) finds the batch no longer validating.
     with client.session() as session:
         status = "in_progress" if jobs else "failed"
-        session.execute(update(Batch).where(col(Batch.id) == batch_id).values(
+        moved = session.execute(update(Batch).where(
+            col(Batch.id) == batch_id, col(Batch.status) == "validating",
+            col(Batch.expired_at).is_(None)).values(
             status=status, invalid=sorted(invalid, key=lambda e: e["line"]),
             in_progress_at=utcnow() if jobs else None, failed_at=None if jobs else utcnow(),
             errors=None if jobs else [{"code": "no_valid_lines",
-                                       "message": "no line of the file is a valid request"}]))
-    if jobs:
-        client._enqueue(jobs)
+                                       "message": "no line of the file is a valid request"}])
+        ).rowcount  # type: ignore[attr-defined]
+        if not moved:
+            return
+        created = [job_crud.create_job(session=session, job_in=j) for j in jobs]
+    if created:
+        client._publish(get_app(client.settings.resolved_broker_url()), created)
     else:
         finalize(batch_id)
 

@@ -20,6 +20,7 @@ from llmos_jobs.db.models import Job, WorkerRecord
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import BrokerUnavailable
+from llmos_jobs.reconcile import reconcile
 from llmos_jobs.settings import get_settings
 from workers.execution import WorkerContext
 from workers.held import HeldJobs
@@ -138,6 +139,7 @@ class WorkerRuntime:
                 registry.set_worker_state(session=session, name=self.name, state="alive",
                                           expect="dead")
         reap(dead_after_s=settings.worker_dead_after_s, enqueue=self.enqueue)
+        reconcile(self.app, grace_s=settings.reconcile_grace_s)
         self._expire_batches()
 
     def _expire_batches(self) -> None:

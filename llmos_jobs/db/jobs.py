@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.models import Job, JobBase, new_id
@@ -29,7 +30,8 @@ def create_job(*, session: Session, job_in: JobCreate, status: JobStatus = JobSt
                ) -> Job:
     if status not in INITIAL:
         raise ValueError(f"a job cannot be created {status.value}")
-    job = Job.model_validate(job_in, update={"status": status})
+    job = Job.model_validate(job_in, update={
+        "status": status, "queued_at": utcnow() if status == JobStatus.queued else None})
     session.connection().execute(insert(Job.__table__), job.model_dump())  # type: ignore[attr-defined]
     return job
 
@@ -301,8 +303,30 @@ def requeue_job(*, session: Session, job: Job) -> str | None:
     moved = _set_status(
         session, job.id, JobStatus.queued,
         extra_where=(col(Job.task_id) == job.task_id, col(Job.status) == JobStatus.running),
-        task_id=new_task_id, worker=None, worker_pid=None, started_at=None,
+        task_id=new_task_id, worker=None, worker_pid=None, started_at=None, queued_at=utcnow(),
     )
+    session.commit()
+    return new_task_id if moved else None
+
+
+def queued_longer_than(*, session: Session, grace_s: float, limit: int) -> list[Job]:
+    """Queued jobs whose current message was made over ``grace_s`` ago, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    since = func.coalesce(col(Job.queued_at), col(Job.created_at))
+    return list(session.exec(select(Job).where(Job.status == JobStatus.queued, since < cutoff)
+                             .order_by(since).limit(limit)))
+
+
+def renew_message(*, session: Session, job: Job) -> str | None:
+    """A queued job whose message the broker lost gets a new message id (any copy of
+    the old one that turns up is stale); None if it was claimed or changed meanwhile."""
+    new_task_id = new_id()
+    moved = session.execute(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.task_id) == job.task_id,
+               col(Job.status) == JobStatus.queued)
+        .values(task_id=new_task_id, queued_at=utcnow())
+    ).rowcount  # type: ignore[attr-defined]
     session.commit()
     return new_task_id if moved else None
 
@@ -320,7 +344,7 @@ def reroute_job(*, session: Session, job: Job, queue: str) -> str | None:
         update(Job)
         .where(col(Job.id) == job.id, col(Job.task_id) == job.task_id,
                col(Job.status) == JobStatus.queued)
-        .values(task_id=new_task_id, queue=queue)
+        .values(task_id=new_task_id, queue=queue, queued_at=utcnow())
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
     return new_task_id if moved else None
@@ -346,7 +370,8 @@ def first_waiting_turn(*, session: Session, mindspace_id: str) -> Job | None:
 def release_turn(*, session: Session, job: Job, queue: str) -> bool:
     """A waiting turn becomes queued on ``queue``; False if it is no longer waiting."""
     moved = _set_status(session, job.id, JobStatus.queued,
-                        extra_where=(col(Job.status) == JobStatus.waiting,), queue=queue)
+                        extra_where=(col(Job.status) == JobStatus.waiting,), queue=queue,
+                        queued_at=utcnow())
     if moved:
         job.status, job.queue = JobStatus.queued, queue
     return moved

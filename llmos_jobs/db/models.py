@@ -63,6 +63,10 @@ class Job(JobBase, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     started_at: datetime | None = _utc()
     finished_at: datetime | None = _utc()
+    # When its current message was made (None before 0008: created_at stands in). A job
+    # queued longer than the reconciler's grace whose message the broker lacks gets a
+    # new one (llmos_jobs.reconcile).
+    queued_at: datetime | None = _utc()
 
 
 class JobPublic(JobBase):

@@ -1,4 +1,5 @@
-"""recovery: workers report the jobs they hold (a job no live attempt holds is re-queued)
+"""recovery: workers report the jobs they hold (a job no live attempt holds is re-queued);
+jobs record when their current message was made (the reconciler's grace period)
 
 Revision ID: 0008
 Revises: 0007
@@ -21,8 +22,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table('worker', schema=None) as batch_op:
         batch_op.add_column(sa.Column('holding', sa.JSON(), nullable=True))
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('queued_at', sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_column('queued_at')
     with op.batch_alter_table('worker', schema=None) as batch_op:
         batch_op.drop_column('holding')
