@@ -64,6 +64,17 @@ def send_batch_expansion(app: Celery, batch_id: str, *, priority: int) -> None:
                   queue=CONTROL_QUEUE, priority=priority, retry_policy=_PUBLISH_RETRY)
 
 
+def send_batch_finalization(app: Celery, batch_id: str) -> None:
+    """The message that writes the files of a batch whose jobs have all ended (its id
+    is derived from the batch's: a batch is finalised once)."""
+    app.send_task(TaskName.batch_finalize, args=[batch_id], task_id=finalization_id(batch_id),
+                  queue=CONTROL_QUEUE, retry_policy=_PUBLISH_RETRY)
+
+
+def finalization_id(batch_id: str) -> str:
+    return f"finalize-{batch_id}"
+
+
 def publish(app: Celery, jobs: Sequence[Job], *, dead_after_s: float,
             database_url: str | None = None) -> None:
     """One message per committed job, on one connection. When the broker cannot be

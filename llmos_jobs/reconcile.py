@@ -5,9 +5,10 @@ its publish) is sent again:
 
 - a job `queued` for longer than the grace period gets a new message id and a new
   message (a copy of the old message that turns up later is stale and dropped);
-- a webhook delivery `pending` past its due time, and a batch still `validating`,
-  get their message again, under the same id (their tasks are idempotent: a delivery
-  records each attempt by compare-and-set, an expansion runs once).
+- a webhook delivery `pending` past its due time, a batch still `validating` and a
+  batch left `finalizing` get their message again, under the same id (their tasks
+  are idempotent: a delivery records each attempt by compare-and-set, an expansion
+  runs once, a finalised batch is not finalised again).
 
 The grace period only spares work: which messages the broker holds is read from the
 broker itself (llmos_jobs.broker_view), after the candidates are read from the database,
@@ -107,19 +108,25 @@ def reconcile_batches(app: Celery, *, grace_s: float, database_url: str | None =
                       ) -> int:
     cutoff = utcnow() - timedelta(seconds=grace_s)
     with session_scope(database_url) as session:
-        stuck = list(session.exec(
+        validating = list(session.exec(
             select(Batch.id, Batch.priority).where(
                 Batch.status == "validating", col(Batch.expired_at).is_(None),
                 col(Batch.created_at) < cutoff).limit(PASS_LIMIT)).all())
-    if not stuck:
+        finalizing = list(session.exec(
+            select(Batch.id).where(Batch.status == "finalizing",
+                                   col(Batch.finalizing_at) < cutoff).limit(PASS_LIMIT)))
+    if not validating and not finalizing:
         return 0
     held = broker_view.message_ids(app, [CONTROL_QUEUE])
     if held is None:
         return 0
-    lost = [(batch_id, priority) for batch_id, priority in stuck if batch_id not in held]
+    lost = [(batch_id, priority) for batch_id, priority in validating if batch_id not in held]
     for batch_id, priority in lost:
         dispatch.send_batch_expansion(app, batch_id, priority=priority)
-    if lost:
-        log.warning("%d batch(es) left validating had no message in the broker; sent again",
-                    len(lost))
-    return len(lost)
+    unfinished = [b for b in finalizing if dispatch.finalization_id(b) not in held]
+    for batch_id in unfinished:
+        dispatch.send_batch_finalization(app, batch_id)
+    if lost or unfinished:
+        log.warning("%d batch(es) left validating or finalizing had no message in the "
+                    "broker; sent again", len(lost) + len(unfinished))
+    return len(lost) + len(unfinished)

@@ -55,7 +55,8 @@ def test_redis_flushed_mid_run_every_job_succeeds_exactly_once(lossy_stack: Stac
     model = f"flush-{uuid.uuid4().hex[:6]}"
     client.register_model(model, stack.data_dir / model, engine="noop")
     stack.start_worker("survivor@test", "--model", model, "--concurrency", "2",
-                       env={"LLMOS_NOOP_DELAY_MS": "100", "LLMOS_RECONCILE_GRACE_S": "2"})
+                       env={"LLMOS_NOOP_DELAY_MS": "100"})
+    stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "2"})
     submitted = client.generate_many(
         [{"model": model, "prompt": f"job {i}", "max_tokens": 2} for i in range(JOBS)])
     assert not submitted.errors
@@ -107,8 +108,8 @@ def test_a_batch_left_validating_and_a_delivery_left_pending_are_sent_again(
             batch = batches.create(client, input_file_id=uploaded.id)
             assert stack.redis().dbsize() > 0
             stack.redis().flushall()
-            stack.start_worker("late@test", "--model", model,
-                               env={"LLMOS_RECONCILE_GRACE_S": "1"})
+            stack.start_worker("late@test", "--model", model)
+            stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
             [received] = receiver.wait_for(1, timeout_s=HANG_GUARD_S)
             assert received.verified and received.headers["webhook-id"] == delivery_id
             deadline = time.monotonic() + HANG_GUARD_S

@@ -156,7 +156,7 @@ def test_a_redelivery_of_an_attempt_its_own_process_let_go_runs_it(tmp_path: Pat
     with private_stack(tmp_path, f"sqlite:///{tmp_path / 'llmos.db'}") as stack:
         client, model, env = echo_model(stack, delay_ms=0)
         name = "resume@test"
-        # The only worker, and it never reaps: the redelivery alone can rescue the job.
+        # No control process reaps here: the redelivery alone can rescue the job.
         stack.start_worker(name, "--model", model,
                            env={**env, "LLMOS_HEARTBEAT_INTERVAL_S": "3600",
                                 "LLMOS_WORKER_DEAD_AFTER_S": "7200"})

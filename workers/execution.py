@@ -64,6 +64,9 @@ class WorkerContext:
     time_limit_s: float  # LLMOS_JOB_TIME_LIMIT_S: no job runs longer
     publish: turn_order.Publish  # the turns that ending a turn releases
     held: HeldJobs = field(default_factory=HeldJobs)  # the attempts this process runs
+    # Who writes the files of a batch whose last job ended (the control process);
+    # None: this process, at once.
+    finalize_batch: Callable[[str], None] | None = None
 
 
 class JobTimeout(Exception):
@@ -205,7 +208,7 @@ def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, reason: str)
         with session_scope() as session:
             emit_job_event(session=session, job_id=job_id)
     if failed and header.batch_id is not None:
-        _after_final(header.batch_id)
+        _after_final(header.batch_id, ctx)
 
 
 def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
@@ -238,7 +241,7 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
                 emit_job_event(session=session, job_id=job_id)
 
         _record(job, ctx, record_failure)
-        _after_final(job.batch_id)
+        _after_final(job.batch_id, ctx)
         return ClaimOutcome.claimed
 
     def record_success(session: Session) -> None:
@@ -255,17 +258,19 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
                                    usage=outcome.usage)
 
     _record(job, ctx, record_success)
-    _after_final(job.batch_id)
+    _after_final(job.batch_id, ctx)
     return ClaimOutcome.claimed
 
 
-def _after_final(batch_id: str | None) -> None:
-    """A job of a batch ended: the last one to end writes the batch's files."""
+def _after_final(batch_id: str | None, ctx: WorkerContext) -> None:
+    """A job of a batch ended: the last one to end has the batch's files written."""
     if batch_id is None:
         return
     from llmos_jobs import batches
 
     with session_scope() as session:
         done = batches.job_finished(session, batch_id)
-    if done:
+    if done and ctx.finalize_batch is not None:
+        ctx.finalize_batch(batch_id)
+    elif done:
         batches.finalize(batch_id)
