@@ -27,6 +27,7 @@ from celery import Celery, Task
 
 from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE, TaskName
 from llmos_jobs import dispatch
+from llmos_jobs.db import batch_progress
 from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.reconcile import reconcile
@@ -63,7 +64,7 @@ def _expire_batches() -> int:
         expired = batches.expire_overdue(session)
     for batch_id in expired:
         with session_scope() as session:
-            done = batches.job_finished(session, batch_id)
+            done = batch_progress.job_finished(session, batch_id)
         if done:
             batches.finalize(batch_id)
     return len(expired)

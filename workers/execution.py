@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
 from llmos_jobs import turn_order
+from llmos_jobs.db import batch_progress
 from llmos_jobs.db.jobs import (
     ClaimOutcome,
     claim_job,
@@ -269,7 +270,7 @@ def _after_final(batch_id: str | None, ctx: WorkerContext) -> None:
     from llmos_jobs import batches
 
     with session_scope() as session:
-        done = batches.job_finished(session, batch_id)
+        done = batch_progress.job_finished(session, batch_id)
     if done and ctx.finalize_batch is not None:
         ctx.finalize_batch(batch_id)
     elif done:
