@@ -27,6 +27,7 @@ from celery import Celery, Task
 
 from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE, TaskName
 from llmos_jobs import dispatch
+from llmos_jobs.crypto import require_key_ring
 from llmos_jobs.db import batch_progress
 from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
@@ -99,6 +100,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 def run_control(*, name: str | None, beat: bool, concurrency: int, loglevel: str) -> None:
     """Run the control process in this process until it is stopped."""
     settings = get_settings()
+    require_key_ring(settings)
     from llmos_jobs.celery_app import create_app
     from llmos_jobs.db.migrate import upgrade
 

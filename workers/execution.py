@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
 from llmos_jobs import turn_order
+from llmos_jobs.crypto import KeyRingMismatch
 from llmos_jobs.db import batch_progress
 from llmos_jobs.db.jobs import (
     ClaimOutcome,
@@ -189,13 +190,19 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
             raise
         except Exception as exc:
             log.exception("job %s message %s: attempt abandoned", job_id, message_id)
-            _fail_attempt(job_id, message_id, ctx,
-                          f"the worker could not run or record the job: "
-                          f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, KeyRingMismatch):
+                # Whatever this process encrypted, the others could not read: the reason
+                # is the error type alone.
+                _fail_attempt(job_id, message_id, ctx, "KeyRingMismatch", None)
+            else:
+                _fail_attempt(job_id, message_id, ctx, "WorkerError",
+                              f"the worker could not run or record the job: "
+                              f"{type(exc).__name__}: {exc}")
             return ClaimOutcome.claimed
 
 
-def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, reason: str) -> None:
+def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, error_type: str,
+                  reason: str | None) -> None:
     """End the attempt ``message_id`` failed, claimed or not, without reading the job's
     payload (what failed may be its decryption)."""
     with session_scope() as session:
@@ -204,8 +211,8 @@ def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, reason: str)
         return
     with _ending(header, ctx) as session:
         failed = fail_attempt(session=session, job_id=job_id, message_id=message_id,
-                              worker=ctx.name, error_type="WorkerError", error_message=reason)
-    if failed and header.webhook_url:
+                              worker=ctx.name, error_type=error_type, error_message=reason)
+    if failed and header.webhook_url and error_type != "KeyRingMismatch":
         with session_scope() as session:
             emit_job_event(session=session, job_id=job_id)
     if failed and header.batch_id is not None:

@@ -17,7 +17,9 @@ def api(
     import uvicorn
 
     from llmos_jobs.api import create_app
+    from llmos_jobs.crypto import require_key_ring
 
+    require_key_ring(get_settings())
     uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
 
 

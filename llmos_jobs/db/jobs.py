@@ -242,12 +242,14 @@ def record_abandoned_usage(*, session: Session, job_id: str, message_id: str, us
 
 
 def fail_job(
-    *, session: Session, job_id: str, message_id: str, error_type: str, error_message: str
+    *, session: Session, job_id: str, message_id: str, error_type: str,
+    error_message: str | None
 ) -> bool:
     moved = _set_status(
         session, job_id, JobStatus.failed,
         extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.running),
-        error_type=error_type, error_message=error_message[:4000], finished_at=utcnow(),
+        error_type=error_type, finished_at=utcnow(),
+        error_message=None if error_message is None else error_message[:4000],
     )
     return moved
 
@@ -267,7 +269,7 @@ def fail_unsent(*, session: Session, job_id: str, message_id: str, error_message
 
 
 def fail_attempt(*, session: Session, job_id: str, message_id: str, worker: str,
-                 error_type: str, error_message: str) -> bool:
+                 error_type: str, error_message: str | None) -> bool:
     """The attempt ``message_id`` ends failed whether its claim committed or not (a
     queued job goes through `running`, as the state machine requires). False if that
     attempt no longer owns the job."""

@@ -49,7 +49,8 @@ class Job(JobBase, table=True):
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(EncryptedJSON))
     mindspace_seq: int | None = Field(default=None, description="turn order in its mindspace")
     error_type: str | None = None
-    error_message: str | None = None
+    # Encrypted at rest: an error can quote the prompt.
+    error_message: str | None = Field(default=None, sa_type=EncryptedText)
     queue: str
     # The id of the Celery message that may run this attempt; a message with any
     # other id is a stale redelivery and is dropped.
