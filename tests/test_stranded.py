@@ -72,15 +72,20 @@ def test_a_failed_result_commit_is_retried_and_the_job_succeeds_once(
     job = client.generate(model=model, prompt="record me", max_tokens=2)
     wait_for_status(client, job.id, JobStatus.running)
     proxy.cut()
+    cut_at = time.monotonic()
     try:
         # The engine finishes; recording the outcome fails, and is retried in place.
         _wait_for_log(stack.data_dir / "blip.log", "outcome not recorded")
+        cut_s = time.monotonic() - cut_at
     finally:
         proxy.restore()
+    restored = time.monotonic()
     [done] = client.wait([job.id], timeout_s=HANG_GUARD_S)
     assert done.status == JobStatus.succeeded, done.error_message
     assert (done.attempts, done.worker, done.task_id) == (1, name, job.task_id)
     assert done.result is not None and done.result["text"]
+    print(f"\ndatabase cut {cut_s:.1f} s; job recorded {time.monotonic() - restored:.1f} s "
+          f"after it came back; attempts {done.attempts}")
 
 
 def test_a_job_the_worker_cannot_decrypt_fails_with_the_reason(stack: Stack) -> None:
