@@ -8,7 +8,10 @@ its publish) is sent again:
 - a webhook delivery `pending` past its due time, a batch still `validating` and a
   batch left `finalizing` get their message again, under the same id (their tasks
   are idempotent: a delivery records each attempt by compare-and-set, an expansion
-  runs once, a finalised batch is not finalised again).
+  runs once, a finalised batch is not finalised again);
+- a batch `in_progress` or `cancelling` whose jobs have all ended (the process that
+  ended the last one died before it could say so) is moved to `finalizing` and
+  finalised.
 
 The grace period only spares work: which messages the broker holds is read from the
 broker itself (llmos_jobs.broker_view), after the candidates are read from the database,
@@ -19,13 +22,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlmodel import col, select
 
 from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE
 from llmos_jobs import broker_view, dispatch
+from llmos_jobs.db import batch_progress
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db.batch_models import Batch
 from llmos_jobs.db.models import Job
@@ -107,6 +111,11 @@ def reconcile_deliveries(app: Celery, *, grace_s: float, database_url: str | Non
 def reconcile_batches(app: Celery, *, grace_s: float, database_url: str | None = None
                       ) -> int:
     cutoff = utcnow() - timedelta(seconds=grace_s)
+    return (_resend_batch_messages(app, cutoff, database_url)
+            + _finish_forgotten_batches(app, cutoff, database_url))
+
+
+def _resend_batch_messages(app: Celery, cutoff: datetime, database_url: str | None) -> int:
     with session_scope(database_url) as session:
         validating = list(session.exec(
             select(Batch.id, Batch.priority).where(
@@ -130,3 +139,18 @@ def reconcile_batches(app: Celery, *, grace_s: float, database_url: str | None =
         log.warning("%d batch(es) left validating or finalizing had no message in the "
                     "broker; sent again", len(lost) + len(unfinished))
     return len(lost) + len(unfinished)
+
+
+def _finish_forgotten_batches(app: Celery, cutoff: datetime, database_url: str | None
+                              ) -> int:
+    with session_scope(database_url) as session:
+        running = list(session.exec(
+            select(Batch.id).where(col(Batch.status).in_(["in_progress", "cancelling"]),
+                                   col(Batch.created_at) < cutoff).limit(PASS_LIMIT)))
+        done = [batch_id for batch_id in running
+                if batch_progress.job_finished(session, batch_id)]
+    for batch_id in done:
+        dispatch.send_batch_finalization(app, batch_id)
+    if done:
+        log.warning("%d batch(es) had ended without being finalised; finalising", len(done))
+    return len(done)

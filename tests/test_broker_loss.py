@@ -18,11 +18,12 @@ import pytest
 from sqlmodel import col, func, select
 
 from llmos_jobs import batches
+from llmos_jobs.db.batch_models import Batch
 from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.webhooks.events import emit
 from llmos_jobs.webhooks.signing import tenant_secret
-from schemas.common import JobStatus
+from schemas.common import JobKind, JobStatus
 from tests.conftest import _drop_pg_database, _fresh_pg_database
 from tests.faults import private_stack
 from tests.stack import Stack
@@ -127,3 +128,32 @@ def test_a_batch_left_validating_and_a_delivery_left_pending_are_sent_again(
             assert len(receiver.received) == 1
         finally:
             receiver.stop()
+
+
+def test_a_batch_whose_last_job_ended_unannounced_is_finalised(tmp_path: Path) -> None:
+    """The process that ended the batch's last job died before it told anyone: the
+    batch would stay `in_progress` forever."""
+    with private_stack(tmp_path, f"sqlite:///{tmp_path / 'llmos.db'}") as stack:
+        client = stack.client()
+        client.register_model("kept", stack.data_dir / "kept", engine="noop")
+        with session_scope(stack.database_url) as session:
+            batch = Batch(tenant=client.tenant, endpoint=batches.ENDPOINT,
+                          input_file_id="none", completion_window="24h", priority=8,
+                          total=1, status="in_progress")
+            session.add(batch)
+            session.flush()
+            session.add(Job(tenant=client.tenant, kind=JobKind.generate, priority=8,
+                            model="kept", batch_id=batch.id, custom_id="only", payload={},
+                            queue="lang.kept", status=JobStatus.failed,
+                            error_type="E", error_message="it failed"))
+            batch_id = batch.id
+        stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
+        deadline = time.monotonic() + HANG_GUARD_S
+        while True:
+            with session_scope(stack.database_url) as session:
+                row = batches.get_batch(session, client.tenant, batch_id)
+            if row.status == "completed":
+                break
+            assert time.monotonic() < deadline, f"the batch stayed {row.status}"
+            time.sleep(0.1)
+        assert row.error_file_id is not None and row.output_file_id is None
