@@ -3,6 +3,7 @@
 from broker_config.celery_config import celery_config
 from broker_config.queues import (
     CONTROL_QUEUE,
+    JOB_TASKS,
     TASK_FAMILIES,
     WEBHOOKS_QUEUE,
     TaskName,
@@ -13,6 +14,7 @@ from broker_config.queues import (
 
 __all__ = [
     "CONTROL_QUEUE",
+    "JOB_TASKS",
     "TASK_FAMILIES",
     "WEBHOOKS_QUEUE",
     "TaskName",

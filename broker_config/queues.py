@@ -3,8 +3,9 @@
     lang.<model>   shared language queue of one model (generate, mindspace turns,
                    model ops not aimed at a worker)
     w.<worker>     direct queue of one worker (model ops aimed at it)
-    control        batch expansion, registry work (any worker)
-    webhooks       callback deliveries (any worker)
+    control        the control plane (`llmos control`, no GPU): reaping, reconciling,
+                   batch expansion, finalisation and expiry
+    webhooks       callback deliveries (`llmos control`, never an inference worker)
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ class TaskName(StrEnum):
     model_op = "llmos.model.op"
     mindspace_turn = "llmos.mindspace.turn"
     batch_expand = "llmos.batch.expand"
+    batch_finalize = "llmos.batch.finalize"
     deliver_webhook = "llmos.webhooks.deliver"
+    # Periodic work of the control process (Celery beat).
+    reap = "llmos.control.reap"
+    reconcile = "llmos.control.reconcile"
+    expire_batches = "llmos.control.expire_batches"
 
 
 # How each task is routed: to the language queue of the job's model, to the direct
@@ -32,8 +38,17 @@ TASK_FAMILIES: dict[TaskName, Literal["model", "model_or_worker", "control", "we
     TaskName.mindspace_turn: "model_or_worker",  # cache affinity: the worker of its last turn
     TaskName.model_op: "model_or_worker",
     TaskName.batch_expand: "control",
-    TaskName.deliver_webhook: "webhooks",  # any worker; never behind a model's backlog
+    TaskName.batch_finalize: "control",
+    TaskName.deliver_webhook: "webhooks",  # never behind a model's backlog
+    TaskName.reap: "control",
+    TaskName.reconcile: "control",
+    TaskName.expire_batches: "control",
 }
+
+# The tasks that run a job (their message carries a job id); every other task is
+# control-plane work.
+JOB_TASKS: frozenset[TaskName] = frozenset(
+    {TaskName.generate, TaskName.model_op, TaskName.mindspace_turn})
 
 
 def language_queue(model: str) -> str:

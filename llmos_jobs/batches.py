@@ -9,20 +9,25 @@ error files are written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
 from typing import Any, cast
 
+from kombu.exceptions import OperationalError
 from sqlalchemy import update
 from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import Session, col, select
 
-from broker_config import CONTROL_QUEUE, TaskName, queue_for
+from broker_config import TaskName, queue_for
+from llmos_jobs import dispatch
 from llmos_jobs.celery_app import get_app
 from llmos_jobs.client import LlmosClient, validate
+from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db.batch_models import Batch, StoredFile
-from llmos_jobs.db.jobs import JobCreate, create_job
+from llmos_jobs.db.batch_progress import job_finished
+from llmos_jobs.db.jobs import JobCreate
 from llmos_jobs.db.models import Job, JobPublic
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import InvalidRequest, NotFound
@@ -30,6 +35,7 @@ from schemas.common import JobKind, JobStatus
 from schemas.language import GenerateRequest
 
 ENDPOINT = "/v1/chat/completions"
+MAX_WINDOW_S = 24 * 3600  # as OpenAI
 FINAL = [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]
 _SAMPLING = ("max_tokens", "max_completion_tokens", "temperature", "stop", "model", "messages")
 
@@ -80,14 +86,14 @@ def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
 
     if endpoint != ENDPOINT:
         raise InvalidRequest(f"endpoint {endpoint!r} is not supported: use {ENDPOINT!r}")
-    window_s(completion_window)
+    check_window(completion_window)
     if webhook is not None:
         from llmos_jobs.webhooks.ssrf import check_destination
 
         check_destination(webhook, client.settings.webhook_allowed())
     with client.session() as session:
         source = get_file(session, client.tenant, input_file_id)
-        lines = sum(1 for line in source.content.splitlines() if line.strip())
+        lines = sum(1 for line in _lines(source.content) if line.strip())
         if lines > client.settings.batch_max_lines:
             raise InvalidRequest(f"file {input_file_id} has {lines} lines; the limit is "
                                  f"{client.settings.batch_max_lines} (LLMOS_BATCH_MAX_LINES)")
@@ -97,9 +103,17 @@ def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
                       completion_window=completion_window, priority=_priority(priority),
                       batch_metadata=metadata, total=lines, webhook_url=webhook)
         session.add(batch)
-    get_app(client.settings.resolved_broker_url()).send_task(
-        TaskName.batch_expand, args=[batch.id], queue=CONTROL_QUEUE, priority=batch.priority)
+    # Lost on the way (broker down, restarted), it is sent again by the reconciler.
+    with contextlib.suppress(OperationalError, OSError):
+        dispatch.send_batch_expansion(get_app(client.settings.resolved_broker_url()),
+                                      batch.id, priority=batch.priority)
     return batch
+
+
+def check_window(window: str) -> None:
+    """A completion window a batch may ask for: a duration of at most 24 hours."""
+    if window_s(window) > MAX_WINDOW_S:
+        raise InvalidRequest(f"completion_window {window!r} is longer than 24h")
 
 
 def window_s(window: str) -> int:
@@ -138,6 +152,32 @@ def expire_overdue(session: Session) -> list[str]:
     return expired
 
 
+def _lines(content: str) -> list[str]:
+    """The file's lines: JSONL ends a line at \\n only. (str.splitlines would also split
+    at U+2028, U+2029 and other separators, which JSON allows inside strings.)"""
+    return [line.removesuffix("\r") for line in content.split("\n")]
+
+
+def _not_finite(value: str) -> float:
+    number = float(value)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"number {value[:20]}... is out of range")
+    return number
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _load_line(raw: str) -> Any:
+    """One line as JSON; ValueError for anything that is not plain JSON: NaN and
+    Infinity, numbers out of range, nesting too deep for the parser."""
+    try:
+        return json.loads(raw, parse_float=_not_finite, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _line_error(number: int, custom_id: Any, code: str, message: str) -> dict[str, Any]:
     return {"line": number, "custom_id": custom_id if isinstance(custom_id, str) else None,
             "code": code, "message": message}
@@ -148,13 +188,11 @@ def parse(content: str) -> tuple[list[tuple[int, str, dict[str, Any]]], list[dic
     valid: list[tuple[int, str, dict[str, Any]]] = []
     invalid: list[dict[str, Any]] = []
     seen: set[str] = set()
-    # JSON Lines end at "\n" only: str.splitlines would also cut a line at a U+2028 or
-    # a form feed that JSON allows inside a string.
-    for number, raw in enumerate(content.split("\n"), start=1):
+    for number, raw in enumerate(_lines(content), start=1):
         if not raw.strip():
             continue
         try:
-            line = json.loads(raw)
+            line = _load_line(raw)
         except ValueError as exc:
             invalid.append(_line_error(number, None, "invalid_json", f"not JSON: {exc}"))
             continue
@@ -220,19 +258,23 @@ def expand(batch_id: str) -> None:
             model=request.model, batch_id=batch_id, custom_id=custom_id,
             payload=request.model_dump(mode="json"),
             queue=queue_for(TaskName.generate, model=request.model)))
-    # The jobs and the batch's new status commit together: a batch is never seen
-    # in_progress without its jobs (a cancel in between would find nothing to cancel,
-    # finish the batch, and the jobs would then run for a cancelled batch).
+    # The batch's jobs and its new status commit together, once: a second expansion
+    # (a redelivery, the reconciler) finds the batch no longer validating.
     with client.session() as session:
         status = "in_progress" if jobs else "failed"
-        session.execute(update(Batch).where(col(Batch.id) == batch_id).values(
+        moved = session.execute(update(Batch).where(
+            col(Batch.id) == batch_id, col(Batch.status) == "validating",
+            col(Batch.expired_at).is_(None)).values(
             status=status, invalid=sorted(invalid, key=lambda e: e["line"]),
             in_progress_at=utcnow() if jobs else None, failed_at=None if jobs else utcnow(),
             errors=None if jobs else [{"code": "no_valid_lines",
-                                       "message": "no line of the file is a valid request"}]))
-        rows = [create_job(session=session, job_in=j) for j in jobs]
-    if rows:
-        client._publish(get_app(client.settings.resolved_broker_url()), rows)
+                                       "message": "no line of the file is a valid request"}])
+        ).rowcount  # type: ignore[attr-defined]
+        if not moved:
+            return
+        created = [job_crud.create_job(session=session, job_in=j) for j in jobs]
+    if created:
+        client._publish(get_app(client.settings.resolved_broker_url()), created)
     else:
         finalize(batch_id)
 
@@ -247,33 +289,16 @@ def _tenant_of(batch_id: str) -> str:
     return row.tenant
 
 
-def job_finished(session: Session, batch_id: str) -> bool:
-    """After a job of the batch became final: True if the batch is now done (the caller
-    finalizes it; the status change decides who, when two jobs finish at once)."""
-    # One index probe (job batch_id, status), not a count: this runs after every job.
-    pending = session.exec(select(Job.id).where(
-        Job.batch_id == batch_id, col(Job.status).in_([JobStatus.queued, JobStatus.running]))
-        .limit(1)).first()
-    if pending is not None:
-        return False
-    # An expired batch may still be validating: it ends without ever running.
-    moved = session.execute(update(Batch).where(
-        col(Batch.id) == batch_id,
-        (col(Batch.status) == "in_progress")
-        | ((col(Batch.status) == "validating") & col(Batch.expired_at).is_not(None)))
-        .values(status="finalizing", finalizing_at=utcnow())).rowcount  # type: ignore[attr-defined]
-    status = session.exec(select(Batch.status).where(Batch.id == batch_id)).first()
-    session.commit()
-    return bool(moved) or status == "cancelling"
-
-
 def finalize(batch_id: str) -> None:
-    """Write the output and error files; the batch ends completed, cancelled or failed."""
+    """Write the output and error files of a `finalizing` (or `failed`) batch; it ends
+    completed, cancelled, expired or failed. The end is a compare-and-set that also
+    requires no file written yet: however often this runs, and by however many
+    processes, the batch gets one output, one error file and one event."""
     from llmos_jobs.db.session import session_scope
 
     with session_scope() as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None or batch.status in ("completed", "cancelled") or (
+        batch = session.get(Batch, batch_id, populate_existing=True)
+        if batch is None or batch.status not in ("finalizing", "failed") or (
                 batch.output_file_id or batch.error_file_id):
             return
         jobs = list(session.exec(select(Job).where(Job.batch_id == batch_id)
@@ -286,6 +311,7 @@ def finalize(batch_id: str) -> None:
         for job in jobs:
             entry = output_line(JobPublic.from_row(job))
             (outputs if job.status == JobStatus.succeeded else errors).append(entry)
+        ending: dict[str, Any] = {}
         for purpose, lines, field in (("batch_output", outputs, "output_file_id"),
                                       ("batch_output", errors, "error_file_id")):
             if not lines:
@@ -294,19 +320,26 @@ def finalize(batch_id: str) -> None:
             stored = StoredFile(tenant=batch.tenant, filename=f"{batch_id}_{field}.jsonl",
                                 purpose=purpose, bytes=len(text.encode()), content=text)
             session.add(stored)
-            setattr(batch, field, stored.id)
+            ending[field] = stored.id
         now = utcnow()
-        if batch.status == "cancelling":
-            batch.status, batch.cancelled_at = "cancelled", now
+        if batch.cancelling_at is not None:
+            ending.update(status="cancelled", cancelled_at=now)
         elif batch.expired_at is not None:
-            batch.status = "expired"
+            ending.update(status="expired")
         elif batch.status != "failed":
-            batch.status, batch.completed_at = "completed", now
-        session.add(batch)
+            ending.update(status="completed", completed_at=now)
+        session.flush()
+        won = session.execute(update(Batch).where(
+            col(Batch.id) == batch_id, col(Batch.status) == batch.status,
+            col(Batch.output_file_id).is_(None), col(Batch.error_file_id).is_(None))
+            .values(**ending)).rowcount  # type: ignore[attr-defined]
+        if not won:  # another finalizer wrote the files first
+            session.rollback()
+            return
+        session.refresh(batch)
         if batch.webhook_url:  # sent once this transaction commits
             from llmos_jobs.webhooks.events import emit
 
-            session.flush()
             emit(session=session, tenant=batch.tenant, event_type=f"batch.{batch.status}",
                  url=batch.webhook_url, data=public(session, batch))
 
@@ -336,10 +369,11 @@ def cancel(client: LlmosClient, batch_id: str) -> Batch:
     """Queued requests never run; running ones finish; then the batch is cancelled."""
     with client.session() as session:
         batch = get_batch(session, client.tenant, batch_id)
-        if batch.status not in ("validating", "in_progress"):
+        moved = session.execute(update(Batch).where(
+            col(Batch.id) == batch_id, col(Batch.status).in_(["validating", "in_progress"]))
+            .values(status="cancelling", cancelling_at=utcnow())).rowcount  # type: ignore[attr-defined]
+        if not moved:
             raise InvalidRequest(f"a {batch.status} batch cannot be cancelled")
-        session.execute(update(Batch).where(col(Batch.id) == batch_id).values(
-            status="cancelling", cancelling_at=utcnow()))
         _cancel_queued(session, batch_id)
         session.commit()
         done = job_finished(session, batch_id)

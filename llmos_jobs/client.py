@@ -19,9 +19,9 @@ from broker_config import TaskName, language_queue, queue_for
 from llmos_jobs import dispatch, turn_order
 from llmos_jobs.celery_app import get_app
 from llmos_jobs.client_audit import audited, default_actor
+from llmos_jobs.db import batch_progress, registry
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db import mindspaces as ms_crud
-from llmos_jobs.db import registry
 from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.db.models import (
     Job,
@@ -385,7 +385,19 @@ class LlmosClient:
             job = job_crud.cancel_job(session=session, tenant=self.tenant, job_id=job_id)
             if job.webhook_url:  # enqueued once the cancellation commits
                 emit_job_event(session=session, job_id=job.id, settings=self.settings)
-            return JobPublic.from_row(job)
+            cancelled = JobPublic.from_row(job)
+        if job.batch_id is not None:
+            self._batch_job_ended(job.batch_id)
+        return cancelled
+
+    def _batch_job_ended(self, batch_id: str) -> None:
+        """A job of a batch was cancelled by its id: it counts toward the batch, which
+        the control process finalises when it was the last one."""
+        with self.session() as session:
+            done = batch_progress.job_finished(session, batch_id)
+        if done:
+            dispatch.send_batch_finalization(get_app(self.settings.resolved_broker_url()),
+                                             batch_id)
 
     def wait(self, job_ids: Sequence[str], *, timeout_s: float = 300.0,
              poll_s: float = 0.1) -> list[JobPublic]:

@@ -60,6 +60,7 @@ def run_demo(console: Console) -> int:
         console.print(f"broker: {stack.broker_url}\ndatabase: {database_url}")
         client = LlmosClient(tenant=settings.tenant)
         client.register_model("demo", model_dir)
+        stack.start_control()
         name = f"demo-{os.getpid()}@{socket.gethostname()}"
         with console.status(f"starting worker {name}"):
             process = stack.start_worker("--model", "demo", "--name", name,

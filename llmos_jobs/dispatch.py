@@ -1,6 +1,8 @@
-"""Jobs reach the broker here and nowhere else: after their rows are committed, one
-message each, whose only argument is the job id and whose message id is the job's
-``task_id`` (a delivery with any other id is stale and dropped).
+"""Messages reach the broker here and nowhere else. Jobs: after their rows are
+committed, one message each, whose only argument is the job id and whose message id is
+the job's ``task_id`` (a delivery with any other id is stale and dropped). Webhook
+deliveries and batch expansions: one message each, whose id is the row's own id, so
+that the reconciler (llmos_jobs.reconcile) can tell whether the broker still holds it.
 
 A job whose message cannot leave is failed with the reason, so no one waits for it
 forever. A turn failed this way releases the next turn of its mindspace, which cannot
@@ -15,7 +17,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from broker_config import TaskName
+from broker_config import CONTROL_QUEUE, TaskName, queue_for
 from llmos_jobs import turn_order
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db.models import Job
@@ -39,6 +41,38 @@ def send(app: Celery, job: Job, *, producer: Any = None) -> None:
     app.send_task(task_for_kind(job.kind), args=[job.id], task_id=job.task_id,
                   queue=job.queue, priority=job.priority, producer=producer,
                   retry_policy=_PUBLISH_RETRY)
+
+
+def resend(app: Celery, jobs: Sequence[Job]) -> None:
+    """Messages of committed jobs that the broker lost (the reconciler). A broker that
+    cannot be reached raises: the jobs stay queued, and the next pass tries again."""
+    with app.producer_or_acquire() as producer:
+        for job in jobs:
+            send(app, job, producer=producer)
+
+
+def send_delivery(app: Celery, delivery_id: str) -> None:
+    """The message of a committed webhook delivery (its id is the delivery's)."""
+    task = TaskName.deliver_webhook
+    app.send_task(task, args=[delivery_id], task_id=delivery_id, queue=queue_for(task),
+                  retry_policy=_PUBLISH_RETRY)
+
+
+def send_batch_expansion(app: Celery, batch_id: str, *, priority: int) -> None:
+    """The message that turns a committed batch's lines into jobs (its id is the batch's)."""
+    app.send_task(TaskName.batch_expand, args=[batch_id], task_id=batch_id,
+                  queue=CONTROL_QUEUE, priority=priority, retry_policy=_PUBLISH_RETRY)
+
+
+def send_batch_finalization(app: Celery, batch_id: str) -> None:
+    """The message that writes the files of a batch whose jobs have all ended (its id
+    is derived from the batch's: a batch is finalised once)."""
+    app.send_task(TaskName.batch_finalize, args=[batch_id], task_id=finalization_id(batch_id),
+                  queue=CONTROL_QUEUE, retry_policy=_PUBLISH_RETRY)
+
+
+def finalization_id(batch_id: str) -> str:
+    return f"finalize-{batch_id}"
 
 
 def publish(app: Celery, jobs: Sequence[Job], *, dead_after_s: float,

@@ -150,10 +150,17 @@ class EmbeddedStack:
 
     def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
         """`llmos worker ARGS` as a subprocess, its output in the log directory."""
+        return self._start("worker", *args)
+
+    def start_control(self) -> subprocess.Popen[bytes]:
+        """`llmos control`: reaping, reconciling, batches and webhooks for this stack."""
+        return self._start("control")
+
+    def _start(self, command: str, *args: str) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(exist_ok=True)
-        log = open(self.log_dir / f"worker-{len(self._workers)}.log", "ab")  # noqa: SIM115
+        log = open(self.log_dir / f"{command}-{len(self._workers)}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "llmos_jobs.cli.main", "worker", *args],
+            [sys.executable, "-m", "llmos_jobs.cli.main", command, *args],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
             start_new_session=True,
         )

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="a worker silent this long is dead; its jobs are re-run"
     )
     max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is poison")
+    batch_expiry_check_s: float = Field(
+        default=10.0, gt=0, description="control: how often batches are checked for expiry")
+    reconcile_grace_s: float = Field(
+        default=30.0, gt=0, description="work queued (or pending) this long whose message the "
+                                        "broker lacks is sent again")
     job_time_limit_s: int = Field(default=600, ge=1)
     noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
     noop_echo: bool = Field(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 from sqlmodel import Session
 
@@ -35,6 +36,17 @@ from schemas.common import JobKind, JobStatus
 
 # Sends the messages of jobs whose transaction has committed (llmos_jobs.dispatch).
 Publish = Callable[[Sequence[Job]], None]
+
+
+class TurnRef(Protocol):
+    """What ending a job needs to know of it: whether it is a turn, and of which
+    mindspace (a Job, or a header read without its payload)."""
+
+    @property
+    def kind(self) -> JobKind: ...
+
+    @property
+    def mindspace_id(self) -> str | None: ...
 
 
 def accept(*, session: Session, mindspace: Mindspace, job_in: job_crud.JobCreate,
@@ -70,7 +82,7 @@ def release_next(*, session: Session, mindspace_id: str, dead_after_s: float) ->
 
 
 @contextmanager
-def ending(job: Job, *, publish: Publish, dead_after_s: float,
+def ending(job: TurnRef, *, publish: Publish, dead_after_s: float,
            database_url: str | None = None) -> Iterator[Session]:
     """A transaction that may end ``job``. For a turn, the mindspace's lock is taken
     before anything else is written, and the next turn is released at the end; what

@@ -94,6 +94,7 @@ def stack(request: pytest.FixtureRequest, redis_base: str,
     client.register_model("broken", broken, engine="transformers")
     stack.start_worker(f"noop-{backend}@test", "--model", "echo", "--model", "broken",
                        "--concurrency", "4")
+    stack.start_control()
     yield stack
     stack.stop()
     if admin is not None:

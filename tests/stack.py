@@ -36,8 +36,8 @@ class Stack:
             LLMOS_BROKER_URL=self.broker_url, LLMOS_DATABASE_URL=self.database_url,
             LLMOS_DATA_DIR=str(self.data_dir), LLMOS_HEARTBEAT_INTERVAL_S="0.5",
             LLMOS_WORKER_DEAD_AFTER_S="4",
-            # Every worker may deliver webhooks (they all consume the `webhooks` queue),
-            # so all share the tests' receiver allow-list and a short retry schedule.
+            # The control process delivers webhooks: the tests' receiver allow-list and
+            # a short retry schedule.
             LLMOS_WEBHOOK_ALLOWED_HOSTS=WEBHOOK_ALLOWED_HOSTS,
             LLMOS_WEBHOOK_RETRY_DELAYS=WEBHOOK_RETRY_DELAYS,
         )
@@ -67,6 +67,19 @@ class Stack:
         self.workers.append(process)
         if wait:
             self.wait_for_worker(name, process)
+        return process
+
+    def start_control(self, *args: str, env: dict[str, str] | None = None
+                      ) -> subprocess.Popen[bytes]:
+        """``llmos control``: reaping, reconciling, batches and webhooks of this stack."""
+        log = open(self.data_dir / "control.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmos_jobs.cli.main", "control", "--loglevel", "warning",
+             *args],
+            env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.workers.append(process)
         return process
 
     def wait_for_worker(self, name: str, process: subprocess.Popen[bytes],

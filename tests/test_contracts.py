@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from broker_config import TASK_FAMILIES, TaskName, celery_config, queue_for
+from broker_config import JOB_TASKS, TASK_FAMILIES, TaskName, celery_config, queue_for
 from llmos_jobs.celery_app import create_app
 from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.db.session import get_engine
@@ -66,6 +66,23 @@ def test_every_registered_task_has_a_route() -> None:
     assert queue_for(TaskName.generate, model="m") == "lang.m"
     assert queue_for(TaskName.model_op, model="m", worker="gpu0@h") == "w.gpu0@h"
     assert queue_for(TaskName.model_op, model="m") == "lang.m"
+
+
+def test_control_work_is_the_control_process_s_and_inference_workers_serve_inference() -> None:
+    from llmos_jobs.settings import Settings
+    from workers.control import beat_schedule
+    from workers.runtime import initial_queues
+
+    # An inference worker: its direct queue and its models' queues, nothing else.
+    assert initial_queues("gpu0@h", ["m", "n"]) == ["w.gpu0@h", "lang.m", "lang.n"]
+    control = {t for t, family in TASK_FAMILIES.items() if family in ("control", "webhooks")}
+    assert control == set(TaskName) - JOB_TASKS
+    schedule = beat_schedule(Settings(heartbeat_interval_s=2, reconcile_grace_s=30,
+                                      batch_expiry_check_s=10))
+    assert {entry["task"]: (entry["schedule"], entry["options"]["queue"])
+            for entry in schedule.values()} == {
+        TaskName.reap.value: (2, "control"), TaskName.reconcile.value: (15, "control"),
+        TaskName.expire_batches.value: (10, "control")}
 
 
 def test_celery_settings_do_not_trust_transport_defaults() -> None:

@@ -29,7 +29,7 @@ from tests.turns import (
     wait_for_status,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SLOW = {"LLMOS_NOOP_DELAY_MS": "3000"}
 
 

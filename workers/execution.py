@@ -9,22 +9,28 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
 from llmos_jobs import turn_order
+from llmos_jobs.crypto import KeyRingMismatch
+from llmos_jobs.db import batch_progress
 from llmos_jobs.db.jobs import (
     ClaimOutcome,
     claim_job,
+    fail_attempt,
     fail_job,
+    job_header,
     record_abandoned_usage,
     succeed_job,
 )
 from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.settings import get_settings
+from llmos_jobs.turn_order import TurnRef
 from llmos_jobs.webhooks.events import emit_job_event
 from schemas.common import ChatMessage, JobKind, Usage
 from schemas.language import GenerateRequest, GenerateResult
@@ -32,10 +38,15 @@ from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
 from workers import turns
 from workers.engine import Completion, Engine, EngineRequest, SamplingParams
+from workers.held import HeldJobs
 from workers.pool import EnginePool
 from workers.watch import JobWatcher
 
 log = logging.getLogger(__name__)
+
+# How long a finished job's outcome waits for the database before the delivery is
+# retried (and the job run again): longer than a database failover.
+RECORD_PATIENCE_S = 120.0
 
 
 @dataclass
@@ -54,6 +65,10 @@ class WorkerContext:
     watcher: JobWatcher
     time_limit_s: float  # LLMOS_JOB_TIME_LIMIT_S: no job runs longer
     publish: turn_order.Publish  # the turns that ending a turn releases
+    held: HeldJobs = field(default_factory=HeldJobs)  # the attempts this process runs
+    # Who writes the files of a batch whose last job ended (the control process);
+    # None: this process, at once.
+    finalize_batch: Callable[[str], None] | None = None
 
 
 class JobTimeout(Exception):
@@ -136,15 +151,75 @@ HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
 }
 
 
-def _ending(job: Job, ctx: WorkerContext) -> AbstractContextManager[Session]:
+def _ending(job: TurnRef, ctx: WorkerContext) -> AbstractContextManager[Session]:
     """The transaction that records how ``job`` ended; the turn after it follows."""
     return turn_order.ending(job, publish=ctx.publish,
                              dead_after_s=get_settings().worker_dead_after_s)
 
 
+def _record(job: Job, ctx: WorkerContext, write: Callable[[Session], None]) -> None:
+    """Commit the outcome of a finished attempt. A database blip is waited out here, not
+    by a redelivery: the work is done and this attempt still holds the job. Past
+    RECORD_PATIENCE_S the error goes up, the delivery is retried, and the claim (seeing
+    that no attempt of this process holds the job any more) runs the job again."""
+    deadline = time.monotonic() + RECORD_PATIENCE_S
+    delay = 0.5
+    while True:
+        try:
+            with _ending(job, ctx) as session:
+                write(session)  # compare-and-set writes: a second commit changes nothing
+            return
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("job %s: outcome not recorded, retrying in %.1f s: %s", job.id, delay,
+                        type(exc).__name__)
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
+
+
 def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
-    """Run one delivery of a job. Never raises for a failure of the job itself: that is
-    recorded on the row and the message is acknowledged."""
+    """Run one delivery of a job. Never raises for a failure of the job itself, nor for
+    anything else that goes wrong once the delivery arrived: the attempt ends failed
+    with the reason, and the message is acknowledged. Only a database error goes up,
+    for Celery to retry the delivery."""
+    with ctx.held.holding(job_id, message_id):  # before the claim: see workers.held
+        try:
+            return _execute(job_id, message_id, ctx)
+        except DBAPIError:
+            raise
+        except Exception as exc:
+            log.exception("job %s message %s: attempt abandoned", job_id, message_id)
+            if isinstance(exc, KeyRingMismatch):
+                # Whatever this process encrypted, the others could not read: the reason
+                # is the error type alone.
+                _fail_attempt(job_id, message_id, ctx, "KeyRingMismatch", None)
+            else:
+                _fail_attempt(job_id, message_id, ctx, "WorkerError",
+                              f"the worker could not run or record the job: "
+                              f"{type(exc).__name__}: {exc}")
+            return ClaimOutcome.claimed
+
+
+def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, error_type: str,
+                  reason: str | None) -> None:
+    """End the attempt ``message_id`` failed, claimed or not, without reading the job's
+    payload (what failed may be its decryption)."""
+    with session_scope() as session:
+        header = job_header(session=session, job_id=job_id)
+    if header is None:
+        return
+    with _ending(header, ctx) as session:
+        failed = fail_attempt(session=session, job_id=job_id, message_id=message_id,
+                              worker=ctx.name, error_type=error_type, error_message=reason)
+    if failed and header.webhook_url and error_type != "KeyRingMismatch":
+        with session_scope() as session:
+            emit_job_event(session=session, job_id=job_id)
+    if failed and header.batch_id is not None:
+        _after_final(header.batch_id, ctx)
+
+
+def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
     with session_scope() as session:
         claim = claim_job(
             session=session, job_id=job_id, message_id=message_id, worker=ctx.name,
@@ -164,17 +239,20 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
         outcome = HANDLERS[job.kind](job, ctx)
     except Exception as exc:  # the job failed; its row says why
         log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
-        with _ending(job, ctx) as session:
-            failed = fail_job(
-                session=session, job_id=job_id, message_id=message_id,
-                error_type="timeout" if isinstance(exc, JobTimeout) else type(exc).__name__,
-                error_message=str(exc) or repr(exc),
-            )
+        error_type = "timeout" if isinstance(exc, JobTimeout) else type(exc).__name__
+        error_message = str(exc) or repr(exc)
+
+        def record_failure(session: Session) -> None:
+            failed = fail_job(session=session, job_id=job_id, message_id=message_id,
+                              error_type=error_type, error_message=error_message)
             if failed and job.webhook_url:  # enqueued once this transaction commits
                 emit_job_event(session=session, job_id=job_id)
-        _after_final(job)
+
+        _record(job, ctx, record_failure)
+        _after_final(job.batch_id, ctx)
         return ClaimOutcome.claimed
-    with _ending(job, ctx) as session:
+
+    def record_success(session: Session) -> None:
         recorded = succeed_job(
             session=session, job_id=job_id, message_id=message_id,
             result=outcome.result, usage=outcome.usage,
@@ -186,17 +264,21 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
         if not recorded:  # cancelled while it ran: keep what the work cost
             record_abandoned_usage(session=session, job_id=job_id, message_id=message_id,
                                    usage=outcome.usage)
-    _after_final(job)
+
+    _record(job, ctx, record_success)
+    _after_final(job.batch_id, ctx)
     return ClaimOutcome.claimed
 
 
-def _after_final(job: Job) -> None:
-    """A job of a batch ended: the last one to end writes the batch's files."""
-    if job.batch_id is None:
+def _after_final(batch_id: str | None, ctx: WorkerContext) -> None:
+    """A job of a batch ended: the last one to end has the batch's files written."""
+    if batch_id is None:
         return
     from llmos_jobs import batches
 
     with session_scope() as session:
-        done = batches.job_finished(session, job.batch_id)
-    if done:
-        batches.finalize(job.batch_id)
+        done = batch_progress.job_finished(session, batch_id)
+    if done and ctx.finalize_batch is not None:
+        ctx.finalize_batch(batch_id)
+    elif done:
+        batches.finalize(batch_id)

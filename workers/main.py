@@ -7,6 +7,7 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
+from llmos_jobs.crypto import require_key_ring
 from llmos_jobs.db import registry
 from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.db.models import RegisteredModel
@@ -58,6 +59,7 @@ def run_worker(
         # exactly one device.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     settings = get_settings()
+    require_key_ring(settings)
     from llmos_jobs.celery_app import create_app
 
     app = create_app(settings.resolved_broker_url(), with_tasks=True)

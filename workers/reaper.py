@@ -1,6 +1,13 @@
 """The reaper: a worker whose heartbeat stopped is declared dead, and each job it was
 running gets a new attempt (a new message id; the old message, if it ever comes back,
-is recognised as stale and dropped)."""
+is recognised as stale and dropped).
+
+Each pass also takes back what no live process will ever finish:
+- jobs waiting on the direct queue of a worker that is not alive (stopped gracefully,
+  dead, or gone) go to their model's shared queue;
+- running jobs of a worker that stopped gracefully and stopped beating get a new attempt;
+- running jobs of a live worker that its heartbeat says it no longer holds (claimed
+  before that beat, absent from it) get a new attempt."""
 
 from __future__ import annotations
 
@@ -33,7 +40,16 @@ def requeue_orphans(*, worker: str, enqueue: Enqueue, only: Callable[[Job], bool
 
 
 def reap(*, dead_after_s: float, enqueue: Enqueue) -> int:
-    """Declare silent workers dead and re-enqueue their jobs; the number re-enqueued."""
+    """Declare silent workers dead and re-enqueue their jobs, and take back what no
+    live process will finish (see the module docstring); the number re-enqueued."""
+    count = _reap_silent(dead_after_s=dead_after_s, enqueue=enqueue)
+    count += reroute_abandoned_direct_queues(enqueue=enqueue)
+    count += requeue_after_graceful_stop(dead_after_s=dead_after_s, enqueue=enqueue)
+    count += requeue_unheld(enqueue=enqueue)
+    return count
+
+
+def _reap_silent(*, dead_after_s: float, enqueue: Enqueue) -> int:
     with session_scope() as session:
         stale = registry.stale_workers(session=session, dead_after_s=dead_after_s)
     count = 0
@@ -47,8 +63,43 @@ def reap(*, dead_after_s: float, enqueue: Enqueue) -> int:
             log.warning("worker %s silent for over %.0fs: declared dead", worker.name,
                         dead_after_s)
             count += requeue_orphans(worker=worker.name, enqueue=enqueue, only=lambda _: True)
-            count += reroute_direct_queue(worker=worker.name, enqueue=enqueue)
     return count
+
+
+def reroute_abandoned_direct_queues(*, enqueue: Enqueue) -> int:
+    """Queued jobs on the direct queue of a worker that is not alive. Every pass, not
+    only when a worker is declared dead: a turn may be routed to a worker in the moment
+    it stops, and a worker that stops gracefully is never declared dead."""
+    with session_scope() as session:
+        names = registry.workers_with_queued_direct_work(session=session)
+    return sum(reroute_direct_queue(worker=name, enqueue=enqueue) for name in names)
+
+
+def requeue_after_graceful_stop(*, dead_after_s: float, enqueue: Enqueue) -> int:
+    """Running jobs of a worker that stopped gracefully: it finishes what it runs before
+    it says `stopped` and its heartbeat ends with it, so once the heartbeat is older
+    than ``dead_after_s`` nothing there runs them any more."""
+    with session_scope() as session:
+        names = registry.stopped_workers_with_running_jobs(session=session,
+                                                           dead_after_s=dead_after_s)
+    return sum(requeue_orphans(worker=name, enqueue=enqueue, only=lambda _: True)
+               for name in names)
+
+
+def requeue_unheld(*, enqueue: Enqueue) -> int:
+    """Running jobs of live workers that their last heartbeat says they do not hold."""
+    with session_scope() as session:
+        unheld = registry.unheld_running_jobs(session=session)
+    count = 0
+    for worker, job_ids in unheld.items():
+        log.warning("worker %s no longer holds running job(s) %s", worker, ", ".join(job_ids))
+        count += requeue_orphans(worker=worker, enqueue=enqueue, only=_among(job_ids))
+    return count
+
+
+def _among(job_ids: list[str]) -> Callable[[Job], bool]:
+    ids = frozenset(job_ids)
+    return lambda job: job.id in ids
 
 
 def reroute_direct_queue(*, worker: str, enqueue: Enqueue) -> int:

@@ -1,5 +1,6 @@
-"""One worker's life: its identity, its heartbeat, the reaper, and following newly
-registered models when it serves all of them."""
+"""One worker's life: its identity, its heartbeat, and following newly registered
+models when it serves all of them. Reaping, reconciling and batch expiry are the
+control process's work (workers.control), never done here: a heartbeat only beats."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from dataclasses import dataclass, field
 import psutil
 from celery import Celery
 
-from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE, language_queue, worker_queue
+from broker_config import language_queue, worker_queue
 from llmos_jobs import dispatch
 from llmos_jobs.db import registry
 from llmos_jobs.db.models import Job, WorkerRecord
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import BrokerUnavailable
 from llmos_jobs.settings import get_settings
 from workers.execution import WorkerContext
+from workers.held import HeldJobs
 from workers.pool import EngineChoice, EnginePool
-from workers.reaper import reap, requeue_orphans
+from workers.reaper import requeue_orphans
 from workers.resources import sample
 from workers.watch import JobWatcher
 
@@ -35,9 +38,9 @@ def default_worker_name(gpu: int | None) -> str:
 
 
 def initial_queues(name: str, models: list[str]) -> list[str]:
-    return [worker_queue(name), CONTROL_QUEUE, WEBHOOKS_QUEUE] + [
-        language_queue(m) for m in models
-    ]
+    """An inference worker's queues: its direct queue and its models' queues (the
+    control and webhooks queues only when it is told to, with --queues)."""
+    return [worker_queue(name)] + [language_queue(m) for m in models]
 
 
 @dataclass
@@ -53,6 +56,7 @@ class WorkerRuntime:
     host: str = field(default_factory=socket.gethostname)
     pool: EnginePool = field(init=False)
     watcher: JobWatcher = field(default_factory=JobWatcher)
+    held: HeldJobs = field(default_factory=HeldJobs)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -62,9 +66,13 @@ class WorkerRuntime:
     # -- claims ------------------------------------------------------------------------------
 
     def claimant_dead(self, job: Job) -> bool:
-        """Whether the process that claimed ``job`` is gone."""
+        """Whether the attempt that claimed ``job`` is gone: its process, or, when it
+        was this process, the attempt itself (its outcome never reached the database and
+        its message came back: the asking delivery is the only one holding it)."""
         if job.worker is None:
             return True
+        if job.worker == self.name and job.worker_pid == os.getpid():
+            return self.held.count(job.id, job.task_id) <= 1
         with session_scope() as session:
             row = session.get(WorkerRecord, job.worker)
         if row is None or row.state != "alive":
@@ -75,7 +83,8 @@ class WorkerRuntime:
 
     def context(self) -> WorkerContext:
         return WorkerContext(name=self.name, pool=self.pool, claimant_dead=self.claimant_dead,
-                             watcher=self.watcher, publish=self.publish,
+                             watcher=self.watcher, publish=self.publish, held=self.held,
+                             finalize_batch=self.finalize_batch,
                              time_limit_s=get_settings().job_time_limit_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -113,33 +122,22 @@ class WorkerRuntime:
                 log.exception("heartbeat failed; retrying")
 
     def tick(self) -> None:
-        settings = get_settings()
         if self.models is None:
             self._follow_new_models()
+        beat_at = utcnow()  # before the snapshot: see WorkerRecord.holding
+        # A prefork pool runs jobs in child processes, whose attempts this one cannot see.
+        holding = self.held.job_ids() if self.pool_kind != "prefork" else None
         with session_scope() as session:
             alive = registry.heartbeat(
                 session=session, name=self.name, queues=self.queues,
                 engines={n: st.summary() for n, st in self.pool.stats().items()},
-                resources=sample(self.device),
+                resources=sample(self.device), now=beat_at, holding=holding,
             )
         if not alive:
             log.warning("worker %s was declared dead while alive; rejoining", self.name)
             with session_scope() as session:
                 registry.set_worker_state(session=session, name=self.name, state="alive",
                                           expect="dead")
-        reap(dead_after_s=settings.worker_dead_after_s, enqueue=self.enqueue)
-        self._expire_batches()
-
-    def _expire_batches(self) -> None:
-        from llmos_jobs import batches
-
-        with session_scope() as session:
-            expired = batches.expire_overdue(session)
-        for batch_id in expired:
-            with session_scope() as session:
-                done = batches.job_finished(session, batch_id)
-            if done:
-                batches.finalize(batch_id)
 
     def _follow_new_models(self) -> None:
         with session_scope() as session:
@@ -155,6 +153,10 @@ class WorkerRuntime:
         """A new attempt of a job the reaper took back (committed under ``task_id``)."""
         job.task_id = task_id
         dispatch.send(self.app, job)
+
+    def finalize_batch(self, batch_id: str) -> None:
+        """The batch's last job ended here: its files are the control process's work."""
+        dispatch.send_batch_finalization(self.app, batch_id)
 
     def publish(self, jobs: Sequence[Job]) -> None:
         """The turns released by a turn this worker ended (committed already)."""

@@ -8,8 +8,9 @@ from typing import Any
 from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError
 
-from broker_config import TaskName
+from broker_config import JOB_TASKS, TaskName
 from llmos_jobs.webhooks.delivery import attempt_delivery
+from workers.control import register_control_tasks
 from workers.execution import execute_job
 from workers.runtime import get_runtime
 
@@ -43,9 +44,8 @@ def register_tasks(app: Celery) -> None:
         name=TaskName.deliver_webhook.value, bind=True, acks_late=True,
         autoretry_for=(DBAPIError,), retry_backoff=True, retry_backoff_max=60, max_retries=10,
     )(_deliver)
-    for name in TaskName:
-        if name in (TaskName.batch_expand, TaskName.deliver_webhook):
-            continue
+    register_control_tasks(app)
+    for name in sorted(JOB_TASKS):
         def run(self: Task, job_id: str) -> str:
             return _run(self, job_id)
 

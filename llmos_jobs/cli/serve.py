@@ -16,8 +16,10 @@ def api(
     import uvicorn
 
     from llmos_jobs.api import create_app
+    from llmos_jobs.crypto import require_key_ring
     from llmos_jobs.settings import get_settings
 
+    require_key_ring(get_settings())
     uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
 
 

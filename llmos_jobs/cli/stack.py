@@ -41,8 +41,8 @@ def worker(
                                        help="sglang: GPU memory for weights and KV cache."),
     loglevel: str = typer.Option("info", "--loglevel"),
 ) -> None:
-    """Run a worker: it serves language, model and mindspace jobs of its models, its own
-    direct queue (w.<name>), and the control and webhooks queues."""
+    """Run a worker: it serves language, model and mindspace jobs of its models and its
+    own direct queue (w.<name>); control work is `llmos control`'s."""
     if pool not in POOLS:
         raise typer.BadParameter(f"choose one of {', '.join(POOLS)}", param_hint="--pool")
     from workers.main import run_worker
@@ -56,6 +56,22 @@ def worker(
         engine_choice=EngineChoice(kind=engine, sglang_url=sglang_url,
                                    mem_fraction_static=mem_fraction),
     )
+
+
+def control(
+    name: str = typer.Option(None, "--name", "-n",
+                             help="Unique name. Default: control-<host>."),
+    beat: bool = typer.Option(True, "--beat/--no-beat",
+                              help="Also schedule the periodic work (run one process "
+                                   "with beat; others only add throughput)."),
+    concurrency: int = typer.Option(4, "--concurrency", "-c", min=1),
+    loglevel: str = typer.Option("info", "--loglevel"),
+) -> None:
+    """Run the control plane (no GPU): reaping, reconciling what the broker lost, batch
+    expansion, finalisation and expiry, webhook deliveries."""
+    from workers.control import run_control
+
+    run_control(name=name, beat=beat, concurrency=concurrency, loglevel=loglevel)
 
 
 def workers(
@@ -94,6 +110,8 @@ def up(
             if stack.recovered:
                 err_console.print(f"warning: {stack.recovered}", markup=False, style="yellow")
             console.print(f"broker:   {stack.broker_url}\ndatabase: {stack.database_url}")
+            stack.start_control()
+            console.print(f"control:  llmos control (logs in {stack.log_dir})")
             if with_worker:
                 name = f"cpu-up@{socket.gethostname()}"
                 process = stack.start_worker("--name", name)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-from llmos_jobs.crypto import EncryptedText
+from llmos_jobs.crypto import EncryptedJSON, EncryptedText
 from llmos_jobs.db.types import UTCDateTime, utcnow
 
 
@@ -47,9 +47,10 @@ class Batch(SQLModel, table=True):
     webhook_url: str | None = Field(default=None, max_length=2048)
     output_file_id: str | None = None
     error_file_id: str | None = None
-    # Lines that failed validation, kept until the error file is written.
+    # Lines that failed validation, kept until the error file is written (encrypted at
+    # rest: a line's error quotes the line).
     invalid: list[dict[str, Any]] = Field(default_factory=list,
-                                          sa_column=Column(JSON, nullable=False))
+                                          sa_column=Column(EncryptedJSON, nullable=False))
     total: int = 0
     batch_metadata: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
     errors: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))

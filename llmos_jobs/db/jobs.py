@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.models import Job, JobBase, new_id
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import NotFound
 from llmos_jobs.states import INITIAL, check_transition, sources_of
-from schemas.common import JobStatus, Usage
+from schemas.common import JobKind, JobStatus, Usage
 
 
 class JobCreate(JobBase):
@@ -29,7 +30,8 @@ def create_job(*, session: Session, job_in: JobCreate, status: JobStatus = JobSt
                ) -> Job:
     if status not in INITIAL:
         raise ValueError(f"a job cannot be created {status.value}")
-    job = Job.model_validate(job_in, update={"status": status})
+    job = Job.model_validate(job_in, update={
+        "status": status, "queued_at": utcnow() if status == JobStatus.queued else None})
     session.connection().execute(insert(Job.__table__), job.model_dump())  # type: ignore[attr-defined]
     return job
 
@@ -240,12 +242,14 @@ def record_abandoned_usage(*, session: Session, job_id: str, message_id: str, us
 
 
 def fail_job(
-    *, session: Session, job_id: str, message_id: str, error_type: str, error_message: str
+    *, session: Session, job_id: str, message_id: str, error_type: str,
+    error_message: str | None
 ) -> bool:
     moved = _set_status(
         session, job_id, JobStatus.failed,
         extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.running),
-        error_type=error_type, error_message=error_message[:4000], finished_at=utcnow(),
+        error_type=error_type, finished_at=utcnow(),
+        error_message=None if error_message is None else error_message[:4000],
     )
     return moved
 
@@ -264,6 +268,36 @@ def fail_unsent(*, session: Session, job_id: str, message_id: str, error_message
                               error_type="BrokerUnavailable", error_message=error_message)
 
 
+def fail_attempt(*, session: Session, job_id: str, message_id: str, worker: str,
+                 error_type: str, error_message: str | None) -> bool:
+    """The attempt ``message_id`` ends failed whether its claim committed or not (a
+    queued job goes through `running`, as the state machine requires). False if that
+    attempt no longer owns the job."""
+    _set_status(session, job_id, JobStatus.running,
+                extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.queued),
+                worker=worker, started_at=utcnow())
+    return fail_job(session=session, job_id=job_id, message_id=message_id,
+                    error_type=error_type, error_message=error_message)
+
+
+@dataclass(frozen=True)
+class JobHeader:
+    """A job's identity and hooks, read without its (encrypted) payload and result."""
+
+    id: str
+    kind: JobKind
+    mindspace_id: str | None
+    batch_id: str | None
+    webhook_url: str | None
+
+
+def job_header(*, session: Session, job_id: str) -> JobHeader | None:
+    row = session.execute(
+        select(Job.kind, Job.mindspace_id, Job.batch_id, Job.webhook_url)
+        .where(col(Job.id) == job_id)).first()
+    return None if row is None else JobHeader(job_id, *row)
+
+
 def requeue_job(*, session: Session, job: Job) -> str | None:
     """Give a running job whose worker died a new attempt; the new message id, or None
     when another reaper (or the job's end) got there first."""
@@ -271,8 +305,30 @@ def requeue_job(*, session: Session, job: Job) -> str | None:
     moved = _set_status(
         session, job.id, JobStatus.queued,
         extra_where=(col(Job.task_id) == job.task_id, col(Job.status) == JobStatus.running),
-        task_id=new_task_id, worker=None, worker_pid=None, started_at=None,
+        task_id=new_task_id, worker=None, worker_pid=None, started_at=None, queued_at=utcnow(),
     )
+    session.commit()
+    return new_task_id if moved else None
+
+
+def queued_longer_than(*, session: Session, grace_s: float, limit: int) -> list[Job]:
+    """Queued jobs whose current message was made over ``grace_s`` ago, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    since = func.coalesce(col(Job.queued_at), col(Job.created_at))
+    return list(session.exec(select(Job).where(Job.status == JobStatus.queued, since < cutoff)
+                             .order_by(since).limit(limit)))
+
+
+def renew_message(*, session: Session, job: Job) -> str | None:
+    """A queued job whose message the broker lost gets a new message id (any copy of
+    the old one that turns up is stale); None if it was claimed or changed meanwhile."""
+    new_task_id = new_id()
+    moved = session.execute(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.task_id) == job.task_id,
+               col(Job.status) == JobStatus.queued)
+        .values(task_id=new_task_id, queued_at=utcnow())
+    ).rowcount  # type: ignore[attr-defined]
     session.commit()
     return new_task_id if moved else None
 
@@ -290,7 +346,7 @@ def reroute_job(*, session: Session, job: Job, queue: str) -> str | None:
         update(Job)
         .where(col(Job.id) == job.id, col(Job.task_id) == job.task_id,
                col(Job.status) == JobStatus.queued)
-        .values(task_id=new_task_id, queue=queue)
+        .values(task_id=new_task_id, queue=queue, queued_at=utcnow())
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
     return new_task_id if moved else None
@@ -316,7 +372,8 @@ def first_waiting_turn(*, session: Session, mindspace_id: str) -> Job | None:
 def release_turn(*, session: Session, job: Job, queue: str) -> bool:
     """A waiting turn becomes queued on ``queue``; False if it is no longer waiting."""
     moved = _set_status(session, job.id, JobStatus.queued,
-                        extra_where=(col(Job.status) == JobStatus.waiting,), queue=queue)
+                        extra_where=(col(Job.status) == JobStatus.waiting,), queue=queue,
+                        queued_at=utcnow())
     if moved:
         job.status, job.queue = JobStatus.queued, queue
     return moved

@@ -49,7 +49,8 @@ class Job(JobBase, table=True):
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(EncryptedJSON))
     mindspace_seq: int | None = Field(default=None, description="turn order in its mindspace")
     error_type: str | None = None
-    error_message: str | None = None
+    # Encrypted at rest: an error can quote the prompt.
+    error_message: str | None = Field(default=None, sa_type=EncryptedText)
     queue: str
     # The id of the Celery message that may run this attempt; a message with any
     # other id is a stale redelivery and is dropped.
@@ -63,6 +64,10 @@ class Job(JobBase, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     started_at: datetime | None = _utc()
     finished_at: datetime | None = _utc()
+    # When its current message was made (None before 0009: created_at stands in). A job
+    # queued longer than the reconciler's grace whose message the broker lacks gets a
+    # new one (llmos_jobs.reconcile).
+    queued_at: datetime | None = _utc()
 
 
 class JobPublic(JobBase):
@@ -263,6 +268,10 @@ class WorkerRecord(SQLModel, table=True):
     last_heartbeat: datetime = Field(
         default_factory=utcnow, sa_type=UTCDateTime, nullable=False
     )
+    # The job ids this worker's process was running when it last beat (taken before
+    # `last_heartbeat`); None when it cannot tell (a prefork pool runs jobs in children).
+    # A job it claimed before that beat and does not name is no longer held by anyone.
+    holding: list[str] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class WorkerPublic(SQLModel):

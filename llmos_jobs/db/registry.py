@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.models import (
@@ -70,12 +71,15 @@ def upsert_worker(*, session: Session, worker: WorkerRecord) -> None:
 
 
 def heartbeat(*, session: Session, name: str, queues: list[str],
-              engines: dict[str, dict[str, float]], resources: dict[str, float]) -> bool:
-    """Refresh a worker's heartbeat; False if it was declared dead meanwhile."""
+              engines: dict[str, dict[str, float]], resources: dict[str, float],
+              now: datetime | None = None, holding: list[str] | None = None) -> bool:
+    """Refresh a worker's heartbeat; False if it was declared dead meanwhile. ``holding``:
+    the jobs its process was running at ``now`` (see WorkerRecord.holding)."""
     statement = (
         update(WorkerRecord)
         .where(col(WorkerRecord.name) == name, col(WorkerRecord.state) == "alive")
-        .values(last_heartbeat=utcnow(), queues=queues, engines=engines, resources=resources)
+        .values(last_heartbeat=now or utcnow(), queues=queues, engines=engines,
+                resources=resources, holding=holding)
     )
     moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
     session.commit()
@@ -115,6 +119,42 @@ def live_workers(*, session: Session, dead_after_s: float) -> list[WorkerRecord]
         WorkerRecord.state == "alive", col(WorkerRecord.last_heartbeat) >= cutoff
     )
     return list(session.exec(query.order_by(WorkerRecord.name)))
+
+
+def workers_with_queued_direct_work(*, session: Session) -> list[str]:
+    """Workers not alive (stopped, dead, or never recorded) with jobs queued on their
+    direct queue."""
+    queues = set(session.exec(select(Job.queue).where(
+        Job.status == JobStatus.queued, col(Job.queue).startswith("w.")).distinct()))
+    names = {q.removeprefix("w.") for q in queues}
+    alive = set(session.exec(select(WorkerRecord.name).where(
+        col(WorkerRecord.name).in_(names), WorkerRecord.state == "alive")))
+    return sorted(names - alive)
+
+
+def stopped_workers_with_running_jobs(*, session: Session, dead_after_s: float) -> list[str]:
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    query = select(WorkerRecord.name).where(
+        WorkerRecord.state == "stopped", col(WorkerRecord.last_heartbeat) < cutoff,
+        col(WorkerRecord.name).in_(select(Job.worker).where(Job.status == JobStatus.running)))
+    return list(session.exec(query))
+
+
+def unheld_running_jobs(*, session: Session) -> dict[str, list[str]]:
+    """Per live worker that reports what it holds: its running jobs claimed before its
+    last heartbeat that the heartbeat does not name."""
+    rows = session.execute(
+        sa_select(col(WorkerRecord.name), col(WorkerRecord.holding),
+                  col(WorkerRecord.last_heartbeat), col(Job.id), col(Job.started_at))
+        .join(Job, col(Job.worker) == col(WorkerRecord.name))
+        .where(col(WorkerRecord.state) == "alive", col(WorkerRecord.holding).is_not(None),
+               col(Job.status) == JobStatus.running)).all()
+    unheld: dict[str, list[str]] = {}
+    for name, holding, beat_at, job_id, started_at in rows:
+        if holding is not None and started_at is not None and started_at < beat_at \
+                and job_id not in holding:
+            unheld.setdefault(name, []).append(job_id)
+    return unheld
 
 
 def running_counts(*, session: Session, names: list[str] | None = None) -> dict[str, int]:

@@ -1,38 +1,60 @@
 """Re-encryption of every encrypted column under the newest key (`llmos encryption
-rotate`). Values are read and written as raw tokens, never decrypted into memory in
-bulk."""
+rotate`). The columns are found in the table metadata (every column whose type is
+EncryptedText or EncryptedJSON), so a new one is covered the day it is added. Values
+are read and written as raw tokens, never decrypted into memory in bulk, and each write
+is a compare-and-set on the token read: a value changed meanwhile is left as written."""
 
 from __future__ import annotations
 
-from sqlalchemy import text
-from sqlmodel import Session
+from dataclasses import dataclass
 
-from llmos_jobs.crypto import rotate_token
+from sqlalchemy import Table, bindparam, select, update
+from sqlmodel import Session, SQLModel
 
-ENCRYPTED_COLUMNS: list[tuple[str, str, str]] = [
-    ("job", "id", "payload"), ("job", "id", "result"), ("mindspace", "id", "persona"),
-    ("mindspace_message", "id", "content"), ("mindspace_chunk", "id", "title"),
-    ("mindspace_chunk", "id", "text"), ("mindspace_snapshot", "id", "data"),
-]
+from llmos_jobs.crypto import EncryptedJSON, EncryptedText, rotate_token
+from llmos_jobs.db import models  # noqa: F401  (every table in the metadata)
+
+
+@dataclass(frozen=True)
+class EncryptedColumn:
+    table: str
+    column: str
+
+
+def encrypted_columns() -> list[EncryptedColumn]:
+    """Every encrypted column of every table, in a stable order."""
+    return sorted(
+        (EncryptedColumn(table.name, column.name)
+         for table in SQLModel.metadata.sorted_tables for column in table.columns
+         if isinstance(column.type, EncryptedText | EncryptedJSON)),
+        key=lambda c: (c.table, c.column))
 
 
 def rotate_all(*, session: Session, batch: int = 500) -> dict[str, int]:
     """Rows re-encrypted per ``table.column``."""
-    counts: dict[str, int] = {}
-    for table, key, column in ENCRYPTED_COLUMNS:
-        done, last = 0, None
-        while True:
-            where = f"{column} IS NOT NULL" + (f" AND {key} > :last" if last is not None else "")
-            rows = session.execute(
-                text(f"SELECT {key}, {column} FROM {table} WHERE {where} "
-                     f"ORDER BY {key} LIMIT {batch}"), {"last": last}).all()
-            if not rows:
-                break
-            for row_key, token in rows:
-                session.execute(text(f"UPDATE {table} SET {column} = :v WHERE {key} = :k"),
-                                {"v": rotate_token(token), "k": row_key})
-            session.commit()
-            done += len(rows)
-            last = rows[-1][0]
-        counts[f"{table}.{column}"] = done
-    return counts
+    return {f"{c.table}.{c.column}": _rotate_column(session, SQLModel.metadata.tables[c.table],
+                                                    c.column, batch)
+            for c in encrypted_columns()}
+
+
+def _rotate_column(session: Session, table: Table, name: str, batch: int) -> int:
+    [key] = table.primary_key.columns
+    # The raw token, not the decrypted value: the column's own type would decrypt it.
+    raw = table.c[name].cast(table.c[name].type.impl_instance)  # type: ignore[attr-defined]
+    write = (update(table)
+             .where(key == bindparam("k"), raw == bindparam("old"))
+             .values({name: bindparam("new", type_=table.c[name].type.impl_instance)})  # type: ignore[attr-defined]
+             .execution_options(synchronize_session=False))
+    done, last = 0, None
+    while True:
+        query = select(key, raw).where(table.c[name].is_not(None)).order_by(key).limit(batch)
+        if last is not None:
+            query = query.where(key > last)
+        rows = session.execute(query).all()
+        if not rows:
+            return done
+        session.execute(write, [{"k": k, "old": token, "new": rotate_token(token)}
+                                for k, token in rows])
+        session.commit()
+        done += len(rows)
+        last = rows[-1][0]

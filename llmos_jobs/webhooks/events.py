@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 from sqlalchemy import event
 from sqlmodel import Session
 
-from broker_config import TaskName, queue_for
+from llmos_jobs import dispatch
 from llmos_jobs.db.models import Job, JobPublic
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import WebhookDelivery
@@ -34,7 +34,6 @@ JOB_EVENT_FIELDS = {
     "id", "status", "kind", "model", "priority", "result", "usage", "error_type",
     "error_message", "attempts", "created_at", "started_at", "finished_at", "latency_s",
 }
-_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
 
 
 def emit(*, session: Session, tenant: str, event_type: str, url: str, data: dict[str, Any],
@@ -61,14 +60,11 @@ def enqueue_delivery(delivery_id: str, *, settings: Settings) -> None:
     """Send the delivery's message; the message carries its id only."""
     from llmos_jobs.celery_app import get_app
 
-    task = TaskName.deliver_webhook
     try:
-        app = get_app(settings.resolved_broker_url())
-        app.send_task(task, args=[delivery_id], task_id=delivery_id, queue=queue_for(task),
-                      retry_policy=_PUBLISH_RETRY)
+        dispatch.send_delivery(get_app(settings.resolved_broker_url()), delivery_id)
     except (OperationalError, OSError, BrokerUnavailable) as exc:
         # The outcome it reports is committed already and must stand; the row stays
-        # `pending` and visible in `llmos webhook deliveries`.
+        # `pending`, and the reconciler sends it once the broker is back.
         log.error("webhook delivery %s not enqueued, broker unreachable: %s", delivery_id, exc)
 
 

@@ -1,0 +1,33 @@
+"""How far a batch has come: after each of its jobs ends, whether it is done. Below the
+batch service (llmos_jobs.batches) so that whoever ends a job (a worker, a cancel by
+the job's id) can tell, without importing the service."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from llmos_jobs.db.batch_models import Batch
+from llmos_jobs.db.models import Job
+from llmos_jobs.db.types import utcnow
+from schemas.common import JobStatus
+
+
+def job_finished(session: Session, batch_id: str) -> bool:
+    """After a job of the batch became final: True if the batch is now done and this
+    caller moved it to `finalizing` (a compare-and-set: when two jobs finish at once,
+    or a job and a cancellation, exactly one caller finalizes it)."""
+    # One index probe (job batch_id, status), not a count: this runs after every job.
+    pending = session.exec(select(Job.id).where(
+        Job.batch_id == batch_id, col(Job.status).in_([JobStatus.queued, JobStatus.running]))
+        .limit(1)).first()
+    if pending is not None:
+        return False
+    # An expired batch may still be validating: it ends without ever running.
+    moved = session.execute(update(Batch).where(
+        col(Batch.id) == batch_id,
+        col(Batch.status).in_(["in_progress", "cancelling"])
+        | ((col(Batch.status) == "validating") & col(Batch.expired_at).is_not(None)))
+        .values(status="finalizing", finalizing_at=utcnow())).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    return bool(moved)

@@ -1,0 +1,117 @@
+"""The control plane: `llmos control`, a Celery worker without a GPU that consumes the
+`control` and `webhooks` queues and runs Celery beat for the periodic work:
+
+    llmos.control.reap             every LLMOS_HEARTBEAT_INTERVAL_S: silent workers
+                                   declared dead, what no live process will finish
+                                   taken back (workers.reaper)
+    llmos.control.reconcile        every LLMOS_RECONCILE_GRACE_S / 2: work the broker
+                                   lost sent again (llmos_jobs.reconcile)
+    llmos.control.expire_batches   every LLMOS_BATCH_EXPIRY_CHECK_S: batches past their
+                                   completion window expired
+
+with batch expansion and finalisation and webhook deliveries as they come. Inference
+workers do none of this: their heartbeat only beats, so a slow finalisation or webhook
+receiver never delays it (or takes a GPU's slot).
+
+Every task here is a compare-and-set on the database, so two control processes (or two
+overlapping runs of one task) never do a thing twice; run one with beat (the default)
+and, for more webhook throughput, others with ``--no-beat``."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from celery import Celery, Task
+
+from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE, TaskName
+from llmos_jobs import dispatch
+from llmos_jobs.crypto import require_key_ring
+from llmos_jobs.db import batch_progress
+from llmos_jobs.db.models import Job
+from llmos_jobs.db.session import session_scope
+from llmos_jobs.reconcile import reconcile
+from llmos_jobs.settings import Settings, get_settings
+from workers.reaper import Enqueue, reap
+
+log = logging.getLogger(__name__)
+
+CONTROL_CONCURRENCY = 4
+
+
+def enqueue_with(app: Celery) -> Enqueue:
+    """How the reaper sends a job's new attempt (committed under ``task_id``)."""
+    def enqueue(job: Job, task_id: str) -> None:
+        job.task_id = task_id
+        dispatch.send(app, job)
+
+    return enqueue
+
+
+def _reap(task: Task) -> int:
+    return reap(dead_after_s=get_settings().worker_dead_after_s, enqueue=enqueue_with(task.app))
+
+
+def _reconcile(task: Task) -> dict[str, int]:
+    done = reconcile(task.app, grace_s=get_settings().reconcile_grace_s)
+    return {"jobs": done.jobs, "deliveries": done.deliveries, "batches": done.batches}
+
+
+def _expire_batches() -> int:
+    from llmos_jobs import batches
+
+    with session_scope() as session:
+        expired = batches.expire_overdue(session)
+    for batch_id in expired:
+        with session_scope() as session:
+            done = batch_progress.job_finished(session, batch_id)
+        if done:
+            batches.finalize(batch_id)
+    return len(expired)
+
+
+def _finalize_batch(batch_id: str) -> None:
+    from llmos_jobs import batches
+
+    batches.finalize(batch_id)
+
+
+def register_control_tasks(app: Celery) -> None:
+    app.task(name=TaskName.reap.value, bind=True, acks_late=True)(_reap)
+    app.task(name=TaskName.reconcile.value, bind=True, acks_late=True)(_reconcile)
+    app.task(name=TaskName.expire_batches.value, acks_late=True)(_expire_batches)
+    app.task(name=TaskName.batch_finalize.value, acks_late=True)(_finalize_batch)
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The periodic tasks. Each message expires after its own interval: a control
+    process that was down does not come back to a pile of stale runs."""
+    every = {
+        TaskName.reap: settings.heartbeat_interval_s,
+        TaskName.reconcile: max(settings.reconcile_grace_s / 2, 0.5),
+        TaskName.expire_batches: settings.batch_expiry_check_s,
+    }
+    return {name.value: {"task": name.value, "schedule": seconds,
+                         "options": {"queue": CONTROL_QUEUE, "expires": max(seconds, 1.0)}}
+            for name, seconds in every.items()}
+
+
+def run_control(*, name: str | None, beat: bool, concurrency: int, loglevel: str) -> None:
+    """Run the control process in this process until it is stopped."""
+    settings = get_settings()
+    require_key_ring(settings)
+    from llmos_jobs.celery_app import create_app
+    from llmos_jobs.db.migrate import upgrade
+
+    app = create_app(settings.resolved_broker_url(), with_tasks=True)
+    upgrade(settings.resolved_database_url())
+    app.conf.beat_schedule = beat_schedule(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    name = name or f"control-{socket.gethostname()}"
+    argv = ["worker", "--hostname", name, "--queues", f"{CONTROL_QUEUE},{WEBHOOKS_QUEUE}",
+            "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle"]
+    if beat:
+        argv += ["--beat", "--schedule", str(settings.data_dir / f"beat-{name}.db")]
+    app.worker_main(argv)
