@@ -5,6 +5,7 @@ limit, so only heartbeats and the reaper can rescue a job from a vanished worker
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -13,6 +14,7 @@ import uuid
 import pytest
 
 from broker_config.celery_config import VISIBILITY_TIMEOUT_S
+from llmos_jobs.broker_view import UNACKED_KEY
 from llmos_jobs.celery_app import create_app
 from llmos_jobs.client import LlmosClient, task_for_kind
 from llmos_jobs.db.models import JobPublic
@@ -40,7 +42,8 @@ def _slow_model(stack: Stack) -> tuple[LlmosClient, str]:
     return client, model
 
 
-def _wait_running(client: LlmosClient, job_id: str, timeout_s: float = 30) -> JobPublic:
+def _wait_running(client: LlmosClient, job_id: str,
+                  timeout_s: float = HANG_GUARD_S) -> JobPublic:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.job(job_id)
@@ -96,11 +99,45 @@ def test_pool_process_killed_job_is_rerun_by_the_same_worker_once(stack: Stack) 
         child = running.worker_pid
         assert child is not None and child != worker.pid
         os.kill(child, signal.SIGKILL)
-        [done] = client.wait([job.id], timeout_s=120)
+        [done] = client.wait([job.id], timeout_s=HANG_GUARD_S)
         assert done.status == JobStatus.succeeded
         assert done.worker == name and done.worker_pid not in (child, worker.pid)
         assert done.attempts == 2
         assert worker.poll() is None  # the worker itself lived on
+    finally:
+        stack.stop_worker(worker)
+
+
+def _forget_delivery(stack: Stack, message_id: str) -> None:
+    """Remove a delivered message from the broker's unacknowledged set, as when the
+    pool never hands it back: nothing in the broker can bring it back any more."""
+    broker = stack.redis()
+    for tag, raw in broker.hscan_iter(UNACKED_KEY):
+        delivered, _exchange, _routing_key = json.loads(raw)
+        if delivered["headers"]["id"] == message_id:
+            assert broker.hdel(UNACKED_KEY, tag) == 1
+            return
+    raise AssertionError(f"message {message_id} is not among the unacknowledged")
+
+
+def test_pool_process_killed_and_its_message_gone_the_reaper_reruns_the_job(
+        stack: Stack) -> None:
+    client, model = _slow_model(stack)
+    name = f"prefork-gone-{stack.name}-{uuid.uuid4().hex[:4]}@test"
+    worker = stack.start_worker(name, "--model", model, "--pool", "prefork",
+                                "--concurrency", "1", env=SLOW)
+    try:
+        job = client.generate(model=model, prompt="child and message gone", max_tokens=2)
+        running = _wait_running(client, job.id)
+        child = running.worker_pid
+        assert child is not None and child != worker.pid
+        _forget_delivery(stack, running.task_id)
+        os.kill(child, signal.SIGKILL)
+        [done] = client.wait([job.id], timeout_s=HANG_GUARD_S)
+        assert done.status == JobStatus.succeeded
+        assert done.worker == name and done.worker_pid not in (child, worker.pid)
+        assert done.task_id != running.task_id  # a new attempt, sent by the reaper
+        assert done.attempts == 2
     finally:
         stack.stop_worker(worker)
 

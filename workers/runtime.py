@@ -125,13 +125,17 @@ class WorkerRuntime:
         if self.models is None:
             self._follow_new_models()
         beat_at = utcnow()  # before the snapshot: see WorkerRecord.holding
-        # A prefork pool runs jobs in child processes, whose attempts this one cannot see.
-        holding = self.held.job_ids() if self.pool_kind != "prefork" else None
+        # A prefork pool runs jobs in child processes, whose attempts this one cannot
+        # see: it names its live processes instead (WorkerRecord.pool_pids).
+        prefork = self.pool_kind == "prefork"
+        holding = None if prefork else self.held.job_ids()
+        pool_pids = _live_pool_pids() if prefork else None
         with session_scope() as session:
             alive = registry.heartbeat(
                 session=session, name=self.name, queues=self.queues,
                 engines={n: st.summary() for n, st in self.pool.stats().items()},
                 resources=sample(self.device), now=beat_at, holding=holding,
+                pool_pids=pool_pids,
             )
         if not alive:
             log.warning("worker %s was declared dead while alive; rejoining", self.name)
@@ -168,6 +172,19 @@ class WorkerRuntime:
     def _report_loaded(self, loaded: list[str]) -> None:
         with session_scope() as session:
             registry.set_loaded(session=session, name=self.name, loaded=loaded)
+
+
+def _live_pool_pids() -> list[int]:
+    """This process and its children that are alive (a killed child is a zombie until
+    the pool reaps it)."""
+    pids = [os.getpid()]
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return sorted(pids)
 
 
 _runtime: WorkerRuntime | None = None

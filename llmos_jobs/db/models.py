@@ -269,9 +269,14 @@ class WorkerRecord(SQLModel, table=True):
         default_factory=utcnow, sa_type=UTCDateTime, nullable=False
     )
     # The job ids this worker's process was running when it last beat (taken before
-    # `last_heartbeat`); None when it cannot tell (a prefork pool runs jobs in children).
+    # `last_heartbeat`); None for a prefork pool (see `pool_pids`).
     # A job it claimed before that beat and does not name is no longer held by anyone.
     holding: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    # A prefork pool runs jobs in child processes, whose attempts it cannot see: its
+    # heartbeat names instead the pool's live processes (taken after `last_heartbeat`).
+    # A job running on it, claimed before that beat by a process not named, has lost
+    # its process (a child killed mid-job, whose message the pool may never hand back).
+    pool_pids: list[int] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class WorkerPublic(SQLModel):

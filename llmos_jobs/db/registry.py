@@ -72,14 +72,16 @@ def upsert_worker(*, session: Session, worker: WorkerRecord) -> None:
 
 def heartbeat(*, session: Session, name: str, queues: list[str],
               engines: dict[str, dict[str, float]], resources: dict[str, float],
-              now: datetime | None = None, holding: list[str] | None = None) -> bool:
+              now: datetime | None = None, holding: list[str] | None = None,
+              pool_pids: list[int] | None = None) -> bool:
     """Refresh a worker's heartbeat; False if it was declared dead meanwhile. ``holding``:
-    the jobs its process was running at ``now`` (see WorkerRecord.holding)."""
+    the jobs its process was running at ``now``; ``pool_pids``: the live processes of a
+    prefork pool (see WorkerRecord)."""
     statement = (
         update(WorkerRecord)
         .where(col(WorkerRecord.name) == name, col(WorkerRecord.state) == "alive")
         .values(last_heartbeat=now or utcnow(), queues=queues, engines=engines,
-                resources=resources, holding=holding)
+                resources=resources, holding=holding, pool_pids=pool_pids)
     )
     moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
     session.commit()
@@ -142,17 +144,22 @@ def stopped_workers_with_running_jobs(*, session: Session, dead_after_s: float) 
 
 def unheld_running_jobs(*, session: Session) -> dict[str, list[str]]:
     """Per live worker that reports what it holds: its running jobs claimed before its
-    last heartbeat that the heartbeat does not name."""
+    last heartbeat that the heartbeat does not name, or (a prefork pool) whose process
+    the heartbeat does not name among the pool's live ones."""
     rows = session.execute(
         sa_select(col(WorkerRecord.name), col(WorkerRecord.holding),
-                  col(WorkerRecord.last_heartbeat), col(Job.id), col(Job.started_at))
+                  col(WorkerRecord.pool_pids), col(WorkerRecord.last_heartbeat),
+                  col(Job.id), col(Job.worker_pid), col(Job.started_at))
         .join(Job, col(Job.worker) == col(WorkerRecord.name))
-        .where(col(WorkerRecord.state) == "alive", col(WorkerRecord.holding).is_not(None),
+        .where(col(WorkerRecord.state) == "alive",
+               col(WorkerRecord.holding).is_not(None) | col(WorkerRecord.pool_pids).is_not(None),
                col(Job.status) == JobStatus.running)).all()
     unheld: dict[str, list[str]] = {}
-    for name, holding, beat_at, job_id, started_at in rows:
-        if holding is not None and started_at is not None and started_at < beat_at \
-                and job_id not in holding:
+    for name, holding, pool_pids, beat_at, job_id, pid, started_at in rows:
+        if started_at is None or started_at >= beat_at:
+            continue
+        if (holding is not None and job_id not in holding) \
+                or (pool_pids is not None and pid not in pool_pids):
             unheld.setdefault(name, []).append(job_id)
     return unheld
 
