@@ -35,7 +35,7 @@ def requeue_orphans(*, worker: str, enqueue: Enqueue, only: Callable[[Job], bool
             if new_task_id is not None:
                 enqueue(job, new_task_id)
                 count += 1
-                log.warning("job %s of dead worker %s re-enqueued", job.id, worker)
+                log.warning("job %s, lost by worker %s, re-enqueued", job.id, worker)
     return count
 
 
