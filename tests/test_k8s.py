@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -305,3 +307,39 @@ def test_the_scaled_object_watches_every_priority_list_of_the_gpu_model() -> Non
     formula = spec["advanced"]["scalingModifiers"]["formula"]
     assert sorted(re.findall(r"\w+", formula)) == sorted(t["name"] for t in triggers)
     assert spec["minReplicaCount"] >= 1
+
+
+def _kustomize() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def test_kustomize_builds_the_base_and_what_it_builds_still_loads(tmp_path: Path) -> None:
+    """What `kubectl apply -k` would send: the base built by kustomize (where kubectl or
+    kustomize is installed), the generated Secret included, every object in the
+    namespace and still valid."""
+    command = _kustomize()
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    base = tmp_path / "k8s"
+    shutil.copytree(BASE, base)
+    shutil.copy(base / "secrets.env.example", base / "secrets.env")
+    built = subprocess.run([*command, str(base)], capture_output=True, text=True,
+                           timeout=120)
+    assert built.returncode == 0, built.stderr
+    objects = [d for d in yaml.safe_load_all(built.stdout) if d is not None]
+    assert len(objects) == len(list(documents())) + 1  # the generated Secret
+    namespace = kustomization()["namespace"]
+    for document in objects:
+        metadata = document["metadata"]
+        assert metadata["labels"]["app.kubernetes.io/part-of"] == "llmos"
+        if document["kind"] != "Namespace":
+            assert metadata["namespace"] == namespace, metadata["name"]
+        if not document["apiVersion"].startswith("keda.sh/"):
+            load_manifest(document, "kustomize build")
+    [secret] = [d for d in objects if d["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "llmos-secrets"
+    assert set(secret["data"]) == secret_keys()
