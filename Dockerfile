@@ -37,7 +37,9 @@ COPY workers workers
 COPY broker_config broker_config
 COPY schemas schemas
 RUN pip install --no-cache-dir ".${LLMOS_IMAGE_EXTRAS}" \
-    && rm -rf /src/build
+    && cd / && rm -rf /src
+# (The next RUN must not start in the directory just removed.)
+WORKDIR /
 # A fixed numeric uid: Kubernetes' runAsNonRoot can check it; /data is the volume
 # every service mounts (models, Celery beat's schedule).
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/llmos llmos \

@@ -313,11 +313,12 @@ def _check_database_url(services: Mapping[str, Any]) -> None:
 
 
 def _docker_answers() -> bool:
+    """A Docker engine answers and the compose plugin is installed."""
     if shutil.which("docker") is None:
         return False
     try:
-        return subprocess.run(["docker", "info"], capture_output=True,
-                              timeout=30).returncode == 0
+        return all(subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+                   for command in (["docker", "info"], ["docker", "compose", "version"]))
     except subprocess.TimeoutExpired:
         return False
 
@@ -373,6 +374,13 @@ def test_compose_services_as_separate_processes_run_a_job(
         receiver: Receiver | None = None
         try:
             stack.up()
+            # The health check does tell: a worker that is not there is unhealthy.
+            absent = subprocess.run(
+                stack.argv("control", ["llmos", "health", "worker", "absent@compose",
+                                       "--timeout", "1"]),
+                env=stack.env("control"), capture_output=True, text=True,
+                timeout=HANG_GUARD_S)
+            assert absent.returncode == 1 and "did not answer" in absent.stderr, absent
             # Keys the way docs/deploy.md makes them: the CLI in the api service.
             operator = json.loads(stack.run("api", "llmos", "key", "create", "--operator",
                                             "--json"))["key"]
