@@ -154,6 +154,8 @@ def test_compose_gpu_workers_reserve_one_device_each_under_the_gpu_profile() -> 
         # The container sees its one device as index 0.
         assert command[command.index("--gpu") + 1] == "0"
         names.append(command[command.index("--name") + 1])
+        # Its health check pings the worker by the name it runs under.
+        assert healthcheck_argv(service) == ["llmos", "health", "worker", names[-1]]
         assert service["image"] == "llmos-jobs:gpu"
         assert service["build"]["args"]["FLAVOUR"] == "gpu"
     assert len(set(devices)) == len(devices) and len(set(names)) == len(names)
