@@ -62,14 +62,16 @@ def _free_port() -> int:
 
 
 @contextmanager
-def private_redis() -> Iterator[str]:
+def private_redis(*options: str) -> Iterator[str]:
     """A redis-server of this test run alone on a free loopback port: two suites on one
-    machine never share a database, and a test may flush or restart it."""
+    machine never share a database, and a test may flush or restart it. ``options``
+    (e.g. compose.yaml's) come after the defaults, so they may turn persistence on or
+    set a password; the address and the directory stay this run's."""
     port = _free_port()
     workdir = tempfile.mkdtemp(prefix="llmos-redis-")
     process = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", workdir],
+        ["redis-server", "--save", "", "--appendonly", "no", *options,
+         "--bind", "127.0.0.1", "--port", str(port), "--dir", workdir],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     try:

@@ -12,6 +12,7 @@ from llmos_jobs.cli import (
     access,
     batch,
     encryption,
+    health,
     jobs,
     mindspaces,
     models,
@@ -40,6 +41,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 db_app.command("upgrade")(stack.db_upgrade)
 app.add_typer(db_app, name="db")
 app.add_typer(encryption.encryption_app, name="encryption")
+app.add_typer(health.health_app, name="health")
 app.add_typer(batch.batch_app, name="batch")
 app.command("api")(serve.api)
 app.command("flower")(serve.flower)
