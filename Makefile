@@ -25,8 +25,13 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The suite waits on real worker processes far more than it computes, so it runs in
+# several pytest processes even on two cores; each has its own redis-server, PostgreSQL
+# databases and data directories (tests/services.py, tests/conftest.py).
+TEST_PROCESSES ?= 4
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist worksteal
 
 bench: setup
 	$(BIN)/python bench/pipeline_throughput.py
