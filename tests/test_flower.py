@@ -5,13 +5,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import psutil
+import pytest
 
 from tests.api_server import free_port, wait_until_up
 from tests.stack import Stack
 from tests.test_cli import llmos
+from tests.turns import HANG_GUARD_S
 
 
 def test_flower_refuses_to_start_without_basic_auth(stack: Stack) -> None:
@@ -45,3 +48,35 @@ def test_flower_serves_the_broker_behind_basic_auth(stack: Stack) -> None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
 
+
+
+@pytest.mark.brokers
+def test_flower_sees_the_workers_and_their_tasks_over_the_broker(stack: Stack) -> None:
+    """Remote control (Flower asks the workers over the broker) and task events reach
+    Flower, on Redis and on RabbitMQ."""
+    port = free_port()
+    log = stack.data_dir / f"flower-{port}.log"
+    env = {**stack.env, "LLMOS_FLOWER_USER": "ops", "LLMOS_FLOWER_PASSWORD": "s3cret-pw"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmos_jobs.cli.main", "flower", "--port", str(port)],
+        env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/healthcheck", process, str(log))
+        worker = f"noop-{stack.name}@test"
+        with httpx.Client(base_url=url, auth=("ops", "s3cret-pw"), timeout=30) as flower:
+            deadline = time.monotonic() + HANG_GUARD_S
+            while worker not in flower.get("/api/workers", params={"refresh": "1"}).json():
+                assert time.monotonic() < deadline, f"Flower never saw {worker}: see {log}"
+                time.sleep(0.5)
+            job = stack.client().generate(model="echo", prompt="seen by flower", max_tokens=1)
+            stack.client().wait([job.id], timeout_s=HANG_GUARD_S)
+            while job.task_id not in flower.get("/api/tasks").json():
+                assert time.monotonic() < deadline, f"Flower never saw the task: see {log}"
+                time.sleep(0.5)
+            seen = flower.get(f"/api/task/info/{job.task_id}").json()
+            assert seen["state"] == "SUCCESS" and seen["worker"] == worker
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
