@@ -26,7 +26,10 @@ def test_flower_refuses_to_start_without_basic_auth(stack: Stack) -> None:
     assert half.returncode == 1 and "LLMOS_FLOWER_PASSWORD" in half.stderr
 
 
+@pytest.mark.brokers
 def test_flower_serves_the_broker_behind_basic_auth(stack: Stack) -> None:
+    """Behind basic auth, Flower sees the workers (remote control over the broker) and
+    their tasks (task events), on Redis and on RabbitMQ."""
     port = free_port()
     log = stack.data_dir / "flower.log"
     env = {**stack.env, "LLMOS_FLOWER_USER": "ops", "LLMOS_FLOWER_PASSWORD": "s3cret-pw"}
@@ -42,28 +45,8 @@ def test_flower_serves_the_broker_behind_basic_auth(stack: Stack) -> None:
         assert httpx.get(f"{url}/", auth=("ops", "s3cret-pw")).status_code == 200
         # The password reached Flower in-process, not on a command line `ps` shows.
         assert "s3cret-pw" not in " ".join(psutil.Process(process.pid).cmdline())
-        # The configured broker, database number included.
-        assert f"@{stack.broker_url.split('://', 1)[1]}" in log.read_text()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=20)
-
-
-
-@pytest.mark.brokers
-def test_flower_sees_the_workers_and_their_tasks_over_the_broker(stack: Stack) -> None:
-    """Remote control (Flower asks the workers over the broker) and task events reach
-    Flower, on Redis and on RabbitMQ."""
-    port = free_port()
-    log = stack.data_dir / f"flower-{port}.log"
-    env = {**stack.env, "LLMOS_FLOWER_USER": "ops", "LLMOS_FLOWER_PASSWORD": "s3cret-pw"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmos_jobs.cli.main", "flower", "--port", str(port)],
-        env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/healthcheck", process, str(log))
+        # The configured broker, database number or virtual host included.
+        assert f"@{stack.broker_url.rsplit('@', 1)[-1].split('://', 1)[-1]}" in log.read_text()
         worker = f"noop-{stack.name}@test"
         with httpx.Client(base_url=url, auth=("ops", "s3cret-pw"), timeout=30) as flower:
             deadline = time.monotonic() + HANG_GUARD_S
@@ -80,3 +63,5 @@ def test_flower_sees_the_workers_and_their_tasks_over_the_broker(stack: Stack) -
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
+
+
