@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -26,7 +25,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +75,7 @@ def wait_port(port: int) -> None:
 
 @contextmanager
 def private_redis(tmp: Path) -> Iterator[str]:
+    """A redis-server of this run alone: its memory figure is this run's."""
     port = free_port()
     process = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
@@ -309,26 +309,49 @@ class Result:
     loads: list[str]
 
 
-def measure(broker: str, broker_url: str, args: argparse.Namespace, tmp: Path) -> Result:
-    loads = [f"start: {load()}"]
-    with pg_database() as database_url:
-        data_dir = tmp / broker
-        data_dir.mkdir()
-        stack = Stack(broker, broker_url, database_url, data_dir)
+@contextmanager
+def stacks(brokers: list[str], tmp: Path) -> Iterator[list[Stack]]:
+    """One stack per broker, each with a database of its own, all up at once: the
+    phases below alternate between them, so a change of load on the host falls on both."""
+    with ExitStack() as resources:
+        made: list[Stack] = []
+        for broker in brokers:
+            data_dir = tmp / broker
+            data_dir.mkdir()
+            url = resources.enter_context(
+                private_redis(data_dir) if broker == "redis" else rabbitmq_vhost())
+            made.append(Stack(broker, url, resources.enter_context(pg_database()), data_dir))
         try:
-            rates: dict[int, float] = {}
-            for count in args.workers:
-                rates[count] = throughput(stack, count, args.jobs)
-                loads.append(f"{count} workers: {rates[count]:.0f} jobs/s, {load()}")
-                print(f"{broker}: {loads[-1]}", flush=True)
-            latency = api_latency(stack, max(args.workers), args.api_requests)
-            loads.append(f"API latency: {load()}")
-            queued = queued_memory(stack, args.queued)
-            loads.append(f"{args.queued} queued: {queued.submit_per_s:.0f} submits/s, {load()}")
-            print(f"{broker}: {loads[-1]}", flush=True)
+            yield made
         finally:
-            stack.stop(stack.processes)
-    return Result(broker, rates, queued, latency, loads)
+            for stack in made:
+                stack.stop(stack.processes)
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> list[Result]:
+    brokers = args.brokers.split(",")
+    results = {b: Result(b, {}, Queued(0, 0, 0, 0), [], [f"start: {load()}"]) for b in brokers}
+    with stacks(brokers, tmp) as made:
+        for count in args.workers:
+            for stack in made:
+                result = results[stack.broker]
+                result.rates[count] = throughput(stack, count, args.jobs)
+                result.loads.append(f"{count} workers: {result.rates[count]:.0f} jobs/s, "
+                                    f"{load()}")
+                print(f"{stack.broker}: {result.loads[-1]}", flush=True)
+        for stack in made:
+            result = results[stack.broker]
+            result.latency_ms = api_latency(stack, max(args.workers), args.api_requests)
+            result.loads.append(f"API latency: p50 {statistics.median(result.latency_ms):.0f}"
+                                f" ms, {load()}")
+            print(f"{stack.broker}: {result.loads[-1]}", flush=True)
+        for stack in made:
+            result = results[stack.broker]
+            result.queued = queued_memory(stack, args.queued)
+            result.loads.append(f"{args.queued} queued: {result.queued.submit_per_s:.0f} "
+                                f"submits/s, {load()}")
+            print(f"{stack.broker}: {result.loads[-1]}", flush=True)
+    return list(results.values())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -384,20 +407,9 @@ def main() -> None:
         from cryptography.fernet import Fernet
 
         os.environ["LLMOS_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
-    results: list[Result] = []
     with tempfile.TemporaryDirectory() as name:
         use_data_dir(name)
-        tmp = Path(name)
-        for broker in args.brokers.split(","):
-            if broker == "redis":
-                redis_dir = tmp / "redis-data"
-                redis_dir.mkdir()
-                with private_redis(redis_dir) as url:
-                    results.append(measure(broker, url, args, tmp))
-            else:
-                with rabbitmq_vhost() as url:
-                    results.append(measure(broker, url, args, tmp))
-        shutil.rmtree(tmp / "redis-data", ignore_errors=True)
+        results = measure(args, Path(name))
     report(results, args)
 
 
