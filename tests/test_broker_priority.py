@@ -61,3 +61,13 @@ def test_amqp_publishes_with_confirms_and_the_default_priority_is_translated() -
     assert amqp["task_queue_max_priority"] == redis["task_queue_max_priority"] == MAX_PRIORITY
     assert amqp["task_default_priority"] == MAX_PRIORITY - DEFAULT_PRIORITY
     assert redis["task_default_priority"] == DEFAULT_PRIORITY
+
+
+def test_settings_refuse_a_broker_whose_priority_order_is_unknown() -> None:
+    from pydantic import ValidationError
+
+    from llmos_jobs.settings import Settings
+
+    assert Settings(broker_url="amqp://u:p@h:5672/v").broker_url == "amqp://u:p@h:5672/v"
+    with pytest.raises(ValidationError, match="unsupported broker URL scheme 'sqs'"):
+        Settings(broker_url="sqs://queue")
