@@ -15,10 +15,17 @@ VISIBILITY_TIMEOUT_S = 3 * JOB_TIME_LIMIT_S
 TIME_LIMIT_GRACE_S = 15
 
 
-def celery_config(*, broker_url: str, time_limit_s: int = JOB_TIME_LIMIT_S) -> dict[str, Any]:
-    """The configuration of the llmos Celery app."""
+def celery_config(*, broker_url: str, time_limit_s: int = JOB_TIME_LIMIT_S,
+                  sentinel_master: str | None = None) -> dict[str, Any]:
+    """The configuration of the llmos Celery app. ``sentinel_master``: the name of the
+    Redis master that the Sentinels of a ``sentinel://`` URL watch."""
     transport = transport_of(broker_url)
     transport_options = _transport_options(transport, time_limit_s)
+    if broker_url.lower().startswith("sentinel://"):
+        if not sentinel_master:
+            raise ValueError("a sentinel:// broker URL needs the master's name: set "
+                             "LLMOS_BROKER_SENTINEL_MASTER")
+        transport_options["master_name"] = sentinel_master
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport_options,

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     reconcile_grace_s: float = Field(
         default=30.0, gt=0, description="work queued (or pending) this long whose message the "
                                         "broker lacks is sent again")
+    broker_sentinel_master: str | None = Field(
+        default=None, description="the master's name when LLMOS_BROKER_URL names Redis "
+                                  "Sentinels (sentinel://HOST:26379;sentinel://HOST2:26379)")
     job_time_limit_s: int = Field(default=600, ge=1)
     noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
     noop_echo: bool = Field(

@@ -128,3 +128,31 @@ def rabbitmq_vhost() -> Iterator[str]:
         yield f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}/{vhost}"
     finally:
         _rabbitmqctl("delete_vhost", vhost)
+
+
+@contextmanager
+def redis_sentinel(master: str) -> Iterator[str]:
+    """A private Redis master and one Sentinel watching it under ``master``: the
+    ``sentinel://`` broker URL of the Sentinel."""
+    if not shutil.which("redis-server"):
+        missing("Redis Sentinel", "redis-server (which also runs as a Sentinel) is needed")
+    with private_redis() as master_url:
+        master_port = master_url.rsplit(":", 1)[1]
+        port = _free_port()
+        workdir = tempfile.mkdtemp(prefix="llmos-sentinel-")
+        config = os.path.join(workdir, "sentinel.conf")
+        with open(config, "w") as f:
+            f.write(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                    f"sentinel monitor {master} 127.0.0.1 {master_port} 1\n")
+        process = subprocess.Popen(["redis-server", config, "--sentinel"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            while not _port_open("127.0.0.1", port):
+                if process.poll() is not None:
+                    missing("Redis Sentinel", f"the Sentinel exited with {process.returncode}")
+                time.sleep(0.05)
+            yield f"sentinel://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            shutil.rmtree(workdir, ignore_errors=True)

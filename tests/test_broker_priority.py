@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from broker_config import MAX_PRIORITY, Transport, broker_priority, celery_config, transport_of
+from llmos_jobs.settings import Settings
 from schemas.common import DEFAULT_PRIORITY
 
 levels = st.integers(min_value=0, max_value=MAX_PRIORITY)
@@ -64,10 +66,6 @@ def test_amqp_publishes_with_confirms_and_the_default_priority_is_translated() -
 
 
 def test_settings_refuse_a_broker_whose_priority_order_is_unknown() -> None:
-    from pydantic import ValidationError
-
-    from llmos_jobs.settings import Settings
-
     assert Settings(broker_url="amqp://u:p@h:5672/v").broker_url == "amqp://u:p@h:5672/v"
     with pytest.raises(ValidationError, match="unsupported broker URL scheme 'sqs'"):
         Settings(broker_url="sqs://queue")
