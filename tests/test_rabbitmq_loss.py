@@ -64,6 +64,7 @@ def test_a_job_whose_message_was_purged_is_sent_again_and_runs_once(
         survivor = client.generate(model=lossy, prompt="sent after the purge")
     assert stack.waiting(language_queue(lossy)) == 1
     assert stack.waiting(language_queue(intact)) == 2
+    assert stack.waiting(language_queue("never-declared")) == 0  # no queue holds nothing
 
     stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
     _until("the purged jobs are sent again",
