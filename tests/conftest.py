@@ -3,8 +3,9 @@ subprocesses.
 
 Workers are started once per session per backend; tests that kill workers start
 their own. A test marked ``brokers`` runs on a third stack too, PostgreSQL with
-RabbitMQ as the broker: the representative tests of the pipeline, priority order and
-worker loss, not every variant (each would double its time)."""
+RabbitMQ as the broker: the representative tests of the pipeline, priority order,
+worker loss, Flower, webhooks and batches, not every variant (docs/brokers.md lists
+them)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,6 @@ def make_stack(backend: str, redis_base: str, postgres_admin: str | None, data_d
     """A stack on ``backend``'s database; its broker is database ``redis_db`` of
     ``redis_base`` (flushed), or ``broker_url`` when given (a fresh virtual host)."""
     if postgres_admin is not None:
-        assert postgres_admin is not None
         database_url = _fresh_pg_database(postgres_admin)
     else:
         database_url = f"sqlite:///{data_dir / 'llmos.db'}"
