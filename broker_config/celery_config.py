@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker_config.priority import MAX_PRIORITY, Transport, broker_priority, transport_of
 from schemas.common import DEFAULT_PRIORITY
 
 # A job may run at most this long; the broker's visibility timeout stays well above
@@ -14,15 +15,17 @@ VISIBILITY_TIMEOUT_S = 3 * JOB_TIME_LIMIT_S
 TIME_LIMIT_GRACE_S = 15
 
 
-def celery_config(*, broker_url: str, time_limit_s: int = JOB_TIME_LIMIT_S) -> dict[str, Any]:
-    """The configuration of the llmos Celery app."""
-    transport_options: dict[str, Any] = {
-        # Redis: one list per priority level, polled highest first; 0 is highest.
-        "priority_steps": list(range(10)),
-        "sep": ":",
-        "queue_order_strategy": "priority",
-        "visibility_timeout": max(VISIBILITY_TIMEOUT_S, 3 * time_limit_s),
-    }
+def celery_config(*, broker_url: str, time_limit_s: int = JOB_TIME_LIMIT_S,
+                  sentinel_master: str | None = None) -> dict[str, Any]:
+    """The configuration of the llmos Celery app. ``sentinel_master``: the name of the
+    Redis master that the Sentinels of a ``sentinel://`` URL watch."""
+    transport = transport_of(broker_url)
+    transport_options = _transport_options(transport, time_limit_s)
+    if broker_url.lower().startswith("sentinel://"):
+        if not sentinel_master:
+            raise ValueError("a sentinel:// broker URL needs the master's name: set "
+                             "LLMOS_BROKER_SENTINEL_MASTER")
+        transport_options["master_name"] = sentinel_master
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport_options,
@@ -33,9 +36,12 @@ def celery_config(*, broker_url: str, time_limit_s: int = JOB_TIME_LIMIT_S) -> d
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        # Explicit: an unset priority is 0, the highest, on Redis.
-        "task_default_priority": DEFAULT_PRIORITY,
-        "task_queue_max_priority": 9,
+        # Explicit: an unset priority would be the highest on Redis and the lowest on
+        # AMQP; llmos's default, translated for the transport, on both.
+        "task_default_priority": broker_priority(DEFAULT_PRIORITY, transport),
+        # Every queue Celery declares carries `x-max-priority` (RabbitMQ: a classic
+        # priority queue; docs/brokers.md says why not a quorum queue).
+        "task_queue_max_priority": MAX_PRIORITY,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
@@ -52,4 +58,21 @@ def celery_config(*, broker_url: str, time_limit_s: int = JOB_TIME_LIMIT_S) -> d
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_create_missing_queues": True,
         "task_default_queue": "control",
+    }
+
+
+def _transport_options(transport: Transport, time_limit_s: int) -> dict[str, Any]:
+    if transport is Transport.amqp:
+        # A publish returns once RabbitMQ has taken the message (publisher confirms):
+        # a job's message is not lost between its commit and a broker that dropped it
+        # unseen. Unacknowledged deliveries go back to their queue when the consumer's
+        # connection closes, so there is no visibility timeout to tune; RabbitMQ's own
+        # `consumer_timeout` (30 min by default) must stay above the job time limit.
+        return {"confirm_publish": True}
+    return {
+        # Redis: one list per priority level, polled highest first; 0 is highest.
+        "priority_steps": list(range(MAX_PRIORITY + 1)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+        "visibility_timeout": max(VISIBILITY_TIMEOUT_S, 3 * time_limit_s),
     }

@@ -7,8 +7,12 @@ keeps until they are due). A message in neither is lost, or in the instant betwe
 the two; either way a new message under a new id is safe, because a delivery whose
 id is not the job's current one is dropped (llmos_jobs.db.jobs.claim_job).
 
-Other transports cannot be read like this; ``message_ids`` answers None for them and
-the reconciler leaves their work alone."""
+With AMQP (RabbitMQ) the ids of waiting messages cannot be read without taking the
+messages; what can be read cheaply is a queue's depth (a passive ``queue.declare``
+answers how many messages wait, ready to deliver). ``queue_depths`` answers that, and
+the reconciler compares it with how many jobs the database holds queued there
+(docs/reliability.md). Other transports answer None to both and their work is left
+alone."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from amqp.exceptions import NotFound
 from celery import Celery
 
 UNACKED_KEY = "unacked"  # kombu.transport.redis.Channel.unacked_key
@@ -57,3 +62,24 @@ def message_ids(app: Celery, queues: Iterable[str]) -> set[str] | None:
             if (i := _message_id(raw)) is not None:
                 ids.add(i)
         return ids
+
+
+def queue_depths(app: Celery, queues: Iterable[str]) -> dict[str, int] | None:
+    """How many messages wait, ready, in each of ``queues`` (delivered ones not counted;
+    a queue the broker does not have holds none); None when the transport is not AMQP."""
+    with app.connection_for_read() as connection:
+        if connection.transport.driver_type != "amqp":
+            return None
+        depths: dict[str, int] = {}
+        channel = connection.channel()
+        try:
+            for queue in dict.fromkeys(queues):
+                try:
+                    depths[queue] = int(channel.queue_declare(queue, passive=True)
+                                        .message_count)
+                except NotFound:  # the broker closed the channel with its answer
+                    depths[queue] = 0
+                    channel = connection.channel()
+        finally:
+            channel.close()
+        return depths

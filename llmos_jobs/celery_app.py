@@ -13,7 +13,8 @@ from llmos_jobs.settings import get_settings
 def create_app(broker_url: str, *, with_tasks: bool = False) -> Celery:
     app = Celery("llmos", set_as_current=False)
     app.conf.update(
-        celery_config(broker_url=broker_url, time_limit_s=get_settings().job_time_limit_s)
+        celery_config(broker_url=broker_url, time_limit_s=get_settings().job_time_limit_s,
+                      sentinel_master=get_settings().broker_sentinel_master)
     )
     if with_tasks:
         from workers.tasks import register_tasks

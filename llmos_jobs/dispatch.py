@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from broker_config import CONTROL_QUEUE, TaskName, queue_for
+from broker_config import CONTROL_QUEUE, TaskName, broker_priority, queue_for, transport_of
 from llmos_jobs import turn_order
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db.models import Job
@@ -36,10 +36,16 @@ def task_for_kind(kind: JobKind) -> TaskName:
     return _TASKS[kind]
 
 
+def wire_priority(app: Celery, priority: int) -> int:
+    """llmos ``priority`` as the message priority of ``app``'s transport (0 stays the
+    highest: on AMQP the broker serves the highest number first)."""
+    return broker_priority(priority, transport_of(str(app.conf.broker_url)))
+
+
 def send(app: Celery, job: Job, *, producer: Any = None) -> None:
     """The message of one committed job (its current attempt: ``job.task_id``)."""
     app.send_task(task_for_kind(job.kind), args=[job.id], task_id=job.task_id,
-                  queue=job.queue, priority=job.priority, producer=producer,
+                  queue=job.queue, priority=wire_priority(app, job.priority), producer=producer,
                   retry_policy=_PUBLISH_RETRY)
 
 
@@ -61,7 +67,8 @@ def send_delivery(app: Celery, delivery_id: str) -> None:
 def send_batch_expansion(app: Celery, batch_id: str, *, priority: int) -> None:
     """The message that turns a committed batch's lines into jobs (its id is the batch's)."""
     app.send_task(TaskName.batch_expand, args=[batch_id], task_id=batch_id,
-                  queue=CONTROL_QUEUE, priority=priority, retry_policy=_PUBLISH_RETRY)
+                  queue=CONTROL_QUEUE, priority=wire_priority(app, priority),
+                  retry_policy=_PUBLISH_RETRY)
 
 
 def send_batch_finalization(app: Celery, batch_id: str) -> None:

@@ -21,8 +21,11 @@ twice."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from celery import Celery
 from sqlmodel import col, select
@@ -41,6 +44,11 @@ log = logging.getLogger(__name__)
 
 # Jobs looked at per pass: a broker that lost everything is refilled over a few passes.
 PASS_LIMIT = 5000
+# On AMQP a loss is told by counting (see _unheld), and the remedy sends every waiting
+# message of the queue again: it is kept for work that waited this many graces.
+AMQP_GRACE_FACTOR = 3
+
+_Item = TypeVar("_Item")
 
 
 @dataclass(frozen=True)
@@ -60,19 +68,20 @@ def reconcile(app: Celery, *, grace_s: float, database_url: str | None = None) -
 
 
 def reconcile_jobs(app: Celery, *, grace_s: float, database_url: str | None = None) -> int:
-    with session_scope(database_url) as session:
-        candidates = job_crud.queued_longer_than(session=session, grace_s=grace_s,
-                                                 limit=PASS_LIMIT)
-    if not candidates:
+    def candidates(older_than_s: float) -> list[Job]:
+        with session_scope(database_url) as session:
+            return job_crud.queued_longer_than(session=session, grace_s=older_than_s,
+                                               limit=PASS_LIMIT)
+
+    first = candidates(grace_s)
+    if not first:
         return 0
-    held = broker_view.message_ids(app, {job.queue for job in candidates})
-    if held is None:
-        return 0
+    lost = _unheld(app, {job.queue for job in first},
+                   redis=lambda: first, amqp=lambda: candidates(AMQP_GRACE_FACTOR * grace_s),
+                   message_id=lambda job: job.task_id, queue=lambda job: job.queue)
     renewed: list[Job] = []
     with session_scope(database_url) as session:
-        for job in candidates:
-            if job.task_id in held:
-                continue
+        for job in lost:
             new_task_id = job_crud.renew_message(session=session, job=job)
             if new_task_id is not None:
                 job.task_id = new_task_id
@@ -85,21 +94,23 @@ def reconcile_jobs(app: Celery, *, grace_s: float, database_url: str | None = No
 
 def reconcile_deliveries(app: Celery, *, grace_s: float, database_url: str | None = None
                          ) -> int:
-    cutoff = utcnow() - timedelta(seconds=grace_s)
-    with session_scope(database_url) as session:
-        due = list(session.exec(
-            select(WebhookDelivery.id).where(
-                WebhookDelivery.status == DeliveryStatus.pending,
-                ((col(WebhookDelivery.next_attempt_at).is_(None))
-                 & (col(WebhookDelivery.created_at) < cutoff))
-                | (col(WebhookDelivery.next_attempt_at) < cutoff))
-            .limit(PASS_LIMIT)))
+    def overdue(older_than_s: float) -> list[str]:
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with session_scope(database_url) as session:
+            return list(session.exec(
+                select(WebhookDelivery.id).where(
+                    WebhookDelivery.status == DeliveryStatus.pending,
+                    ((col(WebhookDelivery.next_attempt_at).is_(None))
+                     & (col(WebhookDelivery.created_at) < cutoff))
+                    | (col(WebhookDelivery.next_attempt_at) < cutoff))
+                .limit(PASS_LIMIT)))
+
+    due = overdue(grace_s)
     if not due:
         return 0
-    held = broker_view.message_ids(app, [WEBHOOKS_QUEUE])
-    if held is None:
-        return 0
-    lost = [delivery_id for delivery_id in due if delivery_id not in held]
+    lost = _unheld(app, {WEBHOOKS_QUEUE}, redis=lambda: due,
+                   amqp=lambda: overdue(AMQP_GRACE_FACTOR * grace_s),
+                   message_id=str, queue=lambda _: WEBHOOKS_QUEUE)
     for delivery_id in lost:
         dispatch.send_delivery(app, delivery_id)
     if lost:
@@ -108,37 +119,72 @@ def reconcile_deliveries(app: Celery, *, grace_s: float, database_url: str | Non
     return len(lost)
 
 
+def _unheld(app: Celery, queues: set[str], *, redis: Callable[[], list[_Item]],
+            amqp: Callable[[], list[_Item]], message_id: Callable[[_Item], str],
+            queue: Callable[[_Item], str]) -> list[_Item]:
+    """The work whose message the broker may have lost.
+
+    Redis: the items ``redis()`` read (before the broker is read) whose message id the
+    broker holds nowhere. AMQP: a queue's message ids cannot be listed, only its depth;
+    the items ``amqp()`` reads (after the depths, so that a message delivered meanwhile
+    lowers the database's count too) on a queue whose ready messages are fewer than its
+    items there. Which of them lost its message cannot be told, so all are sent again;
+    the copies still waiting are stale (jobs: a new message id) or idempotent. Other
+    transports: nothing."""
+    held = broker_view.message_ids(app, queues)
+    if held is not None:
+        return [item for item in redis() if message_id(item) not in held]
+    depths = broker_view.queue_depths(app, queues)
+    if depths is None:
+        return []
+    items = amqp()
+    waiting = Counter(queue(item) for item in items)
+    return [item for item in items
+            if queue(item) in depths and depths[queue(item)] < waiting[queue(item)]]
+
+
 def reconcile_batches(app: Celery, *, grace_s: float, database_url: str | None = None
                       ) -> int:
     cutoff = utcnow() - timedelta(seconds=grace_s)
-    return (_resend_batch_messages(app, cutoff, database_url)
+    return (_resend_batch_messages(app, grace_s, database_url)
             + _finish_forgotten_batches(app, cutoff, database_url))
 
 
-def _resend_batch_messages(app: Celery, cutoff: datetime, database_url: str | None) -> int:
-    with session_scope(database_url) as session:
-        validating = list(session.exec(
-            select(Batch.id, Batch.priority).where(
-                Batch.status == "validating", col(Batch.expired_at).is_(None),
-                col(Batch.created_at) < cutoff).limit(PASS_LIMIT)).all())
-        finalizing = list(session.exec(
-            select(Batch.id).where(Batch.status == "finalizing",
-                                   col(Batch.finalizing_at) < cutoff).limit(PASS_LIMIT)))
-    if not validating and not finalizing:
+def _resend_batch_messages(app: Celery, grace_s: float, database_url: str | None) -> int:
+    def stuck(older_than_s: float) -> list[tuple[str, int | None]]:
+        """Batches left validating (with their priority) or finalizing (None)."""
+        before = utcnow() - timedelta(seconds=older_than_s)
+        with session_scope(database_url) as session:
+            validating = session.exec(
+                select(Batch.id, Batch.priority).where(
+                    Batch.status == "validating", col(Batch.expired_at).is_(None),
+                    col(Batch.created_at) < before).limit(PASS_LIMIT)).all()
+            finalizing = session.exec(
+                select(Batch.id).where(Batch.status == "finalizing",
+                                       col(Batch.finalizing_at) < before).limit(PASS_LIMIT))
+            return ([(batch_id, priority) for batch_id, priority in validating]
+                    + [(batch_id, None) for batch_id in finalizing])
+
+    first = stuck(grace_s)
+    if not first:
         return 0
-    held = broker_view.message_ids(app, [CONTROL_QUEUE])
-    if held is None:
-        return 0
-    lost = [(batch_id, priority) for batch_id, priority in validating if batch_id not in held]
+    lost = _unheld(app, {CONTROL_QUEUE}, redis=lambda: first,
+                   amqp=lambda: stuck(AMQP_GRACE_FACTOR * grace_s),
+                   message_id=_batch_message_id, queue=lambda _: CONTROL_QUEUE)
     for batch_id, priority in lost:
-        dispatch.send_batch_expansion(app, batch_id, priority=priority)
-    unfinished = [b for b in finalizing if dispatch.finalization_id(b) not in held]
-    for batch_id in unfinished:
-        dispatch.send_batch_finalization(app, batch_id)
-    if lost or unfinished:
+        if priority is None:
+            dispatch.send_batch_finalization(app, batch_id)
+        else:
+            dispatch.send_batch_expansion(app, batch_id, priority=priority)
+    if lost:
         log.warning("%d batch(es) left validating or finalizing had no message in the "
-                    "broker; sent again", len(lost) + len(unfinished))
-    return len(lost) + len(unfinished)
+                    "broker; sent again", len(lost))
+    return len(lost)
+
+
+def _batch_message_id(batch: tuple[str, int | None]) -> str:
+    batch_id, priority = batch
+    return batch_id if priority is not None else dispatch.finalization_id(batch_id)
 
 
 def _finish_forgotten_batches(app: Celery, cutoff: datetime, database_url: str | None

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Literal
 
 import psutil
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker_config import transport_of
 from llmos_jobs.errors import BrokerUnavailable
 
 STACK_STATE_FILE = "stack.json"
@@ -24,7 +25,9 @@ class Settings(BaseSettings):
 
     # repr=False: the URLs may hold passwords; print them through db.session.masked.
     broker_url: str | None = Field(
-        default=None, repr=False, description="Redis URL; unset: the stack started by `llmos up`"
+        default=None, repr=False,
+        description="redis://… or amqp://… (RabbitMQ, docs/brokers.md); unset: the stack "
+                    "started by `llmos up`"
     )
     database_url: str | None = Field(
         default=None, repr=False,
@@ -42,6 +45,9 @@ class Settings(BaseSettings):
     reconcile_grace_s: float = Field(
         default=30.0, gt=0, description="work queued (or pending) this long whose message the "
                                         "broker lacks is sent again")
+    broker_sentinel_master: str | None = Field(
+        default=None, description="the master's name when LLMOS_BROKER_URL names Redis "
+                                  "Sentinels (sentinel://HOST:26379;sentinel://HOST2:26379)")
     job_time_limit_s: int = Field(default=600, ge=1)
     noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
     noop_echo: bool = Field(
@@ -127,6 +133,14 @@ class Settings(BaseSettings):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.data_dir / 'llmos.db'}"
 
+    @field_validator("broker_url")
+    @classmethod
+    def _known_transport(cls, url: str | None) -> str | None:
+        """A broker whose priority order llmos knows (broker_config.priority), or none."""
+        if url:
+            transport_of(url)
+        return url
+
     def resolved_broker_url(self) -> str:
         """LLMOS_BROKER_URL, else the embedded broker of a running `llmos up`."""
         if self.broker_url:
@@ -136,7 +150,8 @@ class Settings(BaseSettings):
             return state["broker_url"]
         raise BrokerUnavailable(
             "no broker is configured: start the embedded stack with `llmos up` "
-            "(in another shell), or set LLMOS_BROKER_URL=redis://HOST:6379/0"
+            "(in another shell), or set LLMOS_BROKER_URL=redis://HOST:6379/0 (or "
+            "amqp://USER:PASSWORD@HOST:5672/VHOST for RabbitMQ)"
         )
 
 

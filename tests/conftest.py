@@ -1,7 +1,11 @@
-"""Fixtures: real Redis, real PostgreSQL and SQLite, real worker subprocesses.
+"""Fixtures: real Redis, real PostgreSQL and SQLite, real RabbitMQ, real worker
+subprocesses.
 
 Workers are started once per session per backend; tests that kill workers start
-their own."""
+their own. A test marked ``brokers`` runs on a third stack too, PostgreSQL with
+RabbitMQ as the broker: the representative tests of the pipeline, priority order,
+worker loss, Flower, webhooks and batches, not every variant (docs/brokers.md lists
+them)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.api_server import API_WAIT_TIMEOUT_S, ApiServer
-from tests.services import postgres_server, redis_server
+from tests.services import postgres_server, rabbitmq_vhost, redis_server
 from tests.stack import Stack
 
 # Redis database numbers of this suite (not 0, which people use by hand).
@@ -37,6 +41,12 @@ def encryption_keys() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_base() -> Iterator[str]:
     with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    with rabbitmq_vhost() as url:
         yield url
 
 
@@ -66,26 +76,41 @@ def _drop_pg_database(admin_url: str, url: str) -> None:
 
 
 def make_stack(backend: str, redis_base: str, postgres_admin: str | None, data_dir: Path,
-               redis_db: int) -> Stack:
-    if backend == "postgres":
-        assert postgres_admin is not None
+               redis_db: int, broker_url: str | None = None) -> Stack:
+    """A stack on ``backend``'s database; its broker is database ``redis_db`` of
+    ``redis_base`` (flushed), or ``broker_url`` when given (a fresh virtual host)."""
+    if postgres_admin is not None:
         database_url = _fresh_pg_database(postgres_admin)
     else:
         database_url = f"sqlite:///{data_dir / 'llmos.db'}"
-    stack = Stack(name=backend, broker_url=f"{redis_base}/{redis_db}",
+    stack = Stack(name=backend, broker_url=broker_url or f"{redis_base}/{redis_db}",
                   database_url=database_url, data_dir=data_dir)
-    stack.redis().flushdb()
+    if broker_url is None:
+        stack.redis().flushdb()
     return stack
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test of ``stack`` runs on SQLite and PostgreSQL (Redis); one marked
+    ``brokers`` on PostgreSQL with RabbitMQ too."""
+    if "stack" not in metafunc.fixturenames:
+        return
+    backends = ["sqlite", "postgres"]
+    if metafunc.definition.get_closest_marker("brokers") is not None:
+        backends.append("rabbitmq")
+    metafunc.parametrize("stack", backends, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 def stack(request: pytest.FixtureRequest, redis_base: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack per backend with one no-op worker serving the models `echo` and `broken`."""
     backend: str = request.param
-    admin = request.getfixturevalue("postgres_admin") if backend == "postgres" else None
+    admin = request.getfixturevalue("postgres_admin") if backend != "sqlite" else None
+    broker_url = request.getfixturevalue("rabbitmq_url") if backend == "rabbitmq" else None
     data_dir = tmp_path_factory.mktemp(f"stack-{backend}")
-    stack = make_stack(backend, redis_base, admin, data_dir, REDIS_DB[backend])
+    stack = make_stack(backend, redis_base, admin, data_dir, REDIS_DB.get(backend, 0),
+                       broker_url)
     client = stack.client()
     client.register_model("echo", data_dir / "echo", engine="noop")
     broken = data_dir / "broken"

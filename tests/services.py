@@ -1,7 +1,7 @@
-"""Where the tests find Redis and PostgreSQL: testcontainers when a Docker daemon
-answers; otherwise a private redis-server of this run (or the local one) and the
-local PostgreSQL, in databases of this run's own. Under CI=true a missing service
-fails the run."""
+"""Where the tests find Redis, PostgreSQL and RabbitMQ: testcontainers when a Docker
+daemon answers; otherwise a private redis-server of this run (or the local one), the
+local PostgreSQL, in databases of this run's own, and the local RabbitMQ, in a virtual
+host of this run's own. Under CI=true a missing service fails the run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -101,3 +102,59 @@ def postgres_server() -> Iterator[str]:
         missing("PostgreSQL", "start it with `pg_ctlcluster <version> main start`")
     user = os.environ.get("LLMOS_TEST_PGUSER", "postgres")
     yield f"postgresql+psycopg://{user}@127.0.0.1:5432/test"
+
+
+RABBITMQ_PORT = 5672
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """An AMQP URL on a virtual host of this run alone (created here, deleted after), on
+    the local RabbitMQ: two suites on one machine never see each other's queues."""
+    if not _port_open("127.0.0.1", RABBITMQ_PORT):
+        missing("RabbitMQ", "start it with `service rabbitmq-server start`")
+    if shutil.which("rabbitmqctl") is None:
+        missing("RabbitMQ", "rabbitmqctl is needed to create a virtual host per run")
+    vhost = f"llmos-test-{uuid.uuid4().hex[:8]}"
+    try:
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        missing("RabbitMQ", f"could not create a virtual host with rabbitmqctl: {exc}")
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@contextmanager
+def redis_sentinel(master: str) -> Iterator[str]:
+    """A private Redis master and one Sentinel watching it under ``master``: the
+    ``sentinel://`` broker URL of the Sentinel."""
+    if not shutil.which("redis-server"):
+        missing("Redis Sentinel", "redis-server (which also runs as a Sentinel) is needed")
+    with private_redis() as master_url:
+        master_port = master_url.rsplit(":", 1)[1]
+        port = _free_port()
+        workdir = tempfile.mkdtemp(prefix="llmos-sentinel-")
+        config = os.path.join(workdir, "sentinel.conf")
+        with open(config, "w") as f:
+            f.write(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                    f"sentinel monitor {master} 127.0.0.1 {master_port} 1\n")
+        process = subprocess.Popen(["redis-server", config, "--sentinel"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            while not _port_open("127.0.0.1", port):
+                if process.poll() is not None:
+                    missing("Redis Sentinel", f"the Sentinel exited with {process.returncode}")
+                time.sleep(0.05)
+            yield f"sentinel://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import redis
 
+from broker_config import MAX_PRIORITY, Transport, transport_of
+from llmos_jobs import broker_view
+from llmos_jobs.celery_app import create_app
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.settings import Settings
 
@@ -22,7 +25,7 @@ WEBHOOK_RETRY_DELAYS = "0.3,0.3,0.3"
 
 @dataclass
 class Stack:
-    name: str  # "sqlite" or "postgres"
+    name: str  # "sqlite", "postgres" (both on Redis) or "rabbitmq" (PostgreSQL, RabbitMQ)
     broker_url: str
     database_url: str
     data_dir: Path
@@ -50,8 +53,23 @@ class Stack:
     def client(self, tenant: str = "default") -> LlmosClient:
         return LlmosClient(tenant=tenant, settings=self.settings())
 
+    @property
+    def transport(self) -> Transport:
+        return transport_of(self.broker_url)
+
     def redis(self) -> redis.Redis:
+        assert self.transport is Transport.redis, "this stack's broker is not Redis"
         return redis.Redis.from_url(self.broker_url)
+
+    def waiting(self, queue: str) -> int:
+        """Messages waiting (not delivered) in ``queue``, on either broker."""
+        if self.transport is Transport.amqp:
+            depths = broker_view.queue_depths(create_app(self.broker_url), [queue])
+            assert depths is not None
+            return depths[queue]
+        r = self.redis()
+        return sum(int(r.llen(queue if step == 0 else f"{queue}:{step}"))
+                   for step in range(MAX_PRIORITY + 1))
 
     def start_worker(self, name: str, *args: str, env: dict[str, str] | None = None,
                      wait: bool = True, named: bool = True) -> subprocess.Popen[bytes]:

@@ -6,6 +6,7 @@ import json
 import time
 
 import openai
+import pytest
 
 from tests.api_server import ApiServer, idle_model, tenant
 
@@ -31,6 +32,7 @@ def wait_for(client: openai.OpenAI, batch_id: str, statuses: set[str], timeout_s
         time.sleep(0.2)
 
 
+@pytest.mark.brokers
 def test_a_batch_with_broken_lines_runs_the_valid_ones(api: ApiServer) -> None:
     client = sdk(api, api.key(tenant()))
     lines = [

@@ -1,4 +1,7 @@
-"""The job pipeline end to end: client → Redis → real worker process → database."""
+"""The job pipeline end to end: client → broker → real worker process → database.
+
+The tests marked ``brokers`` run on RabbitMQ too: a job's life, a failure, mindspace
+turns, a worker's direct queue, priority order and a priority class."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ def _worker_pid(stack: Stack, name: str) -> int:
     return row.pid
 
 
+@pytest.mark.brokers
 def test_generate_lifecycle_and_usage_land_in_the_database(stack: Stack) -> None:
     client = stack.client()
     job = client.generate(model="echo", prompt="one two three four", max_tokens=5,
@@ -39,6 +43,7 @@ def test_generate_lifecycle_and_usage_land_in_the_database(stack: Stack) -> None
     assert done.payload["prompt"] == "one two three four"
 
 
+@pytest.mark.brokers
 def test_a_failing_job_is_failed_with_its_error(stack: Stack) -> None:
     client = stack.client()
     job = client.generate(model="broken", prompt="hello", max_tokens=4)
@@ -100,6 +105,7 @@ def test_a_turn_in_an_unknown_mindspace_is_rejected(stack: Stack) -> None:
         stack.client().chat("nope", "hello")
 
 
+@pytest.mark.brokers
 def test_mindspace_history_is_kept_and_used_as_context(stack: Stack) -> None:
     client = stack.client()
     mindspace = client.create_mindspace(model="echo", persona="be brief")
@@ -130,6 +136,7 @@ def test_jobs_of_another_tenant_answer_not_found(stack: Stack) -> None:
     assert all(j.tenant == "beta" for j in stack.client(tenant="beta").jobs())
 
 
+@pytest.mark.brokers
 def test_model_load_and_unload_on_a_named_worker(stack: Stack) -> None:
     client = stack.client()
     worker = f"noop-{stack.name}@test"
@@ -144,6 +151,7 @@ def test_model_load_and_unload_on_a_named_worker(stack: Stack) -> None:
     assert worker not in echo.loaded_on
 
 
+@pytest.mark.brokers
 def test_priority_order_fifo_within_a_level_and_cancelled_jobs_never_run(stack: Stack) -> None:
     client = stack.client()
     model = f"prio-{uuid.uuid4().hex[:6]}"
@@ -171,6 +179,7 @@ def test_priority_order_fifo_within_a_level_and_cancelled_jobs_never_run(stack: 
     assert keys == sorted(keys)
 
 
+@pytest.mark.brokers
 def test_generate_many_runs_the_valid_part_and_names_the_rest(stack: Stack) -> None:
     client = stack.client()
     requests = [

@@ -81,6 +81,7 @@ def run_job(client: LlmosClient, receiver: Receiver) -> str:
     return job.id
 
 
+@pytest.mark.brokers
 def test_a_succeeded_job_is_announced_once_signed(stack: Stack, tenant: str,
                                                   client: LlmosClient,
                                                   receiver: Receiver) -> None:
@@ -103,6 +104,7 @@ def test_a_succeeded_job_is_announced_once_signed(stack: Stack, tenant: str,
     assert client.job(job_id).webhook_url == receiver.url
 
 
+@pytest.mark.brokers
 def test_a_failing_receiver_gets_the_same_event_until_it_recovers(
         stack: Stack, tenant: str, client: LlmosClient, receiver: Receiver) -> None:
     receiver.script = [(500, {}), (500, {})]
