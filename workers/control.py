@@ -72,8 +72,14 @@ def _expire_batches() -> int:
 
 
 def _finalize_batch(batch_id: str) -> None:
+    """Finalise a batch whose requests have all ended. A batch just cancelled is still
+    `cancelling`: it moves to `finalizing` here (a compare-and-set, so of this and the
+    job that ends its last request, one does); one with requests still running is left
+    to the job that ends the last of them."""
     from llmos_jobs import batches
 
+    with session_scope() as session:
+        batch_progress.job_finished(session, batch_id)
     batches.finalize(batch_id)
 
 
