@@ -54,7 +54,7 @@ def build_engine(model: RegisteredModel, choice: EngineChoice | None = None) -> 
     if kind == EngineKind.noop:
         settings = get_settings()
         return NoopEngine(model.name, delay_s=settings.noop_delay_ms / 1000,
-                          echo=settings.noop_echo)
+                          echo=settings.noop_echo, log=settings.noop_log)
     if kind == EngineKind.transformers:
         settings = get_settings()
         return TransformersEngine(model.name, model.path, BatchingOptions(
