@@ -33,7 +33,7 @@ from llmos_jobs.db import batch_progress
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db.batch_models import Batch
 from llmos_jobs.db.models import Job
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import DatabaseRef, session_scope
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import DeliveryStatus, WebhookDelivery
 
@@ -50,7 +50,7 @@ class Reconciled:
     batches: int = 0
 
 
-def reconcile(app: Celery, *, grace_s: float, database_url: str | None = None) -> Reconciled:
+def reconcile(app: Celery, *, grace_s: float, database_url: DatabaseRef = None) -> Reconciled:
     """One pass over jobs, webhook deliveries and batches; what was sent again."""
     return Reconciled(
         jobs=reconcile_jobs(app, grace_s=grace_s, database_url=database_url),
@@ -59,7 +59,7 @@ def reconcile(app: Celery, *, grace_s: float, database_url: str | None = None) -
     )
 
 
-def reconcile_jobs(app: Celery, *, grace_s: float, database_url: str | None = None) -> int:
+def reconcile_jobs(app: Celery, *, grace_s: float, database_url: DatabaseRef = None) -> int:
     with session_scope(database_url) as session:
         candidates = job_crud.queued_longer_than(session=session, grace_s=grace_s,
                                                  limit=PASS_LIMIT)
@@ -83,7 +83,7 @@ def reconcile_jobs(app: Celery, *, grace_s: float, database_url: str | None = No
     return len(renewed)
 
 
-def reconcile_deliveries(app: Celery, *, grace_s: float, database_url: str | None = None
+def reconcile_deliveries(app: Celery, *, grace_s: float, database_url: DatabaseRef = None
                          ) -> int:
     cutoff = utcnow() - timedelta(seconds=grace_s)
     with session_scope(database_url) as session:
@@ -108,14 +108,14 @@ def reconcile_deliveries(app: Celery, *, grace_s: float, database_url: str | Non
     return len(lost)
 
 
-def reconcile_batches(app: Celery, *, grace_s: float, database_url: str | None = None
+def reconcile_batches(app: Celery, *, grace_s: float, database_url: DatabaseRef = None
                       ) -> int:
     cutoff = utcnow() - timedelta(seconds=grace_s)
     return (_resend_batch_messages(app, cutoff, database_url)
             + _finish_forgotten_batches(app, cutoff, database_url))
 
 
-def _resend_batch_messages(app: Celery, cutoff: datetime, database_url: str | None) -> int:
+def _resend_batch_messages(app: Celery, cutoff: datetime, database_url: DatabaseRef) -> int:
     with session_scope(database_url) as session:
         validating = list(session.exec(
             select(Batch.id, Batch.priority).where(
@@ -141,7 +141,7 @@ def _resend_batch_messages(app: Celery, cutoff: datetime, database_url: str | No
     return len(lost) + len(unfinished)
 
 
-def _finish_forgotten_batches(app: Celery, cutoff: datetime, database_url: str | None
+def _finish_forgotten_batches(app: Celery, cutoff: datetime, database_url: DatabaseRef
                               ) -> int:
     with session_scope(database_url) as session:
         running = list(session.exec(
