@@ -4,7 +4,12 @@ persistence or flushed, a publish lost, a producer that died between its commit 
 its publish) is sent again:
 
 - a job `queued` for longer than the grace period gets a new message id and a new
-  message (a copy of the old message that turns up later is stale and dropped);
+  message (a copy of the old message that turns up later is stale and dropped) when
+  the broker holds no message of it, or holds only one delivered longer ago than
+  ``unclaimed_after_s`` and never claimed: a live worker takes what it was handed within
+  one job's time limit (its slots free at least that often), so such a message went
+  with a worker killed after the broker handed it over (kombu would give it back only
+  after the visibility timeout);
 - a webhook delivery `pending` past its due time, a batch still `validating` and a
   batch left `finalizing` get their message again, under the same id (their tasks
   are idempotent: a delivery records each attempt by compare-and-set, an expansion
@@ -21,6 +26,7 @@ twice."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,24 +56,32 @@ class Reconciled:
     batches: int = 0
 
 
-def reconcile(app: Celery, *, grace_s: float, database_url: DatabaseRef = None) -> Reconciled:
-    """One pass over jobs, webhook deliveries and batches; what was sent again."""
+def reconcile(app: Celery, *, grace_s: float, unclaimed_after_s: float | None = None,
+              database_url: DatabaseRef = None) -> Reconciled:
+    """One pass over jobs, webhook deliveries and batches; what was sent again.
+    ``unclaimed_after_s``: see the module docstring (None: a delivered message is
+    always taken to be in a live worker's hands)."""
     return Reconciled(
-        jobs=reconcile_jobs(app, grace_s=grace_s, database_url=database_url),
+        jobs=reconcile_jobs(app, grace_s=grace_s, unclaimed_after_s=unclaimed_after_s,
+                            database_url=database_url),
         deliveries=reconcile_deliveries(app, grace_s=grace_s, database_url=database_url),
         batches=reconcile_batches(app, grace_s=grace_s, database_url=database_url),
     )
 
 
-def reconcile_jobs(app: Celery, *, grace_s: float, database_url: DatabaseRef = None) -> int:
+def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | None = None,
+                   database_url: DatabaseRef = None) -> int:
     with session_scope(database_url) as session:
         candidates = job_crud.queued_longer_than(session=session, grace_s=grace_s,
                                                  limit=PASS_LIMIT)
     if not candidates:
         return 0
-    held = broker_view.message_ids(app, {job.queue for job in candidates})
-    if held is None:
+    messages = broker_view.held_messages(app, {job.queue for job in candidates})
+    if messages is None:
         return 0
+    held = messages.waiting | {
+        message_id for message_id, delivered_at in messages.delivered.items()
+        if unclaimed_after_s is None or time.time() - delivered_at < unclaimed_after_s}
     renewed: list[Job] = []
     with session_scope(database_url) as session:
         for job in candidates:
