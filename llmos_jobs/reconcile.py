@@ -92,7 +92,8 @@ def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | No
                 job.task_id = new_task_id
                 renewed.append(job)
     if renewed:
-        log.warning("%d queued job(s) had no message in the broker; sent again", len(renewed))
+        log.warning("%d queued job(s) had no message in the broker, or only one that no "
+                    "live worker holds; sent again", len(renewed))
         dispatch.resend(app, renewed)
     return len(renewed)
 
