@@ -10,10 +10,12 @@ its publish) is sent again:
   one job's time limit (its slots free at least that often), so such a message went
   with a worker killed after the broker handed it over (kombu would give it back only
   after the visibility timeout);
-- a webhook delivery `pending` past its due time, a batch still `validating` and a
-  batch left `finalizing` get their message again, under the same id (their tasks
-  are idempotent: a delivery records each attempt by compare-and-set, an expansion
-  runs once, a finalised batch is not finalised again);
+- a webhook delivery `pending` past its due time (whose message the broker lacks, or
+  holds only as one delivered and overdue by more than ``unclaimed_after_s``: it went
+  with a control process killed while the retry waited for its time), a batch still
+  `validating` and a batch left `finalizing` get their message again, under the same
+  id (their tasks are idempotent: a delivery records each attempt by compare-and-set,
+  an expansion runs once, a finalised batch is not finalised again);
 - a batch `in_progress` or `cancelling` whose jobs have all ended (the process that
   ended the last one died before it could say so) is moved to `finalizing` and
   finalised.
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE
 from llmos_jobs import broker_view, dispatch
@@ -64,7 +66,9 @@ def reconcile(app: Celery, *, grace_s: float, unclaimed_after_s: float | None = 
     return Reconciled(
         jobs=reconcile_jobs(app, grace_s=grace_s, unclaimed_after_s=unclaimed_after_s,
                             database_url=database_url),
-        deliveries=reconcile_deliveries(app, grace_s=grace_s, database_url=database_url),
+        deliveries=reconcile_deliveries(app, grace_s=grace_s,
+                                        unclaimed_after_s=unclaimed_after_s,
+                                        database_url=database_url),
         batches=reconcile_batches(app, grace_s=grace_s, database_url=database_url),
     )
 
@@ -98,28 +102,43 @@ def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | No
     return len(renewed)
 
 
-def reconcile_deliveries(app: Celery, *, grace_s: float, database_url: DatabaseRef = None
-                         ) -> int:
-    cutoff = utcnow() - timedelta(seconds=grace_s)
+def reconcile_deliveries(app: Celery, *, grace_s: float,
+                         unclaimed_after_s: float | None = None,
+                         database_url: DatabaseRef = None) -> int:
+    """Pending deliveries past their due time whose message the broker lacks, or holds
+    only as one delivered to a process that let the due time pass by more than
+    ``unclaimed_after_s`` (a retry waits, delivered, in the control process that will
+    run it at its time; one that is long overdue went with a control process killed
+    while it waited). Sent again under their own id: a delivery records each attempt
+    by compare-and-set, so a copy that turns up later changes nothing."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=grace_s)
+    due_at = func.coalesce(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.created_at))
     with session_scope(database_url) as session:
-        due = list(session.exec(
-            select(WebhookDelivery.id).where(
-                WebhookDelivery.status == DeliveryStatus.pending,
-                ((col(WebhookDelivery.next_attempt_at).is_(None))
-                 & (col(WebhookDelivery.created_at) < cutoff))
-                | (col(WebhookDelivery.next_attempt_at) < cutoff))
-            .limit(PASS_LIMIT)))
+        due: dict[str, datetime] = {delivery_id: at for delivery_id, at in session.execute(
+            select(col(WebhookDelivery.id), due_at).where(
+                WebhookDelivery.status == DeliveryStatus.pending, due_at < cutoff)
+            .limit(PASS_LIMIT))}
     if not due:
         return 0
-    held = broker_view.message_ids(app, [WEBHOOKS_QUEUE])
-    if held is None:
+    messages = broker_view.held_messages(app, [WEBHOOKS_QUEUE])
+    if messages is None:
         return 0
-    lost = [delivery_id for delivery_id in due if delivery_id not in held]
+
+    def held(delivery_id: str) -> bool:
+        if delivery_id in messages.waiting:
+            return True
+        if delivery_id not in messages.delivered:
+            return False
+        overdue_s = (now - due[delivery_id]).total_seconds()
+        return unclaimed_after_s is None or overdue_s < unclaimed_after_s
+
+    lost = [delivery_id for delivery_id in due if not held(delivery_id)]
     for delivery_id in lost:
         dispatch.send_delivery(app, delivery_id)
     if lost:
-        log.warning("%d webhook deliveries had no message in the broker; sent again",
-                    len(lost))
+        log.warning("%d webhook deliveries had no message in the broker, or only one that "
+                    "no live process holds; sent again", len(lost))
     return len(lost)
 
 
