@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from collections import Counter
 from typing import Any, cast
@@ -26,13 +27,14 @@ from llmos_jobs.celery_app import get_app
 from llmos_jobs.client import LlmosClient, validate
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db.batch_models import Batch, StoredFile
-from llmos_jobs.db.batch_progress import job_finished
 from llmos_jobs.db.jobs import JobCreate
 from llmos_jobs.db.models import Job, JobPublic
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import InvalidRequest, NotFound
 from schemas.common import JobKind, JobStatus
 from schemas.language import GenerateRequest
+
+log = logging.getLogger(__name__)
 
 ENDPOINT = "/v1/chat/completions"
 MAX_WINDOW_S = 24 * 3600  # as OpenAI
@@ -366,7 +368,13 @@ def output_line(job: JobPublic) -> dict[str, Any]:
 
 
 def cancel(client: LlmosClient, batch_id: str) -> Batch:
-    """Queued requests never run; running ones finish; then the batch is cancelled."""
+    """Queued requests never run; running ones finish; then the batch is cancelled.
+
+    The caller (the API, the CLI) only marks the batch `cancelling` and tells the
+    control process, which finalises it there once no request of it is left running (or,
+    while some still run, the job that ends the last one does): a large batch's files are
+    never written inside an API request. If that message is lost, the reconciler
+    finalises a `cancelling` batch whose requests have all ended."""
     with client.session() as session:
         batch = get_batch(session, client.tenant, batch_id)
         moved = session.execute(update(Batch).where(
@@ -375,10 +383,14 @@ def cancel(client: LlmosClient, batch_id: str) -> Batch:
         if not moved:
             raise InvalidRequest(f"a {batch.status} batch cannot be cancelled")
         _cancel_queued(session, batch_id)
-        session.commit()
-        done = job_finished(session, batch_id)
-    if done:
-        finalize(batch_id)
+    try:
+        dispatch.send_batch_finalization(get_app(client.settings.resolved_broker_url()),
+                                         batch_id)
+    except (OperationalError, OSError) as exc:
+        # The cancellation is committed: once its last request has ended, the reconciler
+        # finalises a `cancelling` batch that nobody did.
+        log.warning("batch %s cancelled; its finalisation could not be sent yet: %s",
+                    batch_id, exc)
     with client.session() as session:
         return get_batch(session, client.tenant, batch_id)
 

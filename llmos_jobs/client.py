@@ -36,7 +36,7 @@ from llmos_jobs.db.models import (
     WorkerPublic,
     new_id,
 )
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.dispatch import task_for_kind
 from llmos_jobs.errors import InvalidRequest, NoLiveWorkerWarning, NotFound
 from llmos_jobs.limits import FieldLimits
@@ -94,8 +94,11 @@ class LlmosClient:
         self.settings = settings or get_settings()
         self.tenant = tenant or self.settings.tenant
         self.actor = (actor or default_actor()) if audit else None
-        self.database_url = self.settings.resolved_database_url()
-        upgrade(self.database_url)
+        # The database, and the key ring its encrypted text is read with: this client's
+        # settings decide both.
+        self.database = Database.from_settings(self.settings)
+        self.database_url = self.database.url
+        upgrade(self.database)
         self.limits = FieldLimits.from_settings(self.settings)
         # Read on every submission, changed rarely: kept for a few seconds.
         self._contexts: TTLCache[int] = TTLCache(seconds=5.0)
@@ -103,7 +106,7 @@ class LlmosClient:
 
     def session(self) -> AbstractContextManager[Session]:
         """A database session on this client's database (committed on success)."""
-        return session_scope(self.database_url)
+        return session_scope(self.database)
 
     # -- language -----------------------------------------------------------------------------
 
@@ -381,7 +384,7 @@ class LlmosClient:
 
         with turn_order.ending(job, publish=publish,
                                dead_after_s=self.settings.worker_dead_after_s,
-                               database_url=self.database_url) as session:
+                               database_url=self.database) as session:
             job = job_crud.cancel_job(session=session, tenant=self.tenant, job_id=job_id)
             if job.webhook_url:  # enqueued once the cancellation commits
                 emit_job_event(session=session, job_id=job.id, settings=self.settings)
@@ -473,7 +476,7 @@ class LlmosClient:
         """One message per committed job; jobs whose message never left are failed."""
         if jobs:
             dispatch.publish(app, jobs, dead_after_s=self.settings.worker_dead_after_s,
-                             database_url=self.database_url)
+                             database_url=self.database)
 
     def _warn_without_worker(self, queue: str, model: str) -> None:
         serves = self._served.get(queue)

@@ -21,6 +21,7 @@ from broker_config import CONTROL_QUEUE, TaskName, broker_priority, queue_for, t
 from llmos_jobs import turn_order
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db.models import Job
+from llmos_jobs.db.session import DatabaseRef
 from llmos_jobs.errors import BrokerUnavailable
 from schemas.common import JobKind
 
@@ -83,7 +84,7 @@ def finalization_id(batch_id: str) -> str:
 
 
 def publish(app: Celery, jobs: Sequence[Job], *, dead_after_s: float,
-            database_url: str | None = None) -> None:
+            database_url: DatabaseRef = None) -> None:
     """One message per committed job, on one connection. When the broker cannot be
     reached, the jobs not yet sent are failed, and BrokerUnavailable says so."""
     sent = 0
@@ -105,7 +106,7 @@ def publish(app: Celery, jobs: Sequence[Job], *, dead_after_s: float,
         ) from None
 
 
-def _abandon(job: Job, reason: str, *, dead_after_s: float, database_url: str | None
+def _abandon(job: Job, reason: str, *, dead_after_s: float, database_url: DatabaseRef
              ) -> list[Job]:
     """A job whose message never left: failed. The turns this releases (not sent)."""
     released: list[Job] = []

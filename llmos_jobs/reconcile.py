@@ -4,11 +4,18 @@ persistence or flushed, a publish lost, a producer that died between its commit 
 its publish) is sent again:
 
 - a job `queued` for longer than the grace period gets a new message id and a new
-  message (a copy of the old message that turns up later is stale and dropped);
-- a webhook delivery `pending` past its due time, a batch still `validating` and a
-  batch left `finalizing` get their message again, under the same id (their tasks
-  are idempotent: a delivery records each attempt by compare-and-set, an expansion
-  runs once, a finalised batch is not finalised again);
+  message (a copy of the old message that turns up later is stale and dropped) when
+  the broker holds no message of it, or holds only one delivered longer ago than
+  ``unclaimed_after_s`` and never claimed: a live worker takes what it was handed within
+  one job's time limit (its slots free at least that often), so such a message went
+  with a worker killed after the broker handed it over (kombu would give it back only
+  after the visibility timeout);
+- a webhook delivery `pending` past its due time (whose message the broker lacks, or
+  holds only as one delivered and overdue by more than ``unclaimed_after_s``: it went
+  with a control process killed while the retry waited for its time), a batch still
+  `validating` and a batch left `finalizing` get their message again, under the same
+  id (their tasks are idempotent: a delivery records each attempt by compare-and-set,
+  an expansion runs once, a finalised batch is not finalised again);
 - a batch `in_progress` or `cancelling` whose jobs have all ended (the process that
   ended the last one died before it could say so) is moved to `finalizing` and
   finalised.
@@ -21,6 +28,7 @@ twice."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from celery import Celery
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE
 from llmos_jobs import broker_view, dispatch
@@ -36,7 +44,7 @@ from llmos_jobs.db import batch_progress
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db.batch_models import Batch
 from llmos_jobs.db.models import Job
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import DatabaseRef, session_scope
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import DeliveryStatus, WebhookDelivery
 
@@ -58,27 +66,41 @@ class Reconciled:
     batches: int = 0
 
 
-def reconcile(app: Celery, *, grace_s: float, database_url: str | None = None) -> Reconciled:
-    """One pass over jobs, webhook deliveries and batches; what was sent again."""
+def reconcile(app: Celery, *, grace_s: float, unclaimed_after_s: float | None = None,
+              database_url: DatabaseRef = None) -> Reconciled:
+    """One pass over jobs, webhook deliveries and batches; what was sent again.
+    ``unclaimed_after_s``: see the module docstring (None: a delivered message is
+    always taken to be in a live worker's hands)."""
     return Reconciled(
-        jobs=reconcile_jobs(app, grace_s=grace_s, database_url=database_url),
-        deliveries=reconcile_deliveries(app, grace_s=grace_s, database_url=database_url),
+        jobs=reconcile_jobs(app, grace_s=grace_s, unclaimed_after_s=unclaimed_after_s,
+                            database_url=database_url),
+        deliveries=reconcile_deliveries(app, grace_s=grace_s,
+                                        unclaimed_after_s=unclaimed_after_s,
+                                        database_url=database_url),
         batches=reconcile_batches(app, grace_s=grace_s, database_url=database_url),
     )
 
 
-def reconcile_jobs(app: Celery, *, grace_s: float, database_url: str | None = None) -> int:
+def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | None = None,
+                   database_url: DatabaseRef = None) -> int:
     def candidates(older_than_s: float) -> list[Job]:
         with session_scope(database_url) as session:
             return job_crud.queued_longer_than(session=session, grace_s=older_than_s,
                                                limit=PASS_LIMIT)
+
+    def held(job: Job, messages: broker_view.HeldMessages) -> bool:
+        if job.task_id in messages.waiting:
+            return True
+        delivered_at = messages.delivered.get(job.task_id)
+        return delivered_at is not None and (
+            unclaimed_after_s is None or time.time() - delivered_at < unclaimed_after_s)
 
     first = candidates(grace_s)
     if not first:
         return 0
     lost = _unheld(app, {job.queue for job in first},
                    redis=lambda: first, amqp=lambda: candidates(AMQP_GRACE_FACTOR * grace_s),
-                   message_id=lambda job: job.task_id, queue=lambda job: job.queue)
+                   held=held, queue=lambda job: job.queue)
     renewed: list[Job] = []
     with session_scope(database_url) as session:
         for job in lost:
@@ -87,30 +109,47 @@ def reconcile_jobs(app: Celery, *, grace_s: float, database_url: str | None = No
                 job.task_id = new_task_id
                 renewed.append(job)
     if renewed:
-        log.warning("%d queued job(s) had no message in the broker; sent again", len(renewed))
+        log.warning("%d queued job(s) had no message in the broker, or only one that no "
+                    "live worker holds; sent again", len(renewed))
         dispatch.resend(app, renewed)
     return len(renewed)
 
 
-def reconcile_deliveries(app: Celery, *, grace_s: float, database_url: str | None = None
-                         ) -> int:
-    def overdue(older_than_s: float) -> list[str]:
-        cutoff = utcnow() - timedelta(seconds=older_than_s)
+def reconcile_deliveries(app: Celery, *, grace_s: float,
+                         unclaimed_after_s: float | None = None,
+                         database_url: DatabaseRef = None) -> int:
+    """Pending deliveries past their due time whose message the broker lacks, or holds
+    only as one delivered to a process that let the due time pass by more than
+    ``unclaimed_after_s`` (a retry waits, delivered, in the control process that will
+    run it at its time; one that is long overdue went with a control process killed
+    while it waited). Sent again under their own id: a delivery records each attempt
+    by compare-and-set, so a copy that turns up later changes nothing."""
+    now = utcnow()
+    due_at = func.coalesce(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.created_at))
+
+    def overdue(older_than_s: float) -> dict[str, datetime]:
+        cutoff = now - timedelta(seconds=older_than_s)
         with session_scope(database_url) as session:
-            return list(session.exec(
-                select(WebhookDelivery.id).where(
-                    WebhookDelivery.status == DeliveryStatus.pending,
-                    ((col(WebhookDelivery.next_attempt_at).is_(None))
-                     & (col(WebhookDelivery.created_at) < cutoff))
-                    | (col(WebhookDelivery.next_attempt_at) < cutoff))
-                .limit(PASS_LIMIT)))
+            return {delivery_id: at for delivery_id, at in session.execute(
+                select(col(WebhookDelivery.id), due_at).where(
+                    WebhookDelivery.status == DeliveryStatus.pending, due_at < cutoff)
+                .limit(PASS_LIMIT))}
 
     due = overdue(grace_s)
     if not due:
         return 0
-    lost = _unheld(app, {WEBHOOKS_QUEUE}, redis=lambda: due,
-                   amqp=lambda: overdue(AMQP_GRACE_FACTOR * grace_s),
-                   message_id=str, queue=lambda _: WEBHOOKS_QUEUE)
+
+    def held(delivery_id: str, messages: broker_view.HeldMessages) -> bool:
+        if delivery_id in messages.waiting:
+            return True
+        if delivery_id not in messages.delivered:
+            return False
+        overdue_s = (now - due[delivery_id]).total_seconds()
+        return unclaimed_after_s is None or overdue_s < unclaimed_after_s
+
+    lost = _unheld(app, {WEBHOOKS_QUEUE}, redis=lambda: list(due),
+                   amqp=lambda: list(overdue(AMQP_GRACE_FACTOR * grace_s)),
+                   held=held, queue=lambda _: WEBHOOKS_QUEUE)
     for delivery_id in lost:
         dispatch.send_delivery(app, delivery_id)
     if lost:
@@ -120,20 +159,22 @@ def reconcile_deliveries(app: Celery, *, grace_s: float, database_url: str | Non
 
 
 def _unheld(app: Celery, queues: set[str], *, redis: Callable[[], list[_Item]],
-            amqp: Callable[[], list[_Item]], message_id: Callable[[_Item], str],
+            amqp: Callable[[], list[_Item]],
+            held: Callable[[_Item, broker_view.HeldMessages], bool],
             queue: Callable[[_Item], str]) -> list[_Item]:
     """The work whose message the broker may have lost.
 
-    Redis: the items ``redis()`` read (before the broker is read) whose message id the
-    broker holds nowhere. AMQP: a queue's message ids cannot be listed, only its depth;
-    the items ``amqp()`` reads (after the depths, so that a message delivered meanwhile
-    lowers the database's count too) on a queue whose ready messages are fewer than its
-    items there. Which of them lost its message cannot be told, so all are sent again;
-    the copies still waiting are stale (jobs: a new message id) or idempotent. Other
-    transports: nothing."""
-    held = broker_view.message_ids(app, queues)
-    if held is not None:
-        return [item for item in redis() if message_id(item) not in held]
+    Redis: the items ``redis()`` read (before the broker is read) that ``held`` does
+    not find among the messages the broker holds. AMQP: a queue's message ids cannot be
+    listed, only its depth; the items ``amqp()`` reads (after the depths, so that a
+    message delivered meanwhile lowers the database's count too) on a queue whose ready
+    messages are fewer than its items there. Which of them lost its message cannot be
+    told, so all are sent again; the copies still waiting are stale (jobs: a new
+    message id) or idempotent. Other transports: nothing."""
+    items = redis()
+    messages = broker_view.held_messages(app, queues)
+    if messages is not None:
+        return [item for item in items if not held(item, messages)]
     depths = broker_view.queue_depths(app, queues)
     if depths is None:
         return []
@@ -143,14 +184,14 @@ def _unheld(app: Celery, queues: set[str], *, redis: Callable[[], list[_Item]],
             if queue(item) in depths and depths[queue(item)] < waiting[queue(item)]]
 
 
-def reconcile_batches(app: Celery, *, grace_s: float, database_url: str | None = None
+def reconcile_batches(app: Celery, *, grace_s: float, database_url: DatabaseRef = None
                       ) -> int:
     cutoff = utcnow() - timedelta(seconds=grace_s)
     return (_resend_batch_messages(app, grace_s, database_url)
             + _finish_forgotten_batches(app, cutoff, database_url))
 
 
-def _resend_batch_messages(app: Celery, grace_s: float, database_url: str | None) -> int:
+def _resend_batch_messages(app: Celery, grace_s: float, database_url: DatabaseRef) -> int:
     def stuck(older_than_s: float) -> list[tuple[str, int | None]]:
         """Batches left validating (with their priority) or finalizing (None)."""
         before = utcnow() - timedelta(seconds=older_than_s)
@@ -170,7 +211,8 @@ def _resend_batch_messages(app: Celery, grace_s: float, database_url: str | None
         return 0
     lost = _unheld(app, {CONTROL_QUEUE}, redis=lambda: first,
                    amqp=lambda: stuck(AMQP_GRACE_FACTOR * grace_s),
-                   message_id=_batch_message_id, queue=lambda _: CONTROL_QUEUE)
+                   held=lambda batch, messages: _batch_message_id(batch) in messages.ids(),
+                   queue=lambda _: CONTROL_QUEUE)
     for batch_id, priority in lost:
         if priority is None:
             dispatch.send_batch_finalization(app, batch_id)
@@ -187,7 +229,7 @@ def _batch_message_id(batch: tuple[str, int | None]) -> str:
     return batch_id if priority is not None else dispatch.finalization_id(batch_id)
 
 
-def _finish_forgotten_batches(app: Celery, cutoff: datetime, database_url: str | None
+def _finish_forgotten_batches(app: Celery, cutoff: datetime, database_url: DatabaseRef
                               ) -> int:
     with session_scope(database_url) as session:
         running = list(session.exec(

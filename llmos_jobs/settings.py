@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     noop_delay_ms: int = Field(default=0, ge=0, description="no-op engine: time per request")
     noop_echo: bool = Field(
         default=False, description="no-op engine: reply with the request's last message")
+    noop_log: Path | None = Field(
+        default=None, description="no-op engine: a file it appends one line to per request "
+                                  "it computes (what ran, how often, independent of the "
+                                  "database)")
     encryption_keys: SecretStr | None = Field(
         default=None, description="Fernet keys, comma-separated, newest first"
     )

@@ -30,7 +30,7 @@ from sqlmodel import Session
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db import mindspaces as ms_crud
 from llmos_jobs.db.models import Job, Mindspace
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import DatabaseRef, session_scope
 from llmos_jobs.routing import route_turn
 from schemas.common import JobKind, JobStatus
 
@@ -83,7 +83,7 @@ def release_next(*, session: Session, mindspace_id: str, dead_after_s: float) ->
 
 @contextmanager
 def ending(job: TurnRef, *, publish: Publish, dead_after_s: float,
-           database_url: str | None = None) -> Iterator[Session]:
+           database_url: DatabaseRef = None) -> Iterator[Session]:
     """A transaction that may end ``job``. For a turn, the mindspace's lock is taken
     before anything else is written, and the next turn is released at the end; what
     was released is published once the transaction commits."""
@@ -100,7 +100,7 @@ def ending(job: TurnRef, *, publish: Publish, dead_after_s: float,
 
 
 def release_after(job: Job, *, publish: Publish, dead_after_s: float,
-                  database_url: str | None = None) -> None:
+                  database_url: DatabaseRef = None) -> None:
     """``job`` ended in a transaction that took no turn lock (a claim that found it
     poison): the next turn of its mindspace, if it was a turn, is released now."""
     with ending(job, publish=publish, dead_after_s=dead_after_s, database_url=database_url):

@@ -6,12 +6,16 @@ that a fault test may break without disturbing the session's stacks."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from tests.conftest import _drop_pg_database, _fresh_pg_database
 from tests.services import private_redis
 from tests.stack import Stack
 
@@ -100,3 +104,33 @@ def private_stack(data_dir: Path, database_url: str) -> Iterator[Stack]:
             yield stack
         finally:
             stack.stop()
+
+
+@contextmanager
+def private_pg_stack(postgres_admin: str, data_dir: Path) -> Iterator[Stack]:
+    """A private stack on a PostgreSQL database of its own, dropped afterwards."""
+    database_url = _fresh_pg_database(postgres_admin)
+    try:
+        with private_stack(data_dir, database_url) as stack:
+            yield stack
+    finally:
+        _drop_pg_database(postgres_admin, database_url)
+
+
+@dataclass(frozen=True)
+class Execution:
+    prompt: str
+    at: float  # time.time() as the engine started computing it
+    pid: int
+
+
+def executions(log: Path) -> list[Execution]:
+    """What the no-op engine computed, from its log (LLMOS_NOOP_LOG): one entry per
+    request each time an engine started it, whatever the database says."""
+    if not log.exists():
+        return []
+    return [Execution(**json.loads(line)) for line in log.read_text().splitlines()]
+
+
+def runs_per_prompt(log: Path) -> Counter[str]:
+    return Counter(e.prompt for e in executions(log))

@@ -87,18 +87,33 @@ class Stack:
             self.wait_for_worker(name, process)
         return process
 
-    def start_control(self, *args: str, env: dict[str, str] | None = None
-                      ) -> subprocess.Popen[bytes]:
-        """``llmos control``: reaping, reconciling, batches and webhooks of this stack."""
+    def start_control(self, *args: str, env: dict[str, str] | None = None,
+                      wait: bool = False) -> subprocess.Popen[bytes]:
+        """``llmos control``: reaping, reconciling, batches and webhooks of this stack.
+        ``wait``: return once it answers a ping (a test that then cuts what it needs
+        at startup must not catch it still starting)."""
         log = open(self.data_dir / "control.log", "ab")  # noqa: SIM115
+        name = f"control-{len(self.workers)}@test"
         process = subprocess.Popen(
             [sys.executable, "-m", "llmos_jobs.cli.main", "control", "--loglevel", "warning",
-             *args],
+             "--name", name, *args],
             env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.workers.append(process)
+        if wait:
+            self.wait_for_control(name, process)
         return process
+
+    def wait_for_control(self, name: str, process: subprocess.Popen[bytes],
+                         timeout_s: float = 90) -> None:
+        app = create_app(self.broker_url)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"control {name} exited: see {self.data_dir}"
+            if app.control.ping(destination=[name], timeout=0.5):
+                return
+        raise TimeoutError(f"control {name} did not come up")
 
     def wait_for_worker(self, name: str, process: subprocess.Popen[bytes],
                         timeout_s: float = 90) -> None:

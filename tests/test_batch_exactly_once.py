@@ -9,11 +9,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
-from llmos_jobs import batches
+from broker_config import CONTROL_QUEUE
+from llmos_jobs import batches, broker_view, dispatch
+from llmos_jobs.celery_app import create_app
 from llmos_jobs.db.batch_models import Batch, StoredFile
 from llmos_jobs.db.batch_progress import job_finished
 from llmos_jobs.db.models import Job
@@ -23,6 +26,7 @@ from llmos_jobs.db.webhook_tables import WebhookDelivery
 from llmos_jobs.errors import InvalidRequest
 from llmos_jobs.settings import get_settings
 from schemas.common import JobKind, JobStatus
+from tests.faults import private_stack
 from tests.stack import Stack
 from tests.turns import HANG_GUARD_S
 
@@ -144,3 +148,39 @@ def test_a_batch_job_cancelled_by_its_id_counts_toward_the_batch(stack: Stack) -
         errors = batches.get_file(session, client.tenant, row.error_file_id).content
     assert sorted(json.loads(line)["error"]["code"] for line in errors.splitlines()) == [
         "job_cancelled", "job_cancelled"]
+
+
+def test_a_cancel_only_marks_the_batch_and_the_control_process_finalises_it(
+        tmp_path: Path) -> None:
+    """The caller of a cancel (the API process) writes no file: it marks the batch and
+    sends its finalisation to the control process, through the one publish path."""
+    with private_stack(tmp_path, f"sqlite:///{tmp_path / 'llmos.db'}") as stack:
+        client = stack.client()
+        model = "idle"  # served by no worker: the requests wait
+        client.register_model(model, stack.data_dir / model, engine="noop")
+        uploaded = batches.upload(
+            client, filename="in.jsonl", purpose="batch",
+            content="\n".join(_line(f"c{i}", model) for i in range(3)).encode())
+        batch = batches.create(client, input_file_id=uploaded.id)
+        # No control process yet: the batch is never expanded, and its cancel cannot be
+        # finalised by anyone but one that starts later.
+        assert batches.cancel(client, batch.id).status == "cancelling"
+        with session_scope(stack.database_url) as session:
+            row = batches.get_batch(session, client.tenant, batch.id)
+            files = session.exec(select(StoredFile).where(
+                StoredFile.tenant == client.tenant)).all()
+        assert (row.status, row.output_file_id, row.error_file_id) == ("cancelling", None, None)
+        assert [f.id for f in files] == [uploaded.id]
+        held = broker_view.message_ids(create_app(stack.broker_url), [CONTROL_QUEUE])
+        assert held is not None and dispatch.finalization_id(batch.id) in held
+        stack.start_control()
+        deadline = time.monotonic() + HANG_GUARD_S
+        while row.status != "cancelled":
+            assert time.monotonic() < deadline, f"the batch stayed {row.status}"
+            time.sleep(0.1)
+            with session_scope(stack.database_url) as session:
+                row = batches.get_batch(session, client.tenant, batch.id)
+        # Never expanded: no request ran, and none is in the (absent) files.
+        assert (row.output_file_id, row.error_file_id) == (None, None)
+        with session_scope(stack.database_url) as session:
+            assert session.exec(select(Job).where(Job.batch_id == batch.id)).all() == []

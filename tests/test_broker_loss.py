@@ -12,15 +12,22 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from sqlmodel import col, func, select
 
-from llmos_jobs import batches
+from broker_config import WEBHOOKS_QUEUE
+from llmos_jobs import batches, broker_view
+from llmos_jobs.celery_app import create_app
 from llmos_jobs.db.batch_models import Batch
 from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.types import utcnow
+from llmos_jobs.db.webhook_tables import WebhookDelivery
+from llmos_jobs.reconcile import reconcile_deliveries, reconcile_jobs
 from llmos_jobs.webhooks.events import emit
 from llmos_jobs.webhooks.signing import tenant_secret
 from schemas.common import JobKind, JobStatus
@@ -157,3 +164,73 @@ def test_a_batch_whose_last_job_ended_unannounced_is_finalised(tmp_path: Path) -
             assert time.monotonic() < deadline, f"the batch stayed {row.status}"
             time.sleep(0.1)
         assert row.error_file_id is not None and row.output_file_id is None
+
+
+def test_a_job_handed_to_a_worker_that_died_before_claiming_it_is_sent_again(
+        tmp_path: Path) -> None:
+    """The broker handed the message to a worker that was killed before it claimed the
+    job: the message sits in Redis's `unacked` hash (kombu gives it back only after the
+    visibility timeout) and the job stays `queued`. The reconciler leaves a recently
+    delivered message to the worker that has it, and sends one delivered longer ago
+    than any live worker would hold it unclaimed again."""
+    with private_stack(tmp_path, f"sqlite:///{tmp_path / 'llmos.db'}") as stack:
+        client = stack.client()
+        client.register_model("unserved", stack.data_dir / "unserved", engine="noop")
+        job = client.generate(model="unserved", prompt="taken and lost", max_tokens=2)
+        redis = stack.redis()
+        # What kombu does on delivery: the message leaves its queue for `unacked`.
+        [key] = [k for k in redis.keys(f"{job.queue}*") if redis.llen(k)]
+        raw = redis.rpop(key)
+        assert raw is not None
+        tag = uuid.uuid4().hex
+        redis.hset(broker_view.UNACKED_KEY, tag, json.dumps([json.loads(raw), "", job.queue]))
+        redis.zadd(broker_view.UNACKED_INDEX_KEY, {tag: time.time() - 100})
+        app = create_app(stack.broker_url)
+        for patience in (None, 1000.0):  # always in a worker's hands; or not yet overdue
+            assert reconcile_jobs(app, grace_s=0, unclaimed_after_s=patience,
+                                  database_url=stack.database_url) == 0
+        assert reconcile_jobs(app, grace_s=0, unclaimed_after_s=50,
+                              database_url=stack.database_url) == 1
+        renewed = client.job(job.id)
+        assert renewed.status == JobStatus.queued and renewed.task_id != job.task_id
+        held = broker_view.held_messages(app, [job.queue])
+        assert held is not None and renewed.task_id in held.waiting
+        # The new message is not sent twice: the next pass finds it waiting.
+        assert reconcile_jobs(app, grace_s=0, unclaimed_after_s=50,
+                              database_url=stack.database_url) == 0
+
+
+def test_a_webhook_retry_held_by_a_control_process_that_died_is_sent_again(
+        tmp_path: Path) -> None:
+    """A control process killed while a delivery's retry waited in it for its time: the
+    message sits in `unacked`, the delivery stays `pending` past its due time. Left
+    alone while a live process could still be about to run it; sent again (under its
+    own id) once it is overdue by more than that."""
+    with private_stack(tmp_path, f"sqlite:///{tmp_path / 'llmos.db'}") as stack:
+        client = stack.client()
+        with session_scope(stack.database_url) as session:
+            delivery_id = emit(session=session, tenant=client.tenant, event_type="test.held",
+                               url="http://127.0.0.1:9/hooks", data={"n": 1},
+                               settings=stack.settings())
+        redis = stack.redis()
+        [key] = [k for k in redis.keys(f"{WEBHOOKS_QUEUE}*") if redis.llen(k)]
+        raw = redis.rpop(key)
+        assert raw is not None
+        tag = uuid.uuid4().hex
+        redis.hset(broker_view.UNACKED_KEY, tag,
+                   json.dumps([json.loads(raw), "", WEBHOOKS_QUEUE]))
+        redis.zadd(broker_view.UNACKED_INDEX_KEY, {tag: time.time() - 100})
+        with session_scope(stack.database_url) as session:
+            session.execute(update(WebhookDelivery).where(
+                col(WebhookDelivery.id) == delivery_id).values(
+                attempts=1, next_attempt_at=utcnow() - timedelta(seconds=100)))
+        app = create_app(stack.broker_url)
+        for patience in (None, 1000.0):  # always in a live process's hands; not overdue
+            assert reconcile_deliveries(app, grace_s=0, unclaimed_after_s=patience,
+                                        database_url=stack.database_url) == 0
+        assert reconcile_deliveries(app, grace_s=0, unclaimed_after_s=50,
+                                    database_url=stack.database_url) == 1
+        held = broker_view.held_messages(app, [WEBHOOKS_QUEUE])
+        assert held is not None and delivery_id in held.waiting
+        assert reconcile_deliveries(app, grace_s=0, unclaimed_after_s=50,
+                                    database_url=stack.database_url) == 0

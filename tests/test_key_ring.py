@@ -129,7 +129,7 @@ def test_the_migration_encrypts_errors_stored_in_plaintext(
                 "error_type, error_message, queue, task_id, attempts, created_at) VALUES "
                 "('j1', 't', 'generate', 5, 'm', :payload, 'failed', 'E', "
                 "'plain error about the prompt', 'lang.m', 'x', 1, '2026-01-01 00:00:00+00')"),
-                {"payload": crypto.encrypt("{}")})
+                {"payload": crypto.KeyRing.from_settings(get_settings()).encrypt("{}")})
             conn.execute(text(
                 "INSERT INTO batch (id, tenant, status, endpoint, input_file_id, "
                 "completion_window, priority, invalid, total, created_at) VALUES "
@@ -149,3 +149,37 @@ def test_the_migration_encrypts_errors_stored_in_plaintext(
     finally:
         if admin:
             _drop_pg_database(admin, url)
+
+
+def test_two_settings_in_one_process_each_read_their_own_data_and_not_the_other(
+        tmp_path: Path) -> None:
+    """The keys are bound to the database handle built from a Settings, not read from
+    the process environment by the column type: each client reads what it wrote, and
+    neither reads the other's (nor does this process's own ring, LLMOS_ENCRYPTION_KEYS,
+    read either)."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    keys = {"a": Fernet.generate_key().decode(), "b": Fernet.generate_key().decode()}
+    clients = {name: LlmosClient(tenant="t", settings=Settings(
+        database_url=url, data_dir=tmp_path / name, encryption_keys=ring))
+        for name, ring in keys.items()}
+    stored = {name: batches.upload(client, filename=f"{name}.jsonl", purpose="batch",
+                                   content=f"written by {name}".encode()).id
+              for name, client in clients.items()}
+    for reader, client in clients.items():
+        for writer, file_id in stored.items():
+            with client.session() as session:
+                if reader == writer:
+                    assert batches.get_file(session, "t", file_id).content == \
+                        f"written by {writer}"
+                else:
+                    with pytest.raises(crypto.KeyRingMismatch):
+                        _ = batches.get_file(session, "t", file_id).content
+    for file_id in stored.values():
+        with session_scope(url) as session, pytest.raises(crypto.KeyRingMismatch):
+            _ = batches.get_file(session, "t", file_id).content
+    # On disk, each token is under its writer's key alone.
+    with session_scope(url) as session:
+        tokens = dict(session.execute(text("SELECT id, content FROM stored_file")).all())
+    for writer, file_id in stored.items():
+        assert Fernet(keys[writer].encode()).decrypt(tokens[file_id].encode()) == \
+            f"written by {writer}".encode()

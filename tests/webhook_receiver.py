@@ -28,8 +28,11 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
+    port: int = 0
 
-    def start(self) -> Receiver:
+    def start(self, port: int = 0) -> Receiver:
+        """Listen on ``port`` (0: any free one); a stopped receiver may start again on
+        its old port (``self.port``), keeping what it received."""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,14 +57,15 @@ class Receiver:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = int(self._server.server_address[1])
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks"
+        assert self.port, "the receiver never started"
+        return f"http://127.0.0.1:{self.port}/hooks"
 
     def wait_for(self, count: int, timeout_s: float = 30) -> list[Received]:
         deadline = time.monotonic() + timeout_s
@@ -76,3 +80,4 @@ class Receiver:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server = None

@@ -26,6 +26,7 @@ from typing import Any
 from celery import Celery, Task
 
 from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE, TaskName
+from broker_config.celery_config import TIME_LIMIT_GRACE_S
 from llmos_jobs import dispatch
 from llmos_jobs.crypto import require_key_ring
 from llmos_jobs.db import batch_progress
@@ -38,6 +39,7 @@ from workers.reaper import Enqueue, reap
 log = logging.getLogger(__name__)
 
 CONTROL_CONCURRENCY = 4
+JOB_RETRY_COUNTDOWN_MAX_S = 60  # retry_backoff_max of a job's delivery (workers/tasks.py)
 
 
 def enqueue_with(app: Celery) -> Enqueue:
@@ -54,7 +56,13 @@ def _reap(task: Task) -> int:
 
 
 def _reconcile(task: Task) -> dict[str, int]:
-    done = reconcile(task.app, grace_s=get_settings().reconcile_grace_s)
+    settings = get_settings()
+    # No live worker holds a delivered job unclaimed longer than a job may run (a slot
+    # frees at least that often), nor a retry of one longer than its countdown.
+    unclaimed_after_s = max(settings.job_time_limit_s + TIME_LIMIT_GRACE_S,
+                            JOB_RETRY_COUNTDOWN_MAX_S) + settings.reconcile_grace_s
+    done = reconcile(task.app, grace_s=settings.reconcile_grace_s,
+                     unclaimed_after_s=unclaimed_after_s)
     return {"jobs": done.jobs, "deliveries": done.deliveries, "batches": done.batches}
 
 
@@ -72,8 +80,14 @@ def _expire_batches() -> int:
 
 
 def _finalize_batch(batch_id: str) -> None:
+    """Finalise a batch whose requests have all ended. A batch just cancelled is still
+    `cancelling`: it moves to `finalizing` here (a compare-and-set, so of this and the
+    job that ends its last request, one does); one with requests still running is left
+    to the job that ends the last of them."""
     from llmos_jobs import batches
 
+    with session_scope() as session:
+        batch_progress.job_finished(session, batch_id)
     batches.finalize(batch_id)
 
 

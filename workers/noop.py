@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from workers.engine import Completion, EngineRequest, EngineStats, FinishReason
 
 
 class NoopEngine:
     """Answers "ok" per token, or with ``echo`` the request's last message (so a test can
-    tell which request a reply answers); ``delay_s`` stands in for the model's time."""
+    tell which request a reply answers); ``delay_s`` stands in for the model's time.
+    With ``log``, each request computed appends a line to that file as it starts (its
+    prompt, the time, the process): a record of executions that no database write or
+    lost acknowledgement can change, for tests that count how often work ran."""
 
     device = "cpu"
 
-    def __init__(self, name: str, *, delay_s: float = 0.0, echo: bool = False) -> None:
+    def __init__(self, name: str, *, delay_s: float = 0.0, echo: bool = False,
+                 log: Path | None = None) -> None:
         self.name = name
         self.delay_s = delay_s
         self.echo = echo
+        self.log = log
         self._loaded = False
         self._stats = EngineStats()
 
@@ -54,6 +62,8 @@ class NoopEngine:
         self._stats.requests += len(requests)
         self._stats.record_batch(len(requests))
         until = time.monotonic() + self.delay_s
+        if self.log is not None:
+            _record(self.log, requests)
         out = []
         for request in requests:
             words = (request.prompt or " ".join(m.content for m in request.messages or ()))
@@ -82,3 +92,16 @@ class NoopEngine:
                 return True
             time.sleep(min(left, 0.05))
         return False
+
+
+def _record(log: Path, requests: Sequence[EngineRequest]) -> None:
+    lines = "".join(json.dumps({
+        "prompt": r.prompt or (r.messages[-1].content if r.messages else ""),
+        "at": time.time(), "pid": os.getpid()}) + "\n" for r in requests)
+    # One write to a file opened for appending: on a local file system each write lands
+    # whole at the end, so lines of concurrent processes never interleave.
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, lines.encode())
+    finally:
+        os.close(fd)

@@ -15,7 +15,6 @@ from llmos_jobs.settings import get_settings
 from schemas.model import EngineKind
 from workers.engine import Engine, EngineStats
 from workers.noop import NoopEngine
-from workers.transformers_engine import BatchingOptions, TransformersEngine
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,12 @@ def build_engine(model: RegisteredModel, choice: EngineChoice | None = None) -> 
     if kind == EngineKind.noop:
         settings = get_settings()
         return NoopEngine(model.name, delay_s=settings.noop_delay_ms / 1000,
-                          echo=settings.noop_echo)
+                          echo=settings.noop_echo, log=settings.noop_log)
     if kind == EngineKind.transformers:
+        # Imported here like the SGLang engines: torch and transformers take seconds to
+        # import, which a worker of another engine (and every restart of it) never pays.
+        from workers.transformers_engine import BatchingOptions, TransformersEngine
+
         settings = get_settings()
         return TransformersEngine(model.name, model.path, BatchingOptions(
             max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000,

@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(upgrade, state.database_url)
+        await anyio.to_thread.run_sync(upgrade, state.database)
         yield
 
     app = FastAPI(title="llmos", version="1", description=DESCRIPTION, lifespan=lifespan,

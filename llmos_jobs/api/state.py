@@ -11,14 +11,15 @@ from fastapi import Request
 from sqlmodel import Session
 
 from llmos_jobs.client import LlmosClient
-from llmos_jobs.db.session import normalise_url, session_scope
+from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.settings import Settings
 
 
 class ApiState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.database_url = normalise_url(settings.resolved_database_url())
+        self.database = Database.from_settings(settings)
+        self.database_url = self.database.url
         self._clients: dict[str, LlmosClient] = {}
         self._lock = threading.Lock()
 
@@ -33,7 +34,7 @@ class ApiState:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with session_scope(self.database_url) as session:
+        with session_scope(self.database) as session:
             yield session
 
 

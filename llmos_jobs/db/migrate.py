@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from llmos_jobs.db.session import get_engine, normalise_url
-from llmos_jobs.settings import get_settings
+from llmos_jobs.crypto import KeyRing
+from llmos_jobs.db.session import DatabaseRef, database, get_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -28,12 +28,16 @@ _REVISION = re.compile(r"^(down_)?revision\b[^=\n]*=\s*(.+)$", re.MULTILINE)
 _QUOTED = re.compile(r"""['"]([^'"]+)['"]""")
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, keys: KeyRing | None = None) -> Config:
+    """``keys``: the ring that migrations which re-encode stored text use (default:
+    this process's settings)."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if keys is not None:
+        config.attributes["key_ring"] = keys
     return config
 
 
@@ -57,23 +61,24 @@ def head_revision() -> str:
     return head
 
 
-def stored_revision(url: str) -> str | None:
-    """The revision the database at ``url`` is at; None when it has no schema yet."""
+def stored_revision(db: DatabaseRef) -> str | None:
+    """The revision the database is at; None when it has no schema yet."""
     try:
-        with get_engine(url).connect() as conn:
+        with get_engine(db).connect() as conn:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except DBAPIError:  # no alembic_version table: a new database
         return None
 
 
-def upgrade(url: str | None = None) -> None:
-    """Bring the database at ``url`` (default: the settings) to the newest revision."""
-    url = normalise_url(url or get_settings().resolved_database_url())
-    if stored_revision(url) == head_revision():
+def upgrade(ref: DatabaseRef = None) -> None:
+    """Bring the database (default: the settings') to the newest revision."""
+    db = database(ref)
+    url = db.url
+    if stored_revision(db) == head_revision():
         return
     from alembic import command
 
-    config = alembic_config(url)
+    config = alembic_config(url, db.keys)
     if url.startswith("sqlite"):
         db_path = Path(url.split("///", 1)[1]) if "///" in url else None
         if db_path is None or str(db_path) == ":memory:":
@@ -86,7 +91,7 @@ def upgrade(url: str | None = None) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             command.upgrade(config, "head")
         return
-    with get_engine(url).connect() as conn:
+    with get_engine(db).connect() as conn:
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
         try:
             command.upgrade(config, "head")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Table, bindparam, select, update
 from sqlmodel import Session, SQLModel
 
-from llmos_jobs.crypto import EncryptedJSON, EncryptedText, rotate_token
+from llmos_jobs.crypto import EncryptedJSON, EncryptedText, KeyRing, key_ring_of
 from llmos_jobs.db import models  # noqa: F401  (every table in the metadata)
 
 
@@ -32,12 +32,15 @@ def encrypted_columns() -> list[EncryptedColumn]:
 
 def rotate_all(*, session: Session, batch: int = 500) -> dict[str, int]:
     """Rows re-encrypted per ``table.column``."""
-    return {f"{c.table}.{c.column}": _rotate_column(session, SQLModel.metadata.tables[c.table],
+    ring = key_ring_of(session.get_bind().dialect)  # the ring of the session's database
+    return {f"{c.table}.{c.column}": _rotate_column(session, ring,
+                                                    SQLModel.metadata.tables[c.table],
                                                     c.column, batch)
             for c in encrypted_columns()}
 
 
-def _rotate_column(session: Session, table: Table, name: str, batch: int) -> int:
+def _rotate_column(session: Session, ring: KeyRing, table: Table, name: str, batch: int
+                   ) -> int:
     [key] = table.primary_key.columns
     # The raw token, not the decrypted value: the column's own type would decrypt it.
     raw = table.c[name].cast(table.c[name].type.impl_instance)  # type: ignore[attr-defined]
@@ -53,7 +56,7 @@ def _rotate_column(session: Session, table: Table, name: str, batch: int) -> int
         rows = session.execute(query).all()
         if not rows:
             return done
-        session.execute(write, [{"k": k, "old": token, "new": rotate_token(token)}
+        session.execute(write, [{"k": k, "old": token, "new": ring.rotate(token)}
                                 for k, token in rows])
         session.commit()
         done += len(rows)

@@ -1,4 +1,8 @@
-"""Database engines: one per (URL, process), created on first use, never at import."""
+"""Database handles and engines: one engine per (URL, key ring, process), created on
+first use, never at import. The key ring is bound to the engine (its dialect), so the
+encrypted columns read and write with the keys of the ``Settings`` the handle was
+built from: an entry point builds a ``Database`` and passes it down; a bare URL (or
+none) means this process's own settings, as before."""
 
 from __future__ import annotations
 
@@ -6,17 +10,55 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlmodel import Session
 
-from llmos_jobs.settings import get_settings
+from llmos_jobs.crypto import KeyRing, bind_key_ring
+from llmos_jobs.settings import Settings, get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
-_engines: dict[tuple[str, int], Engine] = {}
+
+@dataclass(frozen=True)
+class Database:
+    """One database and the key ring its encrypted columns use."""
+
+    url: str
+    keys: KeyRing
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(url=normalise_url(settings.resolved_database_url()),
+                   keys=KeyRing.from_settings(settings))
+
+
+# A handle, or a URL (None: the settings' own) read with this process's key ring.
+DatabaseRef = Database | str | None
+
+
+def database(ref: DatabaseRef = None) -> Database:
+    if isinstance(ref, Database):
+        return ref
+    own = _own_database(get_settings())
+    return own if ref is None else Database(url=normalise_url(ref), keys=own.keys)
+
+
+# This process's own handle, built once per settings object (every session asks).
+_own: dict[int, tuple[Settings, Database]] = {}
+
+
+def _own_database(settings: Settings) -> Database:
+    held = _own.get(id(settings))
+    if held is None or held[0] is not settings:
+        held = _own[id(settings)] = (settings, Database.from_settings(settings))
+    return held[1]
+
+
+_engines: dict[tuple[str, KeyRing, int], Engine] = {}
 _lock = threading.Lock()
 
 
@@ -49,13 +91,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The engine for ``url`` (default: the settings) in this process.
+def get_engine(ref: DatabaseRef = None) -> Engine:
+    """The engine for ``ref`` (default: the settings) in this process.
 
     Keyed by pid so that a forked pool child never reuses its parent's connections.
     """
-    url = normalise_url(url or get_settings().resolved_database_url())
-    key = (url, os.getpid())
+    db = database(ref)
+    url = db.url
+    key = (url, db.keys, os.getpid())
     with _lock:
         engine = _engines.get(key)
         if engine is None:
@@ -68,14 +111,15 @@ def get_engine(url: str | None = None) -> Engine:
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
                 engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            bind_key_ring(engine.dialect, db.keys)
             _engines[key] = engine
     return engine
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
+def session_scope(ref: DatabaseRef = None) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""
-    with Session(get_engine(url), expire_on_commit=False) as session:
+    with Session(get_engine(ref), expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

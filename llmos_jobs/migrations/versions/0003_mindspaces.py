@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from llmos_jobs.crypto import decrypt, encrypt
+from llmos_jobs.crypto import key_ring_of
 
 revision: str = '0003'
 down_revision: str | None = '0002'
@@ -22,6 +22,15 @@ depends_on: str | Sequence[str] | None = None
 
 _ENCRYPTED = [("job", "payload"), ("job", "result"), ("mindspace", "persona"),
               ("mindspace_message", "content")]
+
+
+def encrypt(text: str) -> str:
+    """Under the key ring of the migration's engine (llmos_jobs/migrations/env.py)."""
+    return key_ring_of(op.get_bind().dialect).encrypt(text)
+
+
+def decrypt(token: str) -> str:
+    return key_ring_of(op.get_bind().dialect).decrypt(token)
 
 
 def _recode(table: str, column: str, change: Callable[[str], str]) -> None:

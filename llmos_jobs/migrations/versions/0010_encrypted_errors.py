@@ -12,12 +12,21 @@ from collections.abc import Callable, Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from llmos_jobs.crypto import decrypt, encrypt
+from llmos_jobs.crypto import key_ring_of
 
 revision: str = '0010'
 down_revision: str | None = '0009'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+def encrypt(text: str) -> str:
+    """Under the key ring of the migration's engine (llmos_jobs/migrations/env.py)."""
+    return key_ring_of(op.get_bind().dialect).encrypt(text)
+
+
+def decrypt(token: str) -> str:
+    return key_ring_of(op.get_bind().dialect).decrypt(token)
 
 
 def _recode(table: str, column: str, change: Callable[[str], str]) -> None:
