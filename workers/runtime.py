@@ -130,18 +130,22 @@ class WorkerRuntime:
         prefork = self.pool_kind == "prefork"
         holding = None if prefork else self.held.job_ids()
         pool_pids = _live_pool_pids() if prefork else None
-        with session_scope() as session:
-            alive = registry.heartbeat(
-                session=session, name=self.name, queues=self.queues,
-                engines={n: st.summary() for n, st in self.pool.stats().items()},
-                resources=sample(self.device), now=beat_at, holding=holding,
-                pool_pids=pool_pids,
-            )
-        if not alive:
-            log.warning("worker %s was declared dead while alive; rejoining", self.name)
+        engines = {n: st.summary() for n, st in self.pool.stats().items()}
+        resources = sample(self.device)
+
+        def beat(rejoin: bool) -> bool:
             with session_scope() as session:
-                registry.set_worker_state(session=session, name=self.name, state="alive",
-                                          expect="dead")
+                return registry.heartbeat(
+                    session=session, name=self.name, queues=self.queues, engines=engines,
+                    resources=resources, now=beat_at, holding=holding, pool_pids=pool_pids,
+                    rejoin=rejoin)
+
+        if not beat(rejoin=False):
+            log.warning("worker %s was declared dead while alive; rejoining", self.name)
+            # Alive again and beating in one write: made alive first, a reaper pass in
+            # between found it alive with the old heartbeat and declared it dead again,
+            # over and over on a loaded machine.
+            beat(rejoin=True)
 
     def _follow_new_models(self) -> None:
         with session_scope() as session:

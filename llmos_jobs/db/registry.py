@@ -73,15 +73,18 @@ def upsert_worker(*, session: Session, worker: WorkerRecord) -> None:
 def heartbeat(*, session: Session, name: str, queues: list[str],
               engines: dict[str, dict[str, float]], resources: dict[str, float],
               now: datetime | None = None, holding: list[str] | None = None,
-              pool_pids: list[int] | None = None) -> bool:
-    """Refresh a worker's heartbeat; False if it was declared dead meanwhile. ``holding``:
-    the jobs its process was running at ``now``; ``pool_pids``: the live processes of a
-    prefork pool (see WorkerRecord)."""
+              pool_pids: list[int] | None = None, rejoin: bool = False) -> bool:
+    """Refresh a worker's heartbeat; False if it was declared dead meanwhile (with
+    ``rejoin``, a worker declared dead is made alive again by the same write, so that
+    no reaper pass can find it alive with the old heartbeat). ``holding``: the jobs its
+    process was running at ``now``; ``pool_pids``: the live processes of a prefork pool
+    (see WorkerRecord)."""
+    states = ["alive", "dead"] if rejoin else ["alive"]
     statement = (
         update(WorkerRecord)
-        .where(col(WorkerRecord.name) == name, col(WorkerRecord.state) == "alive")
+        .where(col(WorkerRecord.name) == name, col(WorkerRecord.state).in_(states))
         .values(last_heartbeat=now or utcnow(), queues=queues, engines=engines,
-                resources=resources, holding=holding, pool_pids=pool_pids)
+                resources=resources, holding=holding, pool_pids=pool_pids, state="alive")
     )
     moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
     session.commit()
