@@ -237,6 +237,11 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
     job = claim.job
     try:
         outcome = HANDLERS[job.kind](job, ctx)
+    except (OperationalError, InterfaceError):
+        # The database out of reach (a handler reads the model, the mindspace...), not
+        # the job failing: the delivery is retried, and its claim takes the job over,
+        # because this attempt is no longer held.
+        raise
     except Exception as exc:  # the job failed; its row says why
         log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
         error_type = "timeout" if isinstance(exc, JobTimeout) else type(exc).__name__
