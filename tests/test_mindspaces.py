@@ -113,16 +113,16 @@ def test_rotation_re_encrypts_under_the_newest_key(stack: Stack) -> None:
         assert counts["mindspace_message.content"] >= 2
         os.environ["LLMOS_ENCRYPTION_KEYS"] = new  # the old key is gone
         get_settings.cache_clear()
-        shown = client.mindspace(space.id)
+        # A client reads with the key ring of its Settings: a new one, under the new key.
+        shown = stack.client().mindspace(space.id)
         assert shown.messages[0].content == "before rotation"
         assert shown.persona == "rotating"
         assert _raw_dump(stack) != before
     finally:
-        os.environ["LLMOS_ENCRYPTION_KEYS"] = old
+        # Back under the workers' key (a session reads with the ring of its settings).
+        os.environ["LLMOS_ENCRYPTION_KEYS"] = f"{old},{new}"
         get_settings.cache_clear()
-        with session_scope(stack.database_url) as session:  # back under the workers' key
-            os.environ["LLMOS_ENCRYPTION_KEYS"] = f"{old},{new}"
-            get_settings.cache_clear()
+        with session_scope(stack.database_url) as session:
             rotate_all(session=session)
         os.environ["LLMOS_ENCRYPTION_KEYS"] = old
         get_settings.cache_clear()

@@ -75,17 +75,21 @@ def test_whole_worker_killed_job_finishes_on_a_replacement_once(stack: Stack) ->
         while stack.waiting(job.queue) != 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert stack.waiting(job.queue) == 1
-    started = time.monotonic()
     second = stack.start_worker(f"rescuer-{stack.name}@test", "--model", model, env=SLOW)
     try:
-        [done] = client.wait([job.id], timeout_s=120)
-        assert time.monotonic() - started < 120
+        # A hang guard far below the broker's visibility timeout: the rescue does not
+        # wait for the broker to give the message back.
+        [done] = client.wait([job.id], timeout_s=HANG_GUARD_S)
+        assert HANG_GUARD_S < VISIBILITY_TIMEOUT_S
         assert done.status == JobStatus.succeeded
         assert done.worker == f"rescuer-{stack.name}@test" and done.worker_pid == second.pid
         assert done.attempts == 2
         # A late redelivery of the first message is recognised and dropped.
         app = create_app(stack.broker_url)
-        assert done.task_id != job.task_id
+        if stack.transport is Transport.redis:  # the reaper's new attempt ran it
+            assert done.task_id != job.task_id
+        # On RabbitMQ the rescuer may also have taken over the first message itself, once
+        # the claimant was declared dead and before the reaper renewed the job.
         app.send_task(task_for_kind(done.kind), args=[job.id], task_id=job.task_id,
                       queue=done.queue)
         time.sleep(5)
