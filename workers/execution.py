@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
@@ -43,6 +43,7 @@ from workers.pool import EnginePool
 from workers.watch import JobWatcher
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # How long a finished job's outcome waits for the database before the delivery is
 # retried (and the job run again): longer than a database failover.
@@ -162,17 +163,25 @@ def _record(job: Job, ctx: WorkerContext, write: Callable[[Session], None]) -> N
     by a redelivery: the work is done and this attempt still holds the job. Past
     RECORD_PATIENCE_S the error goes up, the delivery is retried, and the claim (seeing
     that no attempt of this process holds the job any more) runs the job again."""
+    def commit() -> None:
+        with _ending(job, ctx) as session:
+            write(session)  # compare-and-set writes: a second commit changes nothing
+
+    _waiting_out_the_database(job.id, "outcome not recorded", commit)
+
+
+def _waiting_out_the_database(job_id: str, failed_to: str, step: Callable[[], _T]) -> _T:
+    """``step()``, tried again in place, with backoff, while the database is out of
+    reach, for up to RECORD_PATIENCE_S; then the error goes up."""
     deadline = time.monotonic() + RECORD_PATIENCE_S
     delay = 0.5
     while True:
         try:
-            with _ending(job, ctx) as session:
-                write(session)  # compare-and-set writes: a second commit changes nothing
-            return
+            return step()
         except (OperationalError, InterfaceError) as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("job %s: outcome not recorded, retrying in %.1f s: %s", job.id, delay,
+            log.warning("job %s: %s, retrying in %.1f s: %s", job_id, failed_to, delay,
                         type(exc).__name__)
             time.sleep(delay)
             delay = min(2 * delay, 10.0)
@@ -236,11 +245,13 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
         return claim.outcome
     job = claim.job
     try:
-        outcome = HANDLERS[job.kind](job, ctx)
+        # A handler reads the model, the mindspace...: the database out of reach then is
+        # not the job failing, and is waited out by this attempt, which holds the job
+        # (past the patience the delivery is retried, and its claim takes the job over).
+        outcome = _waiting_out_the_database(
+            job.id, "database out of reach while running",
+            lambda: HANDLERS[job.kind](job, ctx))
     except (OperationalError, InterfaceError):
-        # The database out of reach (a handler reads the model, the mindspace...), not
-        # the job failing: the delivery is retried, and its claim takes the job over,
-        # because this attempt is no longer held.
         raise
     except Exception as exc:  # the job failed; its row says why
         log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
