@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         default=None, description="no-op engine: a file it appends one line to per request "
                                   "it computes (what ran, how often, independent of the "
                                   "database)")
+    noop_gate: Path | None = Field(
+        default=None, description="no-op engine: each request, once its time is up, also "
+                                  "waits until this file exists (a test decides when the "
+                                  "work ends)")
     encryption_keys: SecretStr | None = Field(
         default=None, description="Fernet keys, comma-separated, newest first"
     )

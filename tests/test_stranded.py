@@ -63,16 +63,21 @@ def proxied_stack(postgres_admin: str, tmp_path: Path) -> Iterator[tuple[Stack, 
 def test_a_failed_result_commit_is_retried_and_the_job_succeeds_once(
         proxied_stack: tuple[Stack, CuttableProxy]) -> None:
     stack, proxy = proxied_stack
-    client, model, env = echo_model(stack, delay_ms=2000)
+    client, model, env = echo_model(stack, delay_ms=0)
     name = "blip@test"
-    # Nobody may declare it dead while the database is out of its reach.
+    computed, gate = stack.data_dir / "computed.log", stack.data_dir / "gate"
+    # Nobody may declare it dead while the database is out of its reach. The engine
+    # ends its work only once the gate exists, so the cut lands after the worker's
+    # reads and before its outcome, however fast the machine is.
     stack.start_worker(name, "--model", model, env={
         **env, "LLMOS_DATABASE_URL": proxied(stack.database_url, proxy),
-        "LLMOS_WORKER_DEAD_AFTER_S": "600"})
+        "LLMOS_WORKER_DEAD_AFTER_S": "600", "LLMOS_NOOP_LOG": str(computed),
+        "LLMOS_NOOP_GATE": str(gate)})
     job = client.generate(model=model, prompt="record me", max_tokens=2)
-    wait_for_status(client, job.id, JobStatus.running)
+    _wait_for_log(computed, "record me")
     proxy.cut()
     cut_at = time.monotonic()
+    gate.touch()
     try:
         # The engine finishes; recording the outcome fails, and is retried in place.
         _wait_for_log(stack.data_dir / "blip.log", "outcome not recorded")

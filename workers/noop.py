@@ -16,13 +16,15 @@ class NoopEngine:
     tell which request a reply answers); ``delay_s`` stands in for the model's time.
     With ``log``, each request computed appends a line to that file as it starts (its
     prompt, the time, the process): a record of executions that no database write or
-    lost acknowledgement can change, for tests that count how often work ran."""
+    lost acknowledgement can change, for tests that count how often work ran. With
+    ``gate``, a request whose time is up still waits until that file exists."""
 
     device = "cpu"
 
     def __init__(self, name: str, *, delay_s: float = 0.0, echo: bool = False,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, gate: Path | None = None) -> None:
         self.name = name
+        self.gate = gate
         self.delay_s = delay_s
         self.echo = echo
         self.log = log
@@ -85,12 +87,13 @@ class NoopEngine:
     def _wait(self, until: float, request: EngineRequest) -> bool:
         """Sleep until ``until`` as a model would compute; True if the request was
         stopped first (cancelled, or past its deadline)."""
-        while (left := until - time.monotonic()) > 0:
+        while (left := until - time.monotonic()) > 0 or (
+                self.gate is not None and not self.gate.exists()):
             if request.should_stop is not None and request.should_stop():
                 return True
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 return True
-            time.sleep(min(left, 0.05))
+            time.sleep(min(left, 0.05) if left > 0 else 0.05)
         return False
 
 

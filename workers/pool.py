@@ -53,7 +53,8 @@ def build_engine(model: RegisteredModel, choice: EngineChoice | None = None) -> 
     if kind == EngineKind.noop:
         settings = get_settings()
         return NoopEngine(model.name, delay_s=settings.noop_delay_ms / 1000,
-                          echo=settings.noop_echo, log=settings.noop_log)
+                          echo=settings.noop_echo, log=settings.noop_log,
+                          gate=settings.noop_gate)
     if kind == EngineKind.transformers:
         # Imported here like the SGLang engines: torch and transformers take seconds to
         # import, which a worker of another engine (and every restart of it) never pays.
