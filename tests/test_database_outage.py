@@ -97,7 +97,11 @@ def test_postgres_out_of_reach_for_10_s_every_job_succeeds_once(
         (j.id, j.status, j.error_message) for j in done if j.status != JobStatus.succeeded]
     # Each answers its own request (the echo), under the one message it was claimed by.
     assert [j.result["text"] if j.result else None for j in done] == prompts
-    assert [j.attempts for j in done] == [1] * JOBS
+    # Claimed once; or twice under the same message when a claim's commit reached the
+    # database but its answer was lost in the cut (the delivery is retried, and its
+    # claim takes over the attempt that never ran): computed once all the same.
+    assert all(1 <= j.attempts <= 2 for j in done), [j.attempts for j in done]
+    claimed_again = sum(j.attempts == 2 for j in done)
     # Outside the database: the engine computed every request exactly once.
     assert runs_per_prompt(executions) == dict.fromkeys(prompts, 1)
     with session_scope(stack.database_url) as session:
@@ -106,6 +110,7 @@ def test_postgres_out_of_reach_for_10_s_every_job_succeeds_once(
     resumed_s = min((j.finished_at - restored_at).total_seconds() for j in done
                     if j.finished_at is not None and j.finished_at > restored_at)
     print(f"\naccepted {JOBS}, succeeded {len(done)}, computed twice 0, "
+          f"claimed again under the same message {claimed_again}, "
           f"{at_restore} succeeded when the database came back after {cut_s:.1f} s out "
           f"of reach, first outcome recorded {resumed_s:.1f} s and all finished "
           f"{recovered_s:.1f} s after it came back; connections refused during the cut: "
