@@ -22,7 +22,13 @@ from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.types import utcnow
 from schemas.common import JobStatus
-from tests.faults import CuttableProxy, private_pg_stack, proxied, runs_per_prompt
+from tests.faults import (
+    CuttableProxy,
+    private_pg_stack,
+    proxied,
+    runs_per_prompt,
+    wait_for_log,
+)
 from tests.stack import Stack
 from tests.turns import HANG_GUARD_S
 
@@ -51,11 +57,6 @@ def _count(stack: Stack, model: str, status: JobStatus) -> int:
             Job.model == model, Job.status == status)).one())
 
 
-def _wait_for_log(path: Path, text: str) -> None:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not (path.exists() and text in path.read_text(errors="replace")):
-        assert time.monotonic() < deadline, f"{path} never said {text!r}"
-        time.sleep(0.05)
 
 
 def test_postgres_out_of_reach_for_10_s_every_job_succeeds_once(
@@ -84,7 +85,7 @@ def test_postgres_out_of_reach_for_10_s_every_job_succeeds_once(
     proxy.cut()  # jobs are running (0.4 s each): their outcomes are to be recorded next
     cut_at = time.monotonic()
     try:
-        _wait_for_log(stack.data_dir / "recorder.log", "outcome not recorded")
+        wait_for_log(stack.data_dir / "recorder.log", "outcome not recorded")
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - cut_at)))  # the outage itself
         at_restore = _count(stack, model, JobStatus.succeeded)
     finally:

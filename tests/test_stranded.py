@@ -24,7 +24,7 @@ from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.types import utcnow
 from schemas.common import JobKind, JobStatus
 from tests.conftest import _drop_pg_database, _fresh_pg_database
-from tests.faults import CuttableProxy, private_stack, proxied
+from tests.faults import CuttableProxy, private_stack, proxied, wait_for_log
 from tests.stack import Stack
 from tests.turns import (
     HANG_GUARD_S,
@@ -37,13 +37,6 @@ from tests.turns import (
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
-def _wait_for_log(path: Path, text: str) -> None:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"{path} never said {text!r}")
 
 
 @pytest.fixture
@@ -74,13 +67,13 @@ def test_a_failed_result_commit_is_retried_and_the_job_succeeds_once(
         "LLMOS_WORKER_DEAD_AFTER_S": "600", "LLMOS_NOOP_LOG": str(computed),
         "LLMOS_NOOP_GATE": str(gate)})
     job = client.generate(model=model, prompt="record me", max_tokens=2)
-    _wait_for_log(computed, "record me")
+    wait_for_log(computed, "record me")
     proxy.cut()
     cut_at = time.monotonic()
     gate.touch()
     try:
         # The engine finishes; recording the outcome fails, and is retried in place.
-        _wait_for_log(stack.data_dir / "blip.log", "outcome not recorded")
+        wait_for_log(stack.data_dir / "blip.log", "outcome not recorded")
         cut_s = time.monotonic() - cut_at
     finally:
         proxy.restore()

@@ -19,7 +19,6 @@ from broker_config.celery_config import VISIBILITY_TIMEOUT_S
 from llmos_jobs.broker_view import UNACKED_KEY
 from llmos_jobs.celery_app import create_app
 from llmos_jobs.client import LlmosClient, task_for_kind
-from llmos_jobs.db.models import JobPublic
 from schemas.common import JobStatus
 from tests.stack import Stack
 from tests.turns import (
@@ -44,15 +43,6 @@ def _slow_model(stack: Stack) -> tuple[LlmosClient, str]:
     return client, model
 
 
-def _wait_running(client: LlmosClient, job_id: str,
-                  timeout_s: float = HANG_GUARD_S) -> JobPublic:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.job(job_id)
-        if job.status == JobStatus.running:
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} never ran")
 
 
 @pytest.mark.brokers
@@ -61,7 +51,7 @@ def test_whole_worker_killed_job_finishes_on_a_replacement_once(stack: Stack) ->
     client, model = _slow_model(stack)
     first = stack.start_worker(f"doomed-{stack.name}@test", "--model", model, env=SLOW)
     job = client.generate(model=model, prompt="survive this", max_tokens=2)
-    running = _wait_running(client, job.id)
+    running = wait_for_status(client, job.id, JobStatus.running)
     assert running.worker_pid == first.pid
     os.killpg(first.pid, signal.SIGKILL)  # the main process and everything under it
     first.wait()
@@ -110,7 +100,7 @@ def test_pool_process_killed_job_is_rerun_by_the_same_worker_once(stack: Stack) 
                                 "--concurrency", "1", env=SLOW)
     try:
         job = client.generate(model=model, prompt="child dies", max_tokens=2)
-        running = _wait_running(client, job.id)
+        running = wait_for_status(client, job.id, JobStatus.running)
         child = running.worker_pid
         assert child is not None and child != worker.pid
         os.kill(child, signal.SIGKILL)
@@ -143,7 +133,7 @@ def test_pool_process_killed_and_its_message_gone_the_reaper_reruns_the_job(
                                 "--concurrency", "1", env=SLOW)
     try:
         job = client.generate(model=model, prompt="child and message gone", max_tokens=2)
-        running = _wait_running(client, job.id)
+        running = wait_for_status(client, job.id, JobStatus.running)
         child = running.worker_pid
         assert child is not None and child != worker.pid
         _forget_delivery(stack, running.task_id)
