@@ -69,6 +69,8 @@ class Gate:
                  limits: BodyLimits) -> None:
         self.app = app
         self.routes = routes
+        # Which audit action each route names never changes: read once, not per request.
+        self.actions = {id(route): action_of(route) for route in routes}
         self.database_url = database_url
         self.limits = limits
 
@@ -90,7 +92,7 @@ class Gate:
         route, params = self._route(scope)
         entry = scope.get("state", {}).get("audit")
         if isinstance(entry, AuditEntry) and route is not None:
-            entry.action = action_of(route)
+            entry.action = self.actions[id(route)]
             entry.resource_id = next(iter(params.values()), None)
         scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
