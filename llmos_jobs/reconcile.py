@@ -99,7 +99,7 @@ def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | No
     if not first:
         return 0
     lost = _unheld(app, {job.queue for job in first},
-                   redis=lambda: first, amqp=lambda: candidates(AMQP_GRACE_FACTOR * grace_s),
+                   items=first, amqp=lambda: candidates(AMQP_GRACE_FACTOR * grace_s),
                    held=held, queue=lambda job: job.queue)
     renewed: list[Job] = []
     with session_scope(database_url) as session:
@@ -147,7 +147,7 @@ def reconcile_deliveries(app: Celery, *, grace_s: float,
         overdue_s = (now - due[delivery_id]).total_seconds()
         return unclaimed_after_s is None or overdue_s < unclaimed_after_s
 
-    lost = _unheld(app, {WEBHOOKS_QUEUE}, redis=lambda: list(due),
+    lost = _unheld(app, {WEBHOOKS_QUEUE}, items=list(due),
                    amqp=lambda: list(overdue(AMQP_GRACE_FACTOR * grace_s)),
                    held=held, queue=lambda _: WEBHOOKS_QUEUE)
     for delivery_id in lost:
@@ -158,29 +158,28 @@ def reconcile_deliveries(app: Celery, *, grace_s: float,
     return len(lost)
 
 
-def _unheld(app: Celery, queues: set[str], *, redis: Callable[[], list[_Item]],
+def _unheld(app: Celery, queues: set[str], *, items: list[_Item],
             amqp: Callable[[], list[_Item]],
             held: Callable[[_Item, broker_view.HeldMessages], bool],
             queue: Callable[[_Item], str]) -> list[_Item]:
     """The work whose message the broker may have lost.
 
-    Redis: the items ``redis()`` read (before the broker is read) that ``held`` does
+    Redis: the ``items`` (read from the database before the broker) that ``held`` does
     not find among the messages the broker holds. AMQP: a queue's message ids cannot be
     listed, only its depth; the items ``amqp()`` reads (after the depths, so that a
     message delivered meanwhile lowers the database's count too) on a queue whose ready
     messages are fewer than its items there. Which of them lost its message cannot be
     told, so all are sent again; the copies still waiting are stale (jobs: a new
     message id) or idempotent. Other transports: nothing."""
-    items = redis()
     messages = broker_view.held_messages(app, queues)
     if messages is not None:
         return [item for item in items if not held(item, messages)]
     depths = broker_view.queue_depths(app, queues)
     if depths is None:
         return []
-    items = amqp()
-    waiting = Counter(queue(item) for item in items)
-    return [item for item in items
+    counted = amqp()
+    waiting = Counter(queue(item) for item in counted)
+    return [item for item in counted
             if queue(item) in depths and depths[queue(item)] < waiting[queue(item)]]
 
 
@@ -209,7 +208,7 @@ def _resend_batch_messages(app: Celery, grace_s: float, database_url: DatabaseRe
     first = stuck(grace_s)
     if not first:
         return 0
-    lost = _unheld(app, {CONTROL_QUEUE}, redis=lambda: first,
+    lost = _unheld(app, {CONTROL_QUEUE}, items=first,
                    amqp=lambda: stuck(AMQP_GRACE_FACTOR * grace_s),
                    held=lambda batch, messages: _batch_message_id(batch) in messages.ids(),
                    queue=lambda _: CONTROL_QUEUE)
