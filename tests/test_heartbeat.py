@@ -9,12 +9,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+from sqlmodel import col
 
+from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db import registry
 from llmos_jobs.db.migrate import upgrade
-from llmos_jobs.db.models import WorkerRecord
+from llmos_jobs.db.models import Job, WorkerRecord
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.types import utcnow
+from schemas.common import JobKind, JobStatus
 
 NAME = "beating@test"
 
@@ -77,3 +81,40 @@ def test_reaping_after_a_rejoin_leaves_the_worker_alive(database: str) -> None:
     with session_scope(database) as session:
         live = registry.live_workers(session=session, dead_after_s=4)
     assert [w.name for w in live] == [NAME]
+
+
+def test_a_lost_pool_claim_is_not_requeued_once_its_message_claimed_it_again(
+        database: str) -> None:
+    """A pool child killed mid-job: the pool hands the same message to a new child,
+    which claims the job again, while the control process finds the first claim's
+    process missing from the heartbeat. Its verdict covers that claim only: requeued
+    after the second claim, the job would run a third time."""
+    killed, successor = 2, 3
+    claimed_at = utcnow() - timedelta(seconds=5)
+    with session_scope(database) as session:
+        registry.upsert_worker(session=session, worker=WorkerRecord(
+            name=NAME, host="host", pid=1, pool="prefork", concurrency=1,
+            engine_device="cpu", queues=[], pool_pids=[1, successor],
+            started_at=claimed_at, last_heartbeat=utcnow()))
+        job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
+            tenant="t", kind=JobKind.generate, priority=5, model="m",
+            payload={"model": "m", "prompt": "p", "max_tokens": 1}, queue="q"))
+        session.execute(update(Job).where(col(Job.id) == job.id).values(
+            status=JobStatus.running, worker=NAME, worker_pid=killed, attempts=1,
+            started_at=claimed_at))
+        session.commit()
+    with session_scope(database) as session:
+        assert registry.unheld_running_jobs(session=session) == {NAME: {job.id: 1}}
+        [seen] = job_crud.running_jobs_of(session=session, worker=NAME)
+        session.expunge(seen)
+    with session_scope(database) as session:  # the redelivery, in the new child
+        again = job_crud.claim_job(session=session, job_id=job.id, message_id=job.task_id,
+                                   worker=NAME, pid=successor, max_attempts=3,
+                                   claimant_dead=lambda _: True)
+    assert again.outcome == job_crud.ClaimOutcome.claimed
+    with session_scope(database) as session:
+        assert job_crud.requeue_job(session=session, job=seen) is None
+        now = session.get(Job, job.id)
+        assert now is not None
+        assert (now.status, now.attempts, now.worker_pid, now.task_id) == (
+            JobStatus.running, 2, successor, job.task_id)

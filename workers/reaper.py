@@ -91,15 +91,16 @@ def requeue_unheld(*, enqueue: Enqueue) -> int:
     with session_scope() as session:
         unheld = registry.unheld_running_jobs(session=session)
     count = 0
-    for worker, job_ids in unheld.items():
-        log.warning("worker %s no longer holds running job(s) %s", worker, ", ".join(job_ids))
-        count += requeue_orphans(worker=worker, enqueue=enqueue, only=_among(job_ids))
+    for worker, attempts in unheld.items():
+        log.warning("worker %s no longer holds running job(s) %s", worker, ", ".join(attempts))
+        count += requeue_orphans(worker=worker, enqueue=enqueue, only=_same_claim(attempts))
     return count
 
 
-def _among(job_ids: list[str]) -> Callable[[Job], bool]:
-    ids = frozenset(job_ids)
-    return lambda job: job.id in ids
+def _same_claim(attempts: dict[str, int]) -> Callable[[Job], bool]:
+    """The job is still under the claim found unheld: a prefork pool's redelivery of the
+    same message may have claimed it again since (a new attempt, held)."""
+    return lambda job: attempts.get(job.id) == job.attempts
 
 
 def reroute_direct_queue(*, worker: str, enqueue: Enqueue) -> int:

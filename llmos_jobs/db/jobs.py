@@ -300,11 +300,13 @@ def job_header(*, session: Session, job_id: str) -> JobHeader | None:
 
 def requeue_job(*, session: Session, job: Job) -> str | None:
     """Give a running job whose worker died a new attempt; the new message id, or None
-    when another reaper (or the job's end) got there first."""
+    when another reaper, a new claim of the same message (a redelivery after its pool
+    process was killed) or the job's end got there first."""
     new_task_id = new_id()
     moved = _set_status(
         session, job.id, JobStatus.queued,
-        extra_where=(col(Job.task_id) == job.task_id, col(Job.status) == JobStatus.running),
+        extra_where=(col(Job.task_id) == job.task_id, col(Job.status) == JobStatus.running,
+                     col(Job.attempts) == job.attempts),
         task_id=new_task_id, worker=None, worker_pid=None, started_at=None, queued_at=utcnow(),
     )
     session.commit()

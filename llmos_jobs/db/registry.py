@@ -145,25 +145,26 @@ def stopped_workers_with_running_jobs(*, session: Session, dead_after_s: float) 
     return list(session.exec(query))
 
 
-def unheld_running_jobs(*, session: Session) -> dict[str, list[str]]:
+def unheld_running_jobs(*, session: Session) -> dict[str, dict[str, int]]:
     """Per live worker that reports what it holds: its running jobs claimed before its
     last heartbeat that the heartbeat does not name, or (a prefork pool) whose process
-    the heartbeat does not name among the pool's live ones."""
+    the heartbeat does not name among the pool's live ones; each with the attempt that
+    claim made (a later claim of the job is not covered by this verdict)."""
     rows = session.execute(
         sa_select(col(WorkerRecord.name), col(WorkerRecord.holding),
                   col(WorkerRecord.pool_pids), col(WorkerRecord.last_heartbeat),
-                  col(Job.id), col(Job.worker_pid), col(Job.started_at))
+                  col(Job.id), col(Job.worker_pid), col(Job.started_at), col(Job.attempts))
         .join(Job, col(Job.worker) == col(WorkerRecord.name))
         .where(col(WorkerRecord.state) == "alive",
                col(WorkerRecord.holding).is_not(None) | col(WorkerRecord.pool_pids).is_not(None),
                col(Job.status) == JobStatus.running)).all()
-    unheld: dict[str, list[str]] = {}
-    for name, holding, pool_pids, beat_at, job_id, pid, started_at in rows:
+    unheld: dict[str, dict[str, int]] = {}
+    for name, holding, pool_pids, beat_at, job_id, pid, started_at, attempts in rows:
         if started_at is None or started_at >= beat_at:
             continue
         if (holding is not None and job_id not in holding) \
                 or (pool_pids is not None and pid not in pool_pids):
-            unheld.setdefault(name, []).append(job_id)
+            unheld.setdefault(name, {})[job_id] = attempts
     return unheld
 
 
