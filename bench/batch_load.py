@@ -54,11 +54,11 @@ def main() -> None:
                           LLMOS_DATABASE_URL=f"sqlite:///{tmp / 'load.db'}")
         from llmos_jobs.client import LlmosClient
         from llmos_jobs.db.session import session_scope
-        from llmos_jobs.keys import issue_key, parse_scopes
+        from llmos_jobs.services.api_keys import issue_key, parse_scopes
 
         client = LlmosClient()
         client.register_model("load", tmp / "load", engine="noop")
-        with session_scope() as session:
+        with session_scope(client.database) as session:
             key = issue_key(session=session, tenant="load", scopes=parse_scopes(None)).key
         env = dict(os.environ)
         worker = subprocess.Popen(

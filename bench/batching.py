@@ -30,8 +30,8 @@ from bench.models import model_dir, use_data_dir  # noqa: E402
 from llmos_jobs.client import LlmosClient  # noqa: E402
 from llmos_jobs.settings import Settings  # noqa: E402
 from tests.services import private_redis  # noqa: E402
-from workers.engine import EngineRequest, SamplingParams  # noqa: E402
-from workers.transformers_engine import BatchingOptions, TransformersEngine  # noqa: E402
+from workers.engines.base import EngineRequest, SamplingParams  # noqa: E402
+from workers.engines.transformers import BatchingOptions, TransformersEngine  # noqa: E402
 
 SYSTEM = ("You are the scheduler of a shared model service. Answer in one short line, "
           "name the queue, the worker and the priority of the job you describe. ") * 2

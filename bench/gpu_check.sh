@@ -21,9 +21,9 @@ out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "CUDA_VIS
 print("pinned child sees:", out)
 assert out.startswith("1 "), out
 
-from workers.demo_model import create_demo_model
-from workers.engine import EngineRequest, SamplingParams
-from workers.transformers_engine import TransformersEngine
+from llmos_jobs.demo_model import create_demo_model
+from workers.engines.base import EngineRequest, SamplingParams
+from workers.engines.transformers import TransformersEngine
 
 for size in ("tiny", "base"):
     path = create_demo_model(Path(tempfile.mkdtemp()) / size, size=size)
@@ -51,7 +51,7 @@ try:
 except Exception as exc:
     print("sglang not importable here:", type(exc).__name__, exc)
 else:
-    from workers.sglang_engine import SGLangEngine
+    from workers.engines.sglang import SGLangEngine
     engine = SGLangEngine("base", str(path), gpu=0, mem_fraction_static=0.5); engine.load()
     first = engine.generate([req([7, 8], 8)])[0]; second = engine.generate([req([9, 10], 8)])[0]
     print(f"sglang: cached_tokens on a shared prefix {second.cached_tokens} (first {first.cached_tokens})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workers.demo_model import create_demo_model
+from llmos_jobs.demo_model import create_demo_model
 
 CACHE = Path(os.environ.get("LLMOS_BENCH_MODELS", Path.home() / ".cache" / "llmos-bench"))
 

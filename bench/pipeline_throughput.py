@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 from bench.models import use_data_dir  # noqa: E402
 from bench.raw_celery import COUNTER, make_app  # noqa: E402
 from llmos_jobs.client import LlmosClient  # noqa: E402
-from llmos_jobs.db.models import Job  # noqa: E402
 from llmos_jobs.db.session import session_scope  # noqa: E402
+from llmos_jobs.db.tables import Job  # noqa: E402
 from llmos_jobs.settings import Settings  # noqa: E402
 from schemas.common import JobStatus  # noqa: E402
 
@@ -90,7 +90,7 @@ def run_llmos(broker: str, database: str, jobs: int, concurrency: int, tmp: Path
                             priority=(1, 5, 8)[i % 3])
     submitted = time.perf_counter() - started
     while True:
-        with session_scope(client.database_url) as session:
+        with session_scope(client.database) as session:
             done = session.exec(select(func.count()).select_from(Job).where(
                 col(Job.status).in_(FINAL))).one()
         if done >= jobs + 1:
@@ -103,17 +103,13 @@ def run_llmos(broker: str, database: str, jobs: int, concurrency: int, tmp: Path
 
 def breakdown(broker: str, database: str, tmp: Path, jobs: int = 300) -> dict[str, float]:
     """Per-job cost in ms of llmos's own steps, each timed alone in this process."""
+    from workers.engines.pool import EnginePool
     from workers.execution import WorkerContext, execute_job
-    from workers.pool import EnginePool
     from workers.watch import JobWatcher
 
     settings = Settings(broker_url=broker, database_url=database, data_dir=tmp)
     client = LlmosClient(settings=settings)
     client.register_model("parts", tmp / "parts", engine="noop")
-    os.environ["LLMOS_DATABASE_URL"] = database  # execute_job reads the settings
-    from llmos_jobs.settings import get_settings
-
-    get_settings.cache_clear()
     app = make_app(broker)
     started = time.perf_counter()
     for i in range(jobs):
@@ -127,8 +123,10 @@ def breakdown(broker: str, database: str, tmp: Path, jobs: int = 300) -> dict[st
         submitted = [client.generate(model="parts", prompt=f"p{i}", max_tokens=1)
                      for i in range(jobs)]
         submit = time.perf_counter() - started
-    ctx = WorkerContext(name="bench", pool=EnginePool(), claimant_dead=lambda _: False,
-                        watcher=JobWatcher(), time_limit_s=600,
+    submitter = client.submitter
+    ctx = WorkerContext(name="bench", submitter=submitter,
+                        pool=EnginePool(settings, submitter.database),
+                        claimant_dead=lambda _: False, watcher=JobWatcher(submitter.database),
                         publish=lambda _: None)  # generate jobs release no turns
     started = time.perf_counter()
     for job in submitted:

@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.models import model_dir
-from workers.engine import EngineRequest, SamplingParams
-from workers.transformers_engine import TransformersEngine
+from workers.engines.base import EngineRequest, SamplingParams
+from workers.engines.transformers import TransformersEngine
 
 PREFIX, TAIL = 512, 16
 

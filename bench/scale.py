@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 from bench.models import use_data_dir  # noqa: E402
 from broker_config import language_queue  # noqa: E402
 from llmos_jobs.client import LlmosClient  # noqa: E402
-from llmos_jobs.db.models import Job  # noqa: E402
-from llmos_jobs.db.session import session_scope  # noqa: E402
-from llmos_jobs.keys import issue_key, parse_scopes  # noqa: E402
+from llmos_jobs.db.session import Database, session_scope  # noqa: E402
+from llmos_jobs.db.tables import Job  # noqa: E402
+from llmos_jobs.services.api_keys import issue_key, parse_scopes  # noqa: E402
 from llmos_jobs.settings import Settings  # noqa: E402
 from schemas.common import JobStatus  # noqa: E402
 
@@ -137,10 +137,12 @@ class Stack:
                 "LLMOS_DATA_DIR": str(self.data_dir), "PYTHONPATH": str(ROOT),
                 "LLMOS_MODEL_ROOTS": str(self.data_dir)}
 
+    def settings(self) -> Settings:
+        return Settings(broker_url=self.broker_url, database_url=self.database_url,
+                        data_dir=self.data_dir)
+
     def client(self) -> LlmosClient:
-        return LlmosClient(settings=Settings(broker_url=self.broker_url,
-                                             database_url=self.database_url,
-                                             data_dir=self.data_dir))
+        return LlmosClient(settings=self.settings())
 
     def spawn(self, log: str, *args: str) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
@@ -162,7 +164,7 @@ class Stack:
                 process.wait()
 
     def finished(self, model: str) -> int:
-        with session_scope(self.database_url) as session:
+        with session_scope(Database.from_settings(self.settings())) as session:
             return int(session.exec(select(func.count()).select_from(Job).where(
                 col(Job.model) == model, col(Job.status).in_(FINAL))).one())
 
@@ -263,7 +265,7 @@ def api_latency(stack: Stack, workers: int, requests: int) -> list[float]:
     port = free_port()
     server = stack.spawn("api.log", "api", "--port", str(port), "--log-level", "warning")
     pool = start_workers(stack, model, workers)
-    with session_scope(stack.database_url) as session:
+    with session_scope(Database.from_settings(stack.settings())) as session:
         key = issue_key(session=session, tenant="default", scopes=parse_scopes(None)).key
     stop = threading.Event()
 

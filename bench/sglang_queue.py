@@ -43,9 +43,10 @@ def through_llmos(model: str, texts: list[str], max_tokens: int,
                   concurrency: int, tmp: Path) -> tuple[float, int]:
     from llmos_jobs.client import LlmosClient
     from llmos_jobs.embedded import EmbeddedStack
+    from llmos_jobs.settings import get_settings
 
-    with EmbeddedStack(tmp) as stack:
-        client = LlmosClient()
+    with EmbeddedStack(tmp, get_settings()) as stack:
+        client = LlmosClient(settings=stack.settings)
         client.register_model("bench", model, engine="sglang")
         worker = stack.start_worker("--name", "gpu0@bench", "--model", "bench", "--gpu", "0",
                                     "--mem-fraction", "0.5", "--concurrency", str(concurrency),

@@ -5,7 +5,7 @@ user sees it; each transport orders message priorities its own way:
     AMQP (RabbitMQ)            `x-max-priority` queues deliver the highest number first
 
 so the number put on a message is translated here, once, for every publish path
-(llmos_jobs.dispatch) and for Celery's default priority (broker_config.celery_config)."""
+(llmos_jobs.broker) and for Celery's default priority (broker_config.celery_config)."""
 
 from __future__ import annotations
 

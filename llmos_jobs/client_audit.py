@@ -18,14 +18,14 @@ from collections.abc import Callable
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from llmos_jobs.db import audit as audit_crud
-from llmos_jobs.db.models import AuditEventBase
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import Database, session_scope
+from llmos_jobs.db.tables import AuditEventBase
 from llmos_jobs.errors import IllegalTransition, InvalidRequest, NotFound
 
 
 class AuditedClient(Protocol):
     tenant: str
-    database_url: str
+    database: Database
     actor: str | None
 
 
@@ -49,11 +49,11 @@ def status_of(exc: BaseException | None) -> int:
     return 200 if exc is None else 500
 
 
-def record(database_url: str, *, actor: str, tenant: str | None, action: str,
+def record(database: Database, *, actor: str, tenant: str | None, action: str,
            resource_id: str | None, exc: BaseException | None) -> None:
     status = status_of(exc)
     outcome = "ok" if status < 400 else "denied" if status == 404 else "error"
-    with session_scope(database_url) as session:
+    with session_scope(database) as session:
         audit_crud.record_event(session=session, event_in=AuditEventBase(
             tenant=tenant, actor=actor, action=action, resource_id=resource_id,
             outcome=outcome, status_code=status))
@@ -87,10 +87,10 @@ def audited(action: str) -> Callable[[Callable[Concatenate[C, P], R]],
             try:
                 result = method(client, *args, **kwargs)
             except Exception as exc:
-                record(client.database_url, actor=client.actor, tenant=client.tenant,
+                record(client.database, actor=client.actor, tenant=client.tenant,
                        action=name, resource_id=_resource(None, args), exc=exc)
                 raise
-            record(client.database_url, actor=client.actor, tenant=client.tenant,
+            record(client.database, actor=client.actor, tenant=client.tenant,
                    action=name, resource_id=_resource(result, args), exc=None)
             return result
 

@@ -18,7 +18,7 @@ from rich.progress import (
 
 from llmos_jobs.cli.output import job_table
 from llmos_jobs.client import LlmosClient
-from llmos_jobs.db.models import JobPublic
+from llmos_jobs.db.tables import JobPublic
 from llmos_jobs.embedded import EmbeddedStack, live_stack
 from llmos_jobs.errors import LlmosError
 from llmos_jobs.settings import get_settings
@@ -52,13 +52,13 @@ def run_demo(console: Console) -> int:
         database_url = f"sqlite:///{db_file}"
     model_dir = data_dir / "models" / "demo-tiny"
     if not (model_dir / "config.json").exists():
-        from workers.demo_model import create_demo_model
+        from llmos_jobs.demo_model import create_demo_model
 
         with console.status("building the demo model (tokenizer, config, seeded weights)"):
             create_demo_model(model_dir)
-    with EmbeddedStack(data_dir, database_url=database_url) as stack:
+    with EmbeddedStack(data_dir, settings, database_url=database_url) as stack:
         console.print(f"broker: {stack.broker_url}\ndatabase: {database_url}")
-        client = LlmosClient(tenant=settings.tenant)
+        client = LlmosClient(settings=stack.settings)
         client.register_model("demo", model_dir)
         stack.start_control()
         name = f"demo-{os.getpid()}@{socket.gethostname()}"

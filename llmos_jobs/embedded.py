@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from llmos_jobs.errors import LlmosError
-from llmos_jobs.settings import STACK_STATE_FILE, get_settings
+from llmos_jobs.settings import STACK_STATE_FILE, Settings
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,10 @@ def live_stack(data_dir: Path) -> StackState | None:
 class EmbeddedStack:
     """Starts what is not configured; stops everything it started."""
 
-    def __init__(self, data_dir: Path, *, database_url: str | None = None) -> None:
+    def __init__(self, data_dir: Path, settings: Settings, *,
+                 database_url: str | None = None) -> None:
         self.data_dir = data_dir
-        settings = get_settings()
+        self._given = settings
         self.broker_url = settings.broker_url
         self.database_url = database_url or settings.resolved_database_url()
         self._redis: Any = None
@@ -114,11 +115,12 @@ class EmbeddedStack:
 
     def __enter__(self) -> EmbeddedStack:
         from llmos_jobs.db.migrate import upgrade
+        from llmos_jobs.db.session import Database
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Before any process of this stack reads a table: on a first run the workers
         # and this process would otherwise race the schema's creation.
-        upgrade(self.database_url)
+        upgrade(Database.from_settings(self.settings))
         if self.broker_url is None:
             self.recovered = stale_stack(self.data_dir)
             running = live_stack(self.data_dir)
@@ -137,8 +139,13 @@ class EmbeddedStack:
         # This process and the workers it starts use this stack from now on.
         os.environ["LLMOS_BROKER_URL"] = self.broker_url
         os.environ["LLMOS_DATABASE_URL"] = self.database_url
-        get_settings.cache_clear()
         return self
+
+    @property
+    def settings(self) -> Settings:
+        """The settings given, pointed at this stack's broker and database."""
+        return self._given.model_copy(update={"broker_url": self.broker_url,
+                                              "database_url": self.database_url})
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -173,15 +180,15 @@ class EmbeddedStack:
     def wait_for_worker(self, name: str, process: subprocess.Popen[bytes],
                         timeout_s: float = 120.0) -> None:
         from llmos_jobs.db import registry
-        from llmos_jobs.db.session import session_scope
-
+        from llmos_jobs.db.session import Database
         deadline = time.monotonic() + timeout_s
-        dead_after = get_settings().worker_dead_after_s
+        dead_after = self._given.worker_dead_after_s
+        database = Database.from_settings(self.settings)
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise LlmosError(f"worker {name} exited with status {process.returncode}; "
                                  f"see its log in {self.log_dir}")
-            with session_scope(self.database_url) as session:
+            with database.session() as session:
                 live = registry.live_workers(session=session, dead_after_s=dead_after)
             if any(w.name == name and w.pid == process.pid for w in live):
                 return

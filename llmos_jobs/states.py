@@ -7,7 +7,7 @@
 
 Only a mindspace turn waits: it is accepted `waiting` while an earlier turn of its
 mindspace is unfinished, and becomes `queued` (its message published) when released
-(llmos_jobs.turn_order).
+(llmos_jobs.services.turns).
 """
 
 from __future__ import annotations

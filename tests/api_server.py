@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from llmos_jobs.db.session import session_scope
-from llmos_jobs.keys import issue_key, parse_scopes
+from llmos_jobs.services.api_keys import issue_key, parse_scopes
 from tests.stack import Stack
 
 # How long a waiting call waits: generous on the server most tests use, so a slow
@@ -84,7 +84,7 @@ class ApiServer:
     def issue(self, tenant: str | None, scopes: str | None = None) -> tuple[str, str]:
         """A new key of ``tenant`` (None: an operator's; all scopes when none named):
         (key id, key)."""
-        with session_scope(self.stack.database_url) as session:
+        with session_scope(self.stack.database) as session:
             issued = issue_key(session=session, tenant=tenant, scopes=parse_scopes(scopes))
         return issued.id, issued.key
 

@@ -128,7 +128,7 @@ def stack(request: pytest.FixtureRequest, redis_base: str,
 
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workers.demo_model import create_demo_model
+    from llmos_jobs.demo_model import create_demo_model
 
     # float64: greedy outputs compared across batch shapes must not flip on rounding.
     return create_demo_model(tmp_path_factory.mktemp("models") / "demo-tiny", dtype="float64")

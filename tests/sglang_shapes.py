@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.engine import EngineRequest, SamplingParams
+from workers.engines.base import EngineRequest, SamplingParams
 
 # Every field of GenerateReqInput (io_struct.py) at that commit.
 GENERATE_REQ_INPUT_FIELDS = frozenset({

@@ -14,8 +14,9 @@ import redis
 
 from broker_config import MAX_PRIORITY, Transport, transport_of
 from llmos_jobs import broker_view
-from llmos_jobs.celery_app import create_app
+from llmos_jobs.broker import create_app
 from llmos_jobs.client import LlmosClient
+from llmos_jobs.db.session import Database
 from llmos_jobs.settings import Settings
 
 # The tests' webhook receivers listen on 127.0.0.1; 4 attempts, 0.3 s apart.
@@ -49,6 +50,10 @@ class Stack:
     def settings(self) -> Settings:
         return Settings(broker_url=self.broker_url, database_url=self.database_url,
                         data_dir=self.data_dir, worker_dead_after_s=4)
+
+    @property
+    def database(self) -> Database:
+        return Database.from_settings(self.settings())
 
     def client(self, tenant: str = "default") -> LlmosClient:
         return LlmosClient(tenant=tenant, settings=self.settings())
@@ -138,3 +143,8 @@ class Stack:
     def stop(self) -> None:
         for process in self.workers:
             self.stop_worker(process)
+
+
+def database_at(url: str) -> Database:
+    """The database at ``url``, read with this test process's key ring."""
+    return Database.from_settings(Settings(database_url=url))

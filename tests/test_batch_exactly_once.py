@@ -15,15 +15,16 @@ import pytest
 from sqlmodel import select
 
 from broker_config import CONTROL_QUEUE
-from llmos_jobs import batches, broker_view, dispatch
-from llmos_jobs.celery_app import create_app
-from llmos_jobs.db.batch_models import Batch, StoredFile
+from llmos_jobs import broker, broker_view
+from llmos_jobs.broker import create_app
 from llmos_jobs.db.batch_progress import job_finished
-from llmos_jobs.db.models import Job
+from llmos_jobs.db.batch_tables import Batch, StoredFile
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import WebhookDelivery
 from llmos_jobs.errors import InvalidRequest
+from llmos_jobs.services import batch_files, batches
 from llmos_jobs.settings import get_settings
 from schemas.common import JobKind, JobStatus
 from tests.faults import private_stack
@@ -47,7 +48,7 @@ def test_every_malformed_line_becomes_an_error_entry_and_the_rest_stay_valid() -
         '{"custom_id": "nan", "n": NaN}',
         _line("last", "m"),
     ]
-    valid, invalid = batches.parse("\n".join(lines) + "\r\n")
+    valid, invalid = batch_files.parse("\n".join(lines) + "\r\n")
     assert [(number, custom_id) for number, custom_id, _ in valid] == [(1, "sep"), (6, "last")]
     assert valid[0][2]["messages"][0]["content"] == "a\u2028b\u2029c"
     assert [(e["line"], e["code"]) for e in invalid] == [
@@ -66,8 +67,8 @@ def test_the_completion_window_is_at_most_24_hours() -> None:
 def _finished_batch(stack: Stack, *, webhook: str) -> str:
     """A cancelling batch whose jobs have all ended."""
     client = stack.client()
-    with session_scope(stack.database_url) as session:
-        batch = Batch(tenant=client.tenant, endpoint=batches.ENDPOINT, input_file_id="none",
+    with session_scope(stack.database) as session:
+        batch = Batch(tenant=client.tenant, endpoint=batch_files.ENDPOINT, input_file_id="none",
                       completion_window="24h", priority=8, total=2, status="cancelling",
                       cancelling_at=utcnow(), webhook_url=webhook)
         session.add(batch)
@@ -94,21 +95,22 @@ def as_control(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_finalisation_happens_once_however_many_try(stack: Stack) -> None:
     batch_id = _finished_batch(stack, webhook="http://127.0.0.1:9/hook")
     # Two jobs end at once: one of them moves the batch to `finalizing`.
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         assert [job_finished(session, batch_id), job_finished(session, batch_id)] == [True, False]
     start = threading.Barrier(4)
+    submitter = stack.client().submitter
 
     def finalize() -> None:
         start.wait()
-        batches.finalize(batch_id)
+        batches.finalize(submitter, batch_id)
 
     threads = [threading.Thread(target=finalize) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(HANG_GUARD_S)
-    batches.finalize(batch_id)  # and once more, late
-    with session_scope(stack.database_url) as session:
+    batches.finalize(submitter, batch_id)  # and once more, late
+    with session_scope(stack.database) as session:
         batch = session.get(Batch, batch_id)
         assert batch is not None and batch.status == "cancelled"
         files = [f.id for f in session.exec(select(StoredFile)).all()
@@ -123,12 +125,12 @@ def test_a_batch_job_cancelled_by_its_id_counts_toward_the_batch(stack: Stack) -
     client = stack.client()
     model = f"idle-{uuid.uuid4().hex[:6]}"  # registered, served by no worker: jobs wait
     client.register_model(model, stack.data_dir / model, engine="noop")
-    uploaded = batches.upload(client, filename="in.jsonl", purpose="batch",
+    uploaded = client.upload_file(filename="in.jsonl", purpose="batch",
                               content="\n".join(_line(f"c{i}", model) for i in range(2)).encode())
-    batch = batches.create(client, input_file_id=uploaded.id)
+    batch = client.create_batch(input_file_id=uploaded.id)
     deadline = time.monotonic() + HANG_GUARD_S
     while True:
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             jobs = session.exec(select(Job).where(Job.batch_id == batch.id)).all()
         if len(jobs) == 2:
             break
@@ -137,15 +139,15 @@ def test_a_batch_job_cancelled_by_its_id_counts_toward_the_batch(stack: Stack) -
     for job in jobs:
         assert client.cancel(job.id).status == JobStatus.cancelled
     while True:
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             row = batches.get_batch(session, client.tenant, batch.id)
         if row.status == "completed":
             break
         assert time.monotonic() < deadline, f"the batch stayed {row.status}"
         time.sleep(0.1)
     assert row.output_file_id is None and row.error_file_id is not None
-    with session_scope(stack.database_url) as session:
-        errors = batches.get_file(session, client.tenant, row.error_file_id).content
+    with session_scope(stack.database) as session:
+        errors = batch_files.get_file(session, client.tenant, row.error_file_id).content
     assert sorted(json.loads(line)["error"]["code"] for line in errors.splitlines()) == [
         "job_cancelled", "job_cancelled"]
 
@@ -158,29 +160,29 @@ def test_a_cancel_only_marks_the_batch_and_the_control_process_finalises_it(
         client = stack.client()
         model = "idle"  # served by no worker: the requests wait
         client.register_model(model, stack.data_dir / model, engine="noop")
-        uploaded = batches.upload(
-            client, filename="in.jsonl", purpose="batch",
+        uploaded = client.upload_file(
+            filename="in.jsonl", purpose="batch",
             content="\n".join(_line(f"c{i}", model) for i in range(3)).encode())
-        batch = batches.create(client, input_file_id=uploaded.id)
+        batch = client.create_batch(input_file_id=uploaded.id)
         # No control process yet: the batch is never expanded, and its cancel cannot be
         # finalised by anyone but one that starts later.
-        assert batches.cancel(client, batch.id).status == "cancelling"
-        with session_scope(stack.database_url) as session:
+        assert client.cancel_batch(batch.id).status == "cancelling"
+        with session_scope(stack.database) as session:
             row = batches.get_batch(session, client.tenant, batch.id)
             files = session.exec(select(StoredFile).where(
                 StoredFile.tenant == client.tenant)).all()
         assert (row.status, row.output_file_id, row.error_file_id) == ("cancelling", None, None)
         assert [f.id for f in files] == [uploaded.id]
         held = broker_view.message_ids(create_app(stack.broker_url), [CONTROL_QUEUE])
-        assert held is not None and dispatch.finalization_id(batch.id) in held
+        assert held is not None and broker.finalization_id(batch.id) in held
         stack.start_control()
         deadline = time.monotonic() + HANG_GUARD_S
         while row.status != "cancelled":
             assert time.monotonic() < deadline, f"the batch stayed {row.status}"
             time.sleep(0.1)
-            with session_scope(stack.database_url) as session:
+            with session_scope(stack.database) as session:
                 row = batches.get_batch(session, client.tenant, batch.id)
         # Never expanded: no request ran, and none is in the (absent) files.
         assert (row.output_file_id, row.error_file_id) == (None, None)
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             assert session.exec(select(Job).where(Job.batch_id == batch.id)).all() == []

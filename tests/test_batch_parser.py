@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmos_jobs.batches import ENDPOINT, parse
+from llmos_jobs.services.batch_files import ENDPOINT, parse
 
 good_line = st.builds(
     lambda cid, text: json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,

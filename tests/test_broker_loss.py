@@ -20,17 +20,18 @@ from sqlalchemy import update
 from sqlmodel import col, func, select
 
 from broker_config import WEBHOOKS_QUEUE
-from llmos_jobs import batches, broker_view
-from llmos_jobs.celery_app import create_app
-from llmos_jobs.db.batch_models import Batch
-from llmos_jobs.db.models import Job
+from llmos_jobs import broker_view
+from llmos_jobs.broker import create_app
+from llmos_jobs.db.batch_tables import Batch
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import WebhookDelivery
 from llmos_jobs.errors import NoLiveWorkerWarning
-from llmos_jobs.reconcile import reconcile_deliveries, reconcile_jobs
-from llmos_jobs.webhooks.events import emit
-from llmos_jobs.webhooks.signing import tenant_secret
+from llmos_jobs.services import batch_files, batches
+from llmos_jobs.services.reconcile import reconcile_deliveries, reconcile_jobs
+from llmos_jobs.services.webhooks.events import emit
+from llmos_jobs.services.webhooks.signing import tenant_secret
 from schemas.common import JobKind, JobStatus
 from tests.conftest import _drop_pg_database, _fresh_pg_database
 from tests.faults import private_stack
@@ -53,7 +54,7 @@ def lossy_stack(postgres_admin: str, tmp_path: Path) -> Iterator[Stack]:
 
 
 def _succeeded(stack: Stack, model: str) -> int:
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         return int(session.exec(select(func.count()).select_from(Job).where(
             Job.model == model, Job.status == JobStatus.succeeded)).one())
 
@@ -83,7 +84,7 @@ def test_redis_flushed_mid_run_every_job_succeeds_exactly_once(lossy_stack: Stac
     assert [j.attempts for j in done] == [1] * JOBS  # each claimed, so run, once
     resent = sum(1 for j in done if j.task_id != first_ids[j.id])
     assert resent > 0  # the flush did lose messages, and the reconciler sent them again
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         rows = session.exec(select(func.count()).select_from(Job).where(
             col(Job.model) == model)).one()
     assert rows == JOBS
@@ -99,11 +100,11 @@ def test_a_batch_left_validating_and_a_delivery_left_pending_are_sent_again(
         client = stack.client()
         model = "kept"
         client.register_model(model, stack.data_dir / model, engine="noop")
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             secret = tenant_secret(session=session, tenant=client.tenant).secret
         receiver = Receiver(secret=secret).start()
         try:
-            with session_scope(stack.database_url) as session:
+            with session_scope(stack.database) as session:
                 delivery_id = emit(session=session, tenant=client.tenant,
                                    event_type="test.lost", url=receiver.url,
                                    data={"n": 1}, settings=stack.settings())
@@ -112,9 +113,9 @@ def test_a_batch_left_validating_and_a_delivery_left_pending_are_sent_again(
                                  "body": {"model": model, "max_tokens": 2, "messages": [
                                      {"role": "user", "content": f"line {i}"}]}})
                      for i in range(3)]
-            uploaded = batches.upload(client, filename="in.jsonl",
+            uploaded = client.upload_file(filename="in.jsonl",
                                       content="\n".join(lines).encode(), purpose="batch")
-            batch = batches.create(client, input_file_id=uploaded.id)
+            batch = client.create_batch(input_file_id=uploaded.id)
             assert stack.redis().dbsize() > 0
             stack.redis().flushall()
             stack.start_worker("late@test", "--model", model)
@@ -123,13 +124,13 @@ def test_a_batch_left_validating_and_a_delivery_left_pending_are_sent_again(
             assert received.verified and received.headers["webhook-id"] == delivery_id
             deadline = time.monotonic() + HANG_GUARD_S
             while True:
-                with session_scope(stack.database_url) as session:
+                with session_scope(stack.database) as session:
                     row = batches.get_batch(session, client.tenant, batch.id)
                 if row.status == "completed":
                     break
                 assert time.monotonic() < deadline, f"the batch stayed {row.status}"
                 time.sleep(0.1)
-            with session_scope(stack.database_url) as session:
+            with session_scope(stack.database) as session:
                 jobs = list(session.exec(select(Job).where(Job.batch_id == batch.id)))
             assert sorted(j.custom_id or "" for j in jobs) == ["c0", "c1", "c2"]
             assert [j.attempts for j in jobs] == [1, 1, 1]
@@ -144,8 +145,8 @@ def test_a_batch_whose_last_job_ended_unannounced_is_finalised(tmp_path: Path) -
     with private_stack(tmp_path, f"sqlite:///{tmp_path / 'llmos.db'}") as stack:
         client = stack.client()
         client.register_model("kept", stack.data_dir / "kept", engine="noop")
-        with session_scope(stack.database_url) as session:
-            batch = Batch(tenant=client.tenant, endpoint=batches.ENDPOINT,
+        with session_scope(stack.database) as session:
+            batch = Batch(tenant=client.tenant, endpoint=batch_files.ENDPOINT,
                           input_file_id="none", completion_window="24h", priority=8,
                           total=1, status="in_progress")
             session.add(batch)
@@ -158,7 +159,7 @@ def test_a_batch_whose_last_job_ended_unannounced_is_finalised(tmp_path: Path) -
         stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
         deadline = time.monotonic() + HANG_GUARD_S
         while True:
-            with session_scope(stack.database_url) as session:
+            with session_scope(stack.database) as session:
                 row = batches.get_batch(session, client.tenant, batch_id)
             if row.status == "completed":
                 break
@@ -190,16 +191,16 @@ def test_a_job_handed_to_a_worker_that_died_before_claiming_it_is_sent_again(
         app = create_app(stack.broker_url)
         for patience in (None, 1000.0):  # always in a worker's hands; or not yet overdue
             assert reconcile_jobs(app, grace_s=0, unclaimed_after_s=patience,
-                                  database_url=stack.database_url) == 0
+                                  database=stack.database) == 0
         assert reconcile_jobs(app, grace_s=0, unclaimed_after_s=50,
-                              database_url=stack.database_url) == 1
+                              database=stack.database) == 1
         renewed = client.job(job.id)
         assert renewed.status == JobStatus.queued and renewed.task_id != job.task_id
         held = broker_view.held_messages(app, [job.queue])
         assert held is not None and renewed.task_id in held.waiting
         # The new message is not sent twice: the next pass finds it waiting.
         assert reconcile_jobs(app, grace_s=0, unclaimed_after_s=50,
-                              database_url=stack.database_url) == 0
+                              database=stack.database) == 0
 
 
 def test_a_webhook_retry_held_by_a_control_process_that_died_is_sent_again(
@@ -210,7 +211,7 @@ def test_a_webhook_retry_held_by_a_control_process_that_died_is_sent_again(
     own id) once it is overdue by more than that."""
     with private_stack(tmp_path, f"sqlite:///{tmp_path / 'llmos.db'}") as stack:
         client = stack.client()
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             delivery_id = emit(session=session, tenant=client.tenant, event_type="test.held",
                                url="http://127.0.0.1:9/hooks", data={"n": 1},
                                settings=stack.settings())
@@ -222,17 +223,17 @@ def test_a_webhook_retry_held_by_a_control_process_that_died_is_sent_again(
         redis.hset(broker_view.UNACKED_KEY, tag,
                    json.dumps([json.loads(raw), "", WEBHOOKS_QUEUE]))
         redis.zadd(broker_view.UNACKED_INDEX_KEY, {tag: time.time() - 100})
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             session.execute(update(WebhookDelivery).where(
                 col(WebhookDelivery.id) == delivery_id).values(
                 attempts=1, next_attempt_at=utcnow() - timedelta(seconds=100)))
         app = create_app(stack.broker_url)
         for patience in (None, 1000.0):  # always in a live process's hands; not overdue
             assert reconcile_deliveries(app, grace_s=0, unclaimed_after_s=patience,
-                                        database_url=stack.database_url) == 0
+                                        database=stack.database) == 0
         assert reconcile_deliveries(app, grace_s=0, unclaimed_after_s=50,
-                                    database_url=stack.database_url) == 1
+                                    database=stack.database) == 1
         held = broker_view.held_messages(app, [WEBHOOKS_QUEUE])
         assert held is not None and delivery_id in held.waiting
         assert reconcile_deliveries(app, grace_s=0, unclaimed_after_s=50,
-                                    database_url=stack.database_url) == 0
+                                    database=stack.database) == 0

@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 
 from llmos_jobs.db.migrate import alembic_config, head_revision, stored_revision
 from tests.conftest import _drop_pg_database, _fresh_pg_database
-from tests.stack import Stack
+from tests.stack import Stack, database_at
 
 
 def llmos(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -178,7 +178,7 @@ def test_first_commands_on_a_new_database_create_its_schema_once(
         stdout, stderr = process.communicate(timeout=120)
         assert process.returncode == 0 and json.loads(stdout) == [], stderr
     url = variables.get("LLMOS_DATABASE_URL", f"sqlite:///{tmp_path / 'llmos.db'}")
-    assert stored_revision(url) == head_revision()
+    assert stored_revision(database_at(url)) == head_revision()
 
 
 def test_the_cheap_schema_check_reads_the_same_head_as_alembic() -> None:

@@ -11,15 +11,15 @@ import pytest
 
 from llmos_jobs.client_audit import default_actor
 from llmos_jobs.db import audit as audit_crud
-from llmos_jobs.db.models import AuditEventPublic
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.tables import AuditEventPublic
 from llmos_jobs.errors import InvalidRequest, NotFound
 from tests.stack import Stack
 from tests.test_cli import llmos
 
 
 def rows(stack: Stack, tenant: str) -> list[tuple[Any, ...]]:
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         events = [AuditEventPublic.model_validate(e, from_attributes=True)
                   for e in audit_crud.list_events(session=session, tenant=tenant, limit=100)]
     return [(e.actor, e.action, e.resource_id, e.outcome, e.status_code, e.key_id)

@@ -11,15 +11,17 @@ from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from broker_config import JOB_TASKS, TASK_FAMILIES, TaskName, celery_config, queue_for
-from llmos_jobs.celery_app import create_app
 from llmos_jobs.db.migrate import upgrade
-from llmos_jobs.db.session import get_engine
+from llmos_jobs.db.session import Database, get_engine
 from llmos_jobs.errors import IllegalTransition
+from llmos_jobs.services.submission import Submitter
+from llmos_jobs.settings import Settings
 from llmos_jobs.states import TRANSITIONS, check_transition
 from schemas.common import PRIORITY_CLASSES, JobStatus, parse_priority
 from schemas.export import JSON_DIR, rendered
-from workers.engine import apply_stop
-from workers.tasks import registered_llmos_tasks
+from tests.stack import database_at
+from workers.engines.base import apply_stop
+from workers.tasks import registered_llmos_tasks, worker_app
 
 
 def test_json_schema_files_match_the_models() -> None:
@@ -60,7 +62,8 @@ def test_state_machine_refuses_illegal_transitions() -> None:
 
 
 def test_every_registered_task_has_a_route() -> None:
-    app = create_app("redis://127.0.0.1:6379/15", with_tasks=True)
+    settings = Settings(broker_url="redis://127.0.0.1:6379/15")
+    app = worker_app(Submitter(settings, Database.from_settings(settings)))
     assert registered_llmos_tasks(app) == sorted(t.value for t in TaskName)
     assert set(TASK_FAMILIES) == set(TaskName)
     assert queue_for(TaskName.generate, model="m") == "lang.m"
@@ -100,8 +103,8 @@ def test_celery_settings_do_not_trust_transport_defaults() -> None:
 
 def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    upgrade(url)
-    with get_engine(url).connect() as conn:
+    upgrade(database_at(url))
+    with get_engine(database_at(url)).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
         assert diff == []
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, func, select
 
-from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
 from schemas.common import JobStatus
 from tests.faults import (
@@ -52,7 +52,7 @@ def cut_off_stack(postgres_admin: str, tmp_path: Path) -> Iterator[tuple[Stack, 
 
 
 def _count(stack: Stack, model: str, status: JobStatus) -> int:
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         return int(session.exec(select(func.count()).select_from(Job).where(
             Job.model == model, Job.status == status)).one())
 
@@ -105,7 +105,7 @@ def test_postgres_out_of_reach_for_10_s_every_job_succeeds_once(
     claimed_again = sum(j.attempts == 2 for j in done)
     # Outside the database: the engine computed every request exactly once.
     assert runs_per_prompt(executions) == dict.fromkeys(prompts, 1)
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         assert session.exec(select(func.count()).select_from(Job).where(
             col(Job.model) == model)).one() == JOBS
     resumed_s = min((j.finished_at - restored_at).total_seconds() for j in done

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from workers.engine import EngineRequest, SamplingParams
-from workers.transformers_engine import BatchingOptions, EngineUnloaded, TransformersEngine
+from workers.engines.base import EngineRequest, SamplingParams
+from workers.engines.transformers import BatchingOptions, EngineUnloaded, TransformersEngine
 
 
 def _engine(path: Path, **options: Any) -> TransformersEngine:
@@ -166,7 +166,7 @@ def test_a_weight_update_drains_the_batch_then_serves_only_new_weights(
 ) -> None:
     import threading
 
-    from workers.demo_model import create_demo_model
+    from llmos_jobs.demo_model import create_demo_model
 
     other = create_demo_model(tmp_path / "other", seed=1, dtype="float64")
     prompt = _ids(30, 2)

@@ -23,11 +23,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.batching import Model, serve
-from workers.batching import Sequence as Running
-from workers.engine import EngineStats, SamplingParams, apply_stop
-from workers.prefix_cache import PrefixCache, kv_nbytes
-from workers.transformers_engine import read_model
+from workers.engines.base import EngineStats, SamplingParams, apply_stop
+from workers.engines.batching import Model, serve
+from workers.engines.batching import Sequence as Running
+from workers.engines.prefix_cache import PrefixCache, kv_nbytes
+from workers.engines.transformers import read_model
 
 MAX_TOKENS = 20
 EXAMPLES = 60

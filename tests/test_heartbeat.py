@@ -15,24 +15,25 @@ from sqlmodel import col
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db import registry
 from llmos_jobs.db.migrate import upgrade
-from llmos_jobs.db.models import Job, WorkerRecord
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import Database, session_scope
+from llmos_jobs.db.tables import Job, WorkerRecord
 from llmos_jobs.db.types import utcnow
 from schemas.common import JobKind, JobStatus
+from tests.stack import database_at
 
 NAME = "beating@test"
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'llmos.db'}"
-    upgrade(url)
-    return url
+def database(tmp_path: Path) -> Database:
+    db = database_at(f"sqlite:///{tmp_path / 'llmos.db'}")
+    upgrade(db)
+    return db
 
 
-def _record(url: str, state: str) -> None:
+def _record(database: Database, state: str) -> None:
     silent_since = utcnow() - timedelta(hours=1)
-    with session_scope(url) as session:
+    with session_scope(database) as session:
         registry.upsert_worker(session=session, worker=WorkerRecord(
             name=NAME, host="host", pid=1, pool="threads", concurrency=1,
             engine_device="cpu", queues=[], state=state,
@@ -40,14 +41,14 @@ def _record(url: str, state: str) -> None:
         session.commit()
 
 
-def _beat(url: str, *, rejoin: bool) -> bool:
-    with session_scope(url) as session:
+def _beat(database: Database, *, rejoin: bool) -> bool:
+    with session_scope(database) as session:
         return registry.heartbeat(session=session, name=NAME, queues=["q"], engines={},
                                   resources={}, now=utcnow(), holding=[], rejoin=rejoin)
 
 
-def _row(url: str) -> WorkerRecord:
-    with session_scope(url) as session:
+def _row(database: Database) -> WorkerRecord:
+    with session_scope(database) as session:
         row = session.get(WorkerRecord, NAME)
         assert row is not None
         session.expunge(row)
@@ -55,7 +56,7 @@ def _row(url: str) -> WorkerRecord:
 
 
 def test_a_beat_of_a_worker_declared_dead_changes_nothing_unless_it_rejoins(
-        database: str) -> None:
+        database: Database) -> None:
     _record(database, "dead")
     before = _row(database)
     assert not _beat(database, rejoin=False)
@@ -69,13 +70,13 @@ def test_a_beat_of_a_worker_declared_dead_changes_nothing_unless_it_rejoins(
     assert after.queues == ["q"]
 
 
-def test_a_stopped_worker_does_not_rejoin(database: str) -> None:
+def test_a_stopped_worker_does_not_rejoin(database: Database) -> None:
     _record(database, "stopped")
     assert not _beat(database, rejoin=True)
     assert _row(database).state == "stopped"
 
 
-def test_reaping_after_a_rejoin_leaves_the_worker_alive(database: str) -> None:
+def test_reaping_after_a_rejoin_leaves_the_worker_alive(database: Database) -> None:
     _record(database, "dead")
     assert _beat(database, rejoin=True)
     with session_scope(database) as session:
@@ -84,7 +85,7 @@ def test_reaping_after_a_rejoin_leaves_the_worker_alive(database: str) -> None:
 
 
 def test_a_lost_pool_claim_is_not_requeued_once_its_message_claimed_it_again(
-        database: str) -> None:
+        database: Database) -> None:
     """A pool child killed mid-job: the pool hands the same message to a new child,
     which claims the job again, while the control process finds the first claim's
     process missing from the heartbeat. Its verdict covers that claim only: requeued

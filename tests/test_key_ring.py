@@ -14,14 +14,16 @@ from cryptography.fernet import Fernet
 from sqlalchemy import Text, cast, select, text
 from sqlmodel import SQLModel
 
-from llmos_jobs import batches, crypto
+from llmos_jobs import crypto
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.rotation import EncryptedColumn, encrypted_columns, rotate_all
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.errors import LlmosError
+from llmos_jobs.services import batch_files
+from llmos_jobs.services.webhooks.events import emit
+from llmos_jobs.services.webhooks.signing import tenant_secret
 from llmos_jobs.settings import Settings, get_settings
-from llmos_jobs.webhooks.events import emit
-from llmos_jobs.webhooks.signing import tenant_secret
+from tests.stack import database_at
 
 
 def test_outside_the_embedded_default_every_process_refuses_to_start_without_keys(
@@ -86,18 +88,18 @@ def test_after_rotation_the_old_key_can_go(tmp_path: Path, keys: list[str],
     client.register_model("m", tmp_path / "m", engine="noop")
     space = client.create_mindspace(model="m", persona="a persona")
     client.snapshot(space.id)
-    batches.upload(client, filename="in.jsonl", content=b"{}", purpose="batch")
-    with session_scope(url) as session:
+    client.upload_file(filename="in.jsonl", content=b"{}", purpose="batch")
+    with session_scope(database_at(url)) as session:
         tenant_secret(session=session, tenant=client.tenant)
         emit(session=session, tenant=client.tenant, event_type="t", url="http://127.0.0.1/h",
              data={"x": 1}, settings=client.settings)
     monkeypatch.setenv("LLMOS_ENCRYPTION_KEYS", f"{new},{old}")
     get_settings.cache_clear()
-    with session_scope(url) as session:
+    with session_scope(database_at(url)) as session:
         counts = rotate_all(session=session)
     assert set(counts) == {f"{c.table}.{c.column}" for c in encrypted_columns()}
     only_new = Fernet(new.encode())
-    with session_scope(url) as session:
+    with session_scope(database_at(url)) as session:
         for column in encrypted_columns():
             table = SQLModel.metadata.tables[column.table]
             tokens = session.execute(select(cast(table.c[column.column], Text)).where(
@@ -113,17 +115,17 @@ def test_the_migration_encrypts_errors_stored_in_plaintext(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     from alembic import command
 
-    from llmos_jobs.db.batch_models import Batch
+    from llmos_jobs.db.batch_tables import Batch
     from llmos_jobs.db.migrate import alembic_config, upgrade
-    from llmos_jobs.db.models import Job
     from llmos_jobs.db.session import get_engine
+    from llmos_jobs.db.tables import Job
     from tests.conftest import _drop_pg_database, _fresh_pg_database
 
     admin = request.getfixturevalue("postgres_admin") if backend == "postgres" else None
     url = _fresh_pg_database(admin) if admin else f"sqlite:///{tmp_path / 'old.db'}"
     try:
         command.upgrade(alembic_config(url), "0009")
-        with get_engine(url).begin() as conn:
+        with get_engine(database_at(url)).begin() as conn:
             conn.execute(text(
                 "INSERT INTO job (id, tenant, kind, priority, model, payload, status, "
                 "error_type, error_message, queue, task_id, attempts, created_at) VALUES "
@@ -136,12 +138,12 @@ def test_the_migration_encrypts_errors_stored_in_plaintext(
                 "('b1', 't', 'failed', '/v1/chat/completions', 'f', '24h', 8, "
                 "'[{\"line\": 1, \"message\": \"plain line\"}]', 1, "
                 "'2026-01-01 00:00:00+00')"))
-        upgrade(url)
-        with get_engine(url).connect() as conn:
+        upgrade(database_at(url))
+        with get_engine(database_at(url)).connect() as conn:
             error = conn.execute(text("SELECT error_message FROM job")).scalar_one()
             invalid = conn.execute(text("SELECT invalid FROM batch")).scalar_one()
         assert "plain" not in error and "plain" not in invalid
-        with session_scope(url) as session:
+        with session_scope(database_at(url)) as session:
             job, batch = session.get(Job, "j1"), session.get(Batch, "b1")
             assert job is not None and batch is not None
             assert job.error_message == "plain error about the prompt"
@@ -162,23 +164,23 @@ def test_two_settings_in_one_process_each_read_their_own_data_and_not_the_other(
     clients = {name: LlmosClient(tenant="t", settings=Settings(
         database_url=url, data_dir=tmp_path / name, encryption_keys=ring))
         for name, ring in keys.items()}
-    stored = {name: batches.upload(client, filename=f"{name}.jsonl", purpose="batch",
+    stored = {name: client.upload_file(filename=f"{name}.jsonl", purpose="batch",
                                    content=f"written by {name}".encode()).id
               for name, client in clients.items()}
     for reader, client in clients.items():
         for writer, file_id in stored.items():
             with client.session() as session:
                 if reader == writer:
-                    assert batches.get_file(session, "t", file_id).content == \
+                    assert batch_files.get_file(session, "t", file_id).content == \
                         f"written by {writer}"
                 else:
                     with pytest.raises(crypto.KeyRingMismatch):
-                        _ = batches.get_file(session, "t", file_id).content
+                        _ = batch_files.get_file(session, "t", file_id).content
     for file_id in stored.values():
-        with session_scope(url) as session, pytest.raises(crypto.KeyRingMismatch):
-            _ = batches.get_file(session, "t", file_id).content
+        with session_scope(database_at(url)) as session, pytest.raises(crypto.KeyRingMismatch):
+            _ = batch_files.get_file(session, "t", file_id).content
     # On disk, each token is under its writer's key alone.
-    with session_scope(url) as session:
+    with session_scope(database_at(url)) as session:
         tokens = dict(session.execute(text("SELECT id, content FROM stored_file")).all())
     for writer, file_id in stored.items():
         assert Fernet(keys[writer].encode()).decrypt(tokens[file_id].encode()) == \

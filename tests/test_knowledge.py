@@ -9,7 +9,8 @@ from sqlalchemy import text
 
 from llmos_jobs.db.migrate import alembic_config, upgrade
 from llmos_jobs.db.session import get_engine
-from llmos_jobs.knowledge import chunk_text, embedder, top_k
+from llmos_jobs.services.knowledge import chunk_text, embedder, top_k
+from tests.stack import database_at
 
 HANDBOOK = """# Priorities
 Jobs carry a priority from 0 to 9; 0 runs first. Interactive work uses 1, batch work 8.
@@ -64,22 +65,22 @@ def test_the_right_chunk_is_in_the_top_three_for_most_questions() -> None:
 def test_the_migration_encrypts_history_stored_in_plaintext(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     command.upgrade(alembic_config(url), "0002")
-    with get_engine(url).begin() as conn:
+    with get_engine(database_at(url)).begin() as conn:
         conn.execute(text("INSERT INTO mindspace (id, tenant, model, persona, created_at, "
                           "updated_at) VALUES ('m1', 't', 'demo', 'plain persona', "
                           "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
         conn.execute(text("INSERT INTO mindspace_message (mindspace_id, tenant, role, content, "
                           "created_at) VALUES ('m1', 't', 'user', 'plain history', "
                           "'2026-01-01 00:00:00')"))
-    upgrade(url)
-    with get_engine(url).connect() as conn:
+    upgrade(database_at(url))
+    with get_engine(database_at(url)).connect() as conn:
         raw = conn.execute(text("SELECT content FROM mindspace_message")).scalar_one()
         persona = conn.execute(text("SELECT persona FROM mindspace")).scalar_one()
     assert "plain" not in raw and "plain" not in persona
     from llmos_jobs.db import mindspaces as ms_crud
     from llmos_jobs.db.session import session_scope
 
-    with session_scope(url) as session:
+    with session_scope(database_at(url)) as session:
         shown = ms_crud.show_mindspace(session=session, tenant="t", mindspace_id="m1")
     assert shown.persona == "plain persona"
     assert [m.content for m in shown.messages] == ["plain history"]

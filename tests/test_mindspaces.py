@@ -28,7 +28,7 @@ def _turn(client: LlmosClient, mindspace_id: str, message: str, **kw: object) ->
 
 def _raw_dump(stack: Stack) -> str:
     """Every value of every table, as stored."""
-    engine = get_engine(stack.database_url)
+    engine = get_engine(stack.database)
     tables = ["job", "mindspace", "mindspace_message", "mindspace_chunk", "mindspace_snapshot",
               "mindspace_compaction"]
     with engine.connect() as conn:
@@ -71,7 +71,7 @@ def test_destroy_leaves_no_text_and_nothing_is_stored_in_plaintext(stack: Stack)
     marker = f"secret-{uuid.uuid4().hex}"
     space = client.create_mindspace(model="echo", persona=f"persona {marker}")
     _turn(client, space.id, f"message {marker}")
-    client.kb_add(space.id, f"# Notes\n\nknowledge {marker}", title=f"doc {marker}")
+    client.add_knowledge(space.id, f"# Notes\n\nknowledge {marker}", title=f"doc {marker}")
     client.snapshot(space.id)
     dump = _raw_dump(stack)
     assert space.id in dump and marker not in dump  # stored, but only encrypted
@@ -79,7 +79,7 @@ def test_destroy_leaves_no_text_and_nothing_is_stored_in_plaintext(stack: Stack)
     client.destroy_mindspace(space.id)
     with pytest.raises(NotFound):
         client.mindspace(space.id)
-    engine = get_engine(stack.database_url)
+    engine = get_engine(stack.database)
     with engine.connect() as conn:
         for table in ("mindspace_message", "mindspace_chunk", "mindspace_snapshot"):
             n = conn.execute(text(f"SELECT count(*) FROM {table} WHERE mindspace_id = :m"),
@@ -108,7 +108,7 @@ def test_rotation_re_encrypts_under_the_newest_key(stack: Stack) -> None:
     try:
         os.environ["LLMOS_ENCRYPTION_KEYS"] = f"{new},{old}"
         get_settings.cache_clear()
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             counts = rotate_all(session=session)
         assert counts["mindspace_message.content"] >= 2
         os.environ["LLMOS_ENCRYPTION_KEYS"] = new  # the old key is gone
@@ -122,7 +122,7 @@ def test_rotation_re_encrypts_under_the_newest_key(stack: Stack) -> None:
         # Back under the workers' key (a session reads with the ring of its settings).
         os.environ["LLMOS_ENCRYPTION_KEYS"] = f"{old},{new}"
         get_settings.cache_clear()
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             rotate_all(session=session)
         os.environ["LLMOS_ENCRYPTION_KEYS"] = old
         get_settings.cache_clear()
@@ -152,7 +152,7 @@ def test_another_tenant_cannot_see_or_touch_a_mindspace(stack: Stack) -> None:
     for action in (lambda: intruder.mindspace(space.id), lambda: intruder.chat(space.id, "hi"),
                    lambda: intruder.snapshot(space.id), lambda: intruder.fork(space.id),
                    lambda: intruder.destroy_mindspace(space.id),
-                   lambda: intruder.kb_list(space.id),
+                   lambda: intruder.knowledge(space.id),
                    lambda: intruder.configure_mindspace(space.id, persona="x")):
         with pytest.raises(NotFound):
             action()
@@ -173,7 +173,7 @@ def test_history_over_the_budget_is_compacted_and_recorded(stack: Stack) -> None
     assert max(prompts) < 64 + 16  # bounded by the budget, not growing with the history
     from llmos_jobs.db import mindspaces as ms_crud
 
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         records = ms_crud.compactions(session=session, tenant="default", mindspace_id=space.id)
     assert sum(r.messages for r in records) == len(compacted)
 

@@ -2,7 +2,7 @@
 
 A queue's message ids cannot be listed on AMQP, only its depth, so the reconciler
 compares the depth with the jobs the database holds queued there
-(llmos_jobs.reconcile._unheld, docs/reliability.md): a queue that holds fewer messages
+(llmos_jobs.services.reconcile._unheld, docs/reliability.md): a queue that holds fewer messages
 than queued jobs has all its waiting jobs sent again under new message ids, and a
 queue that holds them all is left alone."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from broker_config import language_queue
-from llmos_jobs.celery_app import create_app
+from llmos_jobs.broker import create_app
 from llmos_jobs.errors import NoLiveWorkerWarning
 from schemas.common import JobStatus
 from tests.services import rabbitmq_vhost

@@ -28,9 +28,9 @@ from tests.sglang_shapes import (
     output,
     req,
 )
-from workers.engine import Completion, SamplingParams
-from workers.sglang_http import SGLangServerEngine, SGLangServerError, shown_url
-from workers.sglang_io import (
+from workers.engines.base import Completion, SamplingParams
+from workers.engines.sglang_http import SGLangServerEngine, SGLangServerError, shown_url
+from workers.engines.sglang_io import (
     EngineUnloaded,
     NamespaceLeak,
     build_sampling_params,

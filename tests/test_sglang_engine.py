@@ -32,9 +32,9 @@ from tests.sglang_shapes import (
     output,
     req,
 )
-from workers.engine import Completion
-from workers.sglang_engine import EngineSlotTaken, SGLangEngine
-from workers.sglang_io import EngineUnloaded, NamespaceLeak
+from workers.engines.base import Completion
+from workers.engines.sglang import EngineSlotTaken, SGLangEngine
+from workers.engines.sglang_io import EngineUnloaded, NamespaceLeak
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -481,14 +481,18 @@ def test_real_sglang_engine_on_gpu() -> None:
 
 
 def test_sglang_workers_hand_the_engine_many_jobs_at_once() -> None:
+    from llmos_jobs.db.session import Database
+    from llmos_jobs.settings import Settings
     from schemas.model import EngineKind
+    from workers.engines.pool import EngineChoice
     from workers.main import CPU_CONCURRENCY, SGLANG_CONCURRENCY, default_concurrency
-    from workers.pool import EngineChoice
 
+    # An engine given by --engine: the registry is never read.
+    unread = Database.from_settings(Settings(database_url="sqlite:////nonexistent/llmos.db"))
     for kind in (EngineKind.sglang, EngineKind.sglang_http):
         assert default_concurrency(pool="threads", choice=EngineChoice(kind=kind),
-                                   models=None) == SGLANG_CONCURRENCY == 64
+                                   models=None, database=unread) == SGLANG_CONCURRENCY == 64
     assert default_concurrency(pool="threads", choice=EngineChoice(
-        kind=EngineKind.transformers), models=None) == CPU_CONCURRENCY == 8
+        kind=EngineKind.transformers), models=None, database=unread) == CPU_CONCURRENCY == 8
     assert default_concurrency(pool="prefork", choice=EngineChoice(kind=EngineKind.sglang),
-                               models=None) == CPU_CONCURRENCY
+                               models=None, database=unread) == CPU_CONCURRENCY

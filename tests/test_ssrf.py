@@ -1,4 +1,4 @@
-"""The webhook SSRF checker (llmos_jobs/webhooks/ssrf.py) and the pinned delivery:
+"""The webhook SSRF checker (llmos_jobs/services/webhooks/ssrf.py) and the pinned delivery:
 every IPv6 form of an internal IPv4 address is refused, a name is resolved once and
 connected to at the address that was checked, and the tenant sees only a status and a
 fixed reason."""
@@ -20,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmos_jobs.errors import InvalidRequest
+from llmos_jobs.services.webhooks.delivery import post
+from llmos_jobs.services.webhooks.ssrf import check_destination, resolve, why_internal
 from llmos_jobs.settings import Settings
-from llmos_jobs.webhooks.delivery import post
-from llmos_jobs.webhooks.ssrf import check_destination, resolve, why_internal
 from tests.webhook_receiver import Receiver
 
 INTERNAL_V4 = [ipaddress.IPv4Network(n) for n in (

@@ -16,11 +16,10 @@ from sqlalchemy import update
 from sqlmodel import col
 
 from broker_config import language_queue
-from llmos_jobs.celery_app import create_app
-from llmos_jobs.client import task_for_kind
+from llmos_jobs.broker import create_app, task_for_kind
 from llmos_jobs.db import jobs as job_crud
-from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
 from schemas.common import JobKind, JobStatus
 from tests.conftest import _drop_pg_database, _fresh_pg_database
@@ -128,7 +127,7 @@ def _running_without_a_holder(stack: Stack, model: str, worker: str, pid: int) -
     """A job `running` on a live worker whose process does not hold it: its claim
     committed, but no attempt there runs it (and no message of it is left)."""
     client = stack.client()
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
             tenant=client.tenant, kind=JobKind.generate, priority=5, model=model,
             payload={"model": model, "prompt": "orphan", "max_tokens": 2},

@@ -14,13 +14,14 @@ import warnings
 import pytest
 
 from broker_config import language_queue
-from llmos_jobs import turn_order
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db import jobs as job_crud
 from llmos_jobs.db import mindspaces as ms_crud
-from llmos_jobs.db.models import Job, JobPublic
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.tables import Job, JobPublic
 from llmos_jobs.errors import BrokerUnavailable, NoLiveWorkerWarning
+from llmos_jobs.services import turns
+from llmos_jobs.services.routing import RoutingPolicy
 from schemas.common import JobKind, JobStatus, Usage
 from schemas.mindspace import MindspaceTurnRequest
 from tests.stack import Stack
@@ -159,11 +160,11 @@ def test_who_releases_a_turn_is_decided_under_the_mindspace_lock(stack: Stack) -
     # 1. The producer of turn 2 holds the lock; turn 1 ends meanwhile.
     _run_as_worker(stack, first.id, first.task_id)
     released_by_finisher: list[Job] = []
-    with session_scope(stack.database_url) as producer:
+    with session_scope(stack.database) as producer:
         mindspace = ms_crud.get_mindspace(session=producer, tenant="default",
                                           mindspace_id=space.id)
-        second, released = turn_order.accept(
-            session=producer, mindspace=mindspace, dead_after_s=4,
+        second, released = turns.accept(
+            session=producer, mindspace=mindspace, routing=RoutingPolicy(dead_after_s=4),
             job_in=job_crud.JobCreate(tenant="default", kind=JobKind.mindspace_turn,
                                       priority=1, model=model, mindspace_id=space.id,
                                       payload=MindspaceTurnRequest(
@@ -188,11 +189,12 @@ def test_who_releases_a_turn_is_decided_under_the_mindspace_lock(stack: Stack) -
 
     producer_thread = threading.Thread(target=send_third)
     ending_second: list[Job] = []
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         job = session.get(Job, second.id)
         assert job is not None
-    with turn_order.ending(job, publish=ending_second.extend, dead_after_s=4,
-                           database_url=stack.database_url) as session:
+    with turns.ending(job, publish=ending_second.extend,
+                      routing=RoutingPolicy(dead_after_s=4),
+                      database=stack.database) as session:
         assert job_crud.succeed_job(session=session, job_id=job.id, message_id=job.task_id,
                                     result={}, usage=Usage(prompt_tokens=1,
                                                            completion_tokens=1))
@@ -209,7 +211,7 @@ class _Finisher(threading.Thread):
 
 
 def _run_as_worker(stack: Stack, job_id: str, task_id: str) -> None:
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         claim = job_crud.claim_job(session=session, job_id=job_id, message_id=task_id,
                                    worker="test", pid=0, max_attempts=3,
                                    claimant_dead=lambda _: False)
@@ -220,11 +222,12 @@ def _end_in_thread(stack: Stack, job_id: str, task_id: str, released: list[Job]
                    ) -> _Finisher:
     """A worker recording the success of a turn, in a thread of its own."""
     def finish() -> None:
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             job = session.get(Job, job_id)
             assert job is not None
-        with turn_order.ending(job, publish=released.extend, dead_after_s=4,
-                               database_url=stack.database_url) as session:
+        with turns.ending(job, publish=released.extend,
+                          routing=RoutingPolicy(dead_after_s=4),
+                          database=stack.database) as session:
             job_crud.succeed_job(session=session, job_id=job_id, message_id=task_id,
                                  result={}, usage=Usage(prompt_tokens=1, completion_tokens=1))
         thread.done.set()

@@ -29,11 +29,11 @@ from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.webhook_tables import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from llmos_jobs.errors import NoLiveWorkerWarning
+from llmos_jobs.services.webhooks.signing import tenant_secret
 from llmos_jobs.settings import Settings
-from llmos_jobs.webhooks.signing import tenant_secret
 from schemas.common import JobStatus
 from tests.faults import private_pg_stack
-from tests.stack import WEBHOOK_ALLOWED_HOSTS
+from tests.stack import WEBHOOK_ALLOWED_HOSTS, database_at
 from tests.turns import HANG_GUARD_S
 from tests.webhook_receiver import Receiver
 
@@ -52,12 +52,12 @@ def retry_delays(outage_s: float) -> str:
 
 
 def _deliveries(database_url: str) -> list[WebhookDelivery]:
-    with session_scope(database_url) as session:
+    with session_scope(database_at(database_url)) as session:
         return list(session.exec(select(WebhookDelivery)))
 
 
 def _failed_attempts(database_url: str) -> Counter[str]:
-    with session_scope(database_url) as session:
+    with session_scope(database_at(database_url)) as session:
         return Counter(session.exec(select(WebhookAttempt.delivery_id).where(
             col(WebhookAttempt.status_code).is_(None))).all())
 
@@ -77,7 +77,7 @@ def test_a_receiver_down_then_up_gets_every_event_signed_once(
         served, idle = (f"{kind}-{uuid.uuid4().hex[:6]}" for kind in ("served", "idle"))
         for model in (served, idle):
             client.register_model(model, stack.data_dir / model, engine="noop")
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             secret = tenant_secret(session=session, tenant=client.tenant).secret
         receiver = Receiver(secret=secret).start()
         try:

@@ -14,13 +14,13 @@ from sqlmodel import select
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from llmos_jobs.client import LlmosClient
-from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.tables import Job
 from llmos_jobs.db.webhook_tables import DeliveryStatus, WebhookDeliveryPublic
 from llmos_jobs.errors import InvalidRequest
-from llmos_jobs.webhooks.delivery import list_deliveries
-from llmos_jobs.webhooks.events import emit
-from llmos_jobs.webhooks.signing import rotate_secret, tenant_secret
+from llmos_jobs.services.webhooks.delivery import list_deliveries
+from llmos_jobs.services.webhooks.events import emit
+from llmos_jobs.services.webhooks.signing import rotate_secret, tenant_secret
 from schemas.common import JobStatus
 from tests.api_server import ApiServer
 from tests.stack import WEBHOOK_ALLOWED_HOSTS, WEBHOOK_RETRY_DELAYS, Stack
@@ -47,7 +47,7 @@ def client(stack: Stack, tenant: str) -> LlmosClient:
 
 @pytest.fixture
 def receiver(stack: Stack, tenant: str) -> Iterator[Receiver]:
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         secret = tenant_secret(session=session, tenant=tenant).secret
     server = Receiver(secret=secret).start()
     yield server
@@ -56,7 +56,7 @@ def receiver(stack: Stack, tenant: str) -> Iterator[Receiver]:
 
 def deliveries(stack: Stack, tenant: str, job_id: str | None = None
                ) -> list[WebhookDeliveryPublic]:
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         return list_deliveries(session=session, tenant=tenant, job_id=job_id)
 
 
@@ -173,7 +173,7 @@ def test_after_rotation_deliveries_verify_with_the_new_secret_only(
     run_job(client, receiver)
     [before] = receiver.wait_for(1)
     assert before.verified
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         new = rotate_secret(session=session, tenant=tenant).secret
     assert new != old and new.startswith("whsec_")
     receiver.secret = new
@@ -193,7 +193,7 @@ def test_internal_destinations_are_refused_at_submission(stack: Stack, tenant: s
         client.generate(model="echo", prompt="p", webhook=url)
     with pytest.raises(InvalidRequest, match="public hosts only"):
         client.generate_many([{"model": "echo", "prompt": "p"}], webhook=url)
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         assert session.exec(select(Job).where(Job.tenant == tenant)).first() is None
 
 
@@ -206,7 +206,7 @@ def test_non_http_destinations_are_refused(stack: Stack, tenant: str, url: str) 
 def test_delivery_checks_the_destination_again(stack: Stack, tenant: str) -> None:
     # Raised through emit() as other features do, to a loopback host that is not on
     # the workers' allow-list: each attempt is refused before any connection.
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         delivery_id = emit(session=session, tenant=tenant, event_type="batch.completed",
                            url="http://127.0.0.2:9/hook", data={"id": "b1"},
                            settings=stack.settings())
@@ -219,7 +219,7 @@ def test_delivery_checks_the_destination_again(stack: Stack, tenant: str) -> Non
 
 def test_a_rolled_back_event_is_never_sent(stack: Stack, tenant: str,
                                            receiver: Receiver) -> None:
-    with pytest.raises(RuntimeError), session_scope(stack.database_url) as session:
+    with pytest.raises(RuntimeError), session_scope(stack.database) as session:
         emit(session=session, tenant=tenant, event_type="batch.completed",
              url=receiver.url, data={}, settings=stack.settings())
         raise RuntimeError("the outcome was not recorded")
@@ -266,15 +266,14 @@ def test_the_cli_submits_with_a_webhook_and_lists_deliveries(
 
 def test_a_batch_announces_its_end(stack: Stack, tenant: str, client: LlmosClient,
                                    receiver: Receiver) -> None:
-    from llmos_jobs import batches
 
     lines = [json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
                          "body": {"model": "echo", "max_tokens": 1,
                                   "messages": [{"role": "user", "content": "hi"}]}})
              for i in range(3)]
-    stored = batches.upload(client, filename="b.jsonl", content="\n".join(lines).encode(),
+    stored = client.upload_file(filename="b.jsonl", content="\n".join(lines).encode(),
                             purpose="batch")
-    batch = batches.create(client, input_file_id=stored.id, webhook=receiver.url)
+    batch = client.create_batch(input_file_id=stored.id, webhook=receiver.url)
     [request] = receiver.wait_for(1, timeout_s=60)
     assert request.verified
     body = json.loads(request.body)
@@ -282,4 +281,4 @@ def test_a_batch_announces_its_end(stack: Stack, tenant: str, client: LlmosClien
     assert body["data"]["id"] == batch.id
     assert body["data"]["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
     with pytest.raises(InvalidRequest, match=r"10\.0\.0\.1"):
-        batches.create(client, input_file_id=stored.id, webhook="http://10.0.0.1/hook")
+        client.create_batch(input_file_id=stored.id, webhook="http://10.0.0.1/hook")

@@ -37,9 +37,9 @@ import pytest
 from sqlmodel import col, select
 
 from llmos_jobs.client import LlmosClient
-from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
-from llmos_jobs.webhooks.signing import tenant_secret
+from llmos_jobs.db.tables import Job
+from llmos_jobs.services.webhooks.signing import tenant_secret
 from schemas.common import JobStatus
 from tests.faults import executions, private_pg_stack
 from tests.stack import WEBHOOK_ALLOWED_HOSTS, Stack
@@ -60,7 +60,7 @@ def _busy_victim(stack: Stack, model: str, workers: dict[str, subprocess.Popen[b
     """A worker whose current process runs a job of ``model`` now (waits for one)."""
     deadline = time.monotonic() + HANG_GUARD_S
     while True:
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             running = set(session.exec(select(Job.worker, Job.worker_pid).where(
                 Job.model == model, Job.status == JobStatus.running)).all())
         for name, process in workers.items():
@@ -94,7 +94,7 @@ def test_20_whole_worker_kills_in_a_500_job_run_lose_nothing_and_record_each_onc
         # handed and never claimed is sent again once it is older than that allows.
         env = {"LLMOS_NOOP_DELAY_MS": "200", "LLMOS_NOOP_ECHO": "1",
                "LLMOS_NOOP_LOG": str(log), "LLMOS_JOB_TIME_LIMIT_S": "10"}
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             secret = tenant_secret(session=session, tenant=client.tenant).secret
         receiver = Receiver(secret=secret).start()
         try:
@@ -130,7 +130,7 @@ def test_20_whole_worker_kills_in_a_500_job_run_lose_nothing_and_record_each_onc
         assert len(ids) == KILLS * WAVE
         assert [j.status for j in done] == [JobStatus.succeeded] * len(ids)
         assert [j.result["text"] if j.result else None for j in done] == prompts
-        with session_scope(stack.database_url) as session:
+        with session_scope(stack.database) as session:
             assert len(session.exec(select(Job.id).where(col(Job.model) == model)).all()) \
                 == len(ids)
 

@@ -16,9 +16,9 @@ import pytest
 
 from broker_config import Transport
 from broker_config.celery_config import VISIBILITY_TIMEOUT_S
+from llmos_jobs.broker import create_app, task_for_kind
 from llmos_jobs.broker_view import UNACKED_KEY
-from llmos_jobs.celery_app import create_app
-from llmos_jobs.client import LlmosClient, task_for_kind
+from llmos_jobs.client import LlmosClient
 from schemas.common import JobStatus
 from tests.stack import Stack
 from tests.turns import (

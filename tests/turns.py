@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlmodel import select
 
 from llmos_jobs.client import LlmosClient
-from llmos_jobs.db.models import Job, JobPublic
 from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.tables import Job, JobPublic
 from schemas.common import JobStatus
 from tests.stack import Stack
 
@@ -58,7 +58,7 @@ def send_at_once(stack: Stack, mindspace_id: str, texts: Sequence[str]) -> list[
 
 
 def seqs_of(stack: Stack, mindspace_id: str) -> dict[str, int]:
-    with session_scope(stack.database_url) as session:
+    with session_scope(stack.database) as session:
         rows = session.exec(select(Job).where(Job.mindspace_id == mindspace_id)).all()
         return {job.id: job.mindspace_seq for job in rows if job.mindspace_seq is not None}
 

@@ -5,7 +5,7 @@
                                    declared dead, what no live process will finish
                                    taken back (workers.reaper)
     llmos.control.reconcile        every LLMOS_RECONCILE_GRACE_S / 2: work the broker
-                                   lost sent again (llmos_jobs.reconcile)
+                                   lost sent again (llmos_jobs.services.reconcile)
     llmos.control.expire_batches   every LLMOS_BATCH_EXPIRY_CHECK_S: batches past their
                                    completion window expired
 
@@ -20,20 +20,19 @@ and, for more webhook throughput, others with ``--no-beat``."""
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 from celery import Celery, Task
 
-from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE, TaskName
+from broker_config import CONTROL_QUEUE, TaskName
 from broker_config.celery_config import TIME_LIMIT_GRACE_S
-from llmos_jobs import dispatch
-from llmos_jobs.crypto import require_key_ring
+from llmos_jobs import broker
 from llmos_jobs.db import batch_progress
-from llmos_jobs.db.models import Job
-from llmos_jobs.db.session import session_scope
-from llmos_jobs.reconcile import reconcile
-from llmos_jobs.settings import Settings, get_settings
+from llmos_jobs.db.tables import Job
+from llmos_jobs.services import batches
+from llmos_jobs.services.reconcile import reconcile
+from llmos_jobs.services.submission import Submitter
+from llmos_jobs.settings import Settings
 from workers.reaper import Enqueue, reap
 
 log = logging.getLogger(__name__)
@@ -46,56 +45,52 @@ def enqueue_with(app: Celery) -> Enqueue:
     """How the reaper sends a job's new attempt (committed under ``task_id``)."""
     def enqueue(job: Job, task_id: str) -> None:
         job.task_id = task_id
-        dispatch.send(app, job)
+        broker.send(app, job)
 
     return enqueue
 
 
-def _reap(task: Task) -> int:
-    return reap(dead_after_s=get_settings().worker_dead_after_s, enqueue=enqueue_with(task.app))
+def register_control_tasks(app: Celery, submitter: Submitter) -> None:
+    """The control process's tasks on ``app``; they work on ``submitter``'s database
+    and settings."""
+    settings, database = submitter.settings, submitter.database
 
+    def reap_now(task: Task) -> int:
+        return reap(database=database, dead_after_s=settings.worker_dead_after_s,
+                    enqueue=enqueue_with(task.app))
 
-def _reconcile(task: Task) -> dict[str, int]:
-    settings = get_settings()
-    # No live worker holds a delivered job unclaimed longer than a job may run (a slot
-    # frees at least that often), nor a retry of one longer than its countdown.
-    unclaimed_after_s = max(settings.job_time_limit_s + TIME_LIMIT_GRACE_S,
-                            JOB_RETRY_COUNTDOWN_MAX_S) + settings.reconcile_grace_s
-    done = reconcile(task.app, grace_s=settings.reconcile_grace_s,
-                     unclaimed_after_s=unclaimed_after_s)
-    return {"jobs": done.jobs, "deliveries": done.deliveries, "batches": done.batches}
+    def reconcile_now(task: Task) -> dict[str, int]:
+        # No live worker holds a delivered job unclaimed longer than a job may run (a
+        # slot frees at least that often), nor a retry of one longer than its countdown.
+        unclaimed_after_s = max(settings.job_time_limit_s + TIME_LIMIT_GRACE_S,
+                                JOB_RETRY_COUNTDOWN_MAX_S) + settings.reconcile_grace_s
+        done = reconcile(task.app, grace_s=settings.reconcile_grace_s,
+                         unclaimed_after_s=unclaimed_after_s, database=database)
+        return {"jobs": done.jobs, "deliveries": done.deliveries, "batches": done.batches}
 
+    def expire_batches() -> int:
+        with database.session() as session:
+            expired = batches.expire_overdue(session)
+        for batch_id in expired:
+            with database.session() as session:
+                done = batch_progress.job_finished(session, batch_id)
+            if done:
+                batches.finalize(submitter, batch_id)
+        return len(expired)
 
-def _expire_batches() -> int:
-    from llmos_jobs import batches
+    def finalize_batch(batch_id: str) -> None:
+        """Finalise a batch whose requests have all ended. A batch just cancelled is
+        still `cancelling`: it moves to `finalizing` here (a compare-and-set, so of this
+        and the job that ends its last request, one does); one with requests still
+        running is left to the job that ends the last of them."""
+        with database.session() as session:
+            batch_progress.job_finished(session, batch_id)
+        batches.finalize(submitter, batch_id)
 
-    with session_scope() as session:
-        expired = batches.expire_overdue(session)
-    for batch_id in expired:
-        with session_scope() as session:
-            done = batch_progress.job_finished(session, batch_id)
-        if done:
-            batches.finalize(batch_id)
-    return len(expired)
-
-
-def _finalize_batch(batch_id: str) -> None:
-    """Finalise a batch whose requests have all ended. A batch just cancelled is still
-    `cancelling`: it moves to `finalizing` here (a compare-and-set, so of this and the
-    job that ends its last request, one does); one with requests still running is left
-    to the job that ends the last of them."""
-    from llmos_jobs import batches
-
-    with session_scope() as session:
-        batch_progress.job_finished(session, batch_id)
-    batches.finalize(batch_id)
-
-
-def register_control_tasks(app: Celery) -> None:
-    app.task(name=TaskName.reap.value, bind=True, acks_late=True)(_reap)
-    app.task(name=TaskName.reconcile.value, bind=True, acks_late=True)(_reconcile)
-    app.task(name=TaskName.expire_batches.value, acks_late=True)(_expire_batches)
-    app.task(name=TaskName.batch_finalize.value, acks_late=True)(_finalize_batch)
+    app.task(name=TaskName.reap.value, bind=True, acks_late=True)(reap_now)
+    app.task(name=TaskName.reconcile.value, bind=True, acks_late=True)(reconcile_now)
+    app.task(name=TaskName.expire_batches.value, acks_late=True)(expire_batches)
+    app.task(name=TaskName.batch_finalize.value, acks_late=True)(finalize_batch)
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -109,23 +104,3 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {name.value: {"task": name.value, "schedule": seconds,
                          "options": {"queue": CONTROL_QUEUE, "expires": max(seconds, 1.0)}}
             for name, seconds in every.items()}
-
-
-def run_control(*, name: str | None, beat: bool, concurrency: int, loglevel: str) -> None:
-    """Run the control process in this process until it is stopped."""
-    settings = get_settings()
-    require_key_ring(settings)
-    from llmos_jobs.celery_app import create_app
-    from llmos_jobs.db.migrate import upgrade
-
-    app = create_app(settings.resolved_broker_url(), with_tasks=True)
-    upgrade(settings.resolved_database_url())
-    app.conf.beat_schedule = beat_schedule(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    name = name or f"control-{socket.gethostname()}"
-    argv = ["worker", "--hostname", name, "--queues", f"{CONTROL_QUEUE},{WEBHOOKS_QUEUE}",
-            "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle"]
-    if beat:
-        argv += ["--beat", "--schedule", str(settings.data_dir / f"beat-{name}.db")]
-    app.worker_main(argv)

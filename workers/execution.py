@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
-from llmos_jobs import turn_order
 from llmos_jobs.crypto import KeyRingMismatch
 from llmos_jobs.db import batch_progress
 from llmos_jobs.db.jobs import (
@@ -27,19 +26,21 @@ from llmos_jobs.db.jobs import (
     record_abandoned_usage,
     succeed_job,
 )
-from llmos_jobs.db.models import Job
-from llmos_jobs.db.session import session_scope
-from llmos_jobs.settings import get_settings
-from llmos_jobs.turn_order import TurnRef
-from llmos_jobs.webhooks.events import emit_job_event
+from llmos_jobs.db.session import Database
+from llmos_jobs.db.tables import Job
+from llmos_jobs.services import batches, turns
+from llmos_jobs.services.routing import RoutingPolicy
+from llmos_jobs.services.submission import Submitter
+from llmos_jobs.services.turns import TurnRef
+from llmos_jobs.services.webhooks.events import emit_job_event
+from llmos_jobs.settings import Settings
 from schemas.common import ChatMessage, JobKind, Usage
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
-from workers import turns
-from workers.engine import Completion, Engine, EngineRequest, SamplingParams
+from workers.engines.base import Completion, Engine, EngineRequest, SamplingParams
+from workers.engines.pool import EnginePool
 from workers.held import HeldJobs
-from workers.pool import EnginePool
 from workers.watch import JobWatcher
 
 log = logging.getLogger(__name__)
@@ -61,15 +62,29 @@ class Outcome:
 @dataclass(frozen=True)
 class WorkerContext:
     name: str
+    submitter: Submitter  # this process's settings and database
     pool: EnginePool
     claimant_dead: Callable[[Job], bool]
     watcher: JobWatcher
-    time_limit_s: float  # LLMOS_JOB_TIME_LIMIT_S: no job runs longer
-    publish: turn_order.Publish  # the turns that ending a turn releases
+    publish: turns.Publish  # the turns that ending a turn releases
     held: HeldJobs = field(default_factory=HeldJobs)  # the attempts this process runs
     # Who writes the files of a batch whose last job ended (the control process);
     # None: this process, at once.
     finalize_batch: Callable[[str], None] | None = None
+
+
+    @property
+    def settings(self) -> Settings:
+        return self.submitter.settings
+
+    @property
+    def database(self) -> Database:
+        return self.submitter.database
+
+    @property
+    def time_limit_s(self) -> float:
+        """LLMOS_JOB_TIME_LIMIT_S: no job runs longer."""
+        return self.settings.job_time_limit_s
 
 
 class JobTimeout(Exception):
@@ -131,7 +146,8 @@ def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
 def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
     request = MindspaceTurnRequest.model_validate(job.payload)
     engine = ctx.pool.get(job.model)
-    prompt = turns.assemble(job, request.mindspace_id, request.message, engine)
+    prompt = turns.assemble(job, request.mindspace_id, request.message,
+                            lambda text: len(engine.tokenize(text)), database=ctx.database)
     sampling = SamplingParams(request.max_tokens, request.temperature)
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
                          messages=prompt.messages)
@@ -154,8 +170,8 @@ HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
 
 def _ending(job: TurnRef, ctx: WorkerContext) -> AbstractContextManager[Session]:
     """The transaction that records how ``job`` ended; the turn after it follows."""
-    return turn_order.ending(job, publish=ctx.publish,
-                             dead_after_s=get_settings().worker_dead_after_s)
+    return turns.ending(job, publish=ctx.publish,
+                        routing=RoutingPolicy.of(ctx.settings), database=ctx.database)
 
 
 def _record(job: Job, ctx: WorkerContext, write: Callable[[Session], None]) -> None:
@@ -214,7 +230,7 @@ def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, error_type: 
                   reason: str | None) -> None:
     """End the attempt ``message_id`` failed, claimed or not, without reading the job's
     payload (what failed may be its decryption)."""
-    with session_scope() as session:
+    with ctx.database.session() as session:
         header = job_header(session=session, job_id=job_id)
     if header is None:
         return
@@ -222,24 +238,25 @@ def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, error_type: 
         failed = fail_attempt(session=session, job_id=job_id, message_id=message_id,
                               worker=ctx.name, error_type=error_type, error_message=reason)
     if failed and header.webhook_url and error_type != "KeyRingMismatch":
-        with session_scope() as session:
-            emit_job_event(session=session, job_id=job_id)
+        with ctx.database.session() as session:
+            emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
     if failed and header.batch_id is not None:
         _after_final(header.batch_id, ctx)
 
 
 def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
-    with session_scope() as session:
+    with ctx.database.session() as session:
         claim = claim_job(
             session=session, job_id=job_id, message_id=message_id, worker=ctx.name,
-            pid=os.getpid(), max_attempts=get_settings().max_attempts,
+            pid=os.getpid(), max_attempts=ctx.settings.max_attempts,
             claimant_dead=ctx.claimant_dead,
         )
         if claim.outcome == ClaimOutcome.poison and claim.job and claim.job.webhook_url:
-            emit_job_event(session=session, job_id=job_id)
+            emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
     if claim.outcome == ClaimOutcome.poison and claim.job is not None:
-        turn_order.release_after(claim.job, publish=ctx.publish,
-                                 dead_after_s=get_settings().worker_dead_after_s)
+        turns.release_after(claim.job, publish=ctx.publish,
+                            routing=RoutingPolicy.of(ctx.settings),
+                            database=ctx.database)
     if claim.outcome != ClaimOutcome.claimed or claim.job is None:
         log.info("job %s message %s dropped: %s", job_id, message_id, claim.outcome.value)
         return claim.outcome
@@ -262,7 +279,7 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
             failed = fail_job(session=session, job_id=job_id, message_id=message_id,
                               error_type=error_type, error_message=error_message)
             if failed and job.webhook_url:  # enqueued once this transaction commits
-                emit_job_event(session=session, job_id=job_id)
+                emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
 
         _record(job, ctx, record_failure)
         _after_final(job.batch_id, ctx)
@@ -276,7 +293,7 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
         if recorded and outcome.persist is not None:
             outcome.persist(session)
         if recorded and job.webhook_url:  # enqueued once this transaction commits
-            emit_job_event(session=session, job_id=job_id)
+            emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
         if not recorded:  # cancelled while it ran: keep what the work cost
             record_abandoned_usage(session=session, job_id=job_id, message_id=message_id,
                                    usage=outcome.usage)
@@ -290,11 +307,9 @@ def _after_final(batch_id: str | None, ctx: WorkerContext) -> None:
     """A job of a batch ended: the last one to end has the batch's files written."""
     if batch_id is None:
         return
-    from llmos_jobs import batches
-
-    with session_scope() as session:
+    with ctx.database.session() as session:
         done = batch_progress.job_finished(session, batch_id)
     if done and ctx.finalize_batch is not None:
         ctx.finalize_batch(batch_id)
     elif done:
-        batches.finalize(batch_id)
+        batches.finalize(ctx.submitter, batch_id)

@@ -1,21 +1,27 @@
-"""Start a worker process: ``llmos worker``."""
+"""The entry points of worker processes: ``llmos worker`` (inference) and ``llmos
+control`` (the control plane). Each reads the settings once, here, and passes them down."""
 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
+from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE
 from llmos_jobs.crypto import require_key_ring
 from llmos_jobs.db import registry
 from llmos_jobs.db.migrate import upgrade
-from llmos_jobs.db.models import RegisteredModel
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import Database
+from llmos_jobs.db.tables import RegisteredModel
+from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import get_settings
 from schemas.model import EngineKind
-from workers.pool import EngineChoice
+from workers.control import beat_schedule
+from workers.engines.pool import EngineChoice
 from workers.runtime import WorkerRuntime, default_worker_name, initial_queues, set_runtime
+from workers.tasks import worker_app
 
 CPU_CONCURRENCY = 8
 # SGLang batches continuously whatever sequences it holds: a GPU is busy only when it is
@@ -25,7 +31,7 @@ _SGLANG = frozenset({EngineKind.sglang, EngineKind.sglang_http})
 
 
 def default_concurrency(*, pool: str, choice: EngineChoice | None,
-                        models: list[str] | None) -> int:
+                        models: list[str] | None, database: Database) -> int:
     """Jobs in flight when ``--concurrency`` is not given: SGLANG_CONCURRENCY for a
     threads-pool worker whose engine is SGLang (its ``--engine``, else the registered
     engine of any model it serves; ``models`` None means all), else CPU_CONCURRENCY."""
@@ -34,7 +40,7 @@ def default_concurrency(*, pool: str, choice: EngineChoice | None,
     if choice is not None and choice.kind is not None:
         kinds = {choice.kind}
     else:
-        with session_scope() as session:
+        with database.session() as session:
             names = models if models is not None else registry.list_model_names(
                 session=session)
             kinds = {EngineKind(row.engine) for name in names
@@ -60,10 +66,10 @@ def run_worker(
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     settings = get_settings()
     require_key_ring(settings)
-    from llmos_jobs.celery_app import create_app
-
-    app = create_app(settings.resolved_broker_url(), with_tasks=True)
-    upgrade(settings.resolved_database_url())
+    submitter = Submitter(settings, Database.from_settings(settings))
+    database = submitter.database
+    app = worker_app(submitter)
+    upgrade(database)
     name = name or default_worker_name(gpu)
     if queues:
         served: list[str] | None = [q.removeprefix("lang.") for q in queues if
@@ -72,14 +78,16 @@ def run_worker(
     elif models:
         served, consume = list(models), initial_queues(name, models)
     else:
-        with session_scope() as session:
+        with database.session() as session:
             served, consume = None, initial_queues(
                 name, registry.list_model_names(session=session)
             )
     if concurrency is None:
-        concurrency = default_concurrency(pool=pool, choice=engine_choice, models=served)
+        concurrency = default_concurrency(pool=pool, choice=engine_choice, models=served,
+                                          database=database)
     runtime = WorkerRuntime(
-        app=app, name=name, pool_kind=pool, concurrency=concurrency, queues=consume,
+        app=app, submitter=submitter, name=name, pool_kind=pool, concurrency=concurrency,
+        queues=consume,
         models=served, device=f"cuda:{gpu}" if gpu is not None else "cpu",
         engine_choice=engine_choice,
     )
@@ -100,3 +108,19 @@ def run_worker(
     ])
 
 
+def run_control(*, name: str | None, beat: bool, concurrency: int, loglevel: str) -> None:
+    """Run the control process in this process until it is stopped."""
+    settings = get_settings()
+    require_key_ring(settings)
+    submitter = Submitter(settings, Database.from_settings(settings))
+    app = worker_app(submitter)
+    upgrade(submitter.database)
+    app.conf.beat_schedule = beat_schedule(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    name = name or f"control-{socket.gethostname()}"
+    argv = ["worker", "--hostname", name, "--queues", f"{CONTROL_QUEUE},{WEBHOOKS_QUEUE}",
+            "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle"]
+    if beat:
+        argv += ["--beat", "--schedule", str(settings.data_dir / f"beat-{name}.db")]
+    app.worker_main(argv)

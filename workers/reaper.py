@@ -17,18 +17,19 @@ from collections.abc import Callable
 from broker_config import language_queue, worker_queue
 from llmos_jobs.db import registry
 from llmos_jobs.db.jobs import queued_on, requeue_job, reroute_job, running_jobs_of
-from llmos_jobs.db.models import Job
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import Database, session_scope
+from llmos_jobs.db.tables import Job
 
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[Job, str], None]
 
 
-def requeue_orphans(*, worker: str, enqueue: Enqueue, only: Callable[[Job], bool]) -> int:
+def requeue_orphans(*, database: Database, worker: str, enqueue: Enqueue,
+                    only: Callable[[Job], bool]) -> int:
     """Re-enqueue the running jobs of ``worker`` that ``only`` accepts."""
     count = 0
-    with session_scope() as session:
+    with session_scope(database) as session:
         jobs = [j for j in running_jobs_of(session=session, worker=worker) if only(j)]
         for job in jobs:
             new_task_id = requeue_job(session=session, job=job)
@@ -39,22 +40,23 @@ def requeue_orphans(*, worker: str, enqueue: Enqueue, only: Callable[[Job], bool
     return count
 
 
-def reap(*, dead_after_s: float, enqueue: Enqueue) -> int:
+def reap(*, database: Database, dead_after_s: float, enqueue: Enqueue) -> int:
     """Declare silent workers dead and re-enqueue their jobs, and take back what no
     live process will finish (see the module docstring); the number re-enqueued."""
-    count = _reap_silent(dead_after_s=dead_after_s, enqueue=enqueue)
-    count += reroute_abandoned_direct_queues(enqueue=enqueue)
-    count += requeue_after_graceful_stop(dead_after_s=dead_after_s, enqueue=enqueue)
-    count += requeue_unheld(enqueue=enqueue)
+    count = _reap_silent(database=database, dead_after_s=dead_after_s, enqueue=enqueue)
+    count += reroute_abandoned_direct_queues(database=database, enqueue=enqueue)
+    count += requeue_after_graceful_stop(database=database, dead_after_s=dead_after_s,
+                                         enqueue=enqueue)
+    count += requeue_unheld(database=database, enqueue=enqueue)
     return count
 
 
-def _reap_silent(*, dead_after_s: float, enqueue: Enqueue) -> int:
-    with session_scope() as session:
+def _reap_silent(*, database: Database, dead_after_s: float, enqueue: Enqueue) -> int:
+    with session_scope(database) as session:
         stale = registry.stale_workers(session=session, dead_after_s=dead_after_s)
     count = 0
     for worker in stale:
-        with session_scope() as session:
+        with session_scope(database) as session:
             # Only the reaper that flips the state re-enqueues: no double attempts.
             won = registry.set_worker_state(
                 session=session, name=worker.name, state="dead", expect="alive"
@@ -62,38 +64,42 @@ def _reap_silent(*, dead_after_s: float, enqueue: Enqueue) -> int:
         if won:
             log.warning("worker %s silent for over %.0fs: declared dead", worker.name,
                         dead_after_s)
-            count += requeue_orphans(worker=worker.name, enqueue=enqueue, only=lambda _: True)
+            count += requeue_orphans(database=database, worker=worker.name, enqueue=enqueue,
+                                     only=lambda _: True)
     return count
 
 
-def reroute_abandoned_direct_queues(*, enqueue: Enqueue) -> int:
+def reroute_abandoned_direct_queues(*, database: Database, enqueue: Enqueue) -> int:
     """Queued jobs on the direct queue of a worker that is not alive. Every pass, not
     only when a worker is declared dead: a turn may be routed to a worker in the moment
     it stops, and a worker that stops gracefully is never declared dead."""
-    with session_scope() as session:
+    with session_scope(database) as session:
         names = registry.workers_with_queued_direct_work(session=session)
-    return sum(reroute_direct_queue(worker=name, enqueue=enqueue) for name in names)
-
-
-def requeue_after_graceful_stop(*, dead_after_s: float, enqueue: Enqueue) -> int:
-    """Running jobs of a worker that stopped gracefully: it finishes what it runs before
-    it says `stopped` and its heartbeat ends with it, so once the heartbeat is older
-    than ``dead_after_s`` nothing there runs them any more."""
-    with session_scope() as session:
-        names = registry.stopped_workers_with_running_jobs(session=session,
-                                                           dead_after_s=dead_after_s)
-    return sum(requeue_orphans(worker=name, enqueue=enqueue, only=lambda _: True)
+    return sum(reroute_direct_queue(database=database, worker=name, enqueue=enqueue)
                for name in names)
 
 
-def requeue_unheld(*, enqueue: Enqueue) -> int:
+def requeue_after_graceful_stop(*, database: Database, dead_after_s: float,
+                                enqueue: Enqueue) -> int:
+    """Running jobs of a worker that stopped gracefully: it finishes what it runs before
+    it says `stopped` and its heartbeat ends with it, so once the heartbeat is older
+    than ``dead_after_s`` nothing there runs them any more."""
+    with session_scope(database) as session:
+        names = registry.stopped_workers_with_running_jobs(session=session,
+                                                           dead_after_s=dead_after_s)
+    return sum(requeue_orphans(database=database, worker=name, enqueue=enqueue, only=lambda _: True)
+               for name in names)
+
+
+def requeue_unheld(*, database: Database, enqueue: Enqueue) -> int:
     """Running jobs of live workers that their last heartbeat says they do not hold."""
-    with session_scope() as session:
+    with session_scope(database) as session:
         unheld = registry.unheld_running_jobs(session=session)
     count = 0
     for worker, attempts in unheld.items():
         log.warning("worker %s no longer holds running job(s) %s", worker, ", ".join(attempts))
-        count += requeue_orphans(worker=worker, enqueue=enqueue, only=_same_claim(attempts))
+        count += requeue_orphans(database=database, worker=worker, enqueue=enqueue,
+                                 only=_same_claim(attempts))
     return count
 
 
@@ -103,11 +109,11 @@ def _same_claim(attempts: dict[str, int]) -> Callable[[Job], bool]:
     return lambda job: attempts.get(job.id) == job.attempts
 
 
-def reroute_direct_queue(*, worker: str, enqueue: Enqueue) -> int:
+def reroute_direct_queue(*, database: Database, worker: str, enqueue: Enqueue) -> int:
     """Jobs waiting on a dead worker's direct queue go to their model's shared queue
     (a mindspace turn then lands on whichever worker takes it, and moves there)."""
     count = 0
-    with session_scope() as session:
+    with session_scope(database) as session:
         for job in queued_on(session=session, queue=worker_queue(worker)):
             new_task_id = reroute_job(session=session, job=job,
                                       queue=language_queue(job.model))

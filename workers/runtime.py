@@ -15,16 +15,17 @@ import psutil
 from celery import Celery
 
 from broker_config import language_queue, worker_queue
-from llmos_jobs import dispatch
+from llmos_jobs import broker
 from llmos_jobs.db import registry
-from llmos_jobs.db.models import Job, WorkerRecord
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import Database
+from llmos_jobs.db.tables import Job, WorkerRecord
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import BrokerUnavailable
-from llmos_jobs.settings import get_settings
+from llmos_jobs.services.submission import Submitter
+from llmos_jobs.settings import Settings
+from workers.engines.pool import EngineChoice, EnginePool
 from workers.execution import WorkerContext
 from workers.held import HeldJobs
-from workers.pool import EngineChoice, EnginePool
 from workers.reaper import requeue_orphans
 from workers.resources import sample
 from workers.watch import JobWatcher
@@ -46,6 +47,7 @@ def initial_queues(name: str, models: list[str]) -> list[str]:
 @dataclass
 class WorkerRuntime:
     app: Celery
+    submitter: Submitter  # the settings and database of this process
     name: str
     pool_kind: str
     concurrency: int
@@ -55,13 +57,23 @@ class WorkerRuntime:
     engine_choice: EngineChoice | None = None
     host: str = field(default_factory=socket.gethostname)
     pool: EnginePool = field(init=False)
-    watcher: JobWatcher = field(default_factory=JobWatcher)
+    watcher: JobWatcher = field(init=False)
     held: HeldJobs = field(default_factory=HeldJobs)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
-        self.pool = EnginePool(on_change=self._report_loaded, choice=self.engine_choice)
+        self.pool = EnginePool(self.settings, self.database, on_change=self._report_loaded,
+                               choice=self.engine_choice)
+        self.watcher = JobWatcher(self.database)
+
+    @property
+    def settings(self) -> Settings:
+        return self.submitter.settings
+
+    @property
+    def database(self) -> Database:
+        return self.submitter.database
 
     # -- claims ------------------------------------------------------------------------------
 
@@ -73,7 +85,7 @@ class WorkerRuntime:
             return True
         if job.worker == self.name and job.worker_pid == os.getpid():
             return self.held.count(job.id, job.task_id) <= 1
-        with session_scope() as session:
+        with self.database.session() as session:
             row = session.get(WorkerRecord, job.worker)
         if row is None or row.state != "alive":
             return True
@@ -82,10 +94,10 @@ class WorkerRuntime:
         return False
 
     def context(self) -> WorkerContext:
-        return WorkerContext(name=self.name, pool=self.pool, claimant_dead=self.claimant_dead,
-                             watcher=self.watcher, publish=self.publish, held=self.held,
-                             finalize_batch=self.finalize_batch,
-                             time_limit_s=get_settings().job_time_limit_s)
+        return WorkerContext(name=self.name, submitter=self.submitter, pool=self.pool,
+                             claimant_dead=self.claimant_dead, watcher=self.watcher,
+                             publish=self.publish, held=self.held,
+                             finalize_batch=self.finalize_batch)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -95,27 +107,26 @@ class WorkerRuntime:
             pool=self.pool_kind, concurrency=self.concurrency, engine_device=self.device,
             models=self.models, queues=self.queues, loaded=[],
         )
-        with session_scope() as session:
+        with self.database.session() as session:
             previous = session.get(WorkerRecord, self.name)
             previous_pid = previous.pid if previous is not None else None
             registry.upsert_worker(session=session, worker=record)
         if previous_pid is not None and previous_pid != os.getpid():
             # A restart under the same name: the previous process is gone, and so are
             # the jobs it was running.
-            requeue_orphans(worker=self.name, enqueue=self.enqueue,
+            requeue_orphans(database=self.database, worker=self.name, enqueue=self.enqueue,
                             only=lambda j: j.worker_pid != os.getpid())
         self._thread = threading.Thread(target=self._loop, name="llmos-heartbeat", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        with session_scope() as session:
+        with self.database.session() as session:
             registry.set_worker_state(session=session, name=self.name, state="stopped",
                                       expect="alive")
 
     def _loop(self) -> None:
-        settings = get_settings()
-        while not self._stop.wait(settings.heartbeat_interval_s):
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
             try:
                 self.tick()
             except Exception:  # a database blip must not kill the heartbeat
@@ -134,7 +145,7 @@ class WorkerRuntime:
         resources = sample(self.device)
 
         def beat(rejoin: bool) -> bool:
-            with session_scope() as session:
+            with self.database.session() as session:
                 return registry.heartbeat(
                     session=session, name=self.name, queues=self.queues, engines=engines,
                     resources=resources, now=beat_at, holding=holding, pool_pids=pool_pids,
@@ -148,7 +159,7 @@ class WorkerRuntime:
             beat(rejoin=True)
 
     def _follow_new_models(self) -> None:
-        with session_scope() as session:
+        with self.database.session() as session:
             names = registry.list_model_names(session=session)
         for name in names:
             queue = language_queue(name)
@@ -160,21 +171,21 @@ class WorkerRuntime:
     def enqueue(self, job: Job, task_id: str) -> None:
         """A new attempt of a job the reaper took back (committed under ``task_id``)."""
         job.task_id = task_id
-        dispatch.send(self.app, job)
+        broker.send(self.app, job)
 
     def finalize_batch(self, batch_id: str) -> None:
         """The batch's last job ended here: its files are the control process's work."""
-        dispatch.send_batch_finalization(self.app, batch_id)
+        broker.send_batch_finalization(self.app, batch_id)
 
     def publish(self, jobs: Sequence[Job]) -> None:
         """The turns released by a turn this worker ended (committed already)."""
         try:
-            dispatch.publish(self.app, jobs, dead_after_s=get_settings().worker_dead_after_s)
+            self.submitter.publish(jobs)
         except BrokerUnavailable as exc:  # they were failed with the reason
             log.error("released turns not enqueued: %s", exc)
 
     def _report_loaded(self, loaded: list[str]) -> None:
-        with session_scope() as session:
+        with self.database.session() as session:
             registry.set_loaded(session=session, name=self.name, loaded=loaded)
 
 

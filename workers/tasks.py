@@ -1,5 +1,7 @@
-"""Thin Celery tasks: the message carries a job id (or a webhook delivery id); the work
-is in workers.execution and llmos_jobs.webhooks.delivery."""
+"""Thin Celery tasks: the message carries a job id (or a webhook delivery id, or a
+batch id); the work is in workers.execution and the services. A worker's entry point
+(workers.main) builds its app with ``worker_app``: producers send by name and never
+import this module."""
 
 from __future__ import annotations
 
@@ -9,53 +11,63 @@ from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError
 
 from broker_config import JOB_TASKS, TaskName
-from llmos_jobs.webhooks.delivery import attempt_delivery
+from llmos_jobs import broker
+from llmos_jobs.services import batches
+from llmos_jobs.services.submission import Submitter
+from llmos_jobs.services.webhooks.delivery import attempt_delivery
 from workers.control import register_control_tasks
 from workers.execution import execute_job
 from workers.runtime import get_runtime
 
 
-def _run(task: Task, job_id: str) -> str:
-    # A turn's message is published only once the turns before it have ended
-    # (llmos_jobs.turn_order): it never has to wait here.
-    return execute_job(job_id=job_id, message_id=task.request.id,
-                       ctx=get_runtime().context()).value
+def worker_app(submitter: Submitter) -> Celery:
+    """The app of a worker or control process, with every llmos task registered."""
+    settings = submitter.settings
+    app = broker.create_app(settings.resolved_broker_url(),
+                            time_limit_s=settings.job_time_limit_s,
+                            sentinel_master=settings.broker_sentinel_master)
+    register_tasks(app, submitter)
+    return app
 
 
-def _expand_batch(batch_id: str) -> None:
-    from llmos_jobs.batches import expand
-
-    expand(batch_id)
-
-
-def _deliver(task: Task, delivery_id: str) -> str:
-    retry_in = attempt_delivery(delivery_id=delivery_id)
-    if retry_in is not None:
-        # The schedule's limit lives on the delivery row, so Celery's count is unbounded.
-        raise task.retry(countdown=retry_in, max_retries=None)
-    return "done"
-
-
-def register_tasks(app: Celery) -> None:
+def register_tasks(app: Celery, submitter: Submitter) -> None:
     """Register every llmos task on ``app``, one per task name."""
+
+    def run(task: Task, job_id: str) -> str:
+        # A turn's message is published only once the turns before it have ended
+        # (llmos_jobs.services.turns): it never has to wait here.
+        return execute_job(job_id=job_id, message_id=task.request.id,
+                           ctx=get_runtime().context()).value
+
+    def expand_batch(batch_id: str) -> None:
+        batches.expand(submitter, batch_id)
+
+    def deliver(task: Task, delivery_id: str) -> str:
+        retry_in = attempt_delivery(delivery_id=delivery_id, settings=submitter.settings,
+                                    database=submitter.database)
+        if retry_in is not None:
+            # The schedule's limit lives on the delivery row, so Celery's count is unbounded.
+            raise task.retry(countdown=retry_in, max_retries=None)
+        return "done"
+
     app.task(name=TaskName.batch_expand.value, acks_late=True, autoretry_for=(DBAPIError,),
-             retry_backoff=True, max_retries=10)(_expand_batch)
+             retry_backoff=True, max_retries=10)(expand_batch)
     app.task(
         name=TaskName.deliver_webhook.value, bind=True, acks_late=True,
         autoretry_for=(DBAPIError,), retry_backoff=True, retry_backoff_max=60, max_retries=10,
-    )(_deliver)
-    register_control_tasks(app)
+    )(deliver)
+    register_control_tasks(app, submitter)
     for name in sorted(JOB_TASKS):
-        def run(self: Task, job_id: str) -> str:
-            return _run(self, job_id)
+        def run_job(self: Task, job_id: str) -> str:
+            return run(self, job_id)
 
-        run.__name__ = name.value.rsplit(".", 1)[-1]
+        run_job.__name__ = name.value.rsplit(".", 1)[-1]
         # A database outage must not lose the job: the delivery is retried (same message
         # id, so the claim still recognises it) with Celery's own backoff.
         app.task(
             name=name.value, bind=True, acks_late=True, autoretry_for=(DBAPIError,),
             retry_backoff=True, retry_backoff_max=60, max_retries=10,
-        )(run)
+        )(run_job)
 
 
 def registered_llmos_tasks(app: Celery) -> list[str]:

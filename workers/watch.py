@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmos_jobs.db.jobs import owned_of
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import Database
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 class JobWatcher:
     """Started lazily by the first ``watch``; a daemon thread for the process's life."""
 
+    database: Database
     interval_s: float = 0.2
     _watched: dict[tuple[str, str], threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -47,7 +48,7 @@ class JobWatcher:
             watched = dict(self._watched)
         if not watched:
             return
-        with session_scope() as session:
+        with self.database.session() as session:
             owned = owned_of(session=session, attempts=list(watched))
         for attempt, event in watched.items():
             if attempt not in owned:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from llmos_jobs.api.audit import AuditMiddleware
+from llmos_jobs.api.bodies import Health
 from llmos_jobs.api.errors import ERROR_RESPONSES, install_error_handlers
 from llmos_jobs.api.gate import BodyLimits, Gate
 from llmos_jobs.api.routes import (
@@ -25,7 +26,6 @@ from llmos_jobs.api.routes import (
     webhooks,
     workers,
 )
-from llmos_jobs.api.schemas import Health
 from llmos_jobs.api.state import ApiState
 from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.settings import Settings
@@ -60,11 +60,11 @@ def create_app(settings: Settings) -> FastAPI:
     # Added first, so it runs inside the audit middleware: its refusals are audited.
     routes = [route for module in ROUTERS for route in module.router.routes
               if isinstance(route, APIRoute)]
-    app.add_middleware(Gate, routes=routes, database_url=state.database_url,
+    app.add_middleware(Gate, routes=routes, database=state.database,
                        limits=BodyLimits(json_bytes=settings.api_max_body_bytes,
                                          upload_bytes=settings.batch_max_bytes,
                                          json_depth=settings.limit_json_depth))
-    app.add_middleware(AuditMiddleware, database_url=state.database_url,
+    app.add_middleware(AuditMiddleware, database=state.database,
                        denied_per_minute=settings.audit_denied_per_minute)
     for module in ROUTERS:
         app.include_router(module.router)

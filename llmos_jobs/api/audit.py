@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmos_jobs.db import audit as audit_crud
-from llmos_jobs.db.models import AuditEventBase
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import Database, session_scope
+from llmos_jobs.db.tables import AuditEventBase
 
 
 class AuditOutcome(StrEnum):
@@ -79,9 +79,9 @@ class DeniedBudget:
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, *, database_url: str, denied_per_minute: int) -> None:
+    def __init__(self, app: ASGIApp, *, database: Database, denied_per_minute: int) -> None:
         self.app = app
-        self.database_url = database_url
+        self.database = database
         self.denied = DeniedBudget(denied_per_minute)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,5 +121,5 @@ class AuditMiddleware:
         await anyio.to_thread.run_sync(self._write, event)
 
     def _write(self, event: AuditEventBase) -> None:
-        with session_scope(self.database_url) as session:
+        with session_scope(self.database) as session:
             audit_crud.record_event(session=session, event_in=event)

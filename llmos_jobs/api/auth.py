@@ -23,8 +23,8 @@ from llmos_jobs.api.audit import AuditEntry, audit_entry
 from llmos_jobs.api.errors import forbidden, unauthorized
 from llmos_jobs.api.gate import KEY_STATE
 from llmos_jobs.api.state import api_state
-from llmos_jobs.db.models import ApiKey
-from llmos_jobs.keys import Scope, grants
+from llmos_jobs.db.tables import ApiKey
+from llmos_jobs.services.api_keys import Scope, grants
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `llmos key create`.")
 TENANT_HEADER = "X-Llmos-Tenant"

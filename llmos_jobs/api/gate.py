@@ -26,10 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmos_jobs.api.audit import AuditEntry
 from llmos_jobs.api.errors import ErrorBody, ErrorDetail
-from llmos_jobs.db.models import ApiKey
-from llmos_jobs.db.session import session_scope
-from llmos_jobs.keys import authenticate
+from llmos_jobs.db.session import Database, session_scope
+from llmos_jobs.db.tables import ApiKey
 from llmos_jobs.limits import json_depth
+from llmos_jobs.services.api_keys import authenticate
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                           "/redoc"})
@@ -65,13 +65,13 @@ def _error(status: int, message: str, type_: str, code: str,
 
 
 class Gate:
-    def __init__(self, app: ASGIApp, *, routes: list[APIRoute], database_url: str,
+    def __init__(self, app: ASGIApp, *, routes: list[APIRoute], database: Database,
                  limits: BodyLimits) -> None:
         self.app = app
         self.routes = routes
         # Which audit action each route names never changes: read once, not per request.
         self.actions = {id(route): action_of(route) for route in routes}
-        self.database_url = database_url
+        self.database = database
         self.limits = limits
 
     def _route(self, scope: Scope) -> tuple[APIRoute | None, dict[str, str]]:
@@ -82,7 +82,7 @@ class Gate:
         return None, {}
 
     def _authenticate(self, presented: str) -> ApiKey | None:
-        with session_scope(self.database_url) as session:
+        with session_scope(self.database) as session:
             return authenticate(session=session, presented=presented)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,5 +1,5 @@
-"""What the API's routes share: the settings, and one LlmosClient per tenant (a client
-keeps per-tenant caches and runs the migration check once, so it is built once)."""
+"""What the API's routes share: the settings, the database, one submitter (its caches
+serve every tenant) and one LlmosClient per tenant."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.session import Database, session_scope
+from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
 
 
@@ -19,7 +20,7 @@ class ApiState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.database = Database.from_settings(settings)
-        self.database_url = self.database.url
+        self.submitter = Submitter(settings, self.database)
         self._clients: dict[str, LlmosClient] = {}
         self._lock = threading.Lock()
 
@@ -28,7 +29,8 @@ class ApiState:
             client = self._clients.get(tenant)
             if client is None:
                 # audit=False: the audit middleware records each call, with its key.
-                client = LlmosClient(tenant=tenant, settings=self.settings, audit=False)
+                client = LlmosClient(tenant=tenant, settings=self.settings,
+                                     submitter=self.submitter, audit=False)
                 self._clients[tenant] = client
             return client
 

@@ -8,7 +8,7 @@ import time
 import anyio
 
 from llmos_jobs.client import LlmosClient
-from llmos_jobs.db.models import JobPublic
+from llmos_jobs.db.tables import JobPublic
 
 _FIRST_POLL_S = 0.02  # the no-op engine answers in milliseconds; a model takes longer
 _MAX_POLL_S = 0.25

@@ -5,20 +5,11 @@ from __future__ import annotations
 import typer
 
 from llmos_jobs.cli.output import console, emit_json, err_console, table
-from llmos_jobs.cli.state import current_tenant
+from llmos_jobs.cli.state import current_tenant, database
 
 key_app = typer.Typer(help="API keys of the HTTP API.", no_args_is_help=True)
 audit_app = typer.Typer(help="The HTTP API's audit log.", no_args_is_help=True)
 _JSON = typer.Option(False, "--json")
-
-
-def _database() -> str:
-    from llmos_jobs.db.migrate import upgrade
-    from llmos_jobs.settings import get_settings
-
-    url = get_settings().resolved_database_url()
-    upgrade(url)
-    return url
 
 
 def _when(value: object) -> str:
@@ -41,16 +32,16 @@ def create(
     """Create a key and print it once: only its digest is stored."""
     from llmos_jobs.client_audit import default_actor, record
     from llmos_jobs.db.session import session_scope
-    from llmos_jobs.keys import issue_key, parse_scopes
+    from llmos_jobs.services.api_keys import issue_key, parse_scopes
 
     if operator and tenant:
         raise typer.BadParameter("an operator key has no tenant: drop --tenant")
-    url = _database()
-    with session_scope(url) as session:
+    db = database()
+    with session_scope(db) as session:
         owner_tenant = None if operator else tenant or current_tenant()
         issued = issue_key(session=session, tenant=owner_tenant,
                            scopes=parse_scopes(scopes), name=name)
-    record(url, actor=default_actor(), tenant=issued.tenant, action="keys.create",
+    record(db, actor=default_actor(), tenant=issued.tenant, action="keys.create",
            resource_id=issued.id, exc=None)
     if as_json:
         emit_json(issued)
@@ -69,10 +60,10 @@ def list_keys(
 ) -> None:
     """Keys of every tenant (or of one), revoked ones included; never the secrets."""
     from llmos_jobs.db import keys as key_crud
-    from llmos_jobs.db.models import ApiKeyPublic
     from llmos_jobs.db.session import session_scope
+    from llmos_jobs.db.tables import ApiKeyPublic
 
-    with session_scope(_database()) as session:
+    with session_scope(database()) as session:
         keys = [ApiKeyPublic.model_validate(k, from_attributes=True)
                 for k in key_crud.list_api_keys(session=session, tenant=tenant)]
     if as_json:
@@ -90,14 +81,14 @@ def revoke(key_id: str, as_json: bool = _JSON) -> None:
     """Revoke a key: the API refuses it from the next call on."""
     from llmos_jobs.client_audit import default_actor, record
     from llmos_jobs.db import keys as key_crud
-    from llmos_jobs.db.models import ApiKeyPublic
     from llmos_jobs.db.session import session_scope
+    from llmos_jobs.db.tables import ApiKeyPublic
 
-    url = _database()
-    with session_scope(url) as session:
+    db = database()
+    with session_scope(db) as session:
         key = ApiKeyPublic.model_validate(
             key_crud.revoke_api_key(session=session, key_id=key_id), from_attributes=True)
-    record(url, actor=default_actor(), tenant=key.tenant, action="keys.revoke",
+    record(db, actor=default_actor(), tenant=key.tenant, action="keys.revoke",
            resource_id=key.id, exc=None)
     if as_json:
         emit_json(key)
@@ -114,10 +105,10 @@ def audit_list(
     """The newest actions first (HTTP calls, and the CLI's and Python client's): who,
     what, on which resource, with which outcome."""
     from llmos_jobs.db import audit as audit_crud
-    from llmos_jobs.db.models import AuditEventPublic
     from llmos_jobs.db.session import session_scope
+    from llmos_jobs.db.tables import AuditEventPublic
 
-    with session_scope(_database()) as session:
+    with session_scope(database()) as session:
         events = [AuditEventPublic.model_validate(e, from_attributes=True)
                   for e in audit_crud.list_events(session=session, tenant=tenant, limit=limit)]
     if as_json:

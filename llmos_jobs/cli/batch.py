@@ -18,7 +18,7 @@ FINAL = ("completed", "failed", "cancelled", "expired")
 
 
 def _public(batch_id: str) -> dict[str, Any]:
-    from llmos_jobs import batches
+    from llmos_jobs.services import batches
 
     llmos = client()
     with llmos.session() as session:
@@ -63,12 +63,11 @@ def submit(
     as_json: bool = _JSON,
 ) -> None:
     """Upload a file and start a batch; invalid lines go to its error file."""
-    from llmos_jobs import batches
 
     llmos = client()
-    stored = batches.upload(llmos, filename=path.name, content=path.read_bytes(),
+    stored = llmos.upload_file(filename=path.name, content=path.read_bytes(),
                             purpose="batch")
-    batch = batches.create(llmos, input_file_id=stored.id, priority=priority, webhook=webhook)
+    batch = llmos.create_batch(input_file_id=stored.id, priority=priority, webhook=webhook)
     state = _watch(batch.id, timeout) if wait else _public(batch.id)
     if as_json:
         emit_json(state)
@@ -97,7 +96,7 @@ def results(batch_id: str,
             errors: bool = typer.Option(False, "--errors", help="The error file instead."),
             ) -> None:
     """Print the batch's output (or error) file, one JSON line per request."""
-    from llmos_jobs import batches
+    from llmos_jobs.services import batch_files
 
     llmos = client()
     state = _public(batch_id)
@@ -106,16 +105,15 @@ def results(batch_id: str,
         raise typer.BadParameter(f"batch {batch_id} ({state['status']}) has no "
                                  f"{'error' if errors else 'output'} file")
     with llmos.session() as session:
-        print(batches.get_file(session, llmos.tenant, file_id).content, end="")
+        print(batch_files.get_file(session, llmos.tenant, file_id).content, end="")
 
 
 @batch_app.command("cancel")
 def cancel(batch_id: str, as_json: bool = _JSON) -> None:
     """Cancel: queued requests never run, running ones finish."""
-    from llmos_jobs import batches
 
     llmos = client()
-    batch = batches.cancel(llmos, batch_id)
+    batch = llmos.cancel_batch(batch_id)
     emit_json(_public(batch.id)) if as_json else console.print(f"{batch.id}: {batch.status}")
 
 
@@ -124,8 +122,8 @@ def list_(as_json: bool = _JSON) -> None:
     """This tenant's batches, newest first."""
     from sqlmodel import col, select
 
-    from llmos_jobs import batches
-    from llmos_jobs.db.batch_models import Batch
+    from llmos_jobs.db.batch_tables import Batch
+    from llmos_jobs.services import batches
 
     llmos = client()
     with llmos.session() as session:

@@ -21,12 +21,12 @@ def new_key() -> None:
 @encryption_app.command("rotate")
 def rotate(as_json: bool = typer.Option(False, "--json")) -> None:
     """Re-encrypt everything stored under the newest key; older keys can then go."""
-    from llmos_jobs.db.migrate import upgrade
+    from llmos_jobs.cli.state import database
     from llmos_jobs.db.rotation import rotate_all
     from llmos_jobs.db.session import session_scope
 
-    upgrade()
-    with console.status("re-encrypting"), session_scope() as session:
+    db = database()
+    with console.status("re-encrypting"), session_scope(db) as session:
         counts = rotate_all(session=session)
     if as_json:
         emit_json(counts)

@@ -64,7 +64,7 @@ def worker(
     ping through the broker: its process runs, reaches the broker and consumes."""
     from kombu.exceptions import OperationalError
 
-    from llmos_jobs.celery_app import create_app
+    from llmos_jobs.broker import create_app
     from llmos_jobs.settings import get_settings
 
     app = create_app(get_settings().resolved_broker_url())

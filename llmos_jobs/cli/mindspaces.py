@@ -11,11 +11,11 @@ from llmos_jobs.cli.output import console, emit_json, table
 from llmos_jobs.cli.state import client
 
 if TYPE_CHECKING:
-    from llmos_jobs.db.models import MindspacePublic
+    from llmos_jobs.db.tables import MindspacePublic
 
 mindspace_app = typer.Typer(help="Persistent, isolated LLM contexts.", no_args_is_help=True)
-kb_app = typer.Typer(help="A mindspace's knowledge base.", no_args_is_help=True)
-mindspace_app.add_typer(kb_app, name="kb")
+knowledge_app = typer.Typer(help="A mindspace's knowledge base.", no_args_is_help=True)
+mindspace_app.add_typer(knowledge_app, name="kb")
 _JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
@@ -160,22 +160,22 @@ def destroy(mindspace_id: str) -> None:
     console.print(f"destroyed {mindspace_id}")
 
 
-@kb_app.command("add")
-def kb_add(mindspace_id: str,
-           path: Path = typer.Argument(..., exists=True, dir_okay=False,
-                                       help="A text or Markdown file."),
-           title: str = typer.Option(None, "--title", help="Default: the file name."),
-           as_json: bool = _JSON) -> None:
+@knowledge_app.command("add")
+def knowledge_add(mindspace_id: str,
+                  path: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                              help="A text or Markdown file."),
+                  title: str = typer.Option(None, "--title", help="Default: the file name."),
+                  as_json: bool = _JSON) -> None:
     """Add a document: chunked, embedded locally, stored encrypted."""
-    doc = client().kb_add(mindspace_id, path.read_text(), title=title or path.name)
+    doc = client().add_knowledge(mindspace_id, path.read_text(), title=title or path.name)
     emit_json(doc.__dict__) if as_json else console.print(
         f"added {doc.title} as {doc.id} ({doc.chunks} chunks)")
 
 
-@kb_app.command("list")
-def kb_list(mindspace_id: str, as_json: bool = _JSON) -> None:
+@knowledge_app.command("list")
+def knowledge_list(mindspace_id: str, as_json: bool = _JSON) -> None:
     """Documents of a mindspace's knowledge base."""
-    docs = client().kb_list(mindspace_id)
+    docs = client().knowledge(mindspace_id)
     if as_json:
         emit_json({"documents": [d.__dict__ for d in docs]})
         return
@@ -183,8 +183,8 @@ def kb_list(mindspace_id: str, as_json: bool = _JSON) -> None:
         console.print(f"{d.id}  {d.title}  {d.chunks} chunks", markup=False)
 
 
-@kb_app.command("remove")
-def kb_remove(mindspace_id: str, document_id: str) -> None:
+@knowledge_app.command("remove")
+def knowledge_remove(mindspace_id: str, document_id: str) -> None:
     """Remove a document from the knowledge base."""
-    n = client().kb_remove(mindspace_id, document_id)
+    n = client().remove_knowledge(mindspace_id, document_id)
     console.print(f"removed {document_id} ({n} chunks)")

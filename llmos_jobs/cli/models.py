@@ -20,7 +20,7 @@ def create_demo(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Build a small Llama model locally (nothing is downloaded)."""
-    from workers.demo_model import create_demo_model
+    from llmos_jobs.demo_model import create_demo_model
 
     with console.status(f"building the {size} demo model"):
         create_demo_model(path, size=size, seed=seed)

@@ -18,7 +18,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from llmos_jobs.db.models import JobPublic
+    from llmos_jobs.db.tables import JobPublic
 
 # A pipe has no width; Rich would assume 80 columns and crush wide tables. Give them
 # room for one row per line (what grep and people reading a log want); past that,

@@ -46,7 +46,7 @@ def flower(
     if ":" in user or "," in user or "," in password:
         raise _refuse("LLMOS_FLOWER_USER must not contain ':' or ',', nor "
                       "LLMOS_FLOWER_PASSWORD ','")
-    from llmos_jobs.celery_app import create_app
+    from llmos_jobs.broker import create_app
 
     app = create_app(settings.resolved_broker_url())
     # The credentials go in-process, never onto a command line that `ps` shows.

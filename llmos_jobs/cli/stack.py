@@ -45,8 +45,8 @@ def worker(
     own direct queue (w.<name>); control work is `llmos control`'s."""
     if pool not in POOLS:
         raise typer.BadParameter(f"choose one of {', '.join(POOLS)}", param_hint="--pool")
+    from workers.engines.pool import EngineChoice
     from workers.main import run_worker
-    from workers.pool import EngineChoice
 
     if sglang_url is not None:
         engine = EngineKind.sglang_http
@@ -69,7 +69,7 @@ def control(
 ) -> None:
     """Run the control plane (no GPU): reaping, reconciling what the broker lost, batch
     expansion, finalisation and expiry, webhook deliveries."""
-    from workers.control import run_control
+    from workers.main import run_control
 
     run_control(name=name, beat=beat, concurrency=concurrency, loglevel=loglevel)
 
@@ -106,7 +106,7 @@ def up(
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     settings = get_settings()
     try:
-        with EmbeddedStack(settings.data_dir) as stack:
+        with EmbeddedStack(settings.data_dir, settings) as stack:
             if stack.recovered:
                 err_console.print(f"warning: {stack.recovered}", markup=False, style="yellow")
             console.print(f"broker:   {stack.broker_url}\ndatabase: {stack.database_url}")
@@ -135,10 +135,7 @@ def demo() -> None:
 
 def db_upgrade() -> None:
     """Apply the database migrations (every command also does it on first use)."""
-    from llmos_jobs.db.migrate import upgrade
+    from llmos_jobs.cli.state import database
     from llmos_jobs.db.session import masked
-    from llmos_jobs.settings import get_settings
 
-    url = get_settings().resolved_database_url()
-    upgrade(url)
-    console.print(f"database at the newest revision: {masked(url)}")
+    console.print(f"database at the newest revision: {masked(database().url)}")

@@ -9,6 +9,7 @@ from llmos_jobs.cli.output import err_console
 
 if TYPE_CHECKING:
     from llmos_jobs.client import LlmosClient
+    from llmos_jobs.db.session import Database
 
 _tenant: str | None = None
 
@@ -24,6 +25,17 @@ def client() -> LlmosClient:
 
     forget_crashed_stack()
     return LlmosClient(tenant=_tenant)
+
+
+def database() -> Database:
+    """This command's database (from the settings), at the newest revision."""
+    from llmos_jobs.db.migrate import upgrade
+    from llmos_jobs.db.session import Database
+    from llmos_jobs.settings import get_settings
+
+    db = Database.from_settings(get_settings())
+    upgrade(db)
+    return db
 
 
 def forget_crashed_stack() -> None:

@@ -21,20 +21,17 @@ _JSON = typer.Option(False, "--json")
 
 @contextmanager
 def _session() -> Iterator[Session]:
-    from llmos_jobs.db.migrate import upgrade
+    from llmos_jobs.cli.state import database
     from llmos_jobs.db.session import session_scope
-    from llmos_jobs.settings import get_settings
 
-    url = get_settings().resolved_database_url()
-    upgrade(url)
-    with session_scope(url) as session:
+    with session_scope(database()) as session:
         yield session
 
 
 @webhook_app.command("secret")
 def secret(as_json: bool = _JSON) -> None:
     """Show the tenant's signing secret (created on first use)."""
-    from llmos_jobs.webhooks.signing import tenant_secret
+    from llmos_jobs.services.webhooks.signing import tenant_secret
 
     with _session() as session:
         row = tenant_secret(session=session, tenant=current_tenant())
@@ -44,7 +41,7 @@ def secret(as_json: bool = _JSON) -> None:
 @webhook_app.command("rotate")
 def rotate(as_json: bool = _JSON) -> None:
     """Replace the signing secret; the old one signs nothing from now on."""
-    from llmos_jobs.webhooks.signing import rotate_secret
+    from llmos_jobs.services.webhooks.signing import rotate_secret
 
     with _session() as session:
         row = rotate_secret(session=session, tenant=current_tenant())
@@ -63,7 +60,7 @@ def deliveries(
     as_json: bool = _JSON,
 ) -> None:
     """The newest deliveries with their attempts."""
-    from llmos_jobs.webhooks.delivery import list_deliveries
+    from llmos_jobs.services.webhooks.delivery import list_deliveries
 
     with _session() as session:
         rows = list_deliveries(session=session, tenant=current_tenant(), job_id=job,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
-from llmos_jobs.db.models import AuditEvent, AuditEventBase
+from llmos_jobs.db.tables import AuditEvent, AuditEventBase
 
 
 def record_event(*, session: Session, event_in: AuditEventBase) -> AuditEvent:

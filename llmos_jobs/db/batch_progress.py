@@ -1,5 +1,5 @@
 """How far a batch has come: after each of its jobs ends, whether it is done. Below the
-batch service (llmos_jobs.batches) so that whoever ends a job (a worker, a cancel by
+batch service (llmos_jobs.services.batches) so that whoever ends a job (a worker, a cancel by
 the job's id) can tell, without importing the service."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from llmos_jobs.db.batch_models import Batch
-from llmos_jobs.db.models import Job
+from llmos_jobs.db.batch_tables import Batch
+from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
 from schemas.common import JobStatus
 

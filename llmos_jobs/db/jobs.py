@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
-from llmos_jobs.db.models import Job, JobBase, new_id
+from llmos_jobs.db.tables import Job, JobBase, new_id
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import NotFound
 from llmos_jobs.states import INITIAL, check_transition, sources_of
@@ -354,7 +354,7 @@ def reroute_job(*, session: Session, job: Job, queue: str) -> str | None:
     return new_task_id if moved else None
 
 
-# -- the turns of a mindspace (their order: llmos_jobs.turn_order) ---------------------------
+# -- the turns of a mindspace (their order: llmos_jobs.services.turns) ---------------------------
 
 
 def turn_in_progress(*, session: Session, mindspace_id: str) -> bool:

@@ -1,10 +1,11 @@
-"""CRUD of API keys. Rows hold a key's digest, never the key itself (see llmos_jobs/keys.py)."""
+"""CRUD of API keys. Rows hold a key's digest, never the key itself (see
+llmos_jobs/services/api_keys.py)."""
 
 from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
-from llmos_jobs.db.models import ApiKey, ApiKeyCreate
+from llmos_jobs.db.tables import ApiKey, ApiKeyCreate
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import NotFound
 

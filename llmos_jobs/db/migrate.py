@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from llmos_jobs.crypto import KeyRing
-from llmos_jobs.db.session import DatabaseRef, database, get_engine
+from llmos_jobs.db.session import Database, get_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -61,7 +61,7 @@ def head_revision() -> str:
     return head
 
 
-def stored_revision(db: DatabaseRef) -> str | None:
+def stored_revision(db: Database) -> str | None:
     """The revision the database is at; None when it has no schema yet."""
     try:
         with get_engine(db).connect() as conn:
@@ -70,9 +70,8 @@ def stored_revision(db: DatabaseRef) -> str | None:
         return None
 
 
-def upgrade(ref: DatabaseRef = None) -> None:
-    """Bring the database (default: the settings') to the newest revision."""
-    db = database(ref)
+def upgrade(db: Database) -> None:
+    """Bring the database to the newest revision."""
     url = db.url
     if stored_revision(db) == head_revision():
         return

@@ -9,7 +9,7 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.jobs import cancel_unfinished_turns
-from llmos_jobs.db.models import (
+from llmos_jobs.db.tables import (
     Job,
     KnowledgeChunk,
     MessagePublic,

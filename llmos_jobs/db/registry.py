@@ -10,7 +10,7 @@ from sqlalchemy import func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from llmos_jobs.db.models import (
+from llmos_jobs.db.tables import (
     Job,
     RegisteredModel,
     RegisteredModelBase,

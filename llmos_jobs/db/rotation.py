@@ -12,7 +12,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlmodel import Session, SQLModel
 
 from llmos_jobs.crypto import EncryptedJSON, EncryptedText, KeyRing, key_ring_of
-from llmos_jobs.db import models  # noqa: F401  (every table in the metadata)
+from llmos_jobs.db import tables  # noqa: F401  (every table in the metadata)
 
 
 @dataclass(frozen=True)

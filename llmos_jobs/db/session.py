@@ -1,15 +1,15 @@
 """Database handles and engines: one engine per (URL, key ring, process), created on
 first use, never at import. The key ring is bound to the engine (its dialect), so the
 encrypted columns read and write with the keys of the ``Settings`` the handle was
-built from: an entry point builds a ``Database`` and passes it down; a bare URL (or
-none) means this process's own settings, as before."""
+built from: an entry point builds a ``Database`` from its settings and passes it down;
+nothing below reads the process's settings."""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlmodel import Session
 
 from llmos_jobs.crypto import KeyRing, bind_key_ring
-from llmos_jobs.settings import Settings, get_settings
+from llmos_jobs.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -35,27 +35,9 @@ class Database:
         return cls(url=normalise_url(settings.resolved_database_url()),
                    keys=KeyRing.from_settings(settings))
 
-
-# A handle, or a URL (None: the settings' own) read with this process's key ring.
-DatabaseRef = Database | str | None
-
-
-def database(ref: DatabaseRef = None) -> Database:
-    if isinstance(ref, Database):
-        return ref
-    own = _own_database(get_settings())
-    return own if ref is None else Database(url=normalise_url(ref), keys=own.keys)
-
-
-# This process's own handle, built once per settings object (every session asks).
-_own: dict[int, tuple[Settings, Database]] = {}
-
-
-def _own_database(settings: Settings) -> Database:
-    held = _own.get(id(settings))
-    if held is None or held[0] is not settings:
-        held = _own[id(settings)] = (settings, Database.from_settings(settings))
-    return held[1]
+    def session(self) -> AbstractContextManager[Session]:
+        """A session on this database, committed on success (``session_scope``)."""
+        return session_scope(self)
 
 
 _engines: dict[tuple[str, KeyRing, int], Engine] = {}
@@ -91,12 +73,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def get_engine(ref: DatabaseRef = None) -> Engine:
-    """The engine for ``ref`` (default: the settings) in this process.
+def get_engine(db: Database) -> Engine:
+    """The engine of ``db`` in this process.
 
     Keyed by pid so that a forked pool child never reuses its parent's connections.
     """
-    db = database(ref)
     url = db.url
     key = (url, db.keys, os.getpid())
     with _lock:
@@ -117,9 +98,9 @@ def get_engine(ref: DatabaseRef = None) -> Engine:
 
 
 @contextmanager
-def session_scope(ref: DatabaseRef = None) -> Iterator[Session]:
+def session_scope(db: Database) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""
-    with Session(get_engine(ref), expire_on_commit=False) as session:
+    with Session(get_engine(db), expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

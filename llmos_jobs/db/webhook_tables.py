@@ -1,5 +1,5 @@
 """Tables of webhook callbacks: each tenant's signing secret, one delivery per event,
-one row per attempt. Imported by ``llmos_jobs.db.models`` so that the metadata (and
+one row per attempt. Imported by ``llmos_jobs.db.tables`` so that the metadata (and
 the migration check) always holds them."""
 
 from __future__ import annotations

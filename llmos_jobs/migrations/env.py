@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
-import llmos_jobs.db.models  # noqa: F401  (registers the tables on the metadata)
+import llmos_jobs.db.tables  # noqa: F401  (registers the tables on the metadata)
 from llmos_jobs.crypto import KeyRing, bind_key_ring
 from llmos_jobs.settings import get_settings
 

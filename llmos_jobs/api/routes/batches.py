@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from llmos_jobs import batches
 from llmos_jobs.api.auth import Caller, authorize
-from llmos_jobs.api.schemas import ApiPriority
+from llmos_jobs.api.bodies import ApiPriority
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.db.batch_models import Batch
-from llmos_jobs.keys import Scope
+from llmos_jobs.db.batch_tables import Batch
+from llmos_jobs.services import batch_files, batches
+from llmos_jobs.services.api_keys import Scope
 from schemas.common import PRIORITY_CLASSES
 
 router = APIRouter(prefix="/v1/batches", tags=["openai"])
@@ -22,7 +22,7 @@ State = Annotated[ApiState, Depends(api_state)]
 
 class BatchCreate(BaseModel):
     input_file_id: str
-    endpoint: str = batches.ENDPOINT
+    endpoint: str = batch_files.ENDPOINT
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     priority: ApiPriority = PRIORITY_CLASSES["batch"]
@@ -37,7 +37,7 @@ def create_batch(body: BatchCreate, state: State,
     caller.check_priority(body.priority)
     client = state.client(caller.tenant)
     client.limits.metadata(body.metadata)
-    batch = batches.create(client, input_file_id=body.input_file_id, endpoint=body.endpoint,
+    batch = client.create_batch(input_file_id=body.input_file_id, endpoint=body.endpoint,
                            completion_window=body.completion_window, metadata=body.metadata,
                            priority=body.priority, webhook=body.webhook)
     caller.created(batch.id)
@@ -74,6 +74,6 @@ def cancel_batch(batch_id: str, state: State,
                  ) -> dict[str, Any]:
     """Queued requests never run; running ones finish; then the batch is cancelled."""
     client = state.client(caller.tenant)
-    batch = batches.cancel(client, batch_id)
+    batch = client.cancel_batch(batch_id)
     with client.session() as session:
         return batches.public(session, batch)

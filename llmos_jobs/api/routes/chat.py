@@ -22,9 +22,9 @@ from llmos_jobs.api.openai_schemas import (
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.api.waiting import wait_final
 from llmos_jobs.client import LlmosClient
-from llmos_jobs.db.models import JobPublic
+from llmos_jobs.db.tables import JobPublic
 from llmos_jobs.errors import IllegalTransition
-from llmos_jobs.keys import Scope
+from llmos_jobs.services.api_keys import Scope
 from schemas.common import JobStatus
 from schemas.language import SamplingParams
 

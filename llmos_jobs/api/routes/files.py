@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from llmos_jobs import batches
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.db.batch_models import StoredFile
-from llmos_jobs.keys import Scope
+from llmos_jobs.db.batch_tables import StoredFile
+from llmos_jobs.services import batch_files
+from llmos_jobs.services.api_keys import Scope
 
 router = APIRouter(prefix="/v1/files", tags=["openai"])
 State = Annotated[ApiState, Depends(api_state)]
@@ -32,7 +32,7 @@ async def upload_file(
     """Upload a JSONL batch input file."""
     limit = state.settings.batch_max_bytes
     content = await file.read(limit + 1)
-    row = await run_in_threadpool(batches.upload, state.client(caller.tenant),
+    row = await run_in_threadpool(state.client(caller.tenant).upload_file,
                                   filename=file.filename or "upload.jsonl", content=content,
                                   purpose=purpose)
     caller.created(row.id)
@@ -45,7 +45,7 @@ def get_file(file_id: str, state: State,
              ) -> dict[str, Any]:
     client = state.client(caller.tenant)
     with client.session() as session:
-        return file_object(batches.get_file(session, caller.tenant, file_id, content=False))
+        return file_object(batch_files.get_file(session, caller.tenant, file_id, content=False))
 
 
 # Errors stay JSON like every route's: only the 200 answer is JSON Lines text.
@@ -57,5 +57,5 @@ def get_file_content(file_id: str, state: State,
                      ) -> PlainTextResponse:
     client = state.client(caller.tenant)
     with client.session() as session:
-        row = batches.get_file(session, caller.tenant, file_id)
+        row = batch_files.get_file(session, caller.tenant, file_id)
     return PlainTextResponse(row.content, media_type="application/jsonl")

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from llmos_jobs.api.auth import Caller, authorize
-from llmos_jobs.api.schemas import JobSubmit, JobView, ListOf
+from llmos_jobs.api.bodies import JobSubmit, JobView, ListOf
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.keys import Scope
+from llmos_jobs.services.api_keys import Scope
 from schemas.common import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.bodies import KeyCreate, ListOf
 from llmos_jobs.api.errors import forbidden
-from llmos_jobs.api.schemas import KeyCreate, ListOf
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.db import keys as key_crud
-from llmos_jobs.db.models import ApiKeyIssued, ApiKeyPublic
-from llmos_jobs.keys import Scope, issue_key, parse_scopes
+from llmos_jobs.db.tables import ApiKeyIssued, ApiKeyPublic
+from llmos_jobs.services.api_keys import Scope, issue_key, parse_scopes
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 State = Annotated[ApiState, Depends(api_state)]

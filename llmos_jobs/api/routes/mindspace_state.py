@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
 from llmos_jobs.api.auth import Caller, authorize
-from llmos_jobs.api.schemas import ListOf, MindspaceView
+from llmos_jobs.api.bodies import ListOf, MindspaceView
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.db.models import SnapshotPublic
-from llmos_jobs.keys import Scope
+from llmos_jobs.db.tables import SnapshotPublic
+from llmos_jobs.services.api_keys import Scope
 
 router = APIRouter(prefix="/v1/mindspaces", tags=["mindspaces"])
 State = Annotated[ApiState, Depends(api_state)]
@@ -99,7 +99,7 @@ def fork(mindspace_id: str, state: State,
 def add_knowledge(mindspace_id: str, body: KnowledgeAdd, state: State,
                   caller: Annotated[Caller, writer("mindspaces.knowledge.add")],
                   ) -> KnowledgeDocumentOut:
-    doc = state.client(caller.tenant).kb_add(mindspace_id, body.text, title=body.title)
+    doc = state.client(caller.tenant).add_knowledge(mindspace_id, body.text, title=body.title)
     caller.created(doc.id)
     return KnowledgeDocumentOut(id=doc.id, title=doc.title, chunks=doc.chunks)
 
@@ -107,7 +107,7 @@ def add_knowledge(mindspace_id: str, body: KnowledgeAdd, state: State,
 @router.get("/{mindspace_id}/knowledge", response_model=ListOf[KnowledgeDocumentOut])
 def list_knowledge(mindspace_id: str, state: State, caller: Reader
                    ) -> ListOf[KnowledgeDocumentOut]:
-    docs = state.client(caller.tenant).kb_list(mindspace_id)
+    docs = state.client(caller.tenant).knowledge(mindspace_id)
     return ListOf(data=[KnowledgeDocumentOut(id=d.id, title=d.title, chunks=d.chunks)
                         for d in docs])
 
@@ -116,5 +116,5 @@ def list_knowledge(mindspace_id: str, state: State, caller: Reader
 def remove_knowledge(mindspace_id: str, document_id: str, state: State,
                      caller: Annotated[Caller, writer("mindspaces.knowledge.remove")],
                      ) -> Response:
-    state.client(caller.tenant).kb_remove(mindspace_id, document_id)
+    state.client(caller.tenant).remove_knowledge(mindspace_id, document_id)
     return Response(status_code=204)

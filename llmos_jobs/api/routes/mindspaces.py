@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends, Response
 from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.bodies import JobView, MindspaceView, TurnSubmit
 from llmos_jobs.api.errors import ApiError
-from llmos_jobs.api.schemas import JobView, MindspaceView, TurnSubmit
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.api.waiting import wait_final
-from llmos_jobs.keys import Scope
+from llmos_jobs.services.api_keys import Scope
 from schemas.mindspace import MindspaceCreate
 
 router = APIRouter(prefix="/v1/mindspaces", tags=["mindspaces"])

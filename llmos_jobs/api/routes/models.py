@@ -9,12 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends
 
 from llmos_jobs.api.auth import Caller, authorize
+from llmos_jobs.api.bodies import ModelOpBody
 from llmos_jobs.api.openai_schemas import OpenAIModel, OpenAIModelList
-from llmos_jobs.api.schemas import ModelOpBody
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.db.models import JobPublic, RegisteredModelPublic
-from llmos_jobs.keys import Scope
+from llmos_jobs.db.tables import JobPublic, RegisteredModelPublic
 from llmos_jobs.model_roots import confine
+from llmos_jobs.services.api_keys import Scope
 from schemas.model import ModelOp, ModelRegister
 
 router = APIRouter(prefix="/v1/models", tags=["models"])

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from llmos_jobs.api.auth import Caller, authorize
-from llmos_jobs.api.schemas import ListOf
+from llmos_jobs.api.bodies import ListOf
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.db.webhook_tables import WebhookDeliveryPublic, WebhookSecretPublic
-from llmos_jobs.keys import Scope
-from llmos_jobs.webhooks.delivery import list_deliveries
-from llmos_jobs.webhooks.signing import rotate_secret, tenant_secret
+from llmos_jobs.services.api_keys import Scope
+from llmos_jobs.services.webhooks.delivery import list_deliveries
+from llmos_jobs.services.webhooks.signing import rotate_secret, tenant_secret
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 State = Annotated[ApiState, Depends(api_state)]

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from llmos_jobs.api.auth import Caller, authorize
-from llmos_jobs.api.schemas import ListOf
+from llmos_jobs.api.bodies import ListOf
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.db.models import WorkerPublic
-from llmos_jobs.keys import Scope
+from llmos_jobs.db.tables import WorkerPublic
+from llmos_jobs.services.api_keys import Scope
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from llmos_jobs.db import registry
-from llmos_jobs.db.models import RegisteredModel
-from llmos_jobs.db.session import session_scope
-from llmos_jobs.settings import get_settings
+from llmos_jobs.db.session import Database
+from llmos_jobs.db.tables import RegisteredModel
+from llmos_jobs.settings import Settings
 from schemas.model import EngineKind
-from workers.engine import Engine, EngineStats
-from workers.noop import NoopEngine
+from workers.engines.base import Engine, EngineStats
+from workers.engines.noop import NoopEngine
 
 
 @dataclass(frozen=True)
@@ -30,37 +30,35 @@ def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def build_engine(model: RegisteredModel, choice: EngineChoice | None = None) -> Engine:
+def build_engine(model: RegisteredModel, settings: Settings,
+                 choice: EngineChoice | None = None) -> Engine:
     choice = choice or EngineChoice()
     kind = choice.kind or EngineKind(model.engine)
     if kind == EngineKind.sglang:
-        from workers.sglang_engine import SGLangEngine
+        from workers.engines.sglang import SGLangEngine
 
         # The worker is pinned with CUDA_VISIBLE_DEVICES: its one GPU is device 0.
         return SGLangEngine(model.name, model.path, gpu=0,
                             mem_fraction_static=choice.mem_fraction_static,
                             enable_priority=True)
     if kind == EngineKind.sglang_http:
-        from workers.sglang_http import SGLangServerEngine
+        from workers.engines.sglang_http import SGLangServerEngine
 
         if choice.sglang_url is None:
             raise ValueError(f"model {model.name!r}: the sglang-http engine needs "
                              "`llmos worker --sglang-url URL`")
-        settings = get_settings()
         return SGLangServerEngine(model.name, choice.sglang_url,
                                   api_key=_secret(settings.sglang_api_key),
                                   admin_api_key=_secret(settings.sglang_admin_api_key))
     if kind == EngineKind.noop:
-        settings = get_settings()
         return NoopEngine(model.name, delay_s=settings.noop_delay_ms / 1000,
                           echo=settings.noop_echo, log=settings.noop_log,
                           gate=settings.noop_gate)
     if kind == EngineKind.transformers:
         # Imported here like the SGLang engines: torch and transformers take seconds to
         # import, which a worker of another engine (and every restart of it) never pays.
-        from workers.transformers_engine import BatchingOptions, TransformersEngine
+        from workers.engines.transformers import BatchingOptions, TransformersEngine
 
-        settings = get_settings()
         return TransformersEngine(model.name, model.path, BatchingOptions(
             max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000,
             cache_budget_bytes=settings.prefix_cache_mb << 20,
@@ -71,8 +69,11 @@ def build_engine(model: RegisteredModel, choice: EngineChoice | None = None) -> 
 class EnginePool:
     """Model name → engine. ``on_change`` hears the names of the loaded models."""
 
-    def __init__(self, on_change: Callable[[list[str]], None] | None = None,
+    def __init__(self, settings: Settings, database: Database,
+                 on_change: Callable[[list[str]], None] | None = None,
                  choice: EngineChoice | None = None) -> None:
+        self._settings = settings
+        self._database = database
         self._choice = choice
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
@@ -82,7 +83,8 @@ class EnginePool:
         with self._lock:
             engine = self._engines.get(model.name)
             if engine is None:
-                engine = self._engines[model.name] = build_engine(model, self._choice)
+                engine = build_engine(model, self._settings, self._choice)
+                self._engines[model.name] = engine
             return engine
 
     def get(self, name: str) -> Engine:
@@ -91,7 +93,7 @@ class EnginePool:
         with self._lock:
             engine = self._engines.get(name)
         if engine is None or not engine.loaded:
-            with session_scope() as session:
+            with self._database.session() as session:
                 model = registry.get_model(session=session, name=name)
             engine = self._engine(model)
             if not engine.loaded:

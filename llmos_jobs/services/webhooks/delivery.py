@@ -20,7 +20,7 @@ import httpx
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from llmos_jobs.db.session import session_scope
+from llmos_jobs.db.session import Database
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import (
     DeliveryStatus,
@@ -30,9 +30,9 @@ from llmos_jobs.db.webhook_tables import (
     WebhookDeliveryPublic,
 )
 from llmos_jobs.errors import InvalidRequest
-from llmos_jobs.settings import Settings, get_settings
-from llmos_jobs.webhooks.signing import signed_headers, tenant_secret
-from llmos_jobs.webhooks.ssrf import Destination, resolve
+from llmos_jobs.services.webhooks.signing import signed_headers, tenant_secret
+from llmos_jobs.services.webhooks.ssrf import Destination, resolve
+from llmos_jobs.settings import Settings
 
 # A retry is an ETA message held by a worker until due; past the broker's visibility
 # timeout (30 min) Redis would hand it out twice, so a receiver's Retry-After is capped.
@@ -150,11 +150,11 @@ def _record(session: Session, row: WebhookDelivery, answer: Answer, step: Step) 
     return bool(moved)
 
 
-def attempt_delivery(*, delivery_id: str, settings: Settings | None = None) -> float | None:
+def attempt_delivery(*, delivery_id: str, settings: Settings, database: Database
+                     ) -> float | None:
     """Make one attempt; the seconds until the next one, or None when there is none
     (delivered, gone, failed, or not pending any more)."""
-    settings = settings or get_settings()
-    with session_scope() as session:
+    with database.session() as session:
         row = session.get(WebhookDelivery, delivery_id)
         if row is None or row.status != DeliveryStatus.pending:
             return None
@@ -163,7 +163,7 @@ def attempt_delivery(*, delivery_id: str, settings: Settings | None = None) -> f
     headers = signed_headers(secret=secret, message_id=row.id, body=body)
     answer = post(row.url, body, headers, settings)
     step = next_step(answer, row.attempts + 1, settings.webhook_delays())
-    with session_scope() as session:
+    with database.session() as session:
         if not _record(session, row, answer, step):
             return None
     return step.retry_in_s

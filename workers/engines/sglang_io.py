@@ -1,5 +1,5 @@
 """SGLang's request and response shapes, shared by the in-process adapter
-(``workers.sglang_engine``) and the HTTP one (``workers.sglang_http``).
+(``workers.engines.sglang``) and the HTTP one (``workers.engines.sglang_http``).
 
 Matched against sgl-project/sglang at commit 001067fffe33427bee0ed2f007fb7551a1d76b44
 (the 0.5.2x line): ``GenerateReqInput`` in python/sglang/srt/managers/io_struct.py
@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from schemas.common import ChatMessage
-from workers.engine import (
+from workers.engines.base import (
     Completion,
     EngineRequest,
     EngineStats,

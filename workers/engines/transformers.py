@@ -3,7 +3,7 @@
 batching of concurrent requests.
 
 Worker threads call ``generate``; a scheduler thread owns the model and runs what has
-arrived as one batch (see ``workers.batching``), so throughput rises with load.
+arrived as one batch (see ``workers.engines.batching``), so throughput rises with load.
 Weight updates and unloading are orders to that thread: it stops admitting new
 requests, lets the running batch finish, then acts, so no request ever mixes weights
 and no keys or values of old weights reach the cache of new ones."""
@@ -19,10 +19,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from workers.batching import Model, completion, serve
-from workers.batching import Sequence as Running
-from workers.engine import Completion, EngineRequest, EngineStats, SamplingParams
-from workers.prefix_cache import PrefixCache
+from workers.engines.base import Completion, EngineRequest, EngineStats, SamplingParams
+from workers.engines.batching import Model, completion, serve
+from workers.engines.batching import Sequence as Running
+from workers.engines.prefix_cache import PrefixCache
 
 
 class EngineUnloaded(RuntimeError):

@@ -24,8 +24,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from workers.engine import Completion, EngineStats, FinishReason, SamplingParams, apply_stop
-from workers.prefix_cache import PrefixCache
+from workers.engines.base import Completion, EngineStats, FinishReason, SamplingParams, apply_stop
+from workers.engines.prefix_cache import PrefixCache
 
 
 @dataclass

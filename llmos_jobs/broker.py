@@ -2,7 +2,7 @@
 committed, one message each, whose only argument is the job id and whose message id is
 the job's ``task_id`` (a delivery with any other id is stale and dropped). Webhook
 deliveries and batch expansions: one message each, whose id is the row's own id, so
-that the reconciler (llmos_jobs.reconcile) can tell whether the broker still holds it.
+that the reconciler (llmos_jobs.services.reconcile) can tell whether the broker still holds it.
 
 A job whose message cannot leave is failed with the reason, so no one waits for it
 forever. A turn failed this way releases the next turn of its mindspace, which cannot
@@ -12,17 +12,22 @@ leave either and is failed the same way, so that none of them waits forever behi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from broker_config import CONTROL_QUEUE, TaskName, broker_priority, queue_for, transport_of
-from llmos_jobs import turn_order
-from llmos_jobs.db import jobs as job_crud
-from llmos_jobs.db.models import Job
-from llmos_jobs.db.session import DatabaseRef
-from llmos_jobs.errors import BrokerUnavailable
+from broker_config import (
+    CONTROL_QUEUE,
+    TaskName,
+    broker_priority,
+    celery_config,
+    queue_for,
+    transport_of,
+)
+from llmos_jobs.db.tables import Job
+from llmos_jobs.settings import Settings
 from schemas.common import JobKind
 
 _TASKS: dict[JobKind, TaskName] = {
@@ -31,6 +36,37 @@ _TASKS: dict[JobKind, TaskName] = {
     JobKind.mindspace_turn: TaskName.mindspace_turn,
 }
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+# The per-task time limit of an app built without settings (a producer's, which runs none).
+_DEFAULT_TIME_LIMIT_S: int = Settings.model_fields["job_time_limit_s"].default
+
+
+def create_app(broker_url: str, *, time_limit_s: int = _DEFAULT_TIME_LIMIT_S,
+               sentinel_master: str | None = None) -> Celery:
+    """A Celery app on ``broker_url`` with no task registered."""
+    app = Celery("llmos", set_as_current=False)
+    app.conf.update(celery_config(broker_url=broker_url, time_limit_s=time_limit_s,
+                                  sentinel_master=sentinel_master))
+    return app
+
+
+def app_for(settings: Settings) -> Celery:
+    """The producer-side app of ``settings`` (one per broker, kept)."""
+    return _app(settings.resolved_broker_url(), settings.job_time_limit_s,
+                settings.broker_sentinel_master)
+
+
+@lru_cache(maxsize=8)
+def _app(broker_url: str, time_limit_s: int, sentinel_master: str | None) -> Celery:
+    return create_app(broker_url, time_limit_s=time_limit_s, sentinel_master=sentinel_master)
+
+
+class Unsent(Exception):
+    """Some committed jobs' messages did not leave: ``jobs`` (in order), and why."""
+
+    def __init__(self, jobs: Sequence[Job], cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.jobs = list(jobs)
+        self.cause = cause
 
 
 def task_for_kind(kind: JobKind) -> TaskName:
@@ -83,10 +119,9 @@ def finalization_id(batch_id: str) -> str:
     return f"finalize-{batch_id}"
 
 
-def publish(app: Celery, jobs: Sequence[Job], *, dead_after_s: float,
-            database_url: DatabaseRef = None) -> None:
-    """One message per committed job, on one connection. When the broker cannot be
-    reached, the jobs not yet sent are failed, and BrokerUnavailable says so."""
+def send_all(app: Celery, jobs: Sequence[Job]) -> None:
+    """One message per committed job, on one connection; Unsent names the jobs whose
+    message did not leave when the broker could not be reached."""
     sent = 0
     try:
         with app.producer_or_acquire() as producer:
@@ -94,24 +129,4 @@ def publish(app: Celery, jobs: Sequence[Job], *, dead_after_s: float,
                 send(app, job, producer=producer)
                 sent += 1
     except (OperationalError, OSError) as exc:
-        unsent = list(jobs[sent:])
-        failed = 0
-        while unsent:
-            unsent += _abandon(unsent.pop(0), f"broker unreachable: {exc}",
-                               dead_after_s=dead_after_s, database_url=database_url)
-            failed += 1
-        raise BrokerUnavailable(
-            f"could not enqueue {failed} job(s): the broker is unreachable ({exc}); start "
-            f"one with `llmos up` or check LLMOS_BROKER_URL"
-        ) from None
-
-
-def _abandon(job: Job, reason: str, *, dead_after_s: float, database_url: DatabaseRef
-             ) -> list[Job]:
-    """A job whose message never left: failed. The turns this releases (not sent)."""
-    released: list[Job] = []
-    with turn_order.ending(job, publish=released.extend, dead_after_s=dead_after_s,
-                           database_url=database_url) as session:
-        job_crud.fail_unsent(session=session, job_id=job.id, message_id=job.task_id,
-                             error_message=reason)
-    return released
+        raise Unsent(jobs[sent:], exc) from exc

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from schemas.common import ChatMessage
-from workers.engine import Completion, EngineRequest, EngineStats, SamplingParams
-from workers.sglang_io import (
+from workers.engines.base import Completion, EngineRequest, EngineStats, SamplingParams
+from workers.engines.sglang_io import (
     EngineUnloaded,
     InputKind,
     aborted,

@@ -66,7 +66,7 @@ class Job(JobBase, table=True):
     finished_at: datetime | None = _utc()
     # When its current message was made (None before 0009: created_at stands in). A job
     # queued longer than the reconciler's grace whose message the broker lacks gets a
-    # new one (llmos_jobs.reconcile).
+    # new one (llmos_jobs.services.reconcile).
     queued_at: datetime | None = _utc()
 
 
@@ -365,7 +365,7 @@ class AuditEventPublic(AuditEventBase):
 
 
 # Tables in modules of their own; importing them here registers them on the metadata.
-from llmos_jobs.db import batch_models  # noqa: E402, F401
+from llmos_jobs.db import batch_tables  # noqa: E402, F401
 from llmos_jobs.db.webhook_tables import (  # noqa: E402, F401
     WebhookAttempt,
     WebhookDelivery,

@@ -8,7 +8,7 @@ thin wrapper around ``delivery.attempt_delivery`` on the ``webhooks`` queue.
 
 Raising an event, for any feature (jobs use it; batches will)::
 
-    from llmos_jobs.webhooks.events import emit
+    from llmos_jobs.services.webhooks.events import emit
 
     delivery_id = emit(
         session=session,          # the SQLModel session whose transaction records the
@@ -19,9 +19,8 @@ Raising an event, for any feature (jobs use it; batches will)::
         url="https://example.com/hook", # checked against SSRF before every attempt;
                                   # check it at submission too (ssrf.check_destination)
         data={"id": batch_id, "status": "completed"},   # JSON-serialisable
+        settings=settings,        # the Settings naming the broker
         job_id=None,              # optional: links the delivery to a job
-        settings=None,            # optional: Settings naming the broker (default:
-                                  # get_settings())
     )
 
 The body sent is ``{"type": event_type, "timestamp": ISO 8601, "data": data}``; the

@@ -35,8 +35,8 @@ from typing import Any, ClassVar, TypeVar
 import psutil
 
 from schemas.common import ChatMessage
-from workers.engine import Completion, EngineRequest, EngineStats, SamplingParams
-from workers.sglang_io import (
+from workers.engines.base import Completion, EngineRequest, EngineStats, SamplingParams
+from workers.engines.sglang_io import (
     EngineUnloaded,
     aborted,
     build_sampling_params,

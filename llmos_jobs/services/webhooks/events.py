@@ -13,12 +13,12 @@ from kombu.exceptions import OperationalError
 from sqlalchemy import event
 from sqlmodel import Session
 
-from llmos_jobs import dispatch
-from llmos_jobs.db.models import Job, JobPublic
+from llmos_jobs import broker
+from llmos_jobs.db.tables import Job, JobPublic
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import WebhookDelivery
 from llmos_jobs.errors import BrokerUnavailable
-from llmos_jobs.settings import Settings, get_settings
+from llmos_jobs.settings import Settings
 from schemas.common import JobStatus
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ JOB_EVENT_FIELDS = {
 
 
 def emit(*, session: Session, tenant: str, event_type: str, url: str, data: dict[str, Any],
-         job_id: str | None = None, settings: Settings | None = None) -> str:
+         settings: Settings, job_id: str | None = None) -> str:
     """Record one event for ``url`` in ``session``; it is sent once the session commits.
     Returns the delivery id (the `webhook-id` header)."""
     row = WebhookDelivery(
@@ -47,7 +47,6 @@ def emit(*, session: Session, tenant: str, event_type: str, url: str, data: dict
     session.add(row)
     session.flush()
     delivery_id = row.id
-    settings = settings or get_settings()
 
     def publish(_: Session) -> None:
         enqueue_delivery(delivery_id, settings=settings)
@@ -58,18 +57,15 @@ def emit(*, session: Session, tenant: str, event_type: str, url: str, data: dict
 
 def enqueue_delivery(delivery_id: str, *, settings: Settings) -> None:
     """Send the delivery's message; the message carries its id only."""
-    from llmos_jobs.celery_app import get_app
-
     try:
-        dispatch.send_delivery(get_app(settings.resolved_broker_url()), delivery_id)
+        broker.send_delivery(broker.app_for(settings), delivery_id)
     except (OperationalError, OSError, BrokerUnavailable) as exc:
         # The outcome it reports is committed already and must stand; the row stays
         # `pending`, and the reconciler sends it once the broker is back.
         log.error("webhook delivery %s not enqueued, broker unreachable: %s", delivery_id, exc)
 
 
-def emit_job_event(*, session: Session, job_id: str, settings: Settings | None = None
-                   ) -> str | None:
+def emit_job_event(*, session: Session, job_id: str, settings: Settings) -> str | None:
     """The event of a job that just reached a final status, if it has a webhook URL.
     Call it in the transaction that made the status final."""
     job = session.get(Job, job_id, populate_existing=True)

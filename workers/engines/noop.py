@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from workers.engine import Completion, EngineRequest, EngineStats, FinishReason
+from workers.engines.base import Completion, EngineRequest, EngineStats, FinishReason
 
 
 class NoopEngine:

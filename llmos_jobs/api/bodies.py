@@ -7,7 +7,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
-from llmos_jobs.db.models import JobPublic, MindspacePublic
+from llmos_jobs.db.tables import JobPublic, MindspacePublic
 from schemas.common import PRIORITY_CLASSES, Contract, parse_priority
 from schemas.language import GenerateRequest
 from schemas.mindspace import MindspaceTurnRequest

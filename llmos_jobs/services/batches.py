@@ -14,63 +14,30 @@ import json
 import logging
 import re
 from collections import Counter
-from typing import Any, cast
+from typing import Any
 
 from kombu.exceptions import OperationalError
 from sqlalchemy import update
-from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import Session, col, select
 
-from broker_config import TaskName, queue_for
-from llmos_jobs import dispatch
-from llmos_jobs.celery_app import get_app
-from llmos_jobs.client import LlmosClient, validate
-from llmos_jobs.db import jobs as job_crud
-from llmos_jobs.db.batch_models import Batch, StoredFile
+from llmos_jobs import broker
+from llmos_jobs.db import jobs as job_rows
+from llmos_jobs.db.batch_tables import Batch, StoredFile
 from llmos_jobs.db.jobs import JobCreate
-from llmos_jobs.db.models import Job, JobPublic
+from llmos_jobs.db.tables import Job, JobPublic
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import InvalidRequest, NotFound
-from schemas.common import JobKind, JobStatus
-from schemas.language import GenerateRequest
+from llmos_jobs.services import batch_files, language
+from llmos_jobs.services.batch_files import ENDPOINT
+from llmos_jobs.services.submission import Submitter, priority_of
+from llmos_jobs.services.webhooks.events import emit
+from schemas.common import JobStatus
 
 log = logging.getLogger(__name__)
 
-ENDPOINT = "/v1/chat/completions"
 MAX_WINDOW_S = 24 * 3600  # as OpenAI
 FINAL = [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]
 _SAMPLING = ("max_tokens", "max_completion_tokens", "temperature", "stop", "model", "messages")
-
-
-def upload(client: LlmosClient, *, filename: str, content: bytes, purpose: str) -> StoredFile:
-    limit = client.settings.batch_max_bytes
-    if len(content) > limit:
-        raise InvalidRequest(f"file {filename!r} is {len(content)} bytes; the limit is {limit} "
-                             "(LLMOS_BATCH_MAX_BYTES)")
-    client.limits.filename(filename)
-    if purpose != "batch":
-        raise InvalidRequest(f"purpose {purpose!r} is not supported: use 'batch'")
-    try:
-        text = content.decode()
-    except UnicodeDecodeError:
-        raise InvalidRequest(f"file {filename!r} is not UTF-8 text") from None
-    row = StoredFile(tenant=client.tenant, filename=filename, purpose=purpose,
-                     bytes=len(content), content=text)
-    with client.session() as session:
-        session.add(row)
-    return row
-
-
-def get_file(session: Session, tenant: str, file_id: str, *, content: bool = True
-             ) -> StoredFile:
-    """The file; ``content=False`` leaves its content unread (and undecrypted)."""
-    query = select(StoredFile).where(StoredFile.id == file_id, StoredFile.tenant == tenant)
-    if not content:
-        query = query.options(defer(cast("QueryableAttribute[str]", StoredFile.content)))
-    row = session.exec(query).first()
-    if row is None:
-        raise NotFound(f"file {file_id} not found")
-    return row
 
 
 def get_batch(session: Session, tenant: str, batch_id: str) -> Batch:
@@ -80,35 +47,31 @@ def get_batch(session: Session, tenant: str, batch_id: str) -> Batch:
     return row
 
 
-def create(client: LlmosClient, *, input_file_id: str, endpoint: str = ENDPOINT,
-           completion_window: str = "24h", metadata: dict[str, str] | None = None,
-           priority: int | str = "batch", webhook: str | None = None) -> Batch:
+def create(submitter: Submitter, tenant: str, *, input_file_id: str,
+           endpoint: str = ENDPOINT, completion_window: str = "24h",
+           metadata: dict[str, str] | None = None, priority: int | str = "batch",
+           webhook: str | None = None) -> Batch:
     """Accept a batch (validating) and hand its expansion to a control worker."""
-    from llmos_jobs.client import _priority
-
     if endpoint != ENDPOINT:
         raise InvalidRequest(f"endpoint {endpoint!r} is not supported: use {ENDPOINT!r}")
     check_window(completion_window)
-    if webhook is not None:
-        from llmos_jobs.webhooks.ssrf import check_destination
-
-        check_destination(webhook, client.settings.webhook_allowed())
-    with client.session() as session:
-        source = get_file(session, client.tenant, input_file_id)
-        lines = sum(1 for line in _lines(source.content) if line.strip())
-        if lines > client.settings.batch_max_lines:
+    submitter.check_webhook(webhook)
+    settings = submitter.settings
+    with submitter.database.session() as session:
+        source = batch_files.get_file(session, tenant, input_file_id)
+        lines = sum(1 for line in batch_files.lines_of(source.content) if line.strip())
+        if lines > settings.batch_max_lines:
             raise InvalidRequest(f"file {input_file_id} has {lines} lines; the limit is "
-                                 f"{client.settings.batch_max_lines} (LLMOS_BATCH_MAX_LINES)")
+                                 f"{settings.batch_max_lines} (LLMOS_BATCH_MAX_LINES)")
         if lines == 0:
             raise InvalidRequest(f"file {input_file_id} holds no request")
-        batch = Batch(tenant=client.tenant, endpoint=endpoint, input_file_id=input_file_id,
-                      completion_window=completion_window, priority=_priority(priority),
+        batch = Batch(tenant=tenant, endpoint=endpoint, input_file_id=input_file_id,
+                      completion_window=completion_window, priority=priority_of(priority),
                       batch_metadata=metadata, total=lines, webhook_url=webhook)
         session.add(batch)
     # Lost on the way (broker down, restarted), it is sent again by the reconciler.
     with contextlib.suppress(OperationalError, OSError):
-        dispatch.send_batch_expansion(get_app(client.settings.resolved_broker_url()),
-                                      batch.id, priority=batch.priority)
+        broker.send_batch_expansion(submitter.app, batch.id, priority=batch.priority)
     return batch
 
 
@@ -154,78 +117,6 @@ def expire_overdue(session: Session) -> list[str]:
     return expired
 
 
-def _lines(content: str) -> list[str]:
-    """The file's lines: JSONL ends a line at \\n only. (str.splitlines would also split
-    at U+2028, U+2029 and other separators, which JSON allows inside strings.)"""
-    return [line.removesuffix("\r") for line in content.split("\n")]
-
-
-def _not_finite(value: str) -> float:
-    number = float(value)
-    if number in (float("inf"), float("-inf")):
-        raise ValueError(f"number {value[:20]}... is out of range")
-    return number
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _load_line(raw: str) -> Any:
-    """One line as JSON; ValueError for anything that is not plain JSON: NaN and
-    Infinity, numbers out of range, nesting too deep for the parser."""
-    try:
-        return json.loads(raw, parse_float=_not_finite, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
-def _line_error(number: int, custom_id: Any, code: str, message: str) -> dict[str, Any]:
-    return {"line": number, "custom_id": custom_id if isinstance(custom_id, str) else None,
-            "code": code, "message": message}
-
-
-def parse(content: str) -> tuple[list[tuple[int, str, dict[str, Any]]], list[dict[str, Any]]]:
-    """Valid lines (number, custom_id, request body) and errors, each line on its own."""
-    valid: list[tuple[int, str, dict[str, Any]]] = []
-    invalid: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for number, raw in enumerate(_lines(content), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = _load_line(raw)
-        except ValueError as exc:
-            invalid.append(_line_error(number, None, "invalid_json", f"not JSON: {exc}"))
-            continue
-        except RecursionError:  # nested deeper than the parser goes: one bad line, no crash
-            invalid.append(_line_error(number, None, "invalid_json", "not JSON: nested too "
-                                                                     "deeply"))
-            continue
-        if not isinstance(line, dict):
-            invalid.append(_line_error(number, None, "invalid_line", "a line must be an object"))
-            continue
-        custom_id = line.get("custom_id")
-        problem = None
-        if not isinstance(custom_id, str) or not custom_id:
-            problem = ("missing_custom_id", "custom_id is missing or empty")
-        elif custom_id in seen:
-            problem = ("duplicate_custom_id", f"custom_id {custom_id!r} appears twice")
-        elif line.get("method") != "POST":
-            problem = ("invalid_method", f"method must be POST, not {line.get('method')!r}")
-        elif line.get("url") != ENDPOINT:
-            problem = ("invalid_url", f"url must be {ENDPOINT}, not {line.get('url')!r}")
-        elif not isinstance(line.get("body"), dict):
-            problem = ("invalid_body", "body must be a chat completion request object")
-        if problem is not None:
-            invalid.append(_line_error(number, custom_id, *problem))
-            continue
-        assert isinstance(custom_id, str)
-        seen.add(custom_id)
-        valid.append((number, custom_id, line["body"]))
-    return valid, invalid
-
-
 def _request(body: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(body) - set(_SAMPLING) - {"n", "user"})
     if unknown:
@@ -237,32 +128,29 @@ def _request(body: dict[str, Any]) -> dict[str, Any]:
             "stop": [stop] if isinstance(stop, str) else stop or []}
 
 
-def expand(batch_id: str) -> None:
+def expand(submitter: Submitter, batch_id: str) -> None:
     """Validate every line; one job per valid line, all committed, then published."""
-    client = LlmosClient(tenant=_tenant_of(batch_id))
-    with client.session() as session:
-        batch = get_batch(session, client.tenant, batch_id)
+    with submitter.database.session() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise NotFound(f"batch {batch_id} not found")
+        tenant = batch.tenant
         if batch.status != "validating" or batch.expired_at is not None:
             return  # a redelivered expansion (done already), or it expired while waiting
-        content = get_file(session, client.tenant, batch.input_file_id).content
-    valid, invalid = parse(content)
+        content = batch_files.get_file(session, tenant, batch.input_file_id).content
+    valid, invalid = batch_files.parse(content)
     jobs: list[JobCreate] = []
     for number, custom_id, body in valid:
         try:
-            request = validate(GenerateRequest, _request(body))
-            client.limits.generate(request)
-            client._check_model(request.model, request.max_tokens)
+            request = language.checked_request(submitter, _request(body))
         except InvalidRequest as exc:
-            invalid.append(_line_error(number, custom_id, "invalid_body", str(exc)))
+            invalid.append(batch_files.line_error(number, custom_id, "invalid_body", str(exc)))
             continue
-        jobs.append(JobCreate(
-            tenant=client.tenant, kind=JobKind.generate, priority=batch.priority,
-            model=request.model, batch_id=batch_id, custom_id=custom_id,
-            payload=request.model_dump(mode="json"),
-            queue=queue_for(TaskName.generate, model=request.model)))
+        jobs.append(language.job_of(tenant, request, priority=batch.priority,
+                                    batch_id=batch_id, custom_id=custom_id))
     # The batch's jobs and its new status commit together, once: a second expansion
     # (a redelivery, the reconciler) finds the batch no longer validating.
-    with client.session() as session:
+    with submitter.database.session() as session:
         status = "in_progress" if jobs else "failed"
         moved = session.execute(update(Batch).where(
             col(Batch.id) == batch_id, col(Batch.status) == "validating",
@@ -274,31 +162,19 @@ def expand(batch_id: str) -> None:
         ).rowcount  # type: ignore[attr-defined]
         if not moved:
             return
-        created = [job_crud.create_job(session=session, job_in=j) for j in jobs]
+        created = [job_rows.create_job(session=session, job_in=j) for j in jobs]
     if created:
-        client._publish(get_app(client.settings.resolved_broker_url()), created)
+        submitter.publish(created)
     else:
-        finalize(batch_id)
+        finalize(submitter, batch_id)
 
 
-def _tenant_of(batch_id: str) -> str:
-    from llmos_jobs.db.session import session_scope
-
-    with session_scope() as session:
-        row = session.get(Batch, batch_id)
-    if row is None:
-        raise NotFound(f"batch {batch_id} not found")
-    return row.tenant
-
-
-def finalize(batch_id: str) -> None:
+def finalize(submitter: Submitter, batch_id: str) -> None:
     """Write the output and error files of a `finalizing` (or `failed`) batch; it ends
     completed, cancelled, expired or failed. The end is a compare-and-set that also
     requires no file written yet: however often this runs, and by however many
     processes, the batch gets one output, one error file and one event."""
-    from llmos_jobs.db.session import session_scope
-
-    with session_scope() as session:
+    with submitter.database.session() as session:
         batch = session.get(Batch, batch_id, populate_existing=True)
         if batch is None or batch.status not in ("finalizing", "failed") or (
                 batch.output_file_id or batch.error_file_id):
@@ -340,10 +216,9 @@ def finalize(batch_id: str) -> None:
             return
         session.refresh(batch)
         if batch.webhook_url:  # sent once this transaction commits
-            from llmos_jobs.webhooks.events import emit
-
             emit(session=session, tenant=batch.tenant, event_type=f"batch.{batch.status}",
-                 url=batch.webhook_url, data=public(session, batch))
+                 url=batch.webhook_url, data=public(session, batch),
+                 settings=submitter.settings)
 
 
 def output_line(job: JobPublic) -> dict[str, Any]:
@@ -367,7 +242,7 @@ def output_line(job: JobPublic) -> dict[str, Any]:
     return line
 
 
-def cancel(client: LlmosClient, batch_id: str) -> Batch:
+def cancel(submitter: Submitter, tenant: str, batch_id: str) -> Batch:
     """Queued requests never run; running ones finish; then the batch is cancelled.
 
     The caller (the API, the CLI) only marks the batch `cancelling` and tells the
@@ -375,8 +250,8 @@ def cancel(client: LlmosClient, batch_id: str) -> Batch:
     while some still run, the job that ends the last one does): a large batch's files are
     never written inside an API request. If that message is lost, the reconciler
     finalises a `cancelling` batch whose requests have all ended."""
-    with client.session() as session:
-        batch = get_batch(session, client.tenant, batch_id)
+    with submitter.database.session() as session:
+        batch = get_batch(session, tenant, batch_id)
         moved = session.execute(update(Batch).where(
             col(Batch.id) == batch_id, col(Batch.status).in_(["validating", "in_progress"]))
             .values(status="cancelling", cancelling_at=utcnow())).rowcount  # type: ignore[attr-defined]
@@ -384,15 +259,14 @@ def cancel(client: LlmosClient, batch_id: str) -> Batch:
             raise InvalidRequest(f"a {batch.status} batch cannot be cancelled")
         _cancel_queued(session, batch_id)
     try:
-        dispatch.send_batch_finalization(get_app(client.settings.resolved_broker_url()),
-                                         batch_id)
+        broker.send_batch_finalization(submitter.app, batch_id)
     except (OperationalError, OSError) as exc:
         # The cancellation is committed: once its last request has ended, the reconciler
         # finalises a `cancelling` batch that nobody did.
         log.warning("batch %s cancelled; its finalisation could not be sent yet: %s",
                     batch_id, exc)
-    with client.session() as session:
-        return get_batch(session, client.tenant, batch_id)
+    with submitter.database.session() as session:
+        return get_batch(session, tenant, batch_id)
 
 
 def public(session: Session, batch: Batch) -> dict[str, Any]:

@@ -12,12 +12,27 @@ from sqlmodel import Session, col, select
 
 from broker_config import language_queue, worker_queue
 from llmos_jobs.db import registry
-from llmos_jobs.db.models import Job, Mindspace, WorkerRecord
-from llmos_jobs.settings import get_settings
+from llmos_jobs.db.tables import Job, Mindspace, WorkerRecord
+from llmos_jobs.settings import Settings
 from schemas.common import JobStatus
 
 # A worker with this many jobs per slot waiting or running is overloaded.
 OVERLOAD_PER_SLOT = 2.0
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """How turns are placed: on live workers only (silent for less than
+    ``dead_after_s``), by cache affinity, or ``round_robin`` (the baseline the affinity
+    is measured against: LLMOS_TURN_ROUTING)."""
+
+    dead_after_s: float
+    round_robin: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> RoutingPolicy:
+        return cls(dead_after_s=settings.worker_dead_after_s,
+                   round_robin=settings.turn_routing == "round_robin")
 
 
 @dataclass(frozen=True)
@@ -41,14 +56,14 @@ def _loads(session: Session, names: list[str]) -> dict[str, int]:
     return {n: int(running.get(n, 0)) + int(queued.get(worker_queue(n), 0)) for n in names}
 
 
-def route_turn(*, session: Session, mindspace: Mindspace, seq: int, dead_after_s: float
+def route_turn(*, session: Session, mindspace: Mindspace, seq: int, policy: RoutingPolicy
                ) -> Route:
     """Where turn number ``seq`` of ``mindspace`` goes, decided when it is released."""
-    live = [w for w in registry.live_workers(session=session, dead_after_s=dead_after_s)
+    live = [w for w in registry.live_workers(session=session, dead_after_s=policy.dead_after_s)
             if _serves(w, mindspace.model)]
     if not live:
         return Route(language_queue(mindspace.model), None)
-    if get_settings().turn_routing == "round_robin":  # the baseline affinity is measured against
+    if policy.round_robin:
         chosen = live[seq % len(live)]
         return Route(worker_queue(chosen.name), chosen.name)
     loads = _loads(session, [w.name for w in live])

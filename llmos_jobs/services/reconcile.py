@@ -39,12 +39,12 @@ from celery import Celery
 from sqlmodel import col, func, select
 
 from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE
-from llmos_jobs import broker_view, dispatch
+from llmos_jobs import broker, broker_view
 from llmos_jobs.db import batch_progress
 from llmos_jobs.db import jobs as job_crud
-from llmos_jobs.db.batch_models import Batch
-from llmos_jobs.db.models import Job
-from llmos_jobs.db.session import DatabaseRef, session_scope
+from llmos_jobs.db.batch_tables import Batch
+from llmos_jobs.db.session import Database, session_scope
+from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import DeliveryStatus, WebhookDelivery
 
@@ -67,24 +67,24 @@ class Reconciled:
 
 
 def reconcile(app: Celery, *, grace_s: float, unclaimed_after_s: float | None = None,
-              database_url: DatabaseRef = None) -> Reconciled:
+              database: Database) -> Reconciled:
     """One pass over jobs, webhook deliveries and batches; what was sent again.
     ``unclaimed_after_s``: see the module docstring (None: a delivered message is
     always taken to be in a live worker's hands)."""
     return Reconciled(
         jobs=reconcile_jobs(app, grace_s=grace_s, unclaimed_after_s=unclaimed_after_s,
-                            database_url=database_url),
+                            database=database),
         deliveries=reconcile_deliveries(app, grace_s=grace_s,
                                         unclaimed_after_s=unclaimed_after_s,
-                                        database_url=database_url),
-        batches=reconcile_batches(app, grace_s=grace_s, database_url=database_url),
+                                        database=database),
+        batches=reconcile_batches(app, grace_s=grace_s, database=database),
     )
 
 
 def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | None = None,
-                   database_url: DatabaseRef = None) -> int:
+                   database: Database) -> int:
     def candidates(older_than_s: float) -> list[Job]:
-        with session_scope(database_url) as session:
+        with session_scope(database) as session:
             return job_crud.queued_longer_than(session=session, grace_s=older_than_s,
                                                limit=PASS_LIMIT)
 
@@ -102,7 +102,7 @@ def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | No
                    items=first, amqp=lambda: candidates(AMQP_GRACE_FACTOR * grace_s),
                    held=held, queue=lambda job: job.queue)
     renewed: list[Job] = []
-    with session_scope(database_url) as session:
+    with session_scope(database) as session:
         for job in lost:
             new_task_id = job_crud.renew_message(session=session, job=job)
             if new_task_id is not None:
@@ -111,13 +111,13 @@ def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | No
     if renewed:
         log.warning("%d queued job(s) had no message in the broker, or only one that no "
                     "live worker holds; sent again", len(renewed))
-        dispatch.resend(app, renewed)
+        broker.resend(app, renewed)
     return len(renewed)
 
 
 def reconcile_deliveries(app: Celery, *, grace_s: float,
                          unclaimed_after_s: float | None = None,
-                         database_url: DatabaseRef = None) -> int:
+                         database: Database) -> int:
     """Pending deliveries past their due time whose message the broker lacks, or holds
     only as one delivered to a process that let the due time pass by more than
     ``unclaimed_after_s`` (a retry waits, delivered, in the control process that will
@@ -129,7 +129,7 @@ def reconcile_deliveries(app: Celery, *, grace_s: float,
 
     def overdue(older_than_s: float) -> dict[str, datetime]:
         cutoff = now - timedelta(seconds=older_than_s)
-        with session_scope(database_url) as session:
+        with session_scope(database) as session:
             return {delivery_id: at for delivery_id, at in session.execute(
                 select(col(WebhookDelivery.id), due_at).where(
                     WebhookDelivery.status == DeliveryStatus.pending, due_at < cutoff)
@@ -151,7 +151,7 @@ def reconcile_deliveries(app: Celery, *, grace_s: float,
                    amqp=lambda: list(overdue(AMQP_GRACE_FACTOR * grace_s)),
                    held=held, queue=lambda _: WEBHOOKS_QUEUE)
     for delivery_id in lost:
-        dispatch.send_delivery(app, delivery_id)
+        broker.send_delivery(app, delivery_id)
     if lost:
         log.warning("%d webhook deliveries had no message in the broker; sent again",
                     len(lost))
@@ -183,18 +183,18 @@ def _unheld(app: Celery, queues: set[str], *, items: list[_Item],
             if queue(item) in depths and depths[queue(item)] < waiting[queue(item)]]
 
 
-def reconcile_batches(app: Celery, *, grace_s: float, database_url: DatabaseRef = None
+def reconcile_batches(app: Celery, *, grace_s: float, database: Database
                       ) -> int:
     cutoff = utcnow() - timedelta(seconds=grace_s)
-    return (_resend_batch_messages(app, grace_s, database_url)
-            + _finish_forgotten_batches(app, cutoff, database_url))
+    return (_resend_batch_messages(app, grace_s, database)
+            + _finish_forgotten_batches(app, cutoff, database))
 
 
-def _resend_batch_messages(app: Celery, grace_s: float, database_url: DatabaseRef) -> int:
+def _resend_batch_messages(app: Celery, grace_s: float, database: Database) -> int:
     def stuck(older_than_s: float) -> list[tuple[str, int | None]]:
         """Batches left validating (with their priority) or finalizing (None)."""
         before = utcnow() - timedelta(seconds=older_than_s)
-        with session_scope(database_url) as session:
+        with session_scope(database) as session:
             validating = session.exec(
                 select(Batch.id, Batch.priority).where(
                     Batch.status == "validating", col(Batch.expired_at).is_(None),
@@ -214,9 +214,9 @@ def _resend_batch_messages(app: Celery, grace_s: float, database_url: DatabaseRe
                    queue=lambda _: CONTROL_QUEUE)
     for batch_id, priority in lost:
         if priority is None:
-            dispatch.send_batch_finalization(app, batch_id)
+            broker.send_batch_finalization(app, batch_id)
         else:
-            dispatch.send_batch_expansion(app, batch_id, priority=priority)
+            broker.send_batch_expansion(app, batch_id, priority=priority)
     if lost:
         log.warning("%d batch(es) left validating or finalizing had no message in the "
                     "broker; sent again", len(lost))
@@ -225,19 +225,19 @@ def _resend_batch_messages(app: Celery, grace_s: float, database_url: DatabaseRe
 
 def _batch_message_id(batch: tuple[str, int | None]) -> str:
     batch_id, priority = batch
-    return batch_id if priority is not None else dispatch.finalization_id(batch_id)
+    return batch_id if priority is not None else broker.finalization_id(batch_id)
 
 
-def _finish_forgotten_batches(app: Celery, cutoff: datetime, database_url: DatabaseRef
+def _finish_forgotten_batches(app: Celery, cutoff: datetime, database: Database
                               ) -> int:
-    with session_scope(database_url) as session:
+    with session_scope(database) as session:
         running = list(session.exec(
             select(Batch.id).where(col(Batch.status).in_(["in_progress", "cancelling"]),
                                    col(Batch.created_at) < cutoff).limit(PASS_LIMIT)))
         done = [batch_id for batch_id in running
                 if batch_progress.job_finished(session, batch_id)]
     for batch_id in done:
-        dispatch.send_batch_finalization(app, batch_id)
+        broker.send_batch_finalization(app, batch_id)
     if done:
         log.warning("%d batch(es) had ended without being finalised; finalising", len(done))
     return len(done)

@@ -18,7 +18,7 @@ from enum import StrEnum
 from sqlmodel import Session
 
 from llmos_jobs.db import keys as key_crud
-from llmos_jobs.db.models import ApiKey, ApiKeyCreate, ApiKeyIssued
+from llmos_jobs.db.tables import ApiKey, ApiKeyCreate, ApiKeyIssued
 from llmos_jobs.errors import InvalidRequest
 
 
