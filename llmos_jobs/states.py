@@ -1,40 +1,116 @@
-"""The job state machine: one status enum, and the only transitions it allows.
+"""The state machines of jobs, batches and workers: each a status enum and the only
+transitions it allows. Rows change state by compare-and-set (``llmos_jobs.db.moves``):
+an update that names the states the target may be entered from, so that of two
+processes racing to move one row, exactly one does.
+
+Jobs::
 
     waiting ──► queued ──► running ──► succeeded | failed | cancelled
-       │           │          │
-       │           │          └──► queued   (a new attempt, after its worker died)
+       │           │  │       │
+       │           │  │       └──► queued   (a new attempt, after its worker died)
+       │           │  └──► failed           (its message never reached the broker)
        └───────────┴──► cancelled
 
 Only a mindspace turn waits: it is accepted `waiting` while an earlier turn of its
 mindspace is unfinished, and becomes `queued` (its message published) when released
 (llmos_jobs.services.turns).
+
+Batches (OpenAI's lifecycle)::
+
+    validating ──► in_progress ──► finalizing ──► completed | expired | cancelled
+         │  │           │               ▲
+         │  │           └──► cancelling ┘
+         │  └──► failed                 (no valid line; its error file is still written)
+         └──► cancelling, finalizing    (cancelled, or expired, before it was expanded)
+
+Workers::
+
+    alive ──► stopped (it said so) | dead (its heartbeat stopped)
+    dead ──► alive    (it was alive after all, and beats again)
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Generic, TypeVar
+
 from llmos_jobs.errors import IllegalTransition
 from schemas.common import JobStatus
 
-# The statuses a job may be created in.
-INITIAL: frozenset[JobStatus] = frozenset({JobStatus.queued, JobStatus.waiting})
+S = TypeVar("S", bound=StrEnum)
 
-TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+
+@dataclass(frozen=True)
+class StateMachine(Generic[S]):
+    """What a row of kind ``name`` may become from each of its states."""
+
+    name: str
+    transitions: Mapping[S, frozenset[S]]
+
+    def sources_of(self, target: S) -> frozenset[S]:
+        """Every state from which ``target`` may be entered."""
+        return frozenset(s for s, targets in self.transitions.items() if target in targets)
+
+    def is_final(self, state: S) -> bool:
+        return not self.transitions[state]
+
+    def check(self, current: S, target: S) -> None:
+        """IllegalTransition unless ``current`` may become ``target``."""
+        if target not in self.transitions[current]:
+            raise IllegalTransition(
+                f"a {current.value} {self.name} cannot become {target.value}")
+
+
+class BatchStatus(StrEnum):
+    validating = "validating"
+    in_progress = "in_progress"
+    finalizing = "finalizing"
+    completed = "completed"
+    failed = "failed"
+    expired = "expired"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+
+
+class WorkerState(StrEnum):
+    alive = "alive"
+    stopped = "stopped"
+    dead = "dead"
+
+
+JOBS: StateMachine[JobStatus] = StateMachine("job", {
     JobStatus.waiting: frozenset({JobStatus.queued, JobStatus.cancelled}),
-    JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled}),
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed, JobStatus.cancelled}),
     JobStatus.running: frozenset(
-        {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.queued}
-    ),
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.queued}),
     JobStatus.succeeded: frozenset(),
     JobStatus.failed: frozenset(),
     JobStatus.cancelled: frozenset(),
-}
+})
 
+BATCHES: StateMachine[BatchStatus] = StateMachine("batch", {
+    BatchStatus.validating: frozenset({BatchStatus.in_progress, BatchStatus.failed,
+                                       BatchStatus.cancelling, BatchStatus.finalizing}),
+    BatchStatus.in_progress: frozenset({BatchStatus.finalizing, BatchStatus.cancelling}),
+    BatchStatus.cancelling: frozenset({BatchStatus.finalizing}),
+    BatchStatus.finalizing: frozenset({BatchStatus.completed, BatchStatus.expired,
+                                       BatchStatus.cancelled}),
+    BatchStatus.failed: frozenset(),
+    BatchStatus.completed: frozenset(),
+    BatchStatus.expired: frozenset(),
+    BatchStatus.cancelled: frozenset(),
+})
 
-def sources_of(target: JobStatus) -> frozenset[JobStatus]:
-    """Every status from which ``target`` may be entered."""
-    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+WORKERS: StateMachine[WorkerState] = StateMachine("worker", {
+    WorkerState.alive: frozenset({WorkerState.stopped, WorkerState.dead}),
+    WorkerState.dead: frozenset({WorkerState.alive}),
+    WorkerState.stopped: frozenset(),
+})
 
-
-def check_transition(current: JobStatus, target: JobStatus) -> None:
-    if target not in TRANSITIONS[current]:
-        raise IllegalTransition(f"a {current.value} job cannot become {target.value}")
+# The statuses a job may be created in.
+INITIAL: frozenset[JobStatus] = frozenset({JobStatus.queued, JobStatus.waiting})
+# A batch's requests that may still run.
+BATCH_OPEN: frozenset[BatchStatus] = frozenset({BatchStatus.validating,
+                                                BatchStatus.in_progress})

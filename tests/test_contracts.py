@@ -16,7 +16,14 @@ from llmos_jobs.db.session import Database, get_engine
 from llmos_jobs.errors import IllegalTransition
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
-from llmos_jobs.states import TRANSITIONS, check_transition
+from llmos_jobs.states import (
+    BATCH_OPEN,
+    BATCHES,
+    JOBS,
+    WORKERS,
+    BatchStatus,
+    WorkerState,
+)
 from schemas.common import PRIORITY_CLASSES, JobStatus, parse_priority
 from schemas.export import JSON_DIR, rendered
 from tests.stack import database_at
@@ -47,18 +54,39 @@ def test_classes_leave_the_extremes_to_operators() -> None:
 
 
 def test_state_machine_refuses_illegal_transitions() -> None:
-    check_transition(JobStatus.queued, JobStatus.running)
-    check_transition(JobStatus.running, JobStatus.queued)  # a new attempt after a worker died
+    JOBS.check(JobStatus.queued, JobStatus.running)
+    JOBS.check(JobStatus.running, JobStatus.queued)  # a new attempt after a worker died
+    JOBS.check(JobStatus.queued, JobStatus.failed)  # its message never reached the broker
     for final in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled):
-        assert not TRANSITIONS[final]
+        assert JOBS.is_final(final) and final.is_final
         for target in JobStatus:
-            with pytest.raises(IllegalTransition):
-                check_transition(final, target)
+            with pytest.raises(IllegalTransition, match=f"a {final.value} job cannot"):
+                JOBS.check(final, target)
     with pytest.raises(IllegalTransition):
-        check_transition(JobStatus.queued, JobStatus.succeeded)
+        JOBS.check(JobStatus.queued, JobStatus.succeeded)
     # A waiting turn is released (queued) or cancelled; it never runs straight away.
-    assert TRANSITIONS[JobStatus.waiting] == {JobStatus.queued, JobStatus.cancelled}
-    assert not JobStatus.waiting.is_final
+    assert JOBS.transitions[JobStatus.waiting] == {JobStatus.queued, JobStatus.cancelled}
+    assert not JOBS.is_final(JobStatus.waiting) and not JobStatus.waiting.is_final
+    # The contract's own notion of final agrees with the machine's, status by status.
+    assert {s for s in JobStatus if s.is_final} == {s for s in JobStatus if JOBS.is_final(s)}
+
+
+def test_batch_and_worker_machines_follow_their_lifecycles() -> None:
+    # Only a batch whose requests may still run can be cancelled, and from there it
+    # only finalises.
+    assert BATCHES.sources_of(BatchStatus.cancelling) == BATCH_OPEN
+    assert BATCHES.transitions[BatchStatus.cancelling] == {BatchStatus.finalizing}
+    # Files are written while finalizing, and only a finalizing batch ends so.
+    for end in (BatchStatus.completed, BatchStatus.expired, BatchStatus.cancelled):
+        assert BATCHES.sources_of(end) == {BatchStatus.finalizing} and BATCHES.is_final(end)
+    assert BATCHES.is_final(BatchStatus.failed)
+    with pytest.raises(IllegalTransition, match="a completed batch cannot become cancelling"):
+        BATCHES.check(BatchStatus.completed, BatchStatus.cancelling)
+    # A worker declared dead may come back; one that stopped never does.
+    WORKERS.check(WorkerState.dead, WorkerState.alive)
+    assert WORKERS.is_final(WorkerState.stopped)
+    with pytest.raises(IllegalTransition):
+        WORKERS.check(WorkerState.stopped, WorkerState.alive)
 
 
 def test_every_registered_task_has_a_route() -> None:

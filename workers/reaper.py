@@ -19,6 +19,7 @@ from llmos_jobs.db import registry
 from llmos_jobs.db.jobs import queued_on, requeue_job, reroute_job, running_jobs_of
 from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.db.tables import Job
+from llmos_jobs.states import WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def _reap_silent(*, database: Database, dead_after_s: float, enqueue: Enqueue) -
         with session_scope(database) as session:
             # Only the reaper that flips the state re-enqueues: no double attempts.
             won = registry.set_worker_state(
-                session=session, name=worker.name, state="dead", expect="alive"
+                session=session, name=worker.name, state=WorkerState.dead,
+                expect=WorkerState.alive
             )
         if won:
             log.warning("worker %s silent for over %.0fs: declared dead", worker.name,

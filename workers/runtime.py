@@ -23,6 +23,7 @@ from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import BrokerUnavailable
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
+from llmos_jobs.states import WorkerState
 from workers.engines.pool import EngineChoice, EnginePool
 from workers.execution import WorkerContext
 from workers.held import HeldJobs
@@ -87,7 +88,7 @@ class WorkerRuntime:
             return self.held.count(job.id, job.task_id) <= 1
         with self.database.session() as session:
             row = session.get(WorkerRecord, job.worker)
-        if row is None or row.state != "alive":
+        if row is None or row.state != WorkerState.alive:
             return True
         if row.host == self.host and job.worker_pid is not None:
             return not psutil.pid_exists(job.worker_pid)
@@ -103,7 +104,7 @@ class WorkerRuntime:
 
     def start(self) -> None:
         record = WorkerRecord(
-            name=self.name, host=self.host, pid=os.getpid(), state="alive",
+            name=self.name, host=self.host, pid=os.getpid(), state=WorkerState.alive,
             pool=self.pool_kind, concurrency=self.concurrency, engine_device=self.device,
             models=self.models, queues=self.queues, loaded=[],
         )
@@ -122,8 +123,8 @@ class WorkerRuntime:
     def stop(self) -> None:
         self._stop.set()
         with self.database.session() as session:
-            registry.set_worker_state(session=session, name=self.name, state="stopped",
-                                      expect="alive")
+            registry.set_worker_state(session=session, name=self.name,
+                                      state=WorkerState.stopped, expect=WorkerState.alive)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval_s):

@@ -4,12 +4,13 @@ the job's id) can tell, without importing the service."""
 
 from __future__ import annotations
 
-from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.batch_tables import Batch
+from llmos_jobs.db.moves import move
 from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
+from llmos_jobs.states import BATCHES, BatchStatus
 from schemas.common import JobStatus
 
 
@@ -24,10 +25,9 @@ def job_finished(session: Session, batch_id: str) -> bool:
     if pending is not None:
         return False
     # An expired batch may still be validating: it ends without ever running.
-    moved = session.execute(update(Batch).where(
-        col(Batch.id) == batch_id,
-        col(Batch.status).in_(["in_progress", "cancelling"])
-        | ((col(Batch.status) == "validating") & col(Batch.expired_at).is_not(None)))
-        .values(status="finalizing", finalizing_at=utcnow())).rowcount  # type: ignore[attr-defined]
+    moved = move(session, Batch, "status", col(Batch.id) == batch_id, BATCHES,
+                 BatchStatus.finalizing,
+                 (col(Batch.status) != BatchStatus.validating) | col(Batch.expired_at).is_not(None),
+                 finalizing_at=utcnow())
     session.commit()
     return bool(moved)

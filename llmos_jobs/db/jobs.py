@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
+from llmos_jobs.db.moves import move
 from llmos_jobs.db.tables import Job, JobBase, new_id
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import NotFound
-from llmos_jobs.states import INITIAL, check_transition, sources_of
+from llmos_jobs.states import INITIAL, JOBS
 from schemas.common import JobKind, JobStatus, Usage
 
 
@@ -102,20 +103,16 @@ def _set_status(
     **values: Any,
 ) -> bool:
     """Move the job to ``target`` if its current status allows it; True if it moved."""
-    statement = (
-        update(Job)
-        .where(col(Job.id) == job_id, col(Job.status).in_(sources_of(target)), *extra_where)
-        .values(status=target, **values)
-    )
-    return bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    return move(session, Job, "status", col(Job.id) == job_id, JOBS, target, *extra_where,
+                **values)
 
 
 def cancel_job(*, session: Session, tenant: str, job_id: str) -> Job:
     job = get_job(session=session, tenant=tenant, job_id=job_id)
-    check_transition(job.status, JobStatus.cancelled)
+    JOBS.check(job.status, JobStatus.cancelled)
     if not _set_status(session, job_id, JobStatus.cancelled, finished_at=utcnow()):
         session.refresh(job)
-        check_transition(job.status, JobStatus.cancelled)
+        JOBS.check(job.status, JobStatus.cancelled)
     session.refresh(job)
     return job
 
@@ -256,16 +253,15 @@ def fail_job(
 
 def fail_unsent(*, session: Session, job_id: str, message_id: str, error_message: str
                 ) -> bool:
-    """A queued job whose message never reached the broker ends failed (through
-    `running`, as the state machine requires), so no one waits for it forever. False if
-    it is no longer queued under that message (a worker took it after all)."""
-    taken = _set_status(
-        session, job_id, JobStatus.running,
+    """A queued job whose message never reached the broker ends failed, so no one waits
+    for it forever. False if it is no longer queued under that message (a worker took
+    it after all)."""
+    return _set_status(
+        session, job_id, JobStatus.failed,
         extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.queued),
-        worker="producer", started_at=utcnow(),
+        error_type="BrokerUnavailable", error_message=error_message[:4000],
+        finished_at=utcnow(),
     )
-    return taken and fail_job(session=session, job_id=job_id, message_id=message_id,
-                              error_type="BrokerUnavailable", error_message=error_message)
 
 
 def fail_attempt(*, session: Session, job_id: str, message_id: str, worker: str,
@@ -388,7 +384,7 @@ def cancel_unfinished_turns(*, session: Session, mindspace_id: str, error_type: 
     return int(session.execute(
         update(Job)
         .where(col(Job.mindspace_id) == mindspace_id,
-               col(Job.status).in_(sources_of(JobStatus.cancelled)))
+               col(Job.status).in_(JOBS.sources_of(JobStatus.cancelled)))
         .values(status=JobStatus.cancelled, error_type=error_type,
                 error_message=error_message, finished_at=utcnow())
     ).rowcount)  # type: ignore[attr-defined]

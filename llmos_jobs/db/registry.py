@@ -10,6 +10,7 @@ from sqlalchemy import func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from llmos_jobs.db.moves import move
 from llmos_jobs.db.tables import (
     Job,
     RegisteredModel,
@@ -20,6 +21,7 @@ from llmos_jobs.db.tables import (
 )
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import NotFound
+from llmos_jobs.states import WORKERS, WorkerState
 from schemas.common import JobStatus
 
 
@@ -79,12 +81,12 @@ def heartbeat(*, session: Session, name: str, queues: list[str],
     no reaper pass can find it alive with the old heartbeat). ``holding``: the jobs its
     process was running at ``now``; ``pool_pids``: the live processes of a prefork pool
     (see WorkerRecord)."""
-    states = ["alive", "dead"] if rejoin else ["alive"]
+    states = [WorkerState.alive, WorkerState.dead] if rejoin else [WorkerState.alive]
     statement = (
         update(WorkerRecord)
         .where(col(WorkerRecord.name) == name, col(WorkerRecord.state).in_(states))
         .values(last_heartbeat=now or utcnow(), queues=queues, engines=engines,
-                resources=resources, holding=holding, pool_pids=pool_pids, state="alive")
+                resources=resources, holding=holding, pool_pids=pool_pids, state=WorkerState.alive)
     )
     moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
     session.commit()
@@ -98,13 +100,11 @@ def set_loaded(*, session: Session, name: str, loaded: list[str]) -> None:
     session.commit()
 
 
-def set_worker_state(*, session: Session, name: str, state: str, expect: str) -> bool:
-    statement = (
-        update(WorkerRecord)
-        .where(col(WorkerRecord.name) == name, col(WorkerRecord.state) == expect)
-        .values(state=state)
-    )
-    moved = bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+def set_worker_state(*, session: Session, name: str, state: WorkerState,
+                     expect: WorkerState) -> bool:
+    """Move worker ``name`` from ``expect`` to ``state`` (a transition WORKERS allows)."""
+    moved = move(session, WorkerRecord, "state", col(WorkerRecord.name) == name, WORKERS, state,
+                 col(WorkerRecord.state) == expect)
     session.commit()
     return moved
 
@@ -113,7 +113,7 @@ def stale_workers(*, session: Session, dead_after_s: float) -> list[WorkerRecord
     """Workers still marked alive whose heartbeat stopped."""
     cutoff = utcnow() - timedelta(seconds=dead_after_s)
     query = select(WorkerRecord).where(
-        WorkerRecord.state == "alive", col(WorkerRecord.last_heartbeat) < cutoff
+        WorkerRecord.state == WorkerState.alive, col(WorkerRecord.last_heartbeat) < cutoff
     )
     return list(session.exec(query))
 
@@ -121,7 +121,7 @@ def stale_workers(*, session: Session, dead_after_s: float) -> list[WorkerRecord
 def live_workers(*, session: Session, dead_after_s: float) -> list[WorkerRecord]:
     cutoff = utcnow() - timedelta(seconds=dead_after_s)
     query = select(WorkerRecord).where(
-        WorkerRecord.state == "alive", col(WorkerRecord.last_heartbeat) >= cutoff
+        WorkerRecord.state == WorkerState.alive, col(WorkerRecord.last_heartbeat) >= cutoff
     )
     return list(session.exec(query.order_by(WorkerRecord.name)))
 
@@ -133,14 +133,14 @@ def workers_with_queued_direct_work(*, session: Session) -> list[str]:
         Job.status == JobStatus.queued, col(Job.queue).startswith("w.")).distinct()))
     names = {q.removeprefix("w.") for q in queues}
     alive = set(session.exec(select(WorkerRecord.name).where(
-        col(WorkerRecord.name).in_(names), WorkerRecord.state == "alive")))
+        col(WorkerRecord.name).in_(names), WorkerRecord.state == WorkerState.alive)))
     return sorted(names - alive)
 
 
 def stopped_workers_with_running_jobs(*, session: Session, dead_after_s: float) -> list[str]:
     cutoff = utcnow() - timedelta(seconds=dead_after_s)
     query = select(WorkerRecord.name).where(
-        WorkerRecord.state == "stopped", col(WorkerRecord.last_heartbeat) < cutoff,
+        WorkerRecord.state == WorkerState.stopped, col(WorkerRecord.last_heartbeat) < cutoff,
         col(WorkerRecord.name).in_(select(Job.worker).where(Job.status == JobStatus.running)))
     return list(session.exec(query))
 
@@ -155,7 +155,7 @@ def unheld_running_jobs(*, session: Session) -> dict[str, dict[str, int]]:
                   col(WorkerRecord.pool_pids), col(WorkerRecord.last_heartbeat),
                   col(Job.id), col(Job.worker_pid), col(Job.started_at), col(Job.attempts))
         .join(Job, col(Job.worker) == col(WorkerRecord.name))
-        .where(col(WorkerRecord.state) == "alive",
+        .where(col(WorkerRecord.state) == WorkerState.alive,
                col(WorkerRecord.holding).is_not(None) | col(WorkerRecord.pool_pids).is_not(None),
                col(Job.status) == JobStatus.running)).all()
     unheld: dict[str, dict[str, int]] = {}
@@ -179,7 +179,7 @@ def running_counts(*, session: Session, names: list[str] | None = None) -> dict[
 def list_workers(*, session: Session, include_gone: bool = False) -> list[WorkerPublic]:
     query = select(WorkerRecord).order_by(WorkerRecord.name)
     if not include_gone:
-        query = query.where(WorkerRecord.state == "alive")
+        query = query.where(WorkerRecord.state == WorkerState.alive)
     running = running_counts(session=session)
     now = utcnow()
     return [

@@ -8,10 +8,11 @@ from typing import Any
 
 from pydantic import Field as PField
 from sqlalchemy import JSON, Column, Index, LargeBinary
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from llmos_jobs.crypto import EncryptedJSON, EncryptedText
 from llmos_jobs.db.types import UTCDateTime, utcnow
+from llmos_jobs.states import WorkerState
 from schemas.common import JobKind, JobStatus, Usage
 
 
@@ -252,7 +253,8 @@ class WorkerRecord(SQLModel, table=True):
     name: str = Field(primary_key=True)
     host: str
     pid: int
-    state: str = Field(default="alive", index=True)  # alive | stopped | dead
+    # A string column: the states are llmos_jobs.states.WorkerState.
+    state: WorkerState = Field(default=WorkerState.alive, index=True, sa_type=AutoString)
     pool: str
     concurrency: int
     engine_device: str
@@ -283,7 +285,7 @@ class WorkerPublic(SQLModel):
     name: str
     host: str
     pid: int
-    state: str
+    state: WorkerState
     pool: str
     concurrency: int
     engine_device: str

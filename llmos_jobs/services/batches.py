@@ -24,6 +24,7 @@ from llmos_jobs import broker
 from llmos_jobs.db import jobs as job_rows
 from llmos_jobs.db.batch_tables import Batch, StoredFile
 from llmos_jobs.db.jobs import JobCreate
+from llmos_jobs.db.moves import move
 from llmos_jobs.db.tables import Job, JobPublic
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import InvalidRequest, NotFound
@@ -31,6 +32,7 @@ from llmos_jobs.services import batch_files, language
 from llmos_jobs.services.batch_files import ENDPOINT
 from llmos_jobs.services.submission import Submitter, priority_of
 from llmos_jobs.services.webhooks.events import emit
+from llmos_jobs.states import BATCH_OPEN, BATCHES, BatchStatus
 from schemas.common import JobStatus
 
 log = logging.getLogger(__name__)
@@ -102,12 +104,12 @@ def expire_overdue(session: Session) -> list[str]:
     once its files are written). Their ids."""
     now = utcnow()
     overdue = [b for b in session.exec(select(Batch).where(
-        col(Batch.status).in_(["validating", "in_progress"]), col(Batch.expired_at).is_(None)))
+        col(Batch.status).in_(sorted(BATCH_OPEN)), col(Batch.expired_at).is_(None)))
         if (now - b.created_at).total_seconds() > window_s(b.completion_window)]
     expired = []
     for batch in overdue:
         moved = session.execute(update(Batch).where(
-            col(Batch.id) == batch.id, col(Batch.status).in_(["validating", "in_progress"]),
+            col(Batch.id) == batch.id, col(Batch.status).in_(sorted(BATCH_OPEN)),
             col(Batch.expired_at).is_(None))
             .values(expired_at=now)).rowcount  # type: ignore[attr-defined]
         if moved:
@@ -135,7 +137,7 @@ def expand(submitter: Submitter, batch_id: str) -> None:
         if batch is None:
             raise NotFound(f"batch {batch_id} not found")
         tenant = batch.tenant
-        if batch.status != "validating" or batch.expired_at is not None:
+        if batch.status != BatchStatus.validating or batch.expired_at is not None:
             return  # a redelivered expansion (done already), or it expired while waiting
         content = batch_files.get_file(session, tenant, batch.input_file_id).content
     valid, invalid = batch_files.parse(content)
@@ -151,15 +153,14 @@ def expand(submitter: Submitter, batch_id: str) -> None:
     # The batch's jobs and its new status commit together, once: a second expansion
     # (a redelivery, the reconciler) finds the batch no longer validating.
     with submitter.database.session() as session:
-        status = "in_progress" if jobs else "failed"
-        moved = session.execute(update(Batch).where(
-            col(Batch.id) == batch_id, col(Batch.status) == "validating",
-            col(Batch.expired_at).is_(None)).values(
-            status=status, invalid=sorted(invalid, key=lambda e: e["line"]),
+        status = BatchStatus.in_progress if jobs else BatchStatus.failed
+        moved = move(
+            session, Batch, "status", col(Batch.id) == batch_id, BATCHES, status,
+            col(Batch.expired_at).is_(None),
+            invalid=sorted(invalid, key=lambda e: e["line"]),
             in_progress_at=utcnow() if jobs else None, failed_at=None if jobs else utcnow(),
             errors=None if jobs else [{"code": "no_valid_lines",
                                        "message": "no line of the file is a valid request"}])
-        ).rowcount  # type: ignore[attr-defined]
         if not moved:
             return
         created = [job_rows.create_job(session=session, job_in=j) for j in jobs]
@@ -176,7 +177,7 @@ def finalize(submitter: Submitter, batch_id: str) -> None:
     processes, the batch gets one output, one error file and one event."""
     with submitter.database.session() as session:
         batch = session.get(Batch, batch_id, populate_existing=True)
-        if batch is None or batch.status not in ("finalizing", "failed") or (
+        if batch is None or batch.status not in (BatchStatus.finalizing, BatchStatus.failed) or (
                 batch.output_file_id or batch.error_file_id):
             return
         jobs = list(session.exec(select(Job).where(Job.batch_id == batch_id)
@@ -201,11 +202,11 @@ def finalize(submitter: Submitter, batch_id: str) -> None:
             ending[field] = stored.id
         now = utcnow()
         if batch.cancelling_at is not None:
-            ending.update(status="cancelled", cancelled_at=now)
+            ending.update(status=BatchStatus.cancelled, cancelled_at=now)
         elif batch.expired_at is not None:
-            ending.update(status="expired")
-        elif batch.status != "failed":
-            ending.update(status="completed", completed_at=now)
+            ending.update(status=BatchStatus.expired)
+        elif batch.status != BatchStatus.failed:
+            ending.update(status=BatchStatus.completed, completed_at=now)
         session.flush()
         won = session.execute(update(Batch).where(
             col(Batch.id) == batch_id, col(Batch.status) == batch.status,
@@ -252,9 +253,8 @@ def cancel(submitter: Submitter, tenant: str, batch_id: str) -> Batch:
     finalises a `cancelling` batch whose requests have all ended."""
     with submitter.database.session() as session:
         batch = get_batch(session, tenant, batch_id)
-        moved = session.execute(update(Batch).where(
-            col(Batch.id) == batch_id, col(Batch.status).in_(["validating", "in_progress"]))
-            .values(status="cancelling", cancelling_at=utcnow())).rowcount  # type: ignore[attr-defined]
+        moved = move(session, Batch, "status", col(Batch.id) == batch_id, BATCHES,
+                     BatchStatus.cancelling, cancelling_at=utcnow())
         if not moved:
             raise InvalidRequest(f"a {batch.status} batch cannot be cancelled")
         _cancel_queued(session, batch_id)

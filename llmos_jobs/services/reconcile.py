@@ -47,6 +47,7 @@ from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import DeliveryStatus, WebhookDelivery
+from llmos_jobs.states import BatchStatus
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +198,10 @@ def _resend_batch_messages(app: Celery, grace_s: float, database: Database) -> i
         with session_scope(database) as session:
             validating = session.exec(
                 select(Batch.id, Batch.priority).where(
-                    Batch.status == "validating", col(Batch.expired_at).is_(None),
+                    Batch.status == BatchStatus.validating, col(Batch.expired_at).is_(None),
                     col(Batch.created_at) < before).limit(PASS_LIMIT)).all()
             finalizing = session.exec(
-                select(Batch.id).where(Batch.status == "finalizing",
+                select(Batch.id).where(Batch.status == BatchStatus.finalizing,
                                        col(Batch.finalizing_at) < before).limit(PASS_LIMIT))
             return ([(batch_id, priority) for batch_id, priority in validating]
                     + [(batch_id, None) for batch_id in finalizing])
@@ -232,8 +233,9 @@ def _finish_forgotten_batches(app: Celery, cutoff: datetime, database: Database
                               ) -> int:
     with session_scope(database) as session:
         running = list(session.exec(
-            select(Batch.id).where(col(Batch.status).in_(["in_progress", "cancelling"]),
-                                   col(Batch.created_at) < cutoff).limit(PASS_LIMIT)))
+            select(Batch.id).where(
+                col(Batch.status).in_([BatchStatus.in_progress, BatchStatus.cancelling]),
+                col(Batch.created_at) < cutoff).limit(PASS_LIMIT)))
         done = [batch_id for batch_id in running
                 if batch_progress.job_finished(session, batch_id)]
     for batch_id in done:
