@@ -30,7 +30,7 @@ from bench.models import model_dir, use_data_dir  # noqa: E402
 from llmos_jobs.client import LlmosClient  # noqa: E402
 from llmos_jobs.settings import Settings  # noqa: E402
 from tests.services import private_redis  # noqa: E402
-from workers.engines.base import EngineRequest, SamplingParams  # noqa: E402
+from workers.engines.base import EngineRequest, EngineSampling  # noqa: E402
 from workers.engines.transformers import BatchingOptions, TransformersEngine  # noqa: E402
 
 SYSTEM = ("You are the scheduler of a shared model service. Answer in one short line, "
@@ -48,8 +48,8 @@ def ceiling(size: str, jobs: int, max_tokens: int) -> float:
 
     engine = TransformersEngine("bench", str(model_dir(size)), BatchingOptions(max_batch=jobs))
     warm = [ChatMessage(**m) for m in messages(-1)]
-    engine.generate([EngineRequest(SamplingParams(2), messages=warm)])
-    requests = [EngineRequest(SamplingParams(max_tokens),
+    engine.generate([EngineRequest(EngineSampling(2), messages=warm)])
+    requests = [EngineRequest(EngineSampling(max_tokens),
                               messages=[ChatMessage(**m) for m in messages(i)])
                 for i in range(jobs)]
     started = time.perf_counter()

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.models import model_dir
-from workers.engines.base import EngineRequest, SamplingParams
+from workers.engines.base import EngineRequest, EngineSampling
 from workers.engines.transformers import TransformersEngine
 
 PREFIX, TAIL = 512, 16
@@ -30,7 +30,7 @@ def prompt(tail_seed: int) -> list[int]:
 
 def prefill_s(engine: TransformersEngine, ids: list[int]) -> tuple[float, int]:
     """Seconds to the first token (max_tokens=1: prefill only), and cached tokens."""
-    request = EngineRequest(sampling=SamplingParams(max_tokens=1), input_ids=ids)
+    request = EngineRequest(sampling=EngineSampling(max_tokens=1), input_ids=ids)
     started = time.perf_counter()
     [done] = engine.generate([request])
     return time.perf_counter() - started, done.cached_tokens
@@ -54,13 +54,13 @@ def memory(size: str, conversations: int = 100, system: int = 1000) -> None:
     """Cache bytes after ``conversations`` that share a ``system``-token prompt."""
     engine = TransformersEngine(size, str(model_dir(size)))
     shared = [10 + (7 * i) % 400 for i in range(system)]
-    requests = [EngineRequest(sampling=SamplingParams(max_tokens=8), input_ids=[
+    requests = [EngineRequest(sampling=EngineSampling(max_tokens=8), input_ids=[
         *shared, *(10 + (c * 13 + 5 * i) % 400 for i in range(20))])
         for c in range(conversations)]
     done = engine.generate(requests)
     cached = engine.stats().cache_bytes
     engine.flush_cache()
-    engine.generate([EngineRequest(sampling=SamplingParams(max_tokens=1), input_ids=shared)])
+    engine.generate([EngineRequest(sampling=EngineSampling(max_tokens=1), input_ids=shared)])
     per_token = engine.stats().cache_bytes / system  # the store holds prompt + 0 generated
     engine.unload()
     # Each sequence goes into the cache as its prompt and all generated tokens but the last.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.engines.base import EngineRequest, SamplingParams
+from workers.engines.base import EngineRequest, EngineSampling
 
 # Every field of GenerateReqInput (io_struct.py) at that commit.
 GENERATE_REQ_INPUT_FIELDS = frozenset({
@@ -33,7 +33,7 @@ GENERATE_REQ_INPUT_FIELDS = frozenset({
     "multi_item_delimiter_indices", "cache_salt",
 })
 
-# SamplingParams keys llmos sends (sampling/sampling_params.py).
+# EngineSampling keys llmos sends (sampling/sampling_params.py).
 SAMPLING_PARAMS_KEYS = frozenset({"max_new_tokens", "temperature", "stop"})
 
 LENGTH = {"type": "length", "length": 4}  # FINISH_LENGTH.to_json()
@@ -89,5 +89,5 @@ class RadixCache:
 
 def req(prompt: str | None = None, *, priority: int = 5, max_tokens: int = 4,
         stop: tuple[str, ...] = (), **kw: Any) -> EngineRequest:
-    return EngineRequest(sampling=SamplingParams(max_tokens=max_tokens, stop=stop),
+    return EngineRequest(sampling=EngineSampling(max_tokens=max_tokens, stop=stop),
                          prompt=prompt, priority=priority, **kw)

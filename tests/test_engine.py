@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from workers.engines.base import EngineRequest, SamplingParams
+from workers.engines.base import EngineRequest, EngineSampling
 from workers.engines.transformers import BatchingOptions, EngineUnloaded, TransformersEngine
 
 
@@ -32,7 +32,7 @@ def _ids(n: int, offset: int = 0) -> list[int]:
 
 
 def _req(ids: list[int], max_tokens: int = 8, **kw: Any) -> EngineRequest:
-    return EngineRequest(sampling=SamplingParams(max_tokens=max_tokens), input_ids=ids, **kw)
+    return EngineRequest(sampling=EngineSampling(max_tokens=max_tokens), input_ids=ids, **kw)
 
 
 def _forward_lengths(engine: TransformersEngine) -> list[tuple[int, int]]:

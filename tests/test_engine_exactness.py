@@ -23,7 +23,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.engines.base import EngineStats, SamplingParams, apply_stop
+from workers.engines.base import EngineSampling, EngineStats, apply_stop
 from workers.engines.batching import Model, serve
 from workers.engines.batching import Sequence as Running
 from workers.engines.prefix_cache import PrefixCache, kv_nbytes
@@ -103,7 +103,7 @@ def run_workload(model: Model, specs: list[RequestSpec], cache: PrefixCache,
             calls += 1
             return spec.cancel_after is not None and calls >= spec.cancel_after
 
-        seq = Running(prompt=list(spec.prompt), sampling=SamplingParams(
+        seq = Running(prompt=list(spec.prompt), sampling=EngineSampling(
             spec.max_tokens, stop=spec.stop), should_stop=should_stop,
             on_done=finished.seqs.append, namespace=spec.namespace)
         finished.before[id(seq)] = len(finished.seqs)
@@ -198,9 +198,9 @@ def _common(a: tuple[int, ...] | list[int], b: list[int]) -> int:
 def test_a_deadline_stops_a_request_and_leaves_the_others(model: Model) -> None:
     cache = PrefixCache(1 << 30)
     done: list[Running] = []
-    late = Running(prompt=[20, 21, 22], sampling=SamplingParams(500), should_stop=None,
+    late = Running(prompt=[20, 21, 22], sampling=EngineSampling(500), should_stop=None,
                    on_done=done.append, deadline=time.monotonic())
-    on_time = Running(prompt=[30, 31], sampling=SamplingParams(12), should_stop=None,
+    on_time = Running(prompt=[30, 31], sampling=EngineSampling(12), should_stop=None,
                       on_done=done.append)
     serve(model, [late, on_time], lambda _: [], cache, EngineStats(), 4)
     assert late.finish == "abort" and len(late.generated) == 1
@@ -213,7 +213,7 @@ def test_another_tenant_never_hits_the_cache(model: Model) -> None:
     prompt = [40 + i for i in range(50)]
 
     def one(namespace: str) -> Running:
-        seq = Running(prompt=prompt, sampling=SamplingParams(4), should_stop=None,
+        seq = Running(prompt=prompt, sampling=EngineSampling(4), should_stop=None,
                       namespace=namespace)
         serve(model, [seq], lambda _: [], cache, EngineStats(), 4)
         return seq
@@ -231,7 +231,7 @@ def test_shared_prefixes_are_stored_once(model: Model) -> None:
     cache = PrefixCache(1 << 34)
     per_token = None
     for i in range(100):
-        seq = Running(prompt=[*system, 100 + i, 200 + i], sampling=SamplingParams(2),
+        seq = Running(prompt=[*system, 100 + i, 200 + i], sampling=EngineSampling(2),
                       should_stop=None)
         serve(model, [seq], lambda _: [], cache, EngineStats(), 1)
         if per_token is None:

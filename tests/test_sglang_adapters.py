@@ -28,7 +28,7 @@ from tests.sglang_shapes import (
     output,
     req,
 )
-from workers.engines.base import Completion, SamplingParams
+from workers.engines.base import Completion, EngineSampling
 from workers.engines.sglang_http import SGLangServerEngine, SGLangServerError, shown_url
 from workers.engines.sglang_io import (
     EngineUnloaded,
@@ -45,13 +45,13 @@ URL = "http://sglang.test:30000"
 # -- pure request building and response parsing -----------------------------------
 
 def test_sampling_params_use_sglang_names() -> None:
-    greedy = build_sampling_params(SamplingParams(max_tokens=7))
+    greedy = build_sampling_params(EngineSampling(max_tokens=7))
     assert greedy == {"max_new_tokens": 7, "temperature": 0.0}
-    sampled = build_sampling_params(SamplingParams(max_tokens=3, temperature=0.7,
+    sampled = build_sampling_params(EngineSampling(max_tokens=3, temperature=0.7,
                                                    stop=("\n", "END")))
     assert sampled == {"max_new_tokens": 3, "temperature": 0.7, "stop": ["\n", "END"]}
     with pytest.raises(ValueError, match="max_tokens"):
-        build_sampling_params(SamplingParams(max_tokens=-1))
+        build_sampling_params(EngineSampling(max_tokens=-1))
 
 
 def test_priority_keeps_llmos_order_under_sglangs_queue_sort() -> None:

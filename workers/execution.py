@@ -38,7 +38,7 @@ from schemas.common import ChatMessage, JobKind, Usage
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
-from workers.engines.base import Completion, Engine, EngineRequest, SamplingParams
+from workers.engines.base import Completion, Engine, EngineRequest, EngineSampling
 from workers.engines.pool import EnginePool
 from workers.held import HeldJobs
 from workers.watch import JobWatcher
@@ -91,7 +91,7 @@ class JobTimeout(Exception):
     """The job ran past its time limit; the engine stopped it."""
 
 
-def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: SamplingParams,
+def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: EngineSampling,
                   timeout_s: float | None, *, prompt: str | None = None,
                   messages: Sequence[ChatMessage] | None = None) -> Completion:
     """One generation for ``job`` under its deadline, stopped early if the job is
@@ -119,7 +119,7 @@ def _usage(prompt: int, completion: int, cached: int) -> Usage:
 def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     request = GenerateRequest.model_validate(job.payload)
     engine = ctx.pool.get(request.model)
-    sampling = SamplingParams(request.max_tokens, request.temperature, tuple(request.stop))
+    sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop))
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
                          prompt=request.prompt, messages=request.messages)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
@@ -148,7 +148,7 @@ def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
     engine = ctx.pool.get(job.model)
     prompt = turns.assemble(job, request.mindspace_id, request.message,
                             lambda text: len(engine.tokenize(text)), database=ctx.database)
-    sampling = SamplingParams(request.max_tokens, request.temperature)
+    sampling = EngineSampling(request.max_tokens, request.temperature)
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
                          messages=prompt.messages)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)

@@ -13,7 +13,7 @@ FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True)
-class SamplingParams:
+class EngineSampling:
     max_tokens: int
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
@@ -24,7 +24,7 @@ class EngineRequest:
     """One generation from exactly one of: token ids, chat messages (rendered by the
     model's chat template), or a plain prompt."""
 
-    sampling: SamplingParams
+    sampling: EngineSampling
     prompt: str | None = None
     messages: Sequence[ChatMessage] | None = None
     input_ids: Sequence[int] | None = None

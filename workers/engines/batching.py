@@ -24,7 +24,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from workers.engines.base import Completion, EngineStats, FinishReason, SamplingParams, apply_stop
+from workers.engines.base import Completion, EngineSampling, EngineStats, FinishReason, apply_stop
 from workers.engines.prefix_cache import PrefixCache
 
 
@@ -33,7 +33,7 @@ class Sequence:
     """One request's state while it is generated."""
 
     prompt: list[int]
-    sampling: SamplingParams
+    sampling: EngineSampling
     should_stop: Callable[[], bool] | None
     on_done: Callable[[Sequence], None] = lambda _: None
     namespace: str = ""  # of the prefix cache: the tenant

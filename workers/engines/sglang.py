@@ -35,7 +35,7 @@ from typing import Any, ClassVar, TypeVar
 import psutil
 
 from schemas.common import ChatMessage
-from workers.engines.base import Completion, EngineRequest, EngineStats, SamplingParams
+from workers.engines.base import Completion, EngineRequest, EngineSampling, EngineStats
 from workers.engines.sglang_io import (
     EngineUnloaded,
     aborted,
@@ -233,7 +233,7 @@ class SGLangEngine:
 
     def _probe_cached(self, ids: list[int], namespace: str) -> int:
         [done] = self.generate([EngineRequest(
-            sampling=SamplingParams(max_tokens=1), input_ids=ids, cache_namespace=namespace)])
+            sampling=EngineSampling(max_tokens=1), input_ids=ids, cache_namespace=namespace)])
         return done.cached_tokens
 
     def unload(self) -> None:
@@ -270,7 +270,7 @@ class SGLangEngine:
         atexit.unregister(engine.shutdown)
 
     def warmup(self) -> None:
-        self.generate([EngineRequest(sampling=SamplingParams(max_tokens=2), prompt="warm up")])
+        self.generate([EngineRequest(sampling=EngineSampling(max_tokens=2), prompt="warm up")])
 
     # -- generation ----------------------------------------------------------------------
 
@@ -408,7 +408,7 @@ class SGLangEngine:
             return True
         try:
             [done] = self.generate([EngineRequest(
-                sampling=SamplingParams(max_tokens=1), input_ids=[3, 4, 5], priority=0,
+                sampling=EngineSampling(max_tokens=1), input_ids=[3, 4, 5], priority=0,
                 deadline=time.monotonic() + self.health_timeout_s)])
         except Exception:
             log.exception("SGLang engine %s failed its health probe", self.name)

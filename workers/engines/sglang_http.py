@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from schemas.common import ChatMessage
-from workers.engines.base import Completion, EngineRequest, EngineStats, SamplingParams
+from workers.engines.base import Completion, EngineRequest, EngineSampling, EngineStats
 from workers.engines.sglang_io import (
     EngineUnloaded,
     InputKind,
@@ -283,7 +283,7 @@ class SGLangServerEngine:
         self._loaded, self._unloaded = False, True
 
     def warmup(self) -> None:
-        self.generate([EngineRequest(sampling=SamplingParams(max_tokens=2), prompt="warm up")])
+        self.generate([EngineRequest(sampling=EngineSampling(max_tokens=2), prompt="warm up")])
 
     def _tokenizer_of_server(self) -> Any:
         if self._tokenizer is None:

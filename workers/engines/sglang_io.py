@@ -19,9 +19,9 @@ from schemas.common import ChatMessage
 from workers.engines.base import (
     Completion,
     EngineRequest,
+    EngineSampling,
     EngineStats,
     FinishReason,
-    SamplingParams,
     apply_stop,
 )
 
@@ -52,9 +52,9 @@ def to_sglang_priority(priority: int, *, low_values_first: bool = False) -> int:
     return priority if low_values_first else LOWEST_PRIORITY - priority
 
 
-def build_sampling_params(sampling: SamplingParams) -> dict[str, object]:
+def build_sampling_params(sampling: EngineSampling) -> dict[str, object]:
     """SGLang ``sampling_params`` for one request. Temperature 0 is greedy there too
-    (SamplingParams turns it into top_k=1)."""
+    (EngineSampling turns it into top_k=1)."""
     if sampling.max_tokens < 0:
         raise ValueError(f"max_tokens must be >= 0, got {sampling.max_tokens}")
     if sampling.temperature < 0:

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from workers.engines.base import Completion, EngineRequest, EngineStats, SamplingParams
+from workers.engines.base import Completion, EngineRequest, EngineSampling, EngineStats
 from workers.engines.batching import Model, completion, serve
 from workers.engines.batching import Sequence as Running
 from workers.engines.prefix_cache import PrefixCache
@@ -129,7 +129,7 @@ class TransformersEngine:
         self.cache.clear()
 
     def warmup(self) -> None:
-        self.generate([EngineRequest(sampling=SamplingParams(max_tokens=2), prompt="warm up")])
+        self.generate([EngineRequest(sampling=EngineSampling(max_tokens=2), prompt="warm up")])
 
     def update_weights(self, path: str) -> None:
         """Read the new weights, let the running batch finish on the old ones, swap, and
