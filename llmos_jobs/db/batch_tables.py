@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column
-from sqlmodel import AutoString, Field, SQLModel
+from sqlmodel import Field, SQLModel
 
 from llmos_jobs.crypto import EncryptedJSON, EncryptedText
 from llmos_jobs.db.types import UTCDateTime, utcnow
@@ -39,8 +39,8 @@ class StoredFile(SQLModel, table=True):
 class Batch(SQLModel, table=True):
     id: str = Field(default_factory=batch_id, primary_key=True)
     tenant: str = Field(index=True)
-    # A string column: the states are llmos_jobs.states.BatchStatus.
-    status: BatchStatus = Field(default=BatchStatus.validating, index=True, sa_type=AutoString)
+    # One of llmos_jobs.states.BatchStatus, stored (and read back) as its string.
+    status: str = Field(default=BatchStatus.validating.value, index=True)
     endpoint: str
     input_file_id: str
     completion_window: str

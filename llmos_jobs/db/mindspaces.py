@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.jobs import cancel_unfinished_turns
@@ -76,18 +77,17 @@ def lock_turns(*, session: Session, mindspace_id: str) -> bool:
 
 def next_turn(*, session: Session, mindspace: Mindspace) -> int:
     """The sequence number of a new turn (turns run in this order). Takes the lock of
-    ``lock_turns`` too."""
+    ``lock_turns`` too, and refreshes ``mindspace.worker`` as it stands under the lock
+    (where its previous turn ran), so that the turn is routed without another read."""
     statement = (update(Mindspace).where(col(Mindspace.id) == mindspace.id)
-                 .values(next_seq=Mindspace.next_seq + 1).returning(col(Mindspace.next_seq)))
-    seq = session.execute(statement).scalar_one_or_none()
-    if seq is None:  # destroyed since it was read
+                 .values(next_seq=Mindspace.next_seq + 1)
+                 .returning(col(Mindspace.next_seq), col(Mindspace.worker)))
+    row = session.execute(statement).first()
+    if row is None:  # destroyed since it was read
         raise NotFound(f"mindspace {mindspace.id} not found")
+    seq, worker = row
+    set_committed_value(mindspace, "worker", worker)
     return int(seq) - 1
-
-
-def place(*, session: Session, mindspace_id: str, worker: str) -> None:
-    session.execute(update(Mindspace).where(col(Mindspace.id) == mindspace_id)
-                    .values(worker=worker))
 
 
 def list_messages(*, session: Session, tenant: str, mindspace_id: str,
@@ -99,27 +99,32 @@ def list_messages(*, session: Session, tenant: str, mindspace_id: str,
     return list(session.exec(query.order_by(col(MindspaceMessage.id))))
 
 
-def append_turn(*, session: Session, mindspace: Mindspace, user: str, assistant: str,
-                job_id: str) -> None:
-    """Both halves of a turn land in one transaction, or neither does."""
+def append_turn(*, session: Session, mindspace_id: str, tenant: str, user: str,
+                assistant: str, job_id: str, worker: str) -> None:
+    """Both halves of a turn land in one transaction, or neither does; the mindspace is
+    placed on ``worker``, whose prefix cache now holds its prompt (the next turn is
+    routed there). NotFound if the mindspace was destroyed meanwhile."""
+    placed = session.execute(
+        update(Mindspace).where(col(Mindspace.id) == mindspace_id, col(Mindspace.tenant) == tenant)
+        .values(updated_at=utcnow(), worker=worker)).rowcount  # type: ignore[attr-defined]
+    if not placed:
+        raise NotFound(f"mindspace {mindspace_id} not found")
     for role, content in (("user", user), ("assistant", assistant)):
-        session.add(MindspaceMessage(mindspace_id=mindspace.id, tenant=mindspace.tenant,
-                                     role=role, content=content, job_id=job_id))
-    mindspace.updated_at = utcnow()
-    session.add(mindspace)
+        session.add(MindspaceMessage(mindspace_id=mindspace_id, tenant=tenant, role=role,
+                                     content=content, job_id=job_id))
     session.flush()
 
 
-def compact(*, session: Session, mindspace: Mindspace, through: MindspaceMessage,
+def compact(*, session: Session, mindspace_id: str, tenant: str, through: MindspaceMessage,
             count: int) -> None:
     """Take every message up to ``through`` out of prompts, behind one marker."""
     session.execute(
         update(MindspaceMessage)
-        .where(col(MindspaceMessage.mindspace_id) == mindspace.id,
+        .where(col(MindspaceMessage.mindspace_id) == mindspace_id,
                col(MindspaceMessage.id) <= (through.id or 0),
                col(MindspaceMessage.compacted).is_(False))
         .values(compacted=True))
-    session.add(MindspaceCompaction(mindspace_id=mindspace.id, tenant=mindspace.tenant,
+    session.add(MindspaceCompaction(mindspace_id=mindspace_id, tenant=tenant,
                                     messages=count, through_message=through.id or 0,
                                     method="truncate"))
     session.flush()

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field as PField
 from sqlalchemy import JSON, Column, Index, LargeBinary
-from sqlmodel import AutoString, Field, SQLModel
+from sqlmodel import Field, SQLModel
 
 from llmos_jobs.crypto import EncryptedJSON, EncryptedText
 from llmos_jobs.db.types import UTCDateTime, utcnow
@@ -253,8 +253,8 @@ class WorkerRecord(SQLModel, table=True):
     name: str = Field(primary_key=True)
     host: str
     pid: int
-    # A string column: the states are llmos_jobs.states.WorkerState.
-    state: WorkerState = Field(default=WorkerState.alive, index=True, sa_type=AutoString)
+    # One of llmos_jobs.states.WorkerState, stored (and read back) as its string.
+    state: str = Field(default=WorkerState.alive.value, index=True)
     pool: str
     concurrency: int
     engine_device: str

@@ -70,26 +70,30 @@ def accept(*, session: Session, mindspace: Mindspace, job_in: job_crud.JobCreate
     job = job_crud.create_job(
         session=session, job_in=job_in.model_copy(update={"mindspace_seq": seq}),
         status=JobStatus.waiting)
-    released = release_next(session=session, mindspace_id=mindspace.id,
-                            routing=routing)
+    released = release_next(session=session, mindspace_id=mindspace.id, routing=routing,
+                            mindspace=mindspace)
     return next((j for j in released if j.id == job.id), job), released
 
 
-def release_next(*, session: Session, mindspace_id: str, routing: RoutingPolicy) -> list[Job]:
+def release_next(*, session: Session, mindspace_id: str, routing: RoutingPolicy,
+                 mindspace: Mindspace | None = None) -> list[Job]:
     """With the mindspace's lock held: when none of its turns is queued or running, the
-    earliest waiting one is released. The jobs to publish once the transaction commits."""
+    earliest waiting one is released (routed to where the previous turn ran). The jobs
+    to publish once the transaction commits. ``mindspace``: the row as read under the
+    lock already, if it was."""
     if job_crud.turn_in_progress(session=session, mindspace_id=mindspace_id):
         return []
     job = job_crud.first_waiting_turn(session=session, mindspace_id=mindspace_id)
-    mindspace = session.get(Mindspace, mindspace_id, populate_existing=True)
-    if job is None or job.mindspace_seq is None or mindspace is None:
+    if job is None or job.mindspace_seq is None:
+        return []
+    if mindspace is None:
+        mindspace = session.get(Mindspace, mindspace_id, populate_existing=True)
+    if mindspace is None:
         return []
     route = route_turn(session=session, mindspace=mindspace, seq=job.mindspace_seq,
                        policy=routing)
     if not job_crud.release_turn(session=session, job=job, queue=route.queue):
         return []
-    if route.worker is not None:
-        ms_crud.place(session=session, mindspace_id=mindspace_id, worker=route.worker)
     return [job]
 
 
@@ -190,12 +194,11 @@ def assemble(job: Job, mindspace_id: str, message: str, count_tokens: Callable[[
 
 def persist_turn(session: Session, job: Job, mindspace_id: str, message: str, reply: str,
                  compaction: Compaction | None, worker: str) -> None:
-    """The turn's effects, in the transaction that records the job's success."""
-    mindspace = ms_crud.get_mindspace(session=session, tenant=job.tenant,
-                                      mindspace_id=mindspace_id)
+    """The turn's effects, in the transaction that records the job's success: the
+    compaction its prompt planned, both messages, and the mindspace placed on the
+    worker that ran it (the one place placement is written)."""
     if compaction is not None:
-        ms_crud.compact(session=session, mindspace=mindspace, through=compaction.through,
-                        count=compaction.count)
-    ms_crud.append_turn(session=session, mindspace=mindspace, user=message, assistant=reply,
-                        job_id=job.id)
-    ms_crud.place(session=session, mindspace_id=mindspace_id, worker=worker)
+        ms_crud.compact(session=session, mindspace_id=mindspace_id, tenant=job.tenant,
+                        through=compaction.through, count=compaction.count)
+    ms_crud.append_turn(session=session, mindspace_id=mindspace_id, tenant=job.tenant,
+                        user=message, assistant=reply, job_id=job.id, worker=worker)
