@@ -31,14 +31,14 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
 from llmos_jobs.client import LlmosClient
-from llmos_jobs.db import jobs as job_crud
+from llmos_jobs.db import jobs as job_rows
 from schemas.common import JobKind
 
 client = LlmosClient()
 client.register_model("echo", Path({str(data_dir)!r}) / "echo", engine="noop")
 space = client.create_mindspace(model="echo", persona="You are terse.")
 with client.session() as session:
-    job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
+    job = job_rows.create_job(session=session, job_in=job_rows.JobCreate(
         tenant=client.tenant, kind=JobKind.generate, priority=5, model="echo",
         payload={{"model": "echo", "prompt": "hello", "max_tokens": 4}}, queue="lang.echo"))
 print(job.id, space.id)

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
-from llmos_jobs.db import audit as audit_crud
+from llmos_jobs.db import audit as audit_rows
 from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.db.tables import AuditEventBase
 from llmos_jobs.errors import IllegalTransition, InvalidRequest, NotFound
@@ -54,7 +54,7 @@ def record(database: Database, *, actor: str, tenant: str | None, action: str,
     status = status_of(exc)
     outcome = "ok" if status < 400 else "denied" if status == 404 else "error"
     with session_scope(database) as session:
-        audit_crud.record_event(session=session, event_in=AuditEventBase(
+        audit_rows.record_event(session=session, event_in=AuditEventBase(
             tenant=tenant, actor=actor, action=action, resource_id=resource_id,
             outcome=outcome, status_code=status))
 

@@ -9,7 +9,7 @@ import re
 import uuid
 from typing import Any
 
-from llmos_jobs.db import keys as key_crud
+from llmos_jobs.db import keys as key_rows
 from llmos_jobs.db.session import session_scope
 from tests.api_server import ApiServer, tenant
 from tests.test_cli import llmos
@@ -58,7 +58,7 @@ def test_a_revoked_key_is_refused_from_the_next_call(api: ApiServer) -> None:
 def test_only_the_keys_digest_is_stored(api: ApiServer) -> None:
     key_id, key = api.issue(tenant(), "models:read")
     with session_scope(api.stack.database) as session:
-        row = key_crud.get_api_key(session=session, key_id=key_id)
+        row = key_rows.get_api_key(session=session, key_id=key_id)
     assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
     assert row.prefix == key[:14] and row.scopes == ["models:read"]
     assert all(key not in str(value) for value in row.model_dump().values())

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from llmos_jobs.client_audit import default_actor
-from llmos_jobs.db import audit as audit_crud
+from llmos_jobs.db import audit as audit_rows
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.tables import AuditEventPublic
 from llmos_jobs.errors import InvalidRequest, NotFound
@@ -21,7 +21,7 @@ from tests.test_cli import llmos
 def rows(stack: Stack, tenant: str) -> list[tuple[Any, ...]]:
     with session_scope(stack.database) as session:
         events = [AuditEventPublic.model_validate(e, from_attributes=True)
-                  for e in audit_crud.list_events(session=session, tenant=tenant, limit=100)]
+                  for e in audit_rows.list_events(session=session, tenant=tenant, limit=100)]
     return [(e.actor, e.action, e.resource_id, e.outcome, e.status_code, e.key_id)
             for e in reversed(events)]
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col
 
-from llmos_jobs.db import jobs as job_crud
+from llmos_jobs.db import jobs as job_rows
 from llmos_jobs.db import registry
 from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.db.session import Database, session_scope
@@ -97,7 +97,7 @@ def test_a_lost_pool_claim_is_not_requeued_once_its_message_claimed_it_again(
             name=NAME, host="host", pid=1, pool="prefork", concurrency=1,
             engine_device="cpu", queues=[], pool_pids=[1, successor],
             started_at=claimed_at, last_heartbeat=utcnow()))
-        job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
+        job = job_rows.create_job(session=session, job_in=job_rows.JobCreate(
             tenant="t", kind=JobKind.generate, priority=5, model="m",
             payload={"model": "m", "prompt": "p", "max_tokens": 1}, queue="q"))
         session.execute(update(Job).where(col(Job.id) == job.id).values(
@@ -106,15 +106,15 @@ def test_a_lost_pool_claim_is_not_requeued_once_its_message_claimed_it_again(
         session.commit()
     with session_scope(database) as session:
         assert registry.unheld_running_jobs(session=session) == {NAME: {job.id: 1}}
-        [seen] = job_crud.running_jobs_of(session=session, worker=NAME)
+        [seen] = job_rows.running_jobs_of(session=session, worker=NAME)
         session.expunge(seen)
     with session_scope(database) as session:  # the redelivery, in the new child
-        again = job_crud.claim_job(session=session, job_id=job.id, message_id=job.task_id,
+        again = job_rows.claim_job(session=session, job_id=job.id, message_id=job.task_id,
                                    worker=NAME, pid=successor, max_attempts=3,
                                    claimant_dead=lambda _: True)
-    assert again.outcome == job_crud.ClaimOutcome.claimed
+    assert again.outcome == job_rows.ClaimOutcome.claimed
     with session_scope(database) as session:
-        assert job_crud.requeue_job(session=session, job=seen) is None
+        assert job_rows.requeue_job(session=session, job=seen) is None
         now = session.get(Job, job.id)
         assert now is not None
         assert (now.status, now.attempts, now.worker_pid, now.task_id) == (

@@ -77,10 +77,10 @@ def test_the_migration_encrypts_history_stored_in_plaintext(tmp_path: Path) -> N
         raw = conn.execute(text("SELECT content FROM mindspace_message")).scalar_one()
         persona = conn.execute(text("SELECT persona FROM mindspace")).scalar_one()
     assert "plain" not in raw and "plain" not in persona
-    from llmos_jobs.db import mindspaces as ms_crud
+    from llmos_jobs.db import mindspaces as mindspace_rows
     from llmos_jobs.db.session import session_scope
 
     with session_scope(database_at(url)) as session:
-        shown = ms_crud.show_mindspace(session=session, tenant="t", mindspace_id="m1")
+        shown = mindspace_rows.show_mindspace(session=session, tenant="t", mindspace_id="m1")
     assert shown.persona == "plain persona"
     assert [m.content for m in shown.messages] == ["plain history"]

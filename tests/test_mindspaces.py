@@ -171,10 +171,11 @@ def test_history_over_the_budget_is_compacted_and_recorded(stack: Stack) -> None
     compacted = [m for m in shown.messages if m.compacted]
     assert compacted and len(shown.messages) == 16  # kept, but out of the prompt
     assert max(prompts) < 64 + 16  # bounded by the budget, not growing with the history
-    from llmos_jobs.db import mindspaces as ms_crud
+    from llmos_jobs.db import mindspaces as mindspace_rows
 
     with session_scope(stack.database) as session:
-        records = ms_crud.compactions(session=session, tenant="default", mindspace_id=space.id)
+        records = mindspace_rows.compactions(session=session, tenant="default",
+                                             mindspace_id=space.id)
     assert sum(r.messages for r in records) == len(compacted)
 
 

@@ -17,7 +17,7 @@ from sqlmodel import col
 
 from broker_config import language_queue
 from llmos_jobs.broker import create_app, task_for_kind
-from llmos_jobs.db import jobs as job_crud
+from llmos_jobs.db import jobs as job_rows
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
@@ -128,7 +128,7 @@ def _running_without_a_holder(stack: Stack, model: str, worker: str, pid: int) -
     committed, but no attempt there runs it (and no message of it is left)."""
     client = stack.client()
     with session_scope(stack.database) as session:
-        job = job_crud.create_job(session=session, job_in=job_crud.JobCreate(
+        job = job_rows.create_job(session=session, job_in=job_rows.JobCreate(
             tenant=client.tenant, kind=JobKind.generate, priority=5, model=model,
             payload={"model": model, "prompt": "orphan", "max_tokens": 2},
             queue=language_queue(model)))

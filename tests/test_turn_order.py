@@ -15,8 +15,8 @@ import pytest
 
 from broker_config import language_queue
 from llmos_jobs.client import LlmosClient
-from llmos_jobs.db import jobs as job_crud
-from llmos_jobs.db import mindspaces as ms_crud
+from llmos_jobs.db import jobs as job_rows
+from llmos_jobs.db import mindspaces as mindspace_rows
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.tables import Job, JobPublic
 from llmos_jobs.errors import BrokerUnavailable, NoLiveWorkerWarning
@@ -161,11 +161,11 @@ def test_who_releases_a_turn_is_decided_under_the_mindspace_lock(stack: Stack) -
     _run_as_worker(stack, first.id, first.task_id)
     released_by_finisher: list[Job] = []
     with session_scope(stack.database) as producer:
-        mindspace = ms_crud.get_mindspace(session=producer, tenant="default",
+        mindspace = mindspace_rows.get_mindspace(session=producer, tenant="default",
                                           mindspace_id=space.id)
         second, released = turns.accept(
             session=producer, mindspace=mindspace, routing=RoutingPolicy(dead_after_s=4),
-            job_in=job_crud.JobCreate(tenant="default", kind=JobKind.mindspace_turn,
+            job_in=job_rows.JobCreate(tenant="default", kind=JobKind.mindspace_turn,
                                       priority=1, model=model, mindspace_id=space.id,
                                       payload=MindspaceTurnRequest(
                                           mindspace_id=space.id, message="second",
@@ -195,7 +195,7 @@ def test_who_releases_a_turn_is_decided_under_the_mindspace_lock(stack: Stack) -
     with turns.ending(job, publish=ending_second.extend,
                       routing=RoutingPolicy(dead_after_s=4),
                       database=stack.database) as session:
-        assert job_crud.succeed_job(session=session, job_id=job.id, message_id=job.task_id,
+        assert job_rows.succeed_job(session=session, job_id=job.id, message_id=job.task_id,
                                     result={}, usage=Usage(prompt_tokens=1,
                                                            completion_tokens=1))
         producer_thread.start()
@@ -212,10 +212,10 @@ class _Finisher(threading.Thread):
 
 def _run_as_worker(stack: Stack, job_id: str, task_id: str) -> None:
     with session_scope(stack.database) as session:
-        claim = job_crud.claim_job(session=session, job_id=job_id, message_id=task_id,
+        claim = job_rows.claim_job(session=session, job_id=job_id, message_id=task_id,
                                    worker="test", pid=0, max_attempts=3,
                                    claimant_dead=lambda _: False)
-        assert claim.outcome == job_crud.ClaimOutcome.claimed
+        assert claim.outcome == job_rows.ClaimOutcome.claimed
 
 
 def _end_in_thread(stack: Stack, job_id: str, task_id: str, released: list[Job]
@@ -228,7 +228,7 @@ def _end_in_thread(stack: Stack, job_id: str, task_id: str, released: list[Job]
         with turns.ending(job, publish=released.extend,
                           routing=RoutingPolicy(dead_after_s=4),
                           database=stack.database) as session:
-            job_crud.succeed_job(session=session, job_id=job_id, message_id=task_id,
+            job_rows.succeed_job(session=session, job_id=job_id, message_id=task_id,
                                  result={}, usage=Usage(prompt_tokens=1, completion_tokens=1))
         thread.done.set()
 

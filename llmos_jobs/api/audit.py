@@ -21,7 +21,7 @@ import anyio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmos_jobs.db import audit as audit_crud
+from llmos_jobs.db import audit as audit_rows
 from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.db.tables import AuditEventBase
 
@@ -122,4 +122,4 @@ class AuditMiddleware:
 
     def _write(self, event: AuditEventBase) -> None:
         with session_scope(self.database) as session:
-            audit_crud.record_event(session=session, event_in=event)
+            audit_rows.record_event(session=session, event_in=event)

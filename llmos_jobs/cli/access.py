@@ -59,13 +59,13 @@ def list_keys(
     as_json: bool = _JSON,
 ) -> None:
     """Keys of every tenant (or of one), revoked ones included; never the secrets."""
-    from llmos_jobs.db import keys as key_crud
+    from llmos_jobs.db import keys as key_rows
     from llmos_jobs.db.session import session_scope
     from llmos_jobs.db.tables import ApiKeyPublic
 
     with session_scope(database()) as session:
         keys = [ApiKeyPublic.model_validate(k, from_attributes=True)
-                for k in key_crud.list_api_keys(session=session, tenant=tenant)]
+                for k in key_rows.list_api_keys(session=session, tenant=tenant)]
     if as_json:
         emit_json(keys)
         return
@@ -80,14 +80,14 @@ def list_keys(
 def revoke(key_id: str, as_json: bool = _JSON) -> None:
     """Revoke a key: the API refuses it from the next call on."""
     from llmos_jobs.client_audit import default_actor, record
-    from llmos_jobs.db import keys as key_crud
+    from llmos_jobs.db import keys as key_rows
     from llmos_jobs.db.session import session_scope
     from llmos_jobs.db.tables import ApiKeyPublic
 
     db = database()
     with session_scope(db) as session:
         key = ApiKeyPublic.model_validate(
-            key_crud.revoke_api_key(session=session, key_id=key_id), from_attributes=True)
+            key_rows.revoke_api_key(session=session, key_id=key_id), from_attributes=True)
     record(db, actor=default_actor(), tenant=key.tenant, action="keys.revoke",
            resource_id=key.id, exc=None)
     if as_json:
@@ -104,13 +104,13 @@ def audit_list(
 ) -> None:
     """The newest actions first (HTTP calls, and the CLI's and Python client's): who,
     what, on which resource, with which outcome."""
-    from llmos_jobs.db import audit as audit_crud
+    from llmos_jobs.db import audit as audit_rows
     from llmos_jobs.db.session import session_scope
     from llmos_jobs.db.tables import AuditEventPublic
 
     with session_scope(database()) as session:
         events = [AuditEventPublic.model_validate(e, from_attributes=True)
-                  for e in audit_crud.list_events(session=session, tenant=tenant, limit=limit)]
+                  for e in audit_rows.list_events(session=session, tenant=tenant, limit=limit)]
     if as_json:
         emit_json(events)
         return

@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from sqlmodel import Session
 
-from llmos_jobs.db import keys as key_crud
+from llmos_jobs.db import keys as key_rows
 from llmos_jobs.db.tables import ApiKey, ApiKeyCreate, ApiKeyIssued
 from llmos_jobs.errors import InvalidRequest
 
@@ -74,7 +74,7 @@ def issue_key(*, session: Session, tenant: str | None, scopes: Sequence[Scope],
     if name is not None and len(name) > 128:
         raise InvalidRequest("name is longer than 128 characters")
     key = KEY_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_CHARS))
-    row = key_crud.create_api_key(session=session, key_in=ApiKeyCreate(
+    row = key_rows.create_api_key(session=session, key_in=ApiKeyCreate(
         tenant=tenant, name=name, scopes=[s.value for s in scopes],
         prefix=key[:PREFIX_CHARS], key_hash=digest(key),
     ))
@@ -87,7 +87,7 @@ def authenticate(*, session: Session, presented: str) -> ApiKey | None:
         return None
     wanted = digest(presented)
     match = None
-    for row in key_crud.keys_with_prefix(session=session, prefix=presented[:PREFIX_CHARS]):
+    for row in key_rows.keys_with_prefix(session=session, prefix=presented[:PREFIX_CHARS]):
         if hmac.compare_digest(row.key_hash, wanted):
             match = row
     if match is None or match.revoked_at is not None:

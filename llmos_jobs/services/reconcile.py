@@ -41,7 +41,7 @@ from sqlmodel import col, func, select
 from broker_config import CONTROL_QUEUE, WEBHOOKS_QUEUE
 from llmos_jobs import broker, broker_view
 from llmos_jobs.db import batch_progress
-from llmos_jobs.db import jobs as job_crud
+from llmos_jobs.db import jobs as job_rows
 from llmos_jobs.db.batch_tables import Batch
 from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.db.tables import Job
@@ -86,7 +86,7 @@ def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | No
                    database: Database) -> int:
     def candidates(older_than_s: float) -> list[Job]:
         with session_scope(database) as session:
-            return job_crud.queued_longer_than(session=session, grace_s=older_than_s,
+            return job_rows.queued_longer_than(session=session, grace_s=older_than_s,
                                                limit=PASS_LIMIT)
 
     def held(job: Job, messages: broker_view.HeldMessages) -> bool:
@@ -105,7 +105,7 @@ def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | No
     renewed: list[Job] = []
     with session_scope(database) as session:
         for job in lost:
-            new_task_id = job_crud.renew_message(session=session, job=job)
+            new_task_id = job_rows.renew_message(session=session, job=job)
             if new_task_id is not None:
                 job.task_id = new_task_id
                 renewed.append(job)

@@ -38,8 +38,8 @@ from typing import Protocol
 
 from sqlmodel import Session
 
-from llmos_jobs.db import jobs as job_crud
-from llmos_jobs.db import mindspaces as ms_crud
+from llmos_jobs.db import jobs as job_rows
+from llmos_jobs.db import mindspaces as mindspace_rows
 from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.db.tables import Job, Mindspace, MindspaceMessage, MindspaceSettings
 from llmos_jobs.services.knowledge import embedder, top_k
@@ -61,13 +61,13 @@ class TurnRef(Protocol):
     def mindspace_id(self) -> str | None: ...
 
 
-def accept(*, session: Session, mindspace: Mindspace, job_in: job_crud.JobCreate,
+def accept(*, session: Session, mindspace: Mindspace, job_in: job_rows.JobCreate,
            routing: RoutingPolicy) -> tuple[Job, list[Job]]:
     """Put a turn in its mindspace's line, in the caller's transaction. The turn as it
     now stands, and the jobs to publish once the transaction commits (the turn itself
     when its mindspace was idle)."""
-    seq = ms_crud.next_turn(session=session, mindspace=mindspace)  # takes the lock
-    job = job_crud.create_job(
+    seq = mindspace_rows.next_turn(session=session, mindspace=mindspace)  # takes the lock
+    job = job_rows.create_job(
         session=session, job_in=job_in.model_copy(update={"mindspace_seq": seq}),
         status=JobStatus.waiting)
     released = release_next(session=session, mindspace_id=mindspace.id, routing=routing,
@@ -81,9 +81,9 @@ def release_next(*, session: Session, mindspace_id: str, routing: RoutingPolicy,
     earliest waiting one is released (routed to where the previous turn ran). The jobs
     to publish once the transaction commits. ``mindspace``: the row as read under the
     lock already, if it was."""
-    if job_crud.turn_in_progress(session=session, mindspace_id=mindspace_id):
+    if job_rows.turn_in_progress(session=session, mindspace_id=mindspace_id):
         return []
-    job = job_crud.first_waiting_turn(session=session, mindspace_id=mindspace_id)
+    job = job_rows.first_waiting_turn(session=session, mindspace_id=mindspace_id)
     if job is None or job.mindspace_seq is None:
         return []
     if mindspace is None:
@@ -92,7 +92,7 @@ def release_next(*, session: Session, mindspace_id: str, routing: RoutingPolicy,
         return []
     route = route_turn(session=session, mindspace=mindspace, seq=job.mindspace_seq,
                        policy=routing)
-    if not job_crud.release_turn(session=session, job=job, queue=route.queue):
+    if not job_rows.release_turn(session=session, job=job, queue=route.queue):
         return []
     return [job]
 
@@ -106,7 +106,8 @@ def ending(job: TurnRef, *, publish: Publish, routing: RoutingPolicy,
     released: list[Job] = []
     turn = job.kind == JobKind.mindspace_turn and job.mindspace_id is not None
     with session_scope(database) as session:
-        locked = turn and ms_crud.lock_turns(session=session, mindspace_id=str(job.mindspace_id))
+        locked = turn and mindspace_rows.lock_turns(session=session,
+                                                    mindspace_id=str(job.mindspace_id))
         yield session
         if locked:
             released = release_next(session=session, mindspace_id=str(job.mindspace_id),
@@ -145,7 +146,7 @@ def plan_compaction(history: list[MindspaceMessage], budget: int,
 
 def knowledge_message(session: Session, mindspace: Mindspace, message: str, k: int
                       ) -> ChatMessage | None:
-    chunks = ms_crud.chunks_of(session=session, tenant=mindspace.tenant,
+    chunks = mindspace_rows.chunks_of(session=session, tenant=mindspace.tenant,
                                mindspace_id=mindspace.id)
     if not chunks or k <= 0:
         return None
@@ -165,12 +166,12 @@ def assemble(job: Job, mindspace_id: str, message: str, count_tokens: Callable[[
              *, database: Database) -> TurnPrompt:
     """The prompt of turn ``job``; ``count_tokens``: the serving engine's token count."""
     with session_scope(database) as session:
-        mindspace = ms_crud.get_mindspace(session=session, tenant=job.tenant,
+        mindspace = mindspace_rows.get_mindspace(session=session, tenant=job.tenant,
                                           mindspace_id=mindspace_id)
         settings = MindspaceSettings(**mindspace.settings)
-        history = ms_crud.list_messages(session=session, tenant=job.tenant,
+        history = mindspace_rows.list_messages(session=session, tenant=job.tenant,
                                         mindspace_id=mindspace_id, include_compacted=False)
-        compacted = sum(c.messages for c in ms_crud.compactions(
+        compacted = sum(c.messages for c in mindspace_rows.compactions(
             session=session, tenant=job.tenant, mindspace_id=mindspace_id))
         plan = plan_compaction(history, settings.context_budget, count_tokens)
         if plan is not None:
@@ -198,7 +199,7 @@ def persist_turn(session: Session, job: Job, mindspace_id: str, message: str, re
     compaction its prompt planned, both messages, and the mindspace placed on the
     worker that ran it (the one place placement is written)."""
     if compaction is not None:
-        ms_crud.compact(session=session, mindspace_id=mindspace_id, tenant=job.tenant,
+        mindspace_rows.compact(session=session, mindspace_id=mindspace_id, tenant=job.tenant,
                         through=compaction.through, count=compaction.count)
-    ms_crud.append_turn(session=session, mindspace_id=mindspace_id, tenant=job.tenant,
+    mindspace_rows.append_turn(session=session, mindspace_id=mindspace_id, tenant=job.tenant,
                         user=message, assistant=reply, job_id=job.id, worker=worker)

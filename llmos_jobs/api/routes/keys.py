@@ -11,7 +11,7 @@ from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.bodies import KeyCreate, ListOf
 from llmos_jobs.api.errors import forbidden
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.db import keys as key_crud
+from llmos_jobs.db import keys as key_rows
 from llmos_jobs.db.tables import ApiKeyIssued, ApiKeyPublic
 from llmos_jobs.services.api_keys import Scope, issue_key, parse_scopes
 
@@ -34,7 +34,7 @@ def list_keys(
     included; never the secrets."""
     within = tenant if caller.operator else caller.tenant
     with state.session() as session:
-        rows = key_crud.list_api_keys(session=session, tenant=within)
+        rows = key_rows.list_api_keys(session=session, tenant=within)
         return ListOf(data=[ApiKeyPublic.model_validate(r, from_attributes=True) for r in rows])
 
 
@@ -63,5 +63,5 @@ def revoke_key(
     """Revoke one of the tenant's keys (an operator: any key); it is refused from the
     next call on."""
     with state.session() as session:
-        row = key_crud.revoke_api_key(session=session, key_id=key_id, tenant=_within(caller))
+        row = key_rows.revoke_api_key(session=session, key_id=key_id, tenant=_within(caller))
         return ApiKeyPublic.model_validate(row, from_attributes=True)
