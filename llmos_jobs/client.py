@@ -44,21 +44,24 @@ class LlmosClient:
                  database: Database | None = None, submitter: Submitter | None = None,
                  audit: bool = True, actor: str | None = None) -> None:
         """``settings`` (default: this process's, for a program using the client as
-        its entry point) decide the database, its key ring and the broker; a
-        ``submitter`` or ``database`` already built from them may be shared. ``audit``:
-        write an audit row per action, naming ``actor`` (default: this process's
-        user@host); the HTTP API turns it off (its middleware writes them). The schema
-        is brought to the newest revision (a single read when it is there already)."""
+        its entry point) decide the database, its key ring and the broker. A caller that
+        built the ``database`` (or a ``submitter`` holding it) from them already passes
+        it, and has brought its schema to the newest revision; otherwise this client
+        does (one read when it is there already). ``audit``: write an audit row per
+        action, naming ``actor`` (default: this process's user@host); the HTTP API turns
+        it off (its middleware writes them)."""
         settings = settings or get_settings()
         self.settings = settings
         self.tenant = tenant or settings.tenant
         self.actor = (actor or default_actor()) if audit else None
-        self.submitter = submitter or Submitter(
-            settings, database or Database.from_settings(settings))
-        self.database = self.submitter.database
-        upgrade(self.database)
-        self.database_url = self.database.url
-        self.limits = self.submitter.limits
+        if submitter is None:
+            if database is None:
+                database = Database.from_settings(settings)
+                upgrade(database)
+            submitter = Submitter(settings, database)
+        self.submitter = submitter
+        self.database = submitter.database
+        self.limits = submitter.limits
 
     def session(self) -> AbstractContextManager[Session]:
         """A database session on this client's database (committed on success)."""

@@ -24,7 +24,7 @@ def client() -> LlmosClient:
     from llmos_jobs.client import LlmosClient
 
     forget_crashed_stack()
-    return LlmosClient(tenant=_tenant)
+    return LlmosClient(tenant=_tenant, database=database())
 
 
 def database() -> Database:
