@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError
 from broker_config import (
     CONTROL_QUEUE,
     TaskName,
+    Transport,
     broker_priority,
     celery_config,
     queue_for,
@@ -76,7 +77,13 @@ def task_for_kind(kind: JobKind) -> TaskName:
 def wire_priority(app: Celery, priority: int) -> int:
     """llmos ``priority`` as the message priority of ``app``'s transport (0 stays the
     highest: on AMQP the broker serves the highest number first)."""
-    return broker_priority(priority, transport_of(str(app.conf.broker_url)))
+    return broker_priority(priority, _transport(str(app.conf.broker_url)))
+
+
+@lru_cache(maxsize=8)
+def _transport(broker_url: str) -> Transport:
+    # Parsed once per broker, not once per message.
+    return transport_of(broker_url)
 
 
 def send(app: Celery, job: Job, *, producer: Any = None) -> None:
