@@ -226,12 +226,12 @@ def output_line(job: JobPublic) -> dict[str, Any]:
     line: dict[str, Any] = {"id": f"batch_req_{job.id}", "custom_id": job.custom_id,
                             "response": None, "error": None}
     if job.status == JobStatus.succeeded and job.result is not None and job.usage is not None:
-        usage = job.usage
+        result, usage = job.generate_result(), job.usage
         line["response"] = {"status_code": 200, "request_id": job.id, "body": {
             "id": f"chatcmpl-{job.id}", "object": "chat.completion",
             "created": int(job.created_at.timestamp()), "model": job.model,
-            "choices": [{"index": 0, "finish_reason": job.result.get("finish_reason", "stop"),
-                         "message": {"role": "assistant", "content": job.result["text"]}}],
+            "choices": [{"index": 0, "finish_reason": result.finish_reason,
+                         "message": {"role": "assistant", "content": result.text}}],
             "usage": {"prompt_tokens": usage.prompt_tokens,
                       "completion_tokens": usage.completion_tokens,
                       "total_tokens": usage.prompt_tokens + usage.completion_tokens,
