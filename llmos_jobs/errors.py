@@ -23,5 +23,10 @@ class IllegalTransition(LlmosError):
     """A job state change that the state machine refuses."""
 
 
+class ResultUnavailable(LlmosError):
+    """A job's result was read where it has none: it has not succeeded (or its result
+    was scrubbed with its mindspace), or it is a job of another kind."""
+
+
 class NoLiveWorkerWarning(UserWarning):
     """A job was accepted for a model that no live worker serves yet."""

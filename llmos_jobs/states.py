@@ -64,11 +64,13 @@ class StateMachine(Generic[S]):
 
 
 class BatchStatus(StrEnum):
+    """OpenAI's batch statuses, in the order of its API reference."""
+
     validating = "validating"
+    failed = "failed"
     in_progress = "in_progress"
     finalizing = "finalizing"
     completed = "completed"
-    failed = "failed"
     expired = "expired"
     cancelling = "cancelling"
     cancelled = "cancelled"

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from broker_config import JOB_TASKS, TASK_FAMILIES, TaskName, celery_config, queue_for
 from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.db.session import Database, get_engine
-from llmos_jobs.errors import IllegalTransition
+from llmos_jobs.db.tables import Job, JobPublic
+from llmos_jobs.errors import IllegalTransition, ResultUnavailable
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
 from llmos_jobs.states import (
@@ -24,8 +26,11 @@ from llmos_jobs.states import (
     BatchStatus,
     WorkerState,
 )
-from schemas.common import PRIORITY_CLASSES, JobStatus, parse_priority
+from schemas.common import PRIORITY_CLASSES, JobKind, JobStatus, Usage, parse_priority
 from schemas.export import JSON_DIR, rendered
+from schemas.language import GenerateResult
+from schemas.mindspace import MindspaceTurnResult
+from schemas.model import ModelOp, ModelOpResult
 from tests.stack import database_at
 from workers.engines.base import apply_stop
 from workers.tasks import registered_llmos_tasks, worker_app
@@ -142,3 +147,40 @@ def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
 def test_stop_strings_cut_at_the_first_match() -> None:
     assert apply_stop("abc.def;g", [";", "."]) == ("abc", True)
     assert apply_stop("abc", ["x"]) == ("abc", False)
+
+
+def _job(kind: JobKind, result: dict[str, object] | None,
+         status: JobStatus = JobStatus.succeeded) -> JobPublic:
+    return JobPublic.from_row(Job(id="j1", tenant="t", kind=kind, priority=5, model="m",
+                                  status=status, payload={}, result=result, queue="q"))
+
+
+def test_a_stored_result_reads_back_as_the_contract_the_worker_wrote() -> None:
+    usage = Usage(prompt_tokens=4, completion_tokens=2, cached_tokens=1)
+    written: list[tuple[JobKind, GenerateResult | MindspaceTurnResult | ModelOpResult]] = [
+        (JobKind.generate, GenerateResult(text="ok ok", finish_reason="length", usage=usage)),
+        (JobKind.mindspace_turn, MindspaceTurnResult(mindspace_id="m1", reply="hi",
+                                                     usage=usage)),
+        (JobKind.model_op, ModelOpResult(model="m", op=ModelOp.unload, worker="w1",
+                                         loaded=False, seconds=0.5)),
+    ]
+    for kind, result in written:
+        # As workers/execution.py stores it: the contract's JSON.
+        job = _job(kind, result.model_dump(mode="json"))
+        read = {JobKind.generate: job.generate_result, JobKind.mindspace_turn: job.turn_result,
+                JobKind.model_op: job.model_op_result}[kind]()
+        assert read == result and type(read) is type(result)
+
+
+def test_reading_a_result_a_job_does_not_have_is_a_clear_error() -> None:
+    generated = GenerateResult(text="ok", finish_reason="stop",
+                               usage=Usage(prompt_tokens=1, completion_tokens=1))
+    with pytest.raises(ResultUnavailable, match="job j1 is a generate job, not mindspace_turn"):
+        _job(JobKind.generate, generated.model_dump(mode="json")).turn_result()
+    with pytest.raises(ResultUnavailable, match="job j1 is failed and has no result"):
+        _job(JobKind.generate, None, JobStatus.failed).generate_result()
+    # A stored result that is not its contract fails where it is read, naming the field.
+    with pytest.raises(ValidationError, match="finish_reason"):
+        _job(JobKind.generate, {"version": 1, "text": "ok",
+                                "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+             ).generate_result()

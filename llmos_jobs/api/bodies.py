@@ -41,6 +41,15 @@ class ListOf(BaseModel, Generic[T]):
     data: list[T]
 
 
+class CursorPage(ListOf[T], Generic[T]):
+    """A list envelope with OpenAI's cursor fields, where OpenAI's list has them
+    (batches). The whole list is one page: ``has_more`` is always false."""
+
+    has_more: bool = False
+    first_id: str | None
+    last_id: str | None
+
+
 # Where a job ran: the deployment's business, not the tenant's.
 PLACEMENT_FIELDS = frozenset({"queue", "task_id", "worker", "worker_pid"})
 

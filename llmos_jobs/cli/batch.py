@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from llmos_jobs.cli.output import console, emit_json, table
 from llmos_jobs.cli.state import client
+
+if TYPE_CHECKING:
+    from llmos_jobs.services.batch_objects import BatchObject
 
 batch_app = typer.Typer(help="Batches of chat-completion requests (OpenAI's JSONL format).",
                         no_args_is_help=True)
@@ -17,7 +20,7 @@ _JSON = typer.Option(False, "--json", help="Print JSON.")
 FINAL = ("completed", "failed", "cancelled", "expired")
 
 
-def _public(batch_id: str) -> dict[str, Any]:
+def _public(batch_id: str) -> BatchObject:
     from llmos_jobs.services import batches
 
     llmos = client()
@@ -25,7 +28,7 @@ def _public(batch_id: str) -> dict[str, Any]:
         return batches.public(session, batches.get_batch(session, llmos.tenant, batch_id))
 
 
-def _watch(batch_id: str, timeout: float) -> dict[str, Any]:
+def _watch(batch_id: str, timeout: float) -> BatchObject:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -41,13 +44,13 @@ def _watch(batch_id: str, timeout: float) -> dict[str, Any]:
         bar = progress.add_task("validating", total=None)
         while True:
             state = _public(batch_id)
-            counts = state["request_counts"]
-            progress.update(bar, description=state["status"], total=counts["total"],
-                            completed=counts["completed"] + counts["failed"])
-            if state["status"] in FINAL:
+            counts = state.request_counts
+            progress.update(bar, description=state.status, total=counts.total,
+                            completed=counts.completed + counts.failed)
+            if state.status in FINAL:
                 return state
             if time.monotonic() > deadline:
-                raise TimeoutError(f"batch {batch_id} is still {state['status']}")
+                raise TimeoutError(f"batch {batch_id} is still {state.status}")
             time.sleep(0.5)
 
 
@@ -72,10 +75,10 @@ def submit(
     if as_json:
         emit_json(state)
     else:
-        counts = state["request_counts"]
-        console.print(f"batch {batch.id}: {state['status']} ({counts['completed']} completed, "
-                      f"{counts['failed']} failed of {counts['total']})")
-    if wait and state["status"] != "completed":
+        counts = state.request_counts
+        console.print(f"batch {batch.id}: {state.status} ({counts.completed} completed, "
+                      f"{counts.failed} failed of {counts.total})")
+    if wait and state.status != "completed":
         raise typer.Exit(1)
 
 
@@ -86,9 +89,9 @@ def status(batch_id: str, as_json: bool = _JSON) -> None:
     if as_json:
         emit_json(state)
         return
-    counts = state["request_counts"]
-    console.print(f"{batch_id}: {state['status']}, {counts['completed']} completed, "
-                  f"{counts['failed']} failed of {counts['total']}")
+    counts = state.request_counts
+    console.print(f"{batch_id}: {state.status}, {counts.completed} completed, "
+                  f"{counts.failed} failed of {counts.total}")
 
 
 @batch_app.command("results")
@@ -100,9 +103,9 @@ def results(batch_id: str,
 
     llmos = client()
     state = _public(batch_id)
-    file_id = state["error_file_id" if errors else "output_file_id"]
+    file_id = state.error_file_id if errors else state.output_file_id
     if file_id is None:
-        raise typer.BadParameter(f"batch {batch_id} ({state['status']}) has no "
+        raise typer.BadParameter(f"batch {batch_id} ({state.status}) has no "
                                  f"{'error' if errors else 'output'} file")
     with llmos.session() as session:
         print(batch_files.get_file(session, llmos.tenant, file_id).content, end="")
@@ -131,10 +134,10 @@ def list_(as_json: bool = _JSON) -> None:
                             .order_by(col(Batch.created_at).desc()).limit(50)).all()
         states = [batches.public(session, b) for b in rows]
     if as_json:
-        emit_json({"data": states})
+        emit_json({"data": [s.model_dump(mode="json") for s in states]})
         return
     grid = table("id", "status", "completed", "failed", "total")
     for s in states:
-        c = s["request_counts"]
-        grid.add_row(s["id"], s["status"], str(c["completed"]), str(c["failed"]), str(c["total"]))
+        c = s.request_counts
+        grid.add_row(s.id, s.status, str(c.completed), str(c.failed), str(c.total))
     console.print(grid)

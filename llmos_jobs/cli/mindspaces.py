@@ -84,7 +84,7 @@ def chat(
     if as_json:
         emit_json(job)
     elif job.status == JobStatus.succeeded and job.result is not None:
-        console.print(job.result["reply"], markup=False)
+        console.print(job.turn_result().reply, markup=False)
     if job.status != JobStatus.succeeded:
         console.print(f"turn {job.status.value}: {job.error_type}: {job.error_message}",
                       markup=False)

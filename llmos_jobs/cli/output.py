@@ -82,11 +82,23 @@ def report_submitted(job: JobPublic, *, waited: bool, as_json: bool, queued: str
         raise typer.Exit(1)
 
 
+def _answer(job: JobPublic) -> str | None:
+    """What a job with a result answered, in words: a generation's text, a turn's reply;
+    None for a model operation."""
+    from schemas.common import JobKind
+
+    if job.kind == JobKind.generate:
+        return job.generate_result().text
+    if job.kind == JobKind.mindspace_turn:
+        return job.turn_result().reply
+    return None
+
+
 def show_job(job: JobPublic) -> None:
     console.print(job_table([job]))
     console.print(f"id: {job.id}")
     if job.result:
-        text = job.result.get("text", job.result.get("reply"))
+        text = _answer(job)
         if text is not None:
             console.print("output:", repr(text), markup=False)
     if job.error_message:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field as PField
 from sqlalchemy import JSON, Column, Index, LargeBinary
@@ -12,8 +12,12 @@ from sqlmodel import Field, SQLModel
 
 from llmos_jobs.crypto import EncryptedJSON, EncryptedText
 from llmos_jobs.db.types import UTCDateTime, utcnow
+from llmos_jobs.errors import ResultUnavailable
 from llmos_jobs.states import WorkerState
 from schemas.common import JobKind, JobStatus, Usage
+from schemas.language import GenerateResult
+from schemas.mindspace import MindspaceTurnResult
+from schemas.model import ModelOpResult
 
 
 def new_id() -> str:
@@ -25,6 +29,8 @@ def _utc(nullable: bool = True) -> Any:
 
 
 # -- jobs ---------------------------------------------------------------------------
+
+ResultContract = TypeVar("ResultContract", GenerateResult, MindspaceTurnResult, ModelOpResult)
 
 
 class JobBase(SQLModel):
@@ -108,6 +114,30 @@ class JobPublic(JobBase):
             usage=usage,
             latency_s=latency,
         )
+
+    # The row keeps a result as the JSON its worker wrote (``result`` stays that JSON, so
+    # the API and ``--json`` show it unchanged); readers parse it into its contract here
+    # instead of indexing a dict, so a renamed or missing field fails where it is read.
+
+    def generate_result(self) -> GenerateResult:
+        """The result of a succeeded ``generate`` job."""
+        return self._result(JobKind.generate, GenerateResult)
+
+    def turn_result(self) -> MindspaceTurnResult:
+        """The result of a succeeded mindspace turn."""
+        return self._result(JobKind.mindspace_turn, MindspaceTurnResult)
+
+    def model_op_result(self) -> ModelOpResult:
+        """The result of a succeeded model operation (load, unload, warmup)."""
+        return self._result(JobKind.model_op, ModelOpResult)
+
+    def _result(self, kind: JobKind, contract: type[ResultContract]) -> ResultContract:
+        if self.kind != kind:
+            raise ResultUnavailable(f"job {self.id} is a {self.kind.value} job, not "
+                                    f"{kind.value}: it has no {contract.__name__}")
+        if self.result is None:
+            raise ResultUnavailable(f"job {self.id} is {self.status.value} and has no result")
+        return contract.model_validate(self.result)
 
 
 # -- models (shared by all tenants) -----------------------------------------------------

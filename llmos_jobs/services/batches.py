@@ -30,6 +30,13 @@ from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import InvalidRequest, NotFound
 from llmos_jobs.services import batch_files, language
 from llmos_jobs.services.batch_files import ENDPOINT
+from llmos_jobs.services.batch_objects import (
+    BatchError,
+    BatchErrors,
+    BatchObject,
+    BatchRequestCounts,
+    unix_seconds,
+)
 from llmos_jobs.services.submission import Submitter, priority_of
 from llmos_jobs.services.webhooks.events import emit
 from llmos_jobs.states import BATCH_OPEN, BATCHES, BatchStatus
@@ -218,7 +225,7 @@ def finalize(submitter: Submitter, batch_id: str) -> None:
         session.refresh(batch)
         if batch.webhook_url:  # sent once this transaction commits
             emit(session=session, tenant=batch.tenant, event_type=f"batch.{batch.status}",
-                 url=batch.webhook_url, data=public(session, batch),
+                 url=batch.webhook_url, data=public(session, batch).model_dump(mode="json"),
                  settings=submitter.settings)
 
 
@@ -227,12 +234,12 @@ def output_line(job: JobPublic) -> dict[str, Any]:
     line: dict[str, Any] = {"id": f"batch_req_{job.id}", "custom_id": job.custom_id,
                             "response": None, "error": None}
     if job.status == JobStatus.succeeded and job.result is not None and job.usage is not None:
-        usage = job.usage
+        result, usage = job.generate_result(), job.usage
         line["response"] = {"status_code": 200, "request_id": job.id, "body": {
             "id": f"chatcmpl-{job.id}", "object": "chat.completion",
             "created": int(job.created_at.timestamp()), "model": job.model,
-            "choices": [{"index": 0, "finish_reason": job.result.get("finish_reason", "stop"),
-                         "message": {"role": "assistant", "content": job.result["text"]}}],
+            "choices": [{"index": 0, "finish_reason": result.finish_reason,
+                         "message": {"role": "assistant", "content": result.text}}],
             "usage": {"prompt_tokens": usage.prompt_tokens,
                       "completion_tokens": usage.completion_tokens,
                       "total_tokens": usage.prompt_tokens + usage.completion_tokens,
@@ -269,27 +276,26 @@ def cancel(submitter: Submitter, tenant: str, batch_id: str) -> Batch:
         return get_batch(session, tenant, batch_id)
 
 
-def public(session: Session, batch: Batch) -> dict[str, Any]:
+def public(session: Session, batch: Batch) -> BatchObject:
     """The batch as OpenAI's Batch object."""
     counts = Counter(s for (s,) in session.execute(
         select(Job.status).where(Job.batch_id == batch.id)).all())
-
-    def ts(value: Any) -> int | None:
-        return None if value is None else int(value.timestamp())
-
     failed = counts[JobStatus.failed] + counts[JobStatus.cancelled] + len(batch.invalid)
-    return {
-        "id": batch.id, "object": "batch", "endpoint": batch.endpoint,
-        "errors": {"object": "list", "data": batch.errors} if batch.errors else None,
-        "input_file_id": batch.input_file_id, "completion_window": batch.completion_window,
-        "status": batch.status, "output_file_id": batch.output_file_id,
-        "error_file_id": batch.error_file_id, "created_at": ts(batch.created_at),
-        "in_progress_at": ts(batch.in_progress_at),
-        "expires_at": int(batch.created_at.timestamp()) + window_s(batch.completion_window),
-        "finalizing_at": ts(batch.finalizing_at), "completed_at": ts(batch.completed_at),
-        "failed_at": ts(batch.failed_at), "expired_at": ts(batch.expired_at),
-        "cancelling_at": ts(batch.cancelling_at), "cancelled_at": ts(batch.cancelled_at),
-        "request_counts": {"total": batch.total, "completed": counts[JobStatus.succeeded],
-                           "failed": failed},
-        "metadata": batch.batch_metadata,
-    }
+    errors = BatchErrors(data=[BatchError.model_validate(e) for e in batch.errors]
+                         ) if batch.errors else None
+    return BatchObject(
+        id=batch.id, endpoint=batch.endpoint, errors=errors,
+        input_file_id=batch.input_file_id, completion_window=batch.completion_window,
+        status=batch.status, output_file_id=batch.output_file_id,
+        error_file_id=batch.error_file_id, created_at=int(batch.created_at.timestamp()),
+        in_progress_at=unix_seconds(batch.in_progress_at),
+        expires_at=int(batch.created_at.timestamp()) + window_s(batch.completion_window),
+        finalizing_at=unix_seconds(batch.finalizing_at),
+        completed_at=unix_seconds(batch.completed_at), failed_at=unix_seconds(batch.failed_at),
+        expired_at=unix_seconds(batch.expired_at),
+        cancelling_at=unix_seconds(batch.cancelling_at),
+        cancelled_at=unix_seconds(batch.cancelled_at),
+        request_counts=BatchRequestCounts(total=batch.total,
+                                          completed=counts[JobStatus.succeeded], failed=failed),
+        metadata=batch.batch_metadata,
+    )

@@ -78,12 +78,12 @@ def _completion(job: JobPublic, model: str) -> ChatCompletion:
     if job.status != JobStatus.succeeded or job.result is None or job.usage is None:
         raise ApiError(409, f"job {job.id} was {job.status.value} before it answered",
                        type_="invalid_request_error", code="job_cancelled")
-    usage = job.usage
+    result, usage = job.generate_result(), job.usage
     return ChatCompletion(
         id=f"chatcmpl-{job.id}", created=int(job.created_at.timestamp()), model=model,
         choices=[Choice(
-            index=0, message=AssistantMessage(content=str(job.result["text"])),
-            finish_reason="length" if job.result.get("finish_reason") == "length" else "stop",
+            index=0, message=AssistantMessage(content=result.text),
+            finish_reason="length" if result.finish_reason == "length" else "stop",
         )],
         usage=CompletionUsage(
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,

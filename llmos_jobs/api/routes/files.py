@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import PlainTextResponse
@@ -10,25 +10,19 @@ from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.db.batch_tables import StoredFile
 from llmos_jobs.services import batch_files
 from llmos_jobs.services.api_keys import Scope
+from llmos_jobs.services.batch_objects import FileObject
 
 router = APIRouter(prefix="/v1/files", tags=["openai"])
 State = Annotated[ApiState, Depends(api_state)]
 
 
-def file_object(row: StoredFile) -> dict[str, Any]:
-    return {"id": row.id, "object": "file", "bytes": row.bytes,
-            "created_at": int(row.created_at.timestamp()), "filename": row.filename,
-            "purpose": row.purpose, "status": "processed"}
-
-
-@router.post("")
+@router.post("", response_model=FileObject)
 async def upload_file(
     state: State, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
     caller: Annotated[Caller, Depends(authorize("files.create", Scope.jobs_write))],
-) -> dict[str, Any]:
+) -> FileObject:
     """Upload a JSONL batch input file."""
     limit = state.settings.batch_max_bytes
     content = await file.read(limit + 1)
@@ -36,16 +30,17 @@ async def upload_file(
                                   filename=file.filename or "upload.jsonl", content=content,
                                   purpose=purpose)
     caller.created(row.id)
-    return file_object(row)
+    return FileObject.from_row(row)
 
 
-@router.get("/{file_id}")
+@router.get("/{file_id}", response_model=FileObject)
 def get_file(file_id: str, state: State,
              caller: Annotated[Caller, Depends(authorize("files.read", Scope.jobs_read))],
-             ) -> dict[str, Any]:
+             ) -> FileObject:
     client = state.client(caller.tenant)
     with client.session() as session:
-        return file_object(batch_files.get_file(session, caller.tenant, file_id, content=False))
+        return FileObject.from_row(
+            batch_files.get_file(session, caller.tenant, file_id, content=False))
 
 
 # Errors stay JSON like every route's: only the 200 answer is JSON Lines text.
