@@ -25,6 +25,9 @@ from tests.stack import Stack
 # same however fast the machine is).
 API_WAIT_TIMEOUT_S = 3
 API_WAIT_GENEROUS_S = 300
+# A hang guard per request, not a speed limit: the first knowledge upload loads the
+# embedding model in the API process, which took over 30 s on a loaded machine.
+REQUEST_HANG_GUARD_S = 180
 
 
 def free_port() -> int:
@@ -96,7 +99,7 @@ class ApiServer:
 
     def http(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=REQUEST_HANG_GUARD_S)
 
 
 def tenant() -> str:
