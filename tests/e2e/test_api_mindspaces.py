@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.api_server import ApiServer, tenant
 from tests.support.stack import Stack
-from tests.support.turns import HANG_GUARD_S, echo_model, seqs_of, start_echo_worker
+from tests.support.turns import echo_model, seqs_of, start_echo_worker
+from tests.support.waiting import HANG_GUARD_S
 
 
 def test_the_whole_lifecycle_over_http(api: ApiServer) -> None:

@@ -27,7 +27,7 @@ from schemas.common import JobKind, JobStatus
 from tests.support.batch_lines import request_line
 from tests.support.faults import private_stack
 from tests.support.stack import Stack
-from tests.support.turns import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S
 
 
 def _finished_batch(stack: Stack, *, webhook: str) -> str:

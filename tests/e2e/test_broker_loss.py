@@ -35,7 +35,7 @@ from schemas.common import JobKind, JobStatus
 from tests.support.faults import private_stack
 from tests.support.services import drop_pg_database, fresh_pg_database
 from tests.support.stack import Stack
-from tests.support.turns import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S
 from tests.support.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]

@@ -39,7 +39,7 @@ from tests.support.compose_file import (
 )
 from tests.support.services import drop_pg_database, fresh_pg_database, private_redis
 from tests.support.stack import WEBHOOK_ALLOWED_HOSTS, WEBHOOK_RETRY_DELAYS
-from tests.support.turns import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S
 from tests.support.webhook_receiver import Receiver
 
 # What the test machine stands in for: the infrastructure services run here already.
@@ -110,10 +110,10 @@ class ComposeProcesses:
         return {**env, **self.extra_env.get(name, {})}
 
     def start(self, name: str) -> None:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
-        self.running[name] = subprocess.Popen(
-            self.argv(name, self.services[name]["command"]), env=self.env(name),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.root / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            self.running[name] = subprocess.Popen(
+                self.argv(name, self.services[name]["command"]), env=self.env(name),
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]

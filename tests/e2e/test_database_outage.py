@@ -30,7 +30,7 @@ from tests.support.faults import (
     wait_for_log,
 )
 from tests.support.stack import Stack
-from tests.support.turns import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 JOBS = 200

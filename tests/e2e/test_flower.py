@@ -14,7 +14,7 @@ import pytest
 from tests.support.api_server import free_port, wait_until_up
 from tests.support.cli import llmos
 from tests.support.stack import Stack
-from tests.support.turns import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S
 
 
 def test_flower_refuses_to_start_without_basic_auth(stack: Stack) -> None:
@@ -33,10 +33,11 @@ def test_flower_serves_the_broker_behind_basic_auth(stack: Stack) -> None:
     port = free_port()
     log = stack.data_dir / "flower.log"
     env = {**stack.env, "LLMOS_FLOWER_USER": "ops", "LLMOS_FLOWER_PASSWORD": "s3cret-pw"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmos_jobs.cli.main", "flower", "--port", str(port)],
-        env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-    )
+    with open(log, "ab") as output:  # the child keeps its own copy open
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmos_jobs.cli.main", "flower", "--port", str(port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(f"{url}/healthcheck", process, str(log))

@@ -21,7 +21,7 @@ from llmos_jobs.errors import NoLiveWorkerWarning
 from schemas.common import JobStatus
 from tests.support.services import rabbitmq_vhost
 from tests.support.stack import Stack
-from tests.support.turns import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

@@ -11,7 +11,7 @@ from llmos_jobs.settings import get_settings
 from schemas.common import JobStatus
 from tests.support.services import redis_sentinel
 from tests.support.stack import Stack
-from tests.support.turns import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S
 
 MASTER = "llmos-test-master"
 

@@ -23,16 +23,16 @@ from llmos_jobs.db.models import Job
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.types import utcnow
 from schemas.common import JobKind, JobStatus
-from tests.support.faults import CuttableProxy, private_stack, proxied, wait_for_log
+from tests.support.faults import CuttableProxy, private_stack, proxied
 from tests.support.services import drop_pg_database, fresh_pg_database
 from tests.support.stack import Stack
 from tests.support.turns import (
-    HANG_GUARD_S,
     assert_turns_applied_in_order,
     echo_model,
     start_echo_worker,
     wait_for_status,
 )
+from tests.support.waiting import HANG_GUARD_S, wait_for_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

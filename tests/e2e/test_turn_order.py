@@ -25,7 +25,6 @@ from schemas.common import JobKind, JobStatus, Usage
 from schemas.mindspace import MindspaceTurnRequest
 from tests.support.stack import Stack
 from tests.support.turns import (
-    HANG_GUARD_S,
     assert_turns_applied_in_order,
     echo_model,
     in_acceptance_order,
@@ -35,6 +34,7 @@ from tests.support.turns import (
     start_echo_worker,
     wait_for_status,
 )
+from tests.support.waiting import HANG_GUARD_S
 
 
 @pytest.mark.parametrize("delay_ms", [0, 1100], ids=["fast-model", "slow-model"])

@@ -43,7 +43,7 @@ from llmos_jobs.webhooks.signing import tenant_secret
 from schemas.common import JobStatus
 from tests.support.faults import executions, private_pg_stack
 from tests.support.stack import WEBHOOK_ALLOWED_HOSTS, Stack
-from tests.support.turns import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S
 from tests.support.webhook_receiver import Received, Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]

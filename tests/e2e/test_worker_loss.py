@@ -22,7 +22,6 @@ from llmos_jobs.client import LlmosClient, task_for_kind
 from schemas.common import JobStatus
 from tests.support.stack import Stack
 from tests.support.turns import (
-    HANG_GUARD_S,
     assert_turns_applied_in_order,
     echo_model,
     in_acceptance_order,
@@ -31,6 +30,7 @@ from tests.support.turns import (
     start_echo_worker,
     wait_for_status,
 )
+from tests.support.waiting import HANG_GUARD_S
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SLOW = {"LLMOS_NOOP_DELAY_MS": "3000"}

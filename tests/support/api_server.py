@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from llmos_jobs.db.session import session_scope
 from llmos_jobs.keys import issue_key, parse_scopes
 from tests.support.cli import llmos
 from tests.support.stack import Stack
+from tests.support.waiting import until
 
 # How long a waiting call waits: generous on the server most tests use, so a slow
 # machine never turns a result into a time-out; short on the server of the tests that
@@ -37,16 +37,14 @@ def free_port() -> int:
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], log: str,
                   timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         assert process.poll() is None, f"server exited: see {log}"
         try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
+            return httpx.get(url, timeout=1).status_code < 500
         except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer: see {log}")
+            return False
+
+    until(answers, f"{url} answered (see {log})", timeout_s, poll_s=0.2)
 
 
 @dataclass
@@ -60,16 +58,16 @@ class ApiServer:
               env: dict[str, str] | None = None) -> ApiServer:
         port = free_port()
         log = stack.data_dir / f"api-{port}.log"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llmos_jobs.cli.main", "api", "--port", str(port),
-             "--log-level", "warning"],
-            env={**stack.env, "LLMOS_API_WAIT_TIMEOUT_S": str(wait_timeout_s),
-                 "LLMOS_MODEL_ROOTS": str(stack.data_dir),
-                 # Every test calls from 127.0.0.1; test_api_gate.py tests the budget.
-                 "LLMOS_AUDIT_DENIED_PER_MINUTE": "1000000", **(env or {})},
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            start_new_session=True,
-        )
+        with open(log, "ab") as output:  # the child keeps its own copy open
+            process = subprocess.Popen(
+                [sys.executable, "-m", "llmos_jobs.cli.main", "api", "--port", str(port),
+                 "--log-level", "warning"],
+                env={**stack.env, "LLMOS_API_WAIT_TIMEOUT_S": str(wait_timeout_s),
+                     "LLMOS_MODEL_ROOTS": str(stack.data_dir),
+                     # Every test calls from 127.0.0.1; test_api_gate.py tests the budget.
+                     "LLMOS_AUDIT_DENIED_PER_MINUTE": "1000000", **(env or {})},
+                stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         url = f"http://127.0.0.1:{port}"
         wait_until_up(f"{url}/healthz", process, str(log))
         return cls(url=url, stack=stack, process=process)
@@ -106,13 +104,11 @@ def tenant() -> str:
 
 
 def wait_job(http: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def finished() -> dict[str, Any] | None:
         job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} did not finish")
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return until(finished, f"job {job_id} finished", timeout_s)
 
 
 def idle_model(api: ApiServer) -> str:

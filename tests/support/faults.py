@@ -9,7 +9,6 @@ import contextlib
 import json
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from pathlib import Path
 
 from tests.support.services import drop_pg_database, fresh_pg_database, private_redis
 from tests.support.stack import Stack
-from tests.support.turns import HANG_GUARD_S
 
 
 class CuttableProxy:
@@ -136,11 +134,3 @@ def executions(log: Path) -> list[Execution]:
 def runs_per_prompt(log: Path) -> Counter[str]:
     return Counter(e.prompt for e in executions(log))
 
-
-def wait_for_log(path: Path, text: str) -> None:
-    """Until a process's log file says ``text`` (a hang guard, not a time limit)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not (path.exists() and text in path.read_text(errors="replace")):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never said {text!r}")
-        time.sleep(0.05)

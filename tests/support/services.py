@@ -29,6 +29,13 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+def _docker_may_answer() -> bool:
+    """Whether a Docker daemon may be there to ask. testcontainers is tried only then:
+    its client, probing for a daemon that is not there, leaves a socket unclosed (a
+    ResourceWarning, an error under the suite's filterwarnings)."""
+    return bool(os.environ.get("DOCKER_HOST")) or os.path.exists("/var/run/docker.sock")
+
+
 def missing(service: str, how: str) -> None:
     message = f"{service} is not reachable: {how}"
     if IN_CI:
@@ -39,15 +46,16 @@ def missing(service: str, how: str) -> None:
 @contextmanager
 def redis_server() -> Iterator[str]:
     """A Redis URL without a database number."""
-    try:
-        from testcontainers.community.redis import RedisContainer
+    if _docker_may_answer():
+        try:
+            from testcontainers.community.redis import RedisContainer
 
-        with RedisContainer("redis:7") as container:
-            host = container.get_container_host_ip()
-            yield f"redis://{host}:{container.get_exposed_port(6379)}"
-            return
-    except Exception:  # no Docker daemon here: a private server, or the local service
-        pass
+            with RedisContainer("redis:7") as container:
+                host = container.get_container_host_ip()
+                yield f"redis://{host}:{container.get_exposed_port(6379)}"
+                return
+        except Exception:  # no Docker daemon here: a private server, or the local service
+            pass
     if shutil.which("redis-server"):
         with private_redis() as url:
             yield url
@@ -91,14 +99,15 @@ def private_redis(*options: str) -> Iterator[str]:
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL admin URL (psycopg) on a database that may create databases."""
-    try:
-        from testcontainers.community.postgres import PostgresContainer
+    if _docker_may_answer():
+        try:
+            from testcontainers.community.postgres import PostgresContainer
 
-        with PostgresContainer("postgres:16", driver="psycopg") as container:
-            yield container.get_connection_url()
-            return
-    except Exception:  # no Docker daemon here: use the local service
-        pass
+            with PostgresContainer("postgres:16", driver="psycopg") as container:
+                yield container.get_connection_url()
+                return
+        except Exception:  # no Docker daemon here: use the local service
+            pass
     if not _port_open("127.0.0.1", 5432):
         missing("PostgreSQL", "start it with `pg_ctlcluster <version> main start`")
     user = os.environ.get("LLMOS_TEST_PGUSER", "postgres")

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from llmos_jobs.celery_app import create_app
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.settings import Settings
 from tests.support.services import fresh_pg_database
+from tests.support.waiting import until
 
 # The tests' webhook receivers listen on 127.0.0.1; 4 attempts, 0.3 s apart.
 WEBHOOK_ALLOWED_HOSTS = "127.0.0.1"
@@ -75,14 +75,15 @@ class Stack:
     def start_worker(self, name: str, *args: str, env: dict[str, str] | None = None,
                      wait: bool = True, named: bool = True) -> subprocess.Popen[bytes]:
         """``llmos worker``; ``named=False`` leaves the default name to the worker."""
-        log = open(self.data_dir / f"{name.split('@')[0]}.log", "ab")  # noqa: SIM115
         naming = ["--name", name] if named else []
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llmos_jobs.cli.main", "worker", *naming,
-             "--loglevel", "warning", *args],
-            env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The child writes to its own copy of the file descriptor; this one closes here.
+        with open(self.data_dir / f"{name.split('@')[0]}.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "llmos_jobs.cli.main", "worker", *naming,
+                 "--loglevel", "warning", *args],
+                env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.workers.append(process)
         if wait:
             self.wait_for_worker(name, process)
@@ -93,14 +94,14 @@ class Stack:
         """``llmos control``: reaping, reconciling, batches and webhooks of this stack.
         ``wait``: return once it answers a ping (a test that then cuts what it needs
         at startup must not catch it still starting)."""
-        log = open(self.data_dir / "control.log", "ab")  # noqa: SIM115
         name = f"control-{len(self.workers)}@test"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llmos_jobs.cli.main", "control", "--loglevel", "warning",
-             "--name", name, *args],
-            env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.data_dir / "control.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "llmos_jobs.cli.main", "control", "--loglevel",
+                 "warning", "--name", name, *args],
+                env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.workers.append(process)
         if wait:
             self.wait_for_control(name, process)
@@ -109,23 +110,22 @@ class Stack:
     def wait_for_control(self, name: str, process: subprocess.Popen[bytes],
                          timeout_s: float = 90) -> None:
         app = create_app(self.broker_url)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             assert process.poll() is None, f"control {name} exited: see {self.data_dir}"
-            if app.control.ping(destination=[name], timeout=0.5):
-                return
-        raise TimeoutError(f"control {name} did not come up")
+            return bool(app.control.ping(destination=[name], timeout=0.5))
+
+        until(answers, f"control {name} answered a ping", timeout_s, poll_s=0)
 
     def wait_for_worker(self, name: str, process: subprocess.Popen[bytes],
                         timeout_s: float = 90) -> None:
         client = self.client()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def registered() -> bool:
             assert process.poll() is None, f"worker {name} exited: see {self.data_dir}"
-            if any(w.name == name and w.pid == process.pid for w in client.workers()):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"worker {name} did not come up")
+            return any(w.name == name and w.pid == process.pid for w in client.workers())
+
+        until(registered, f"worker {name} registered", timeout_s, poll_s=0.2)
 
     def stop_worker(self, process: subprocess.Popen[bytes]) -> None:
         if process.poll() is None:

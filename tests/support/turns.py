@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +17,7 @@ from llmos_jobs.db.models import Job, JobPublic
 from llmos_jobs.db.session import session_scope
 from schemas.common import JobStatus
 from tests.support.stack import Stack
-
-# Only a guard against a hang: every wait ends as soon as the jobs are final.
-HANG_GUARD_S = 180.0
+from tests.support.waiting import until
 
 
 def echo_model(stack: Stack, *, delay_ms: int) -> tuple[LlmosClient, str, dict[str, str]]:
@@ -64,14 +61,13 @@ def seqs_of(stack: Stack, mindspace_id: str) -> dict[str, int]:
 
 
 def wait_for_status(client: LlmosClient, job_id: str, status: JobStatus) -> JobPublic:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while time.monotonic() < deadline:
+    def reached() -> JobPublic | None:
         job = client.job(job_id)
-        if job.status == status:
-            return job
-        assert not job.status.is_final, f"job {job_id} ended {job.status} before {status}"
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} never became {status}")
+        assert job.status == status or not job.status.is_final, \
+            f"job {job_id} ended {job.status} before {status}"
+        return job if job.status == status else None
+
+    return until(reached, f"job {job_id} became {status}")
 
 
 def in_acceptance_order(stack: Stack, mindspace_id: str, jobs: Sequence[JobPublic]

@@ -11,6 +11,8 @@ from typing import Any
 
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from tests.support.waiting import HANG_GUARD_S, until
+
 
 @dataclass(frozen=True)
 class Received:
@@ -68,13 +70,28 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/hooks"
 
     def wait_for(self, count: int, timeout_s: float = 30) -> list[Received]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """Every request received, once there are at least ``count``."""
+        def arrived() -> list[Received] | None:
             with self._lock:
-                if len(self.received) >= count:
-                    return list(self.received)
-            time.sleep(0.05)
-        raise TimeoutError(f"{len(self.received)} of {count} webhook requests arrived")
+                return list(self.received) if len(self.received) >= count else None
+
+        return until(arrived, f"{count} webhook requests arrived", timeout_s)
+
+    def distinct_events(self) -> set[str]:
+        """The events received so far, by their `webhook-id`: a delivery is at least
+        once, so one event may arrive more than once."""
+        with self._lock:
+            return {r.headers["webhook-id"] for r in self.received}
+
+    def wait_for_events(self, count: int, timeout_s: float = HANG_GUARD_S) -> list[Received]:
+        """Every request received, once ``count`` distinct events have arrived."""
+        def arrived() -> list[Received] | None:
+            with self._lock:
+                received = list(self.received)
+            return received if len({r.headers["webhook-id"] for r in received}) >= count \
+                else None
+
+        return until(arrived, f"{count} distinct webhook events arrived", timeout_s)
 
     def stop(self) -> None:
         if self._server is not None:
