@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import uuid
 
 import pytest
@@ -30,7 +29,7 @@ from tests.support.turns import (
     start_echo_worker,
     wait_for_status,
 )
-from tests.support.waiting import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S, log_count, until, wait_for_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SLOW = {"LLMOS_NOOP_DELAY_MS": "3000"}
@@ -61,18 +60,19 @@ def test_whole_worker_killed_job_finishes_on_a_replacement_once(stack: Stack) ->
     else:
         # RabbitMQ puts it back in its queue as the connection drops: the replacement
         # is handed the job's current message while its claimant is still `running`.
-        deadline = time.monotonic() + 30  # a hang guard: the broker sees the close at once
-        while stack.waiting(job.queue) != 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert stack.waiting(job.queue) == 1
-    second = stack.start_worker(f"rescuer-{stack.name}@test", "--model", model, env=SLOW)
+        until(lambda: stack.waiting(job.queue) == 1,
+              "the broker put the killed worker's delivery back in its queue")
+    # At info, the rescuer logs each message it drops: the evidence, below, that the late
+    # redelivery was handled, not just that nothing happened for a while.
+    rescuer = f"rescuer-{stack.name}@test"
+    second = stack.start_worker(rescuer, "--model", model, "--loglevel", "info", env=SLOW)
     try:
         # A hang guard far below the broker's visibility timeout: the rescue does not
         # wait for the broker to give the message back.
         [done] = client.wait([job.id], timeout_s=HANG_GUARD_S)
         assert HANG_GUARD_S < VISIBILITY_TIMEOUT_S
         assert done.status == JobStatus.succeeded
-        assert done.worker == f"rescuer-{stack.name}@test" and done.worker_pid == second.pid
+        assert done.worker == rescuer and done.worker_pid == second.pid
         assert done.attempts == 2
         # A late redelivery of the first message is recognised and dropped.
         app = create_app(stack.broker_url)
@@ -80,9 +80,13 @@ def test_whole_worker_killed_job_finishes_on_a_replacement_once(stack: Stack) ->
             assert done.task_id != job.task_id
         # On RabbitMQ the rescuer may also have taken over the first message itself, once
         # the claimant was declared dead and before the reaper renewed the job.
+        rescuer_log = stack.data_dir / f"{rescuer.split('@')[0]}.log"
+        dropped = f"job {job.id} message {job.task_id} dropped"
+        # On RabbitMQ the first message may have been dropped once already, as a duplicate.
+        before = log_count(rescuer_log, dropped)
         app.send_task(task_for_kind(done.kind), args=[job.id], task_id=job.task_id,
                       queue=done.queue)
-        time.sleep(5)
+        wait_for_log(rescuer_log, dropped, more_than=before)
         again = client.job(job.id)
         assert (again.status, again.attempts, again.finished_at, again.result) == (
             done.status, done.attempts, done.finished_at, done.result)
