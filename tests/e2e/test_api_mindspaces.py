@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.api_server import ApiServer, tenant
 from tests.support.stack import Stack
 from tests.support.turns import echo_model, seqs_of, start_echo_worker
-from tests.support.waiting import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S, until
 
 
 def test_the_whole_lifecycle_over_http(api: ApiServer) -> None:
@@ -61,10 +60,11 @@ def test_a_waiting_turn_answers_at_once_when_its_mindspace_is_destroyed(
             with ThreadPoolExecutor(1) as pool:
                 waiting = pool.submit(http.post, f"/v1/mindspaces/{sid}/turns",
                                       params={"wait": "true"}, json={"message": "second"})
-                deadline = time.monotonic() + HANG_GUARD_S
-                while len(seqs_of(stack, sid)) < 2:  # the second turn is accepted
-                    assert time.monotonic() < deadline and not waiting.done()
-                    time.sleep(0.02)
+                def second_accepted() -> bool:
+                    assert not waiting.done()
+                    return len(seqs_of(stack, sid)) >= 2
+
+                until(second_accepted, "the second turn was accepted")
                 assert http.delete(f"/v1/mindspaces/{sid}").status_code == 204
                 answer = waiting.result(timeout=HANG_GUARD_S)
             assert answer.status_code == 200, answer.text

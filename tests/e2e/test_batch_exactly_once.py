@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from schemas.common import JobKind, JobStatus
 from tests.support.batch_lines import request_line
 from tests.support.faults import private_stack
 from tests.support.stack import Stack
-from tests.support.waiting import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S, until
 
 
 def _finished_batch(stack: Stack, *, webhook: str) -> str:
@@ -86,6 +85,15 @@ def test_finalisation_happens_once_however_many_try(stack: Stack) -> None:
     assert events == ["batch.cancelled"]
 
 
+def _batch_in(stack: Stack, tenant: str, batch_id: str, status: str) -> Batch:
+    def reached() -> Batch | None:
+        with session_scope(stack.database_url) as session:
+            row = batches.get_batch(session, tenant, batch_id)
+        return row if row.status == status else None
+
+    return until(reached, f"batch {batch_id} became {status}", poll_s=0.1)
+
+
 def test_a_batch_job_cancelled_by_its_id_counts_toward_the_batch(stack: Stack) -> None:
     client = stack.client()
     model = f"idle-{uuid.uuid4().hex[:6]}"  # registered, served by no worker: jobs wait
@@ -94,23 +102,15 @@ def test_a_batch_job_cancelled_by_its_id_counts_toward_the_batch(stack: Stack) -
     uploaded = batches.upload(client, filename="in.jsonl", purpose="batch",
                               content=lines.encode())
     batch = batches.create(client, input_file_id=uploaded.id)
-    deadline = time.monotonic() + HANG_GUARD_S
-    while True:
+    def expanded() -> list[Job] | None:
         with session_scope(stack.database_url) as session:
-            jobs = session.exec(select(Job).where(Job.batch_id == batch.id)).all()
-        if len(jobs) == 2:
-            break
-        assert time.monotonic() < deadline, "the batch was never expanded"
-        time.sleep(0.1)
+            jobs = list(session.exec(select(Job).where(Job.batch_id == batch.id)).all())
+        return jobs if len(jobs) == 2 else None
+
+    jobs = until(expanded, "the batch was expanded into its 2 jobs")
     for job in jobs:
         assert client.cancel(job.id).status == JobStatus.cancelled
-    while True:
-        with session_scope(stack.database_url) as session:
-            row = batches.get_batch(session, client.tenant, batch.id)
-        if row.status == "completed":
-            break
-        assert time.monotonic() < deadline, f"the batch stayed {row.status}"
-        time.sleep(0.1)
+    row = _batch_in(stack, client.tenant, batch.id, "completed")
     assert row.output_file_id is None and row.error_file_id is not None
     with session_scope(stack.database_url) as session:
         errors = batches.get_file(session, client.tenant, row.error_file_id).content
@@ -142,12 +142,7 @@ def test_a_cancel_only_marks_the_batch_and_the_control_process_finalises_it(
         held = broker_view.message_ids(create_app(stack.broker_url), [CONTROL_QUEUE])
         assert held is not None and dispatch.finalization_id(batch.id) in held
         stack.start_control()
-        deadline = time.monotonic() + HANG_GUARD_S
-        while row.status != "cancelled":
-            assert time.monotonic() < deadline, f"the batch stayed {row.status}"
-            time.sleep(0.1)
-            with session_scope(stack.database_url) as session:
-                row = batches.get_batch(session, client.tenant, batch.id)
+        row = _batch_in(stack, client.tenant, batch.id, "cancelled")
         # Never expanded: no request ran, and none is in the (absent) files.
         assert (row.output_file_id, row.error_file_id) == (None, None)
         with session_scope(stack.database_url) as session:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import openai
 import pytest
 
 from tests.support.api_server import ApiServer, idle_model, tenant
+from tests.support.waiting import until
 
 
 def sdk(api: ApiServer, key: str) -> openai.OpenAI:
@@ -23,13 +23,12 @@ def line(custom_id: str, text: str, model: str = "echo", max_tokens: int = 2) ->
 
 def wait_for(client: openai.OpenAI, batch_id: str, statuses: set[str], timeout_s: float = 90
              ) -> openai.types.Batch:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def reached() -> openai.types.Batch | None:
         batch = client.batches.retrieve(batch_id)
-        if batch.status in statuses:
-            return batch
-        assert time.monotonic() < deadline, f"batch stuck in {batch.status}"
-        time.sleep(0.2)
+        return batch if batch.status in statuses else None
+
+    return until(reached, f"batch {batch_id} reached one of {sorted(statuses)}", timeout_s,
+                 poll_s=0.2)
 
 
 @pytest.mark.brokers

@@ -32,10 +32,10 @@ from llmos_jobs.reconcile import reconcile_deliveries, reconcile_jobs
 from llmos_jobs.webhooks.events import emit
 from llmos_jobs.webhooks.signing import tenant_secret
 from schemas.common import JobKind, JobStatus
-from tests.support.faults import private_stack
+from tests.support.faults import private_stack, strand_in_unacked
 from tests.support.services import drop_pg_database, fresh_pg_database
 from tests.support.stack import Stack
-from tests.support.waiting import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S, until
 from tests.support.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -70,10 +70,7 @@ def test_redis_flushed_mid_run_every_job_succeeds_exactly_once(lossy_stack: Stac
         [{"model": model, "prompt": f"job {i}", "max_tokens": 2} for i in range(JOBS)])
     assert not submitted.errors
     first_ids = {job.id: job.task_id for job in submitted.jobs}
-    deadline = time.monotonic() + HANG_GUARD_S
-    while _succeeded(stack, model) < JOBS // 5:
-        assert time.monotonic() < deadline, "the run never got going"
-        time.sleep(0.05)
+    until(lambda: _succeeded(stack, model) >= JOBS // 5, "the run got going")
     stack.redis().flushall()  # the broker forgets every message, delivered or not
     flushed = time.monotonic()
     done = client.wait(list(first_ids), timeout_s=HANG_GUARD_S)
@@ -89,6 +86,15 @@ def test_redis_flushed_mid_run_every_job_succeeds_exactly_once(lossy_stack: Stac
     assert rows == JOBS
     print(f"\naccepted {JOBS}, succeeded {len(done)}, run twice 0, sent again {resent}, "
           f"all finished {recovered_s:.1f} s after the flush")
+
+
+def _wait_until_completed(stack: Stack, tenant: str, batch_id: str) -> Batch:
+    def completed() -> Batch | None:
+        with session_scope(stack.database_url) as session:
+            row = batches.get_batch(session, tenant, batch_id)
+        return row if row.status == "completed" else None
+
+    return until(completed, f"batch {batch_id} completed")
 
 
 def test_a_batch_left_validating_and_a_delivery_left_pending_are_sent_again(
@@ -121,14 +127,7 @@ def test_a_batch_left_validating_and_a_delivery_left_pending_are_sent_again(
             stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
             [received] = receiver.wait_for(1, timeout_s=HANG_GUARD_S)
             assert received.verified and received.headers["webhook-id"] == delivery_id
-            deadline = time.monotonic() + HANG_GUARD_S
-            while True:
-                with session_scope(stack.database_url) as session:
-                    row = batches.get_batch(session, client.tenant, batch.id)
-                if row.status == "completed":
-                    break
-                assert time.monotonic() < deadline, f"the batch stayed {row.status}"
-                time.sleep(0.1)
+            _wait_until_completed(stack, client.tenant, batch.id)
             with session_scope(stack.database_url) as session:
                 jobs = list(session.exec(select(Job).where(Job.batch_id == batch.id)))
             assert sorted(j.custom_id or "" for j in jobs) == ["c0", "c1", "c2"]
@@ -156,14 +155,7 @@ def test_a_batch_whose_last_job_ended_unannounced_is_finalised(tmp_path: Path) -
                             error_type="E", error_message="it failed"))
             batch_id = batch.id
         stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
-        deadline = time.monotonic() + HANG_GUARD_S
-        while True:
-            with session_scope(stack.database_url) as session:
-                row = batches.get_batch(session, client.tenant, batch_id)
-            if row.status == "completed":
-                break
-            assert time.monotonic() < deadline, f"the batch stayed {row.status}"
-            time.sleep(0.1)
+        row = _wait_until_completed(stack, client.tenant, batch_id)
         assert row.error_file_id is not None and row.output_file_id is None
 
 
@@ -179,14 +171,7 @@ def test_a_job_handed_to_a_worker_that_died_before_claiming_it_is_sent_again(
         client.register_model("unserved", stack.data_dir / "unserved", engine="noop")
         with pytest.warns(NoLiveWorkerWarning):  # nobody serves it: the test takes it
             job = client.generate(model="unserved", prompt="taken and lost", max_tokens=2)
-        redis = stack.redis()
-        # What kombu does on delivery: the message leaves its queue for `unacked`.
-        [key] = [k for k in redis.keys(f"{job.queue}*") if redis.llen(k)]
-        raw = redis.rpop(key)
-        assert raw is not None
-        tag = uuid.uuid4().hex
-        redis.hset(broker_view.UNACKED_KEY, tag, json.dumps([json.loads(raw), "", job.queue]))
-        redis.zadd(broker_view.UNACKED_INDEX_KEY, {tag: time.time() - 100})
+        assert strand_in_unacked(stack, job.queue, delivered_ago_s=100) == job.task_id
         app = create_app(stack.broker_url)
         for patience in (None, 1000.0):  # always in a worker's hands; or not yet overdue
             assert reconcile_jobs(app, grace_s=0, unclaimed_after_s=patience,
@@ -214,14 +199,7 @@ def test_a_webhook_retry_held_by_a_control_process_that_died_is_sent_again(
             delivery_id = emit(session=session, tenant=client.tenant, event_type="test.held",
                                url="http://127.0.0.1:9/hooks", data={"n": 1},
                                settings=stack.settings())
-        redis = stack.redis()
-        [key] = [k for k in redis.keys(f"{WEBHOOKS_QUEUE}*") if redis.llen(k)]
-        raw = redis.rpop(key)
-        assert raw is not None
-        tag = uuid.uuid4().hex
-        redis.hset(broker_view.UNACKED_KEY, tag,
-                   json.dumps([json.loads(raw), "", WEBHOOKS_QUEUE]))
-        redis.zadd(broker_view.UNACKED_INDEX_KEY, {tag: time.time() - 100})
+        assert strand_in_unacked(stack, WEBHOOKS_QUEUE, delivered_ago_s=100) == delivery_id
         with session_scope(stack.database_url) as session:
             session.execute(update(WebhookDelivery).where(
                 col(WebhookDelivery.id) == delivery_id).values(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from llmos_jobs.db.migrate import head_revision, stored_revision
 from tests.support.cli import assert_one_line_error, llmos, newcomer
 from tests.support.services import drop_pg_database, fresh_pg_database
 from tests.support.stack import Stack
+from tests.support.waiting import until
 
 
 def test_submit_wait_json_uses_the_schema_field_names(stack: Stack) -> None:
@@ -78,9 +78,7 @@ def test_up_refuses_a_second_stack_and_recovers_after_a_crash(tmp_path: Path) ->
         assert psutil.pid_exists(redis_pid)
         out = llmos("workers", env=env)
         assert out.returncode == 0 and "warning: removed" in out.stderr, out.stderr
-        deadline = time.monotonic() + 60
-        while psutil.pid_exists(redis_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)  # a hang guard: Redis takes a moment to exit
+        until(lambda: not psutil.pid_exists(redis_pid), "the crashed stack's Redis exited")
         assert not psutil.pid_exists(redis_pid)
         second, output = up()
         assert "warning" not in output

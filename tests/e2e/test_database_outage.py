@@ -30,7 +30,7 @@ from tests.support.faults import (
     wait_for_log,
 )
 from tests.support.stack import Stack
-from tests.support.waiting import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 JOBS = 200
@@ -77,11 +77,9 @@ def test_postgres_out_of_reach_for_10_s_every_job_succeeds_once(
         [{"model": model, "prompt": p, "max_tokens": 2} for p in prompts])
     assert not submitted.errors
     ids = [job.id for job in submitted.jobs]
-    deadline = time.monotonic() + HANG_GUARD_S
-    while (_count(stack, model, JobStatus.succeeded) < JOBS // 5
-           or not _count(stack, model, JobStatus.running)):
-        assert time.monotonic() < deadline, "the run never got going"
-        time.sleep(0.02)
+    until(lambda: (_count(stack, model, JobStatus.succeeded) >= JOBS // 5
+                   and _count(stack, model, JobStatus.running)),
+          "the run got going, with jobs running", poll_s=0.02)
     proxy.cut()  # jobs are running (0.4 s each): their outcomes are to be recorded next
     cut_at = time.monotonic()
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import psutil
@@ -14,7 +13,7 @@ import pytest
 from tests.support.api_server import free_port, wait_until_up
 from tests.support.cli import llmos
 from tests.support.stack import Stack
-from tests.support.waiting import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S, until
 
 
 def test_flower_refuses_to_start_without_basic_auth(stack: Stack) -> None:
@@ -50,15 +49,12 @@ def test_flower_serves_the_broker_behind_basic_auth(stack: Stack) -> None:
         assert f"@{stack.broker_url.rsplit('@', 1)[-1].split('://', 1)[-1]}" in log.read_text()
         worker = f"noop-{stack.name}@test"
         with httpx.Client(base_url=url, auth=("ops", "s3cret-pw"), timeout=30) as flower:
-            deadline = time.monotonic() + HANG_GUARD_S
-            while worker not in flower.get("/api/workers", params={"refresh": "1"}).json():
-                assert time.monotonic() < deadline, f"Flower never saw {worker}: see {log}"
-                time.sleep(0.5)
+            until(lambda: worker in flower.get("/api/workers", params={"refresh": "1"}).json(),
+                  f"Flower saw {worker} (see {log})", poll_s=0.5)
             job = stack.client().generate(model="echo", prompt="seen by flower", max_tokens=1)
             stack.client().wait([job.id], timeout_s=HANG_GUARD_S)
-            while job.task_id not in flower.get("/api/tasks").json():
-                assert time.monotonic() < deadline, f"Flower never saw the task: see {log}"
-                time.sleep(0.5)
+            until(lambda: job.task_id in flower.get("/api/tasks").json(),
+                  f"Flower saw the task (see {log})", poll_s=0.5)
             seen = flower.get(f"/api/task/info/{job.task_id}").json()
             assert seen["state"] == "SUCCESS" and seen["worker"] == worker
     finally:

@@ -8,7 +8,6 @@ queue that holds them all is left alone."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from llmos_jobs.errors import NoLiveWorkerWarning
 from schemas.common import JobStatus
 from tests.support.services import rabbitmq_vhost
 from tests.support.stack import Stack
-from tests.support.waiting import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -43,13 +42,6 @@ def _purge(stack: Stack, queue: str) -> int:
         return int(connection.default_channel.queue_purge(queue))
 
 
-def _until(condition: str, check: object) -> None:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"never: {condition}"
-        time.sleep(0.2)
-
-
 def test_a_job_whose_message_was_purged_is_sent_again_and_runs_once(
         rabbit_stack: Stack) -> None:
     stack = rabbit_stack
@@ -67,8 +59,8 @@ def test_a_job_whose_message_was_purged_is_sent_again_and_runs_once(
     assert stack.waiting(language_queue("never-declared")) == 0  # no queue holds nothing
 
     stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
-    _until("the purged jobs are sent again",
-           lambda: all(client.job(j.id).task_id != j.task_id for j in purged))
+    until(lambda: all(client.job(j.id).task_id != j.task_id for j in purged),
+          "the purged jobs were sent again", poll_s=0.2)
     renewed = {j.id: client.job(j.id).task_id for j in [*purged, survivor]}
     # Which message of the queue was lost cannot be told: the one that was not is sent
     # again too, and its first message is now stale.
@@ -84,5 +76,6 @@ def test_a_job_whose_message_was_purged_is_sent_again_and_runs_once(
     assert [j.status for j in done] == [JobStatus.succeeded] * len(everyone)
     assert [j.attempts for j in done] == [1] * len(everyone)  # each claimed, so run, once
     # The survivor's stale first message was delivered and dropped, not run.
-    _until("the stale message is consumed", lambda: stack.waiting(language_queue(lossy)) == 0)
+    until(lambda: stack.waiting(language_queue(lossy)) == 0, "the stale message was consumed",
+          poll_s=0.2)
     assert client.job(survivor.id).attempts == 1

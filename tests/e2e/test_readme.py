@@ -26,7 +26,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.services import _free_port
+from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -171,15 +171,16 @@ class NewUser:
                                        stderr=subprocess.STDOUT, start_new_session=True)
         self.background.append((process, log))
         assert line.claim is not None, f"README: say what `{command}` prints once it is up"
-        deadline = time.monotonic() + HANG_GUARD_S
-        while True:
+        claim = claim_pattern(self.localise(line, line.claim))
+
+        def up() -> str | None:
             output = log.read_text(errors="replace")
-            if claim_pattern(self.localise(line, line.claim)).search(output):
-                self.check(line, output)
-                return
+            if claim.search(output):
+                return output
             assert process.poll() is None, f"`{command}` exited {process.returncode}:\n{output}"
-            assert time.monotonic() < deadline, f"`{command}` not up after {HANG_GUARD_S}s"
-            time.sleep(0.2)
+            return None
+
+        self.check(line, until(up, f"`{command}` printed its claim", HANG_GUARD_S, poll_s=0.2))
 
     def stop(self) -> None:
         for process, log in reversed(self.background):

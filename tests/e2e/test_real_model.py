@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from llmos_jobs.errors import InvalidRequest
 from schemas.common import JobStatus
 from tests.support.stack import Stack, make_stack
+from tests.support.waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -96,27 +97,22 @@ def test_concurrent_jobs_share_a_forward_batch_with_the_same_outputs(model_stack
     assert [j.result["text"] for j in together if j.result] == [
         j.result["text"] for j in alone if j.result]
     assert all(j.usage and j.usage.cached_tokens > 0 for j in together)
-    deadline = time.monotonic() + 15
-    max_batch = 0.0
-    while time.monotonic() < deadline and max_batch < 2:
+    def max_batch() -> float:
         [worker] = [w for w in client.workers() if w.name == "tiny@test"]
-        max_batch = worker.engines.get("tiny", {}).get("max_batch", 0)
-        time.sleep(0.2)
-    assert max_batch >= 2
+        return float(worker.engines.get("tiny", {}).get("max_batch", 0))
+
+    # The heartbeat reports the engine's largest batch; it reaches 2 once one has run.
+    until(lambda: max_batch() >= 2, "the worker reported a batch of 2 or more", poll_s=0.2)
 
 
 def test_cancelling_a_running_job_stops_its_generation(model_stack: Stack) -> None:
     client = model_stack.client()
     job = client.generate(model="tiny", prompt="keep going", max_tokens=1900)
-    deadline = time.monotonic() + 60
-    while client.job(job.id).status != JobStatus.running:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    until(lambda: client.job(job.id).status == JobStatus.running, "the job ran", poll_s=0.02)
     time.sleep(0.3)
     assert client.cancel(job.id).status == JobStatus.cancelled
-    while client.job(job.id).usage is None:  # the worker records what the attempt cost
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    until(lambda: client.job(job.id).usage is not None,  # what the attempt cost
+          "the worker recorded the cancelled attempt's usage")
     stopped = client.job(job.id)
     assert stopped.status == JobStatus.cancelled and stopped.result is None
     assert stopped.usage is not None and 0 < stopped.usage.completion_tokens < 1900

@@ -34,7 +34,7 @@ from tests.support.turns import (
     start_echo_worker,
     wait_for_status,
 )
-from tests.support.waiting import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S, until
 
 
 @pytest.mark.parametrize("delay_ms", [0, 1100], ids=["fast-model", "slow-model"])
@@ -71,10 +71,11 @@ def test_destroy_cancels_pending_turns_and_the_chat_command_says_why(stack: Stac
             [sys.executable, "-m", "llmos_jobs.cli.main", "mindspace", "chat", space.id,
              "sent from a shell"], env=stack.env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + HANG_GUARD_S
-        while len(seqs_of(stack, space.id)) < 6:  # the shell's turn is accepted
-            assert shell.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        def shell_turn_accepted() -> bool:
+            assert shell.poll() is None
+            return len(seqs_of(stack, space.id)) >= 6
+
+        until(shell_turn_accepted, "the shell's turn was accepted")
         client.destroy_mindspace(space.id)
         output, _ = shell.communicate(timeout=HANG_GUARD_S)
         assert shell.returncode == 1

@@ -34,7 +34,7 @@ from llmos_jobs.webhooks.signing import tenant_secret
 from schemas.common import JobStatus
 from tests.support.faults import private_pg_stack
 from tests.support.stack import WEBHOOK_ALLOWED_HOSTS
-from tests.support.waiting import HANG_GUARD_S
+from tests.support.waiting import HANG_GUARD_S, until
 from tests.support.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -62,11 +62,8 @@ def _failed_attempts(database_url: str) -> Counter[str]:
             col(WebhookAttempt.status_code).is_(None))).all())
 
 
-def _wait(failure: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + HANG_GUARD_S + 10 * OUTAGE_S  # only a hang guard
-    while not check():
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.1)
+def _wait(what: str, check: Callable[[], bool]) -> None:
+    until(check, what, HANG_GUARD_S + 10 * OUTAGE_S)
 
 
 def test_a_receiver_down_then_up_gets_every_event_signed_once(
@@ -99,16 +96,15 @@ def test_a_receiver_down_then_up_gets_every_event_signed_once(
             ids = [job.id for job in ran + waiting]
             done = client.wait(ids, timeout_s=HANG_GUARD_S)
             # Every event has been tried, and refused, before the receiver comes back.
-            _wait("an event was never tried", lambda: len(
+            _wait("every event was tried", lambda: len(
                 _failed_attempts(stack.database_url)) == len(ids))
             time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))  # the outage
             receiver.start(receiver.port)
             up_at = time.monotonic()
             outage_s = up_at - down_at
-            _wait("an event never arrived", lambda: len(
-                {e.headers["webhook-id"] for e in receiver.received}) >= len(ids))
+            receiver.wait_for_events(len(ids), timeout_s=HANG_GUARD_S + 10 * OUTAGE_S)
             delivered_s = time.monotonic() - up_at
-            _wait("a delivery is not marked delivered", lambda: all(
+            _wait("every delivery was marked delivered", lambda: all(
                 d.status == DeliveryStatus.delivered for d in _deliveries(stack.database_url)))
         finally:
             receiver.stop()

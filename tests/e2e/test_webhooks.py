@@ -25,6 +25,7 @@ from schemas.common import JobStatus
 from tests.support.api_server import ApiServer
 from tests.support.cli import llmos
 from tests.support.stack import WEBHOOK_ALLOWED_HOSTS, WEBHOOK_RETRY_DELAYS, Stack
+from tests.support.waiting import until
 from tests.support.webhook_receiver import Receiver
 
 ATTEMPTS = len(WEBHOOK_RETRY_DELAYS.split(",")) + 1
@@ -63,14 +64,14 @@ def deliveries(stack: Stack, tenant: str, job_id: str | None = None
 def settled(stack: Stack, tenant: str, job_id: str | None = None,
             timeout_s: float = 30) -> WebhookDeliveryPublic:
     """The one delivery (of the job), once it is no longer pending."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def final() -> WebhookDeliveryPublic | None:
         found = deliveries(stack, tenant, job_id)
-        if found and found[0].status != DeliveryStatus.pending:
-            assert len(found) == 1, found
-            return found[0]
-        time.sleep(0.05)
-    raise TimeoutError(f"delivery of {job_id} still pending: {found}")
+        if not found or found[0].status == DeliveryStatus.pending:
+            return None
+        assert len(found) == 1, found
+        return found[0]
+
+    return until(final, f"the delivery of {job_id} was no longer pending", timeout_s)
 
 
 def run_job(client: LlmosClient, receiver: Receiver) -> str:

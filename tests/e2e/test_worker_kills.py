@@ -43,8 +43,8 @@ from llmos_jobs.webhooks.signing import tenant_secret
 from schemas.common import JobStatus
 from tests.support.faults import executions, private_pg_stack
 from tests.support.stack import WEBHOOK_ALLOWED_HOSTS, Stack
-from tests.support.waiting import HANG_GUARD_S
-from tests.support.webhook_receiver import Received, Receiver
+from tests.support.waiting import until
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 KILLS = 20
@@ -58,28 +58,14 @@ RUN_GUARD_S = 900.0
 def _busy_victim(stack: Stack, model: str, workers: dict[str, subprocess.Popen[bytes]]
                  ) -> str:
     """A worker whose current process runs a job of ``model`` now (waits for one)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while True:
+    def busy() -> str | None:
         with session_scope(stack.database_url) as session:
             running = set(session.exec(select(Job.worker, Job.worker_pid).where(
                 Job.model == model, Job.status == JobStatus.running)).all())
-        for name, process in workers.items():
-            if process.poll() is None and (name, process.pid) in running:
-                return name
-        assert time.monotonic() < deadline, "no worker ever ran a job"
-        time.sleep(0.02)
+        return next((name for name, process in workers.items()
+                     if process.poll() is None and (name, process.pid) in running), None)
 
-
-def _distinct_events(receiver: Receiver, count: int) -> list[Received]:
-    """Every request received once ``count`` distinct events have arrived (a delivery
-    is at least once: one event may arrive more than once)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while True:
-        events = list(receiver.received)
-        if len({e.headers["webhook-id"] for e in events}) >= count:
-            return events
-        assert time.monotonic() < deadline, "events are missing"
-        time.sleep(0.1)
+    return until(busy, "a live worker ran a job", poll_s=0.02)
 
 
 def test_20_whole_worker_kills_in_a_500_job_run_lose_nothing_and_record_each_once(
@@ -122,7 +108,7 @@ def test_20_whole_worker_kills_in_a_500_job_run_lose_nothing_and_record_each_onc
             last_kill = time.monotonic()
             done = client.wait(ids, timeout_s=RUN_GUARD_S)
             finished = time.monotonic()
-            events = _distinct_events(receiver, len(ids))
+            events = receiver.wait_for_events(len(ids))
         finally:
             receiver.stop()
 

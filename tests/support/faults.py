@@ -9,12 +9,15 @@ import contextlib
 import json
 import socket
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmos_jobs import broker_view
 from tests.support.services import drop_pg_database, fresh_pg_database, private_redis
 from tests.support.stack import Stack
 
@@ -134,3 +137,18 @@ def executions(log: Path) -> list[Execution]:
 def runs_per_prompt(log: Path) -> Counter[str]:
     return Counter(e.prompt for e in executions(log))
 
+
+def strand_in_unacked(stack: Stack, queue: str, delivered_ago_s: float) -> str:
+    """Do to the one message waiting in ``queue`` what kombu's Redis transport does on
+    delivery, with no consumer to acknowledge it or give it back: it leaves its list for
+    the `unacked` hash, indexed as delivered ``delivered_ago_s`` ago. What a worker or
+    control process killed while it held the message leaves behind. Its id."""
+    redis = stack.redis()
+    [key] = [k for k in redis.keys(f"{queue}*") if redis.llen(k)]
+    raw = redis.rpop(key)
+    assert raw is not None
+    message = json.loads(raw)
+    tag = uuid.uuid4().hex
+    redis.hset(broker_view.UNACKED_KEY, tag, json.dumps([message, "", queue]))
+    redis.zadd(broker_view.UNACKED_INDEX_KEY, {tag: time.time() - delivered_ago_s})
+    return str(message["headers"]["id"])
