@@ -9,16 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.stack import DATABASE_POOL_SIZE
+
 
 @pytest.fixture(scope="session", autouse=True)
 def encryption_keys() -> Iterator[str]:
-    """One key ring for this process and the workers it starts (tests/support/stack.py)."""
+    """One key ring for this process and the workers it starts (tests/support/stack.py),
+    and the same small database pools as theirs."""
     from cryptography.fernet import Fernet
 
     from llmos_jobs.settings import get_settings
 
     keys = Fernet.generate_key().decode()
     os.environ["LLMOS_ENCRYPTION_KEYS"] = keys
+    # This process's own settings (a bare database URL) keep small pools too.
+    os.environ["LLMOS_DATABASE_POOL_SIZE"] = str(DATABASE_POOL_SIZE)
     get_settings.cache_clear()
     yield keys
 

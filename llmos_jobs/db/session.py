@@ -29,11 +29,12 @@ class Database:
 
     url: str
     keys: KeyRing
+    pool_size: int = 5  # PostgreSQL: connections kept open (LLMOS_DATABASE_POOL_SIZE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         return cls(url=normalise_url(settings.resolved_database_url()),
-                   keys=KeyRing.from_settings(settings))
+                   keys=KeyRing.from_settings(settings), pool_size=settings.database_pool_size)
 
 
 # A handle, or a URL (None: the settings' own) read with this process's key ring.
@@ -44,7 +45,8 @@ def database(ref: DatabaseRef = None) -> Database:
     if isinstance(ref, Database):
         return ref
     own = _own_database(get_settings())
-    return own if ref is None else Database(url=normalise_url(ref), keys=own.keys)
+    return own if ref is None else Database(url=normalise_url(ref), keys=own.keys,
+                                            pool_size=own.pool_size)
 
 
 # This process's own handle, built once per settings object (every session asks).
@@ -110,7 +112,8 @@ def get_engine(ref: DatabaseRef = None) -> Engine:
                 )
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+                engine = create_engine(url, pool_pre_ping=True, pool_size=db.pool_size,
+                                       max_overflow=10)
             bind_key_ring(engine.dialect, db.keys)
             _engines[key] = engine
     return engine

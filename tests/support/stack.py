@@ -22,6 +22,11 @@ from tests.support.waiting import until
 # The tests' webhook receivers listen on 127.0.0.1; 4 attempts, 0.3 s apart.
 WEBHOOK_ALLOWED_HOSTS = "127.0.0.1"
 WEBHOOK_RETRY_DELAYS = "0.3,0.3,0.3"
+# PostgreSQL connections each process keeps open per database. A suite holds dozens of
+# processes (workers, control processes, API servers, the tests themselves) on dozens of
+# databases; at the default of 5 each, two suites at once exceed PostgreSQL's default
+# max_connections (100). A busy process still opens more, and closes them after.
+DATABASE_POOL_SIZE = 1
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Stack:
         env.update(
             LLMOS_BROKER_URL=self.broker_url, LLMOS_DATABASE_URL=self.database_url,
             LLMOS_DATA_DIR=str(self.data_dir), LLMOS_HEARTBEAT_INTERVAL_S="0.5",
+            LLMOS_DATABASE_POOL_SIZE=str(DATABASE_POOL_SIZE),
             LLMOS_WORKER_DEAD_AFTER_S="4",
             # The control process delivers webhooks: the tests' receiver allow-list and
             # a short retry schedule.
@@ -49,7 +55,8 @@ class Stack:
 
     def settings(self) -> Settings:
         return Settings(broker_url=self.broker_url, database_url=self.database_url,
-                        data_dir=self.data_dir, worker_dead_after_s=4)
+                        data_dir=self.data_dir, worker_dead_after_s=4,
+                        database_pool_size=DATABASE_POOL_SIZE)
 
     def client(self, tenant: str = "default") -> LlmosClient:
         return LlmosClient(tenant=tenant, settings=self.settings())
