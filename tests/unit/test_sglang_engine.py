@@ -32,6 +32,7 @@ from tests.support.sglang_shapes import (
     output,
     req,
 )
+from tests.support.waiting import until
 from workers.engine import Completion
 from workers.sglang_engine import EngineSlotTaken, SGLangEngine
 from workers.sglang_io import EngineUnloaded, NamespaceLeak
@@ -188,6 +189,10 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[StandInEngine]]:
         made.loop.call_soon_threadsafe(made.loop.stop)  # engines a test left loaded
         made.scheduler.kill()
         made.scheduler.wait()
+        # The stand-in made the loop, so it closes it (its self-pipe sockets too), once
+        # the adapter's loop thread has let go of it.
+        until(lambda made=made: not made.loop.is_running(), "the engine's loop stopped")
+        made.loop.close()
     with SGLangEngine._slot_lock:
         SGLangEngine._slot_owner = None
 
