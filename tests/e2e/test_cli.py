@@ -54,11 +54,13 @@ def test_errors_go_to_stderr_without_a_traceback(stack: Stack) -> None:
 
 def test_up_refuses_a_second_stack_and_recovers_after_a_crash(tmp_path: Path) -> None:
     env = newcomer(tmp_path)
+    started: list[subprocess.Popen[str]] = []
 
     def up() -> tuple[subprocess.Popen[str], str]:
         process = subprocess.Popen([sys.executable, "-m", "llmos_jobs.cli.main", "up",
                                     "--no-worker"], env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
+        started.append(process)
         assert process.stdout is not None
         lines = []
         for line in process.stdout:  # until it is ready; EOF if it dies
@@ -86,7 +88,11 @@ def test_up_refuses_a_second_stack_and_recovers_after_a_crash(tmp_path: Path) ->
         assert second.wait(timeout=60) == 0
         assert not (tmp_path / "stack.json").exists()
     finally:
-        first.kill()
+        for process in started:  # read only up to `ready:`; their pipes close here
+            process.kill()
+            process.wait()
+            assert process.stdout is not None
+            process.stdout.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
