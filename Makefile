@@ -27,7 +27,7 @@ lint: setup
 
 # The suite waits on real worker processes far more than it computes, so it runs in
 # several pytest processes even on two cores; each has its own redis-server, PostgreSQL
-# databases and data directories (tests/services.py, tests/conftest.py).
+# databases and data directories (tests/support/services.py, tests/e2e/conftest.py).
 TEST_PROCESSES ?= 4
 
 test: lint

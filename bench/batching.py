@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bench.models import model_dir, use_data_dir  # noqa: E402
 from llmos_jobs.client import LlmosClient  # noqa: E402
 from llmos_jobs.settings import Settings  # noqa: E402
-from tests.services import private_redis  # noqa: E402
+from tests.support.services import private_redis  # noqa: E402
 from workers.engines.base import EngineRequest, EngineSampling  # noqa: E402
 from workers.engines.transformers import BatchingOptions, TransformersEngine  # noqa: E402
 

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         default=None, repr=False,
         description="SQLAlchemy URL; unset: a SQLite file in the data directory"
     )
+    database_pool_size: int = Field(
+        default=5, ge=1, description="PostgreSQL connections each process keeps open per "
+                                     "database (up to 10 more while busy)")
     tenant: str = Field(default="default", min_length=1)
     data_dir: Path = Field(default=Path.home() / ".llmos")
     heartbeat_interval_s: float = Field(default=2.0, gt=0)

@@ -29,11 +29,12 @@ class Database:
 
     url: str
     keys: KeyRing
+    pool_size: int = 5  # PostgreSQL: connections kept open (LLMOS_DATABASE_POOL_SIZE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         return cls(url=normalise_url(settings.resolved_database_url()),
-                   keys=KeyRing.from_settings(settings))
+                   keys=KeyRing.from_settings(settings), pool_size=settings.database_pool_size)
 
     def session(self) -> AbstractContextManager[Session]:
         """A session on this database, committed on success (``session_scope``)."""
@@ -91,7 +92,8 @@ def get_engine(db: Database) -> Engine:
                 )
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+                engine = create_engine(url, pool_pre_ping=True, pool_size=db.pool_size,
+                                       max_overflow=10)
             bind_key_ring(engine.dialect, db.keys)
             _engines[key] = engine
     return engine
