@@ -27,10 +27,9 @@ from tests.support.faults import (
     private_pg_stack,
     proxied,
     runs_per_prompt,
-    wait_for_log,
 )
 from tests.support.stack import Stack
-from tests.support.waiting import HANG_GUARD_S, until
+from tests.support.waiting import HANG_GUARD_S, until, wait_for_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 JOBS = 200
