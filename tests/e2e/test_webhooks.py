@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import select
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from broker_config import WEBHOOKS_QUEUE
+from broker_config import WEBHOOKS_QUEUE, Transport
 from llmos_jobs import broker_view
 from llmos_jobs.broker import create_app
 from llmos_jobs.client import LlmosClient
@@ -85,11 +85,15 @@ def run_job(client: LlmosClient, receiver: Receiver) -> str:
     return job.id
 
 
-@pytest.mark.brokers
 def all_attempts_made(stack: Stack, delivery_id: str) -> None:
     """Until the broker holds no message of the delivery, waiting or unacknowledged
     (its id is the delivery's; a retry keeps it): every attempt that will ever be made
     has been made, so what the receiver has is all it will get."""
+    if stack.transport is Transport.amqp:
+        # RabbitMQ does not show which messages a consumer holds unacknowledged: here the
+        # check is still a pause, as before, and only as strong as its length.
+        time.sleep(1)
+        return
     app = create_app(stack.broker_url)
 
     def gone() -> bool:
@@ -100,6 +104,7 @@ def all_attempts_made(stack: Stack, delivery_id: str) -> None:
     until(gone, f"the broker let go of delivery {delivery_id}'s message")
 
 
+@pytest.mark.brokers
 def test_a_succeeded_job_is_announced_once_signed(stack: Stack, tenant: str,
                                                   client: LlmosClient,
                                                   receiver: Receiver) -> None:
