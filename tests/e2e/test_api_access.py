@@ -85,32 +85,32 @@ def test_a_key_without_the_scope_is_forbidden(api: ApiServer) -> None:
 
 def test_another_tenants_ids_answer_not_found(api: ApiServer) -> None:
     owner, other = tenant(), tenant()
-    mine = api.http(api.key(owner))
-    job = mine.post("/v1/jobs", json={"model": "echo", "prompt": "mine"}).json()
-    ms = mine.post("/v1/mindspaces", json={"model": "echo"}).json()
-    owner_key_id = mine.get("/v1/keys").json()["data"][0]["id"]
-    with api.http(api.key(other)) as theirs:
-        for method, path, body in [
-            ("GET", f"/v1/jobs/{job['id']}", None),
-            ("POST", f"/v1/jobs/{job['id']}/cancel", None),
-            ("GET", f"/v1/mindspaces/{ms['id']}", None),
-            ("POST", f"/v1/mindspaces/{ms['id']}/turns", {"message": "hi"}),
-            ("DELETE", f"/v1/mindspaces/{ms['id']}", None),
-            ("DELETE", f"/v1/keys/{owner_key_id}", None),
-        ]:
-            response = theirs.request(method, path, json=body)
-            assert response.status_code == 404, (method, path, response.text)
-            assert response.json()["error"]["type"] == "not_found_error"
-        assert theirs.get("/v1/jobs").json()["data"] == []
-    # Nothing of the owner's was touched.
-    assert mine.get(f"/v1/mindspaces/{ms['id']}").status_code == 200
-    assert mine.get(f"/v1/jobs/{job['id']}").json()["status"] != "cancelled"
-    assert mine.get("/v1/jobs").status_code == 200
-    mine.close()
-    rows = audit(api, other)
-    assert {(r["action"], r["outcome"], r["status_code"]) for r in rows} >= {
-        ("jobs.read", "denied", 404), ("mindspaces.delete", "denied", 404)}
-    assert {r["resource_id"] for r in rows} >= {job["id"], ms["id"]}
+    with api.http(api.key(owner)) as mine:
+        job = mine.post("/v1/jobs", json={"model": "echo", "prompt": "mine"}).json()
+        ms = mine.post("/v1/mindspaces", json={"model": "echo"}).json()
+        owner_key_id = mine.get("/v1/keys").json()["data"][0]["id"]
+        with api.http(api.key(other)) as theirs:
+            for method, path, body in [
+                ("GET", f"/v1/jobs/{job['id']}", None),
+                ("POST", f"/v1/jobs/{job['id']}/cancel", None),
+                ("GET", f"/v1/mindspaces/{ms['id']}", None),
+                ("POST", f"/v1/mindspaces/{ms['id']}/turns", {"message": "hi"}),
+                ("DELETE", f"/v1/mindspaces/{ms['id']}", None),
+                ("DELETE", f"/v1/keys/{owner_key_id}", None),
+            ]:
+                response = theirs.request(method, path, json=body)
+                assert response.status_code == 404, (method, path, response.text)
+                assert response.json()["error"]["type"] == "not_found_error"
+            assert theirs.get("/v1/jobs").json()["data"] == []
+        # Nothing of the owner's was touched.
+        assert mine.get(f"/v1/mindspaces/{ms['id']}").status_code == 200
+        assert mine.get(f"/v1/jobs/{job['id']}").json()["status"] != "cancelled"
+        assert mine.get("/v1/jobs").status_code == 200
+        mine.close()
+        rows = audit(api, other)
+        assert {(r["action"], r["outcome"], r["status_code"]) for r in rows} >= {
+            ("jobs.read", "denied", 404), ("mindspaces.delete", "denied", 404)}
+        assert {r["resource_id"] for r in rows} >= {job["id"], ms["id"]}
 
 
 def test_keys_over_http_stay_within_the_tenant(api: ApiServer) -> None:

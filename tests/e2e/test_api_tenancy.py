@@ -104,46 +104,47 @@ def _call(http: httpx.Client, method: str, template: str, body: dict[str, Any] |
 def test_a_tenant_changes_and_learns_nothing_outside_its_tenant(api: ApiServer) -> None:
     owner, other = tenant(), tenant()
     secret_text = f"owner-secret-{uuid.uuid4().hex}"
-    mine = api.http(api.key(owner))
-    ids = _owner_objects(api, mine, secret_text)
-    owner_secret = mine.get("/v1/webhooks/secret").json()
-    with api.http() as anonymous:
-        spec = anonymous.get("/openapi.json").json()
-    served = {(m.upper(), p) for p, ops in spec["paths"].items() if p != "/healthz" for m in ops}
-    assert served == set(ROUTES), served ^ set(ROUTES)
+    with api.http(api.key(owner)) as mine:
+        ids = _owner_objects(api, mine, secret_text)
+        owner_secret = mine.get("/v1/webhooks/secret").json()
+        with api.http() as anonymous:
+            spec = anonymous.get("/openapi.json").json()
+        served = {(m.upper(), p) for p, ops in spec["paths"].items() if p != "/healthz"
+                  for m in ops}
+        assert served == set(ROUTES), served ^ set(ROUTES)
 
-    with api.http(api.key(other)) as theirs:
-        # With the wrong tenant's ids, in an order that would destroy things if it could.
-        for (method, template), (kind, body) in ROUTES.items():
-            response = _call(theirs, method, template, body, ids)
-            where = (method, template, response.status_code, response.text[:300])
-            assert secret_text not in response.text, where
-            if kind == OPERATOR:
-                assert response.status_code == 403, where
-                assert "operator action" in response.json()["error"]["message"], where
-            elif kind == OWNED:
-                assert response.status_code in (400, 404), where
-                if response.status_code == 400:  # the batch: the owner's file is not found
-                    assert ids["file_id"] in response.text and "not found" in response.text
-            else:
-                assert response.status_code < 500, where
-                assert not any(v in response.text for k, v in ids.items()
-                               if k not in ("name", "idle")), where
-        # Naming the owner's tenant in the operator header does not help a tenant key.
-        assert theirs.get(f"/v1/jobs/{ids['job_id']}",
-                          headers={"X-Llmos-Tenant": owner}).status_code == 403
+        with api.http(api.key(other)) as theirs:
+            # With the wrong tenant's ids, in an order that would destroy things if it could.
+            for (method, template), (kind, body) in ROUTES.items():
+                response = _call(theirs, method, template, body, ids)
+                where = (method, template, response.status_code, response.text[:300])
+                assert secret_text not in response.text, where
+                if kind == OPERATOR:
+                    assert response.status_code == 403, where
+                    assert "operator action" in response.json()["error"]["message"], where
+                elif kind == OWNED:
+                    assert response.status_code in (400, 404), where
+                    if response.status_code == 400:  # the batch: the owner's file is not found
+                        assert ids["file_id"] in response.text and "not found" in response.text
+                else:
+                    assert response.status_code < 500, where
+                    assert not any(v in response.text for k, v in ids.items()
+                                   if k not in ("name", "idle")), where
+            # Naming the owner's tenant in the operator header does not help a tenant key.
+            assert theirs.get(f"/v1/jobs/{ids['job_id']}",
+                              headers={"X-Llmos-Tenant": owner}).status_code == 403
 
-    # The owner's things are as they were.
-    job = mine.get(f"/v1/jobs/{ids['job_id']}").json()
-    assert job["status"] == "queued"
-    ms = mine.get(f"/v1/mindspaces/{ids['mindspace_id']}").json()
-    assert ms["persona"] == secret_text
-    assert [d["id"] for d in mine.get(f"/v1/mindspaces/{ids['mindspace_id']}/knowledge")
-            .json()["data"]] == [ids["document_id"]]
-    assert mine.get(f"/v1/batches/{ids['batch_id']}").json()["status"] != "cancelled"
-    assert mine.get("/v1/webhooks/secret").json() == owner_secret
-    assert mine.get("/v1/keys").json()["data"][0]["revoked_at"] is None
-    mine.close()
+        # The owner's things are as they were.
+        job = mine.get(f"/v1/jobs/{ids['job_id']}").json()
+        assert job["status"] == "queued"
+        ms = mine.get(f"/v1/mindspaces/{ids['mindspace_id']}").json()
+        assert ms["persona"] == secret_text
+        assert [d["id"] for d in mine.get(f"/v1/mindspaces/{ids['mindspace_id']}/knowledge")
+                .json()["data"]] == [ids["document_id"]]
+        assert mine.get(f"/v1/batches/{ids['batch_id']}").json()["status"] != "cancelled"
+        assert mine.get("/v1/webhooks/secret").json() == owner_secret
+        assert mine.get("/v1/keys").json()["data"][0]["revoked_at"] is None
+        mine.close()
 
 
 def test_an_operator_key_reaches_shared_routes_and_acts_for_a_named_tenant(
