@@ -8,12 +8,19 @@ from datetime import datetime
 import openai
 import pytest
 
-from tests.support.api_server import API_WAIT_TIMEOUT_S, ApiServer, idle_model, tenant
+from tests.support.api_server import (
+    API_WAIT_TIMEOUT_S,
+    REQUEST_HANG_GUARD_S,
+    ApiServer,
+    idle_model,
+    tenant,
+)
 
 
 def sdk(api: ApiServer, key: str) -> openai.OpenAI:
     # No retries: a test must see the first answer, not a retried one.
-    return openai.OpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0,
+                         timeout=REQUEST_HANG_GUARD_S)
 
 
 def test_chat_completion_runs_through_the_queue(api: ApiServer) -> None:

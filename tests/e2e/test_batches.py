@@ -11,12 +11,13 @@ import pytest
 from openai.types import Batch, FileObject
 from openai.types.batch_error import BatchError
 
-from tests.support.api_server import ApiServer, idle_model, tenant
+from tests.support.api_server import REQUEST_HANG_GUARD_S, ApiServer, idle_model, tenant
 from tests.support.waiting import until
 
 
 def sdk(api: ApiServer, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0,
+                         timeout=REQUEST_HANG_GUARD_S)
 
 
 def line(custom_id: str, text: str, model: str = "echo", max_tokens: int = 2) -> str:
