@@ -128,14 +128,6 @@ def next_step(answer: Answer, attempt: int, delays: list[float]) -> Step:
     return Step(DeliveryStatus.pending, delay)
 
 
-# An attempt holds its delivery for this many times the attempt's time limit.
-ATTEMPT_LEASE_FACTOR = 2.0
-# A retry's message runs at its countdown, which starts after its due time was written;
-# this much earlier still counts as due (clocks of two hosts differ a little). One that
-# is early by more is dropped, and the reconciler sends the delivery again once due.
-DUE_TOLERANCE_S = 1.0
-
-
 def _record(session: Session, row: WebhookDelivery, answer: Answer, step: Step) -> bool:
     """Record the attempt; False when another delivery of the same message got there
     first (the row's attempt count moved)."""
@@ -158,38 +150,15 @@ def _record(session: Session, row: WebhookDelivery, answer: Answer, step: Step) 
     return bool(moved)
 
 
-def _lease(session: Session, row: WebhookDelivery, seconds: float) -> bool:
-    """Take attempt number ``row.attempts + 1`` for this process, if the delivery is due
-    and no other process holds it: its due time moves past the attempt's end, by
-    compare-and-set on the due time read. Of copies of the delivery's message running at
-    once (the reconciler may send one while the first is between the broker's queue and
-    its unacknowledged set), one POSTs; until the lease ends the reconciler does not
-    count the delivery as overdue, and a copy that comes meanwhile does nothing."""
-    now = utcnow()
-    due = col(WebhookDelivery.next_attempt_at)
-    return bool(session.execute(
-        update(WebhookDelivery)
-        .where(col(WebhookDelivery.id) == row.id,
-               col(WebhookDelivery.status) == DeliveryStatus.pending,
-               col(WebhookDelivery.attempts) == row.attempts,
-               due.is_not_distinct_from(row.next_attempt_at),
-               due.is_(None) | (due <= now + timedelta(seconds=DUE_TOLERANCE_S)))
-        .values(next_attempt_at=now + timedelta(seconds=seconds))
-    ).rowcount)  # type: ignore[attr-defined]
-
-
 def attempt_delivery(*, delivery_id: str, settings: Settings, database: Database
                      ) -> float | None:
     """Make one attempt; the seconds until the next one, or None when there is none
-    (delivered, gone, failed, not pending any more, or attempted by another copy of
-    its message right now)."""
+    (delivered, gone, failed, or not pending any more)."""
     with database.session() as session:
         row = session.get(WebhookDelivery, delivery_id)
         if row is None or row.status != DeliveryStatus.pending:
             return None
         secret = tenant_secret(session=session, tenant=row.tenant).secret
-        if not _lease(session, row, ATTEMPT_LEASE_FACTOR * settings.webhook_timeout_s):
-            return None
     body = json.dumps(row.payload, separators=(",", ":"))
     headers = signed_headers(secret=secret, message_id=row.id, body=body)
     answer = post(row.url, body, headers, settings)
