@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlmodel import select
 
 from broker_config import CONTROL_QUEUE
@@ -22,7 +20,6 @@ from llmos_jobs.db.tables import Job
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import WebhookDelivery
 from llmos_jobs.services import batch_files, batches
-from llmos_jobs.settings import get_settings
 from schemas.common import JobKind, JobStatus
 from tests.support.batch_lines import request_line
 from tests.support.faults import private_stack
@@ -46,18 +43,6 @@ def _finished_batch(stack: Stack, *, webhook: str) -> str:
         return batch.id
 
 
-@pytest.fixture
-def as_control(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """This process uses the stack's database and broker through its settings, as the
-    control process does."""
-    monkeypatch.setenv("LLMOS_DATABASE_URL", stack.database_url)
-    monkeypatch.setenv("LLMOS_BROKER_URL", stack.broker_url)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-@pytest.mark.usefixtures("as_control")
 def test_finalisation_happens_once_however_many_try(stack: Stack) -> None:
     batch_id = _finished_batch(stack, webhook="http://127.0.0.1:9/hook")
     # Two jobs end at once: one of them moves the batch to `finalizing`.
