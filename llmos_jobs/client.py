@@ -4,7 +4,7 @@ tenant, an audit row per action (llmos_jobs.client_audit) and keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from llmos_jobs.db.tables import (
     SnapshotPublic,
     WorkerPublic,
 )
-from llmos_jobs.services import batch_files, batches, language, models
+from llmos_jobs.job_events import Final, require_events_url
+from llmos_jobs.services import batch_files, batches, language, models, streaming
 from llmos_jobs.services import jobs as job_service
 from llmos_jobs.services import mindspaces as mindspace_service
 from llmos_jobs.services.language import BulkSubmission
@@ -32,6 +33,7 @@ from llmos_jobs.services.mindspaces import KnowledgeDocument
 from llmos_jobs.services.submission import Submitter, priority_of, validate
 from llmos_jobs.settings import Settings, get_settings
 from schemas.common import ChatMessage, JobKind, JobStatus
+from schemas.events import JobEvent
 from schemas.model import ModelOp, ModelOpRequest
 
 __all__ = ["BulkSubmission", "KnowledgeDocument", "LlmosClient"]
@@ -243,6 +245,20 @@ class LlmosClient:
 
     def job(self, job_id: str) -> JobPublic:
         return job_service.get(self.submitter, self.tenant, job_id)
+
+    def events(self, job_id: str) -> Iterator[JobEvent]:
+        """The job's live events from its first (status changes, its text piece by
+        piece as it is decoded) until its final status; a job that ended replays them.
+        NotFound for another tenant's job."""
+        return streaming.follow(self.submitter, self.tenant, job_id)
+
+    def final_state(self, job_id: str) -> Final:
+        """The job's final status and text; None while it runs."""
+        return streaming.final(self.submitter, self.tenant, job_id)
+
+    def events_url(self) -> str:
+        """The Redis of live events (StreamingUnavailable when there is none)."""
+        return require_events_url(self.settings)
 
     def jobs(self, *, status: JobStatus | None = None, limit: int = 50) -> list[JobPublic]:
         return job_service.listing(self.submitter, self.tenant, status=status, limit=limit)

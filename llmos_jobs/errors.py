@@ -30,3 +30,7 @@ class ResultUnavailable(LlmosError):
 
 class NoLiveWorkerWarning(UserWarning):
     """A job was accepted for a model that no live worker serves yet."""
+
+
+class StreamingUnavailable(LlmosError):
+    """No Redis holds jobs' live events (a RabbitMQ broker, no LLMOS_STREAM_URL)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.events import JobEvent
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOpRequest, ModelOpResult, ModelRegister
@@ -21,6 +22,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "mindspace_create": MindspaceCreate,
     "mindspace_turn_request": MindspaceTurnRequest,
     "mindspace_turn_result": MindspaceTurnResult,
+    "job_event": JobEvent,
 }
 
 JSON_DIR = Path(__file__).parent / "json"

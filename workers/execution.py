@@ -23,6 +23,7 @@ from llmos_jobs.db.jobs import (
     fail_attempt,
     fail_job,
     job_header,
+    job_status,
     record_abandoned_usage,
     succeed_job,
 )
@@ -34,13 +35,14 @@ from llmos_jobs.services.submission import Submitter
 from llmos_jobs.services.turns import TurnRef
 from llmos_jobs.services.webhooks.events import emit_job_event
 from llmos_jobs.settings import Settings
-from schemas.common import ChatMessage, JobKind, Usage
+from schemas.common import ChatMessage, JobKind, JobStatus, Usage
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
 from workers.engines.base import Completion, Engine, EngineRequest, EngineSampling
 from workers.engines.pool import EnginePool
 from workers.held import HeldJobs
+from workers.streaming import EventPublisher
 from workers.watch import JobWatcher
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,9 @@ class WorkerContext:
     # Who writes the files of a batch whose last job ended (the control process);
     # None: this process, at once.
     finalize_batch: Callable[[str], None] | None = None
-
+    # Where jobs' live events go (status changes, text as it is decoded); None: no
+    # Redis holds them (a RabbitMQ broker without LLMOS_STREAM_URL).
+    events: EventPublisher | None = None
 
     @property
     def settings(self) -> Settings:
@@ -104,6 +108,7 @@ def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: Engine
         [done] = engine.generate([EngineRequest(
             sampling, priority=job.priority, should_stop=should_stop,
             cache_namespace=job.tenant, deadline=deadline, prompt=prompt, messages=messages,
+            on_text=ctx.events.text_sink(job.id) if ctx.events is not None else None,
         )])
     finally:
         ctx.watcher.forget(job.id, job.task_id)
@@ -210,7 +215,10 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
     for Celery to retry the delivery."""
     with ctx.held.holding(job_id, message_id):  # before the claim: see workers.held
         try:
-            return _execute(job_id, message_id, ctx)
+            outcome = _execute(job_id, message_id, ctx)
+            if outcome == ClaimOutcome.claimed:
+                _publish_end(job_id, ctx)
+            return outcome
         except DBAPIError:
             raise
         except Exception as exc:
@@ -223,7 +231,24 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
                 _fail_attempt(job_id, message_id, ctx, "WorkerError",
                               f"the worker could not run or record the job: "
                               f"{type(exc).__name__}: {exc}")
+            _publish_end(job_id, ctx)
             return ClaimOutcome.claimed
+
+
+def _publish_running(job_id: str, ctx: WorkerContext) -> None:
+    if ctx.events is not None:
+        ctx.events.status(job_id, JobStatus.running)
+
+
+def _publish_end(job_id: str, ctx: WorkerContext) -> None:
+    """The job's status once this attempt is recorded, as its stream's last event (a
+    job cancelled while it ran ends cancelled, not succeeded)."""
+    if ctx.events is None:
+        return
+    with ctx.database.session() as session:
+        status = job_status(session=session, job_id=job_id)
+    if status is not None and status.is_final:
+        ctx.events.status(job_id, status)
 
 
 def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, error_type: str,
@@ -261,6 +286,7 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
         log.info("job %s message %s dropped: %s", job_id, message_id, claim.outcome.value)
         return claim.outcome
     job = claim.job
+    _publish_running(job.id, ctx)
     try:
         # A handler reads the model, the mindspace...: the database out of reach then is
         # not the job failing, and is waited out by this attempt, which holds the job

@@ -17,6 +17,7 @@ from llmos_jobs.api.gate import BodyLimits, Gate
 from llmos_jobs.api.routes import (
     batches,
     chat,
+    completions,
     files,
     jobs,
     keys,
@@ -32,7 +33,8 @@ from llmos_jobs.settings import Settings
 
 DESCRIPTION = """\
 Submit and follow language jobs, mindspace turns and model operations, and call the
-OpenAI-compatible `/v1/chat/completions` and `/v1/models`.
+OpenAI-compatible `/v1/chat/completions`, `/v1/completions` (both with `stream`) and
+`/v1/models`. `GET /v1/jobs/{id}/events` streams any job's status and tokens.
 
 Every route but `/healthz` and these docs needs `Authorization: Bearer <key>`; an
 operator creates keys with `llmos key create --tenant T --scopes ...` (a tenant's) or
@@ -41,8 +43,8 @@ for the tenant named in `X-Llmos-Tenant`). Errors are OpenAI-style:
 `{"error": {"message", "type", "param", "code"}}`.
 """
 
-ROUTERS = (jobs, mindspaces, mindspace_state, models, workers, chat, keys, files, batches,
-           webhooks)
+ROUTERS = (jobs, mindspaces, mindspace_state, models, workers, chat, completions, keys, files,
+           batches, webhooks)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -17,6 +17,7 @@ from llmos_jobs.errors import (
     InvalidRequest,
     LlmosError,
     NotFound,
+    StreamingUnavailable,
 )
 
 
@@ -45,6 +46,7 @@ _LLMOS_ERRORS: list[tuple[type[LlmosError], int, str, str]] = [
     (NotFound, 404, "not_found_error", "not_found"),
     (IllegalTransition, 409, "invalid_request_error", "illegal_transition"),
     (BrokerUnavailable, 503, "service_unavailable_error", "broker_unavailable"),
+    (StreamingUnavailable, 400, "invalid_request_error", "streaming_unavailable"),
 ]
 
 

@@ -1,14 +1,22 @@
-"""/v1/jobs: submit language jobs, list, show and cancel the tenant's jobs."""
+"""/v1/jobs: submit language jobs, list, show, follow and cancel the tenant's jobs."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import suppress
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.bodies import JobSubmit, JobView, ListOf
+from llmos_jobs.api.relay import job_events
 from llmos_jobs.api.state import ApiState, api_state
+from llmos_jobs.client import LlmosClient
+from llmos_jobs.errors import IllegalTransition
 from llmos_jobs.services.api_keys import Scope
 from schemas.common import JobStatus
 
@@ -51,6 +59,43 @@ def get_job(
     caller: Annotated[Caller, Depends(authorize("jobs.read", Scope.jobs_read))],
 ) -> JobView:
     return JobView.of(state.client(caller.tenant).job(job_id), operator=caller.operator)
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses={200: {
+    "description": "server-sent events: `status` and `delta`, each a JobEvent in JSON",
+    "content": {"text/event-stream": {}}}})
+async def job_events_stream(
+    job_id: str, state: State,
+    caller: Annotated[Caller, Depends(authorize("jobs.events", Scope.jobs_read))],
+    cancel_on_disconnect: bool = False,
+) -> EventSourceResponse:
+    """The job's live events from its first: `status` (running, then its final status)
+    and `delta` (the next piece of its text as it is decoded); the stream ends after the
+    final status. A job that ended replays them. Disconnecting leaves the job running,
+    unless `cancel_on_disconnect=true`."""
+    client = state.client(caller.tenant)
+    await run_in_threadpool(client.job, job_id)  # another tenant's job: 404
+    url = await run_in_threadpool(client.events_url)
+    return EventSourceResponse(_events(client, url, job_id, cancel_on_disconnect))
+
+
+async def _events(client: LlmosClient, url: str, job_id: str, cancel_on_disconnect: bool
+                  ) -> AsyncIterator[ServerSentEvent]:
+    ended = False
+    try:
+        async for event in job_events(client, url, job_id):
+            ended = event.is_final
+            yield ServerSentEvent(data=event.model_dump_json(exclude_none=True),
+                                  event=event.type)
+    finally:
+        if cancel_on_disconnect and not ended:
+            with anyio.CancelScope(shield=True):  # the relay is being cancelled
+                await _cancel(client, job_id)
+
+
+async def _cancel(client: LlmosClient, job_id: str) -> None:
+    with suppress(IllegalTransition):  # it ended meanwhile
+        await run_in_threadpool(client.cancel, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, response_model_exclude_unset=True)
