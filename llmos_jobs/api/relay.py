@@ -6,14 +6,18 @@ POST /v1/jobs/{id}/cancel, or ask the events route to with cancel_on_disconnect)
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass
 
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.errors import ApiError, ErrorBody
 from llmos_jobs.api.openai_schemas import CompletionUsage, PromptTokensDetails
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.tables import JobPublic
+from llmos_jobs.errors import IllegalTransition
 from llmos_jobs.job_events import Final, follow_async
 from schemas.common import JobStatus
 from schemas.events import JobEvent
@@ -28,6 +32,31 @@ async def job_events(client: LlmosClient, url: str, job_id: str) -> AsyncIterato
 
     async for event in follow_async(url, job_id, final):
         yield event
+
+
+def events_response(client: LlmosClient, url: str, job_id: str, *,
+                    cancel_on_disconnect: bool = False) -> EventSourceResponse:
+    """The job's events as server-sent events: ``event: status|delta``, data a JobEvent."""
+    return EventSourceResponse(_sse(client, url, job_id, cancel_on_disconnect))
+
+
+async def _sse(client: LlmosClient, url: str, job_id: str, cancel_on_disconnect: bool
+               ) -> AsyncIterator[ServerSentEvent]:
+    ended = False
+    try:
+        async for event in job_events(client, url, job_id):
+            ended = event.is_final
+            yield ServerSentEvent(data=event.model_dump_json(exclude_none=True),
+                                  event=event.type)
+    finally:
+        if cancel_on_disconnect and not ended:
+            with anyio.CancelScope(shield=True):  # the relay itself is being cancelled
+                await _cancel(client, job_id)
+
+
+async def _cancel(client: LlmosClient, job_id: str) -> None:
+    with suppress(IllegalTransition):  # it ended meanwhile
+        await run_in_threadpool(client.cancel, job_id)
 
 
 @dataclass(frozen=True)

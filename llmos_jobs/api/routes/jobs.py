@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import suppress
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends, Query
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.bodies import JobSubmit, JobView, ListOf
-from llmos_jobs.api.relay import job_events
+from llmos_jobs.api.relay import events_response
 from llmos_jobs.api.state import ApiState, api_state
-from llmos_jobs.client import LlmosClient
-from llmos_jobs.errors import IllegalTransition
 from llmos_jobs.services.api_keys import Scope
 from schemas.common import JobStatus
 
@@ -76,26 +71,7 @@ async def job_events_stream(
     client = state.client(caller.tenant)
     await run_in_threadpool(client.job, job_id)  # another tenant's job: 404
     url = await run_in_threadpool(client.events_url)
-    return EventSourceResponse(_events(client, url, job_id, cancel_on_disconnect))
-
-
-async def _events(client: LlmosClient, url: str, job_id: str, cancel_on_disconnect: bool
-                  ) -> AsyncIterator[ServerSentEvent]:
-    ended = False
-    try:
-        async for event in job_events(client, url, job_id):
-            ended = event.is_final
-            yield ServerSentEvent(data=event.model_dump_json(exclude_none=True),
-                                  event=event.type)
-    finally:
-        if cancel_on_disconnect and not ended:
-            with anyio.CancelScope(shield=True):  # the relay is being cancelled
-                await _cancel(client, job_id)
-
-
-async def _cancel(client: LlmosClient, job_id: str) -> None:
-    with suppress(IllegalTransition):  # it ended meanwhile
-        await run_in_threadpool(client.cancel, job_id)
+    return events_response(client, url, job_id, cancel_on_disconnect=cancel_on_disconnect)
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, response_model_exclude_unset=True)

@@ -1,0 +1,162 @@
+"""Streaming through the queue: a real worker decodes the demo model and publishes its
+text to the job's Redis stream; the API relays it as server-sent events, the CLI prints
+it. Every streamed text is compared with the same greedy request answered whole."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from httpx_sse import connect_sse
+
+from schemas.common import JobStatus
+from schemas.events import JobEvent
+from tests.support.api_server import REQUEST_HANG_GUARD_S, ApiServer, tenant
+from tests.support.cli import llmos
+from tests.support.stack import Stack, make_stack
+
+MODEL = "tiny-stream"
+MESSAGES = [{"role": "system", "content": "be brief"},
+            {"role": "user", "content": "tell the queue what the worker decoded"}]
+
+
+@pytest.fixture(scope="module")
+def stream_stack(redis_base: str, demo_model_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("stream"),
+                       redis_db=10)
+    stack.client().register_model(MODEL, demo_model_dir)
+    stack.start_worker("stream@test", "--model", MODEL, "--concurrency", "4")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def stream_api(stream_stack: Stack) -> Iterator[ApiServer]:
+    server = ApiServer.start(stream_stack)
+    yield server
+    server.stop()
+
+
+def sdk(api: ApiServer, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0,
+                         timeout=REQUEST_HANG_GUARD_S)
+
+
+def read_events(http: httpx.Client, path: str, method: str = "GET", **kwargs: object
+                ) -> list[JobEvent]:
+    """Every server-sent event of ``path``, read until the server ends the stream."""
+    with connect_sse(http, method, path, **kwargs) as source:  # type: ignore[arg-type]
+        assert source.response.status_code == 200, source.response.read()
+        events = [(sse.event, JobEvent.model_validate_json(sse.data))
+                  for sse in source.iter_sse()]
+    assert all(name == event.type for name, event in events)
+    return [event for _, event in events]
+
+
+def test_a_streamed_chat_completion_is_the_whole_reply_piece_by_piece(
+        stream_api: ApiServer) -> None:
+    client = sdk(stream_api, stream_api.key(tenant()))
+    whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24)
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=24, stream=True,
+        stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("chatcmpl-")
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert whole.choices[0].message.content
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason
+    assert all(f is None for f in finishes[:-1])
+    # include_usage: one last chunk without choices carries the usage.
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert whole.usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (
+        whole.usage.prompt_tokens, whole.usage.completion_tokens)
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_a_streamed_completion_equals_the_whole_one_stop_strings_included(
+        stream_api: ApiServer) -> None:
+    client = sdk(stream_api, stream_api.key(tenant()))
+    prompt = "the worker keeps a prefix cache"
+    free = client.completions.create(model=MODEL, prompt=prompt, max_tokens=20)
+    assert free.object == "text_completion" and free.choices[0].finish_reason == "length"
+    # A stop string from the middle of the free text: the streamed text must stop
+    # before it, though the tokens that begin it were decoded before it was complete.
+    free_text = free.choices[0].text
+    stop = free_text[len(free_text) // 2:len(free_text) // 2 + 3]
+    assert len(stop) == 3
+    for kwargs in ({}, {"stop": [stop]}):
+        whole = client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, **kwargs)
+        chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=20,
+                                                stream=True, **kwargs))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+        assert all(c.usage is None for c in chunks)  # include_usage was not asked
+    assert stop not in whole.choices[0].text and free_text.startswith(whole.choices[0].text)
+
+
+def test_a_finished_job_replays_its_tokens_and_status_to_its_tenant_only(
+        stream_stack: Stack, stream_api: ApiServer) -> None:
+    owner, stranger = tenant(), tenant()
+    client = stream_stack.client(owner)
+    [job] = client.wait([client.generate(model=MODEL, prompt="replay me", max_tokens=16).id],
+                        timeout_s=120)
+    assert job.status == JobStatus.succeeded and job.result is not None
+    with stream_api.http(stream_api.key(owner)) as http:
+        events = read_events(http, f"/v1/jobs/{job.id}/events")
+    assert events[0] == JobEvent.of_status(JobStatus.running)
+    assert events[-1] == JobEvent.of_status(JobStatus.succeeded)
+    assert [e.type for e in events[1:-1]] == ["delta"] * (len(events) - 2)
+    assert "".join(e.text or "" for e in events) == job.result["text"]
+    # The same through the client facade (what `llmos submit --stream` reads).
+    assert list(client.events(job.id)) == events
+    with stream_api.http(stream_api.key(stranger)) as http:
+        denied = http.get(f"/v1/jobs/{job.id}/events")
+    assert denied.status_code == 404 and denied.json()["error"]["code"] == "not_found"
+
+
+def test_cli_stream_prints_the_jobs_text(stream_stack: Stack) -> None:
+    owner = tenant()
+    env = {**stream_stack.env, "LLMOS_TENANT": owner}
+    out = llmos("submit", "what does the cli print", "--model", MODEL, "--max-tokens", "16",
+                "--stream", env=env)
+    assert out.returncode == 0, out.stderr
+    [job] = stream_stack.client(owner).jobs()
+    assert job.status == JobStatus.succeeded and job.result is not None
+    assert f"queued {job.id}" in out.stderr
+    assert out.stdout == job.result["text"] + "\n"
+    # --json: one live event per line, the deltas joining up to the same text.
+    out = llmos("submit", "what does the cli print", "--model", MODEL, "--max-tokens", "16",
+                "--stream", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    events = [JobEvent.model_validate(json.loads(line)) for line in out.stdout.splitlines()]
+    assert events[-1] == JobEvent.of_status(JobStatus.succeeded)
+    assert "".join(e.text or "" for e in events) == job.result["text"]
+
+
+def test_a_mindspace_turn_streams_its_reply(stream_stack: Stack,
+                                           stream_api: ApiServer) -> None:
+    owner = tenant()
+    with stream_api.http(stream_api.key(owner)) as http:
+        space = http.post("/v1/mindspaces", json={"model": MODEL, "persona": "terse"}).json()
+        events = read_events(http, f"/v1/mindspaces/{space['id']}/turns", method="POST",
+                             params={"stream": "true"},
+                             json={"message": "stream this turn", "max_tokens": 12})
+        shown = http.get(f"/v1/mindspaces/{space['id']}").json()
+    assert events[-1] == JobEvent.of_status(JobStatus.succeeded)
+    reply = "".join(e.text or "" for e in events)
+    assert reply and shown["messages"][-1] == {**shown["messages"][-1], "role": "assistant",
+                                               "content": reply}
+    env = {**stream_stack.env, "LLMOS_TENANT": owner}
+    out = llmos("mindspace", "chat", space["id"], "and another", "--stream", env=env)
+    assert out.returncode == 0, out.stderr
+    [turn] = [j for j in stream_stack.client(owner).jobs() if j.kind == "mindspace_turn"][:1]
+    assert turn.result is not None and out.stdout == turn.result["reply"] + "\n"
