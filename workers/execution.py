@@ -104,14 +104,17 @@ def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: Engine
     deadline = time.monotonic() + limit
     assert job.task_id is not None
     should_stop = ctx.watcher.watch(job.id, job.task_id)
+    sink = ctx.events.text_sink(job.id) if ctx.events is not None else None
     try:
         [done] = engine.generate([EngineRequest(
             sampling, priority=job.priority, should_stop=should_stop,
             cache_namespace=job.tenant, deadline=deadline, prompt=prompt, messages=messages,
-            on_text=ctx.events.text_sink(job.id) if ctx.events is not None else None,
+            on_text=sink,
         )])
     finally:
         ctx.watcher.forget(job.id, job.task_id)
+    if sink is not None:
+        sink.complete(done.text)
     if done.finish_reason == "abort" and not should_stop() and time.monotonic() >= deadline:
         raise JobTimeout(f"the job ran past its time limit of {limit:g} s")
     return done

@@ -29,12 +29,12 @@ class EventPublisher:
         self._lock = threading.Lock()
         self._pid = 0  # of the process whose thread drains the queue
 
-    def text_sink(self, job_id: str) -> Callable[[str], None]:
+    def text_sink(self, job_id: str) -> TextSink:
         self._started()
 
-        def sink(text: str) -> None:
+        def put(text: str) -> None:
             self._queue.put((job_id, JobEvent.delta(text)))
-        return sink
+        return TextSink(put)
 
     def status(self, job_id: str, status: JobStatus) -> None:
         self._started()
@@ -63,6 +63,26 @@ class EventPublisher:
                     self._writer.append(job_id, events)
             except Exception:  # the streams lose these events; the jobs lose nothing
                 log.warning("live events not published", exc_info=True)
+
+
+class TextSink:
+    """One job's ``EngineRequest.on_text``, which remembers what it sent: ``complete``
+    sends what the engine did not stream (an engine that answers in one piece, such as
+    the SGLang server adapter), so every job's deltas join up to its text."""
+
+    def __init__(self, put: Callable[[str], None]) -> None:
+        self._put = put
+        self.sent = ""
+
+    def __call__(self, piece: str) -> None:
+        self.sent += piece
+        self._put(piece)
+
+    def complete(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self(text[len(self.sent):])
+        elif not text.startswith(self.sent):
+            log.warning("the engine streamed text its answer does not start with")
 
 
 def _by_job(gathered: list[tuple[str, JobEvent]]) -> dict[str, list[JobEvent]]:

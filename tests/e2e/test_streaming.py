@@ -15,7 +15,7 @@ from httpx_sse import connect_sse
 
 from schemas.common import JobStatus
 from schemas.events import JobEvent
-from tests.support.api_server import REQUEST_HANG_GUARD_S, ApiServer, tenant
+from tests.support.api_server import REQUEST_HANG_GUARD_S, ApiServer, idle_model, tenant
 from tests.support.cli import llmos
 from tests.support.stack import Stack, make_stack
 
@@ -160,3 +160,33 @@ def test_a_mindspace_turn_streams_its_reply(stream_stack: Stack,
     assert out.returncode == 0, out.stderr
     [turn] = [j for j in stream_stack.client(owner).jobs() if j.kind == "mindspace_turn"][:1]
     assert turn.result is not None and out.stdout == turn.result["reply"] + "\n"
+
+
+# On the session stack (SQLite and PostgreSQL): the no-op engine, which answers in one
+# piece, a model whose jobs fail, and a model no worker serves.
+
+
+def test_an_engine_that_does_not_stream_still_streams_its_whole_text(api: ApiServer) -> None:
+    client = sdk(api, api.key(tenant()))
+    chunks = list(client.chat.completions.create(
+        model="echo", max_tokens=3, stream=True, messages=[{"role": "user", "content": "hi"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "ok ok ok"
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_failed_job_ends_its_stream_with_the_sdks_error(api: ApiServer) -> None:
+    client = sdk(api, api.key(tenant()))
+    with pytest.raises(openai.APIError, match="failed"):
+        list(client.chat.completions.create(
+            model="broken", stream=True, messages=[{"role": "user", "content": "hi"}]))
+
+
+def test_a_job_cancelled_before_it_ran_ends_its_events_from_the_database(
+        api: ApiServer) -> None:
+    owner = tenant()
+    model = idle_model(api)  # no worker: nothing ever writes this job's stream
+    with api.http(api.key(owner)) as http:
+        job = http.post("/v1/jobs", json={"model": model, "prompt": "never runs"}).json()
+        assert http.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+        events = read_events(http, f"/v1/jobs/{job['id']}/events")
+    assert events == [JobEvent.of_status(JobStatus.cancelled)]

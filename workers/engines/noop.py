@@ -76,8 +76,6 @@ class NoopEngine:
                 last = request.prompt or (request.messages[-1].content if request.messages else "")
                 reply = last.split()[:n]
             finish: FinishReason = "abort" if self._wait(until, request) else "length"
-            if request.on_text is not None and reply:
-                request.on_text(" ".join(reply))
             out.append(
                 Completion(
                     text=" ".join(reply), finish_reason=finish,
