@@ -110,6 +110,7 @@ class StreamedText:
 
     def __init__(self, on_text: Callable[[str], None], stop: Sequence[str]) -> None:
         self._on_text = on_text
+        self.stop = tuple(stop)
         self._keep = max((len(s) for s in stop), default=1) - 1
         self.text = ""
         self._sent = 0
