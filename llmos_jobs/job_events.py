@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 
@@ -145,5 +146,7 @@ async def follow_async(url: str, job_id: str, final: Callable[[], Awaitable[Fina
                         yield event
                 return
     finally:
-        # aclose: redis 5's name (close is deprecated); types-redis predates it.
-        await client.aclose()  # type: ignore[attr-defined]
+        # Shielded: a reader that went away cancels this generator, and the connection
+        # must still go back. aclose: redis 5's name; types-redis predates it.
+        with anyio.CancelScope(shield=True):
+            await client.aclose()  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from schemas.events import JobEvent
 from tests.support.api_server import REQUEST_HANG_GUARD_S, ApiServer, idle_model, tenant
 from tests.support.cli import llmos
 from tests.support.stack import Stack, make_stack
+from tests.support.waiting import until
 
 MODEL = "tiny-stream"
 MESSAGES = [{"role": "system", "content": "be brief"},
@@ -190,3 +191,21 @@ def test_a_job_cancelled_before_it_ran_ends_its_events_from_the_database(
         assert http.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
         events = read_events(http, f"/v1/jobs/{job['id']}/events")
     assert events == [JobEvent.of_status(JobStatus.cancelled)]
+
+
+def test_a_reader_that_disconnects_leaves_the_job_running_unless_it_asked(
+        api: ApiServer) -> None:
+    owner = tenant()
+    model = idle_model(api)  # the jobs stay queued: only a cancel can end them
+    with api.http(api.key(owner)) as http:
+        kept, dropped = (http.post("/v1/jobs", json={"model": model, "prompt": p}).json()
+                         for p in ("kept", "dropped"))
+        for job, cancel in ((kept, "false"), (dropped, "true")):
+            with http.stream("GET", f"/v1/jobs/{job['id']}/events",
+                             params={"cancel_on_disconnect": cancel}) as response:
+                assert response.status_code == 200
+            # Leaving the block closed the connection mid-stream.
+        until(lambda: http.get(f"/v1/jobs/{dropped['id']}").json()["status"] == "cancelled",
+              "the job of the reader that asked for it was cancelled when it left")
+        # The first reader left before the second: had it cancelled, that would show.
+        assert http.get(f"/v1/jobs/{kept['id']}").json()["status"] == "queued"
