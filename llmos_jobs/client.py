@@ -24,7 +24,7 @@ from llmos_jobs.db.tables import (
     SnapshotPublic,
     WorkerPublic,
 )
-from llmos_jobs.job_events import Final, require_events_url
+from llmos_jobs.job_events import JobEnding, require_events_url
 from llmos_jobs.services import batch_files, batches, language, models, streaming
 from llmos_jobs.services import jobs as job_service
 from llmos_jobs.services import mindspaces as mindspace_service
@@ -252,7 +252,7 @@ class LlmosClient:
         NotFound for another tenant's job."""
         return streaming.follow(self.submitter, self.tenant, job_id)
 
-    def final_state(self, job_id: str) -> Final:
+    def final_state(self, job_id: str) -> JobEnding:
         """The job's final status and text; None while it runs."""
         return streaming.final(self.submitter, self.tenant, job_id)
 

@@ -97,10 +97,10 @@ class _Follow:
 
 
 # The job's final status and, when it succeeded with text, that text; None: not final.
-Final = tuple[JobStatus, str | None] | None
+JobEnding = tuple[JobStatus, str | None] | None
 
 
-def follow(url: str, job_id: str, final: Callable[[], Final]) -> Iterator[JobEvent]:
+def follow(url: str, job_id: str, final: Callable[[], JobEnding]) -> Iterator[JobEvent]:
     """A job's events from the first, until its final status (for the CLI)."""
     client = redis.Redis.from_url(url)
     key, state = job_events_key(job_id), _Follow()
@@ -123,7 +123,7 @@ def follow(url: str, job_id: str, final: Callable[[], Final]) -> Iterator[JobEve
         client.close()
 
 
-async def follow_async(url: str, job_id: str, final: Callable[[], Awaitable[Final]]
+async def follow_async(url: str, job_id: str, final: Callable[[], Awaitable[JobEnding]]
                        ) -> AsyncIterator[JobEvent]:
     """``follow`` for the API: waiting costs a coroutine, not a thread."""
     client = aioredis.Redis.from_url(url)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TextPart(BaseModel):
@@ -40,7 +40,25 @@ class StreamOptions(BaseModel):
         default=False, description="a last chunk with no choices carries the usage")
 
 
-class ChatCompletionRequest(BaseModel):
+class Streamable(BaseModel):
+    """``stream`` and its options, as both completion routes take them."""
+
+    stream: bool = Field(default=False, description="true: server-sent chunks as the "
+                         "tokens are decoded, then [DONE]")
+    stream_options: StreamOptions | None = Field(default=None, description="with stream")
+
+    @model_validator(mode="after")
+    def _options_need_stream(self) -> Streamable:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(Streamable):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
@@ -51,14 +69,11 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0,
                                       description="default 0 (greedy)")
     stop: str | list[str] | None = None
-    stream: bool = Field(default=False, description="true: server-sent events of "
-                         "chat.completion.chunk objects as tokens are decoded, then [DONE]")
-    stream_options: StreamOptions | None = Field(default=None, description="with stream")
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
     user: str | None = Field(default=None, description="accepted, not used")
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(Streamable):
     """OpenAI's (legacy) completions: one prompt, continued."""
 
     model_config = ConfigDict(extra="forbid")
@@ -69,9 +84,6 @@ class CompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0,
                                       description="default 0 (greedy)")
     stop: str | list[str] | None = None
-    stream: bool = Field(default=False, description="true: server-sent events of "
-                         "text_completion chunks as tokens are decoded, then [DONE]")
-    stream_options: StreamOptions | None = Field(default=None, description="with stream")
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
     user: str | None = Field(default=None, description="accepted, not used")
 

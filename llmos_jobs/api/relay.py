@@ -18,7 +18,7 @@ from llmos_jobs.api.openai_schemas import CompletionUsage, PromptTokensDetails
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.tables import JobPublic
 from llmos_jobs.errors import IllegalTransition
-from llmos_jobs.job_events import Final, follow_async
+from llmos_jobs.job_events import JobEnding, follow_async
 from schemas.common import JobStatus
 from schemas.events import JobEvent
 
@@ -27,7 +27,7 @@ DONE = "[DONE]"  # OpenAI's last data line of a stream
 
 async def job_events(client: LlmosClient, url: str, job_id: str) -> AsyncIterator[JobEvent]:
     """The job's events from its first until its final status."""
-    async def final() -> Final:
+    async def final() -> JobEnding:
         return await run_in_threadpool(client.final_state, job_id)
 
     async for event in follow_async(url, job_id, final):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from llmos_jobs import job_events
 from llmos_jobs.db.tables import JobPublic
-from llmos_jobs.job_events import Final
+from llmos_jobs.job_events import JobEnding
 from llmos_jobs.services import jobs as job_service
 from llmos_jobs.services.submission import Submitter
 from schemas.common import JobKind, JobStatus
@@ -25,7 +25,7 @@ def text_of(job: JobPublic) -> str | None:
     return None
 
 
-def final(submitter: Submitter, tenant: str, job_id: str) -> Final:
+def final(submitter: Submitter, tenant: str, job_id: str) -> JobEnding:
     """The job's final status and text, or None while it has not ended."""
     job = job_service.get(submitter, tenant, job_id)
     return (job.status, text_of(job)) if job.status.is_final else None

@@ -209,3 +209,17 @@ def test_a_reader_that_disconnects_leaves_the_job_running_unless_it_asked(
               "the job of the reader that asked for it was cancelled when it left")
         # The first reader left before the second: had it cancelled, that would show.
         assert http.get(f"/v1/jobs/{kept['id']}").json()["status"] == "queued"
+
+
+def test_stream_options_without_stream_is_a_clear_error(api: ApiServer) -> None:
+    client = sdk(api, api.key(tenant()))
+    for create in (
+        lambda: client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "hi"}],
+            stream_options={"include_usage": True}),
+        lambda: client.completions.create(model="echo", prompt="hi",
+                                          stream_options={"include_usage": True}),
+    ):
+        with pytest.raises(openai.BadRequestError,
+                           match="stream_options is only allowed with stream"):
+            create()

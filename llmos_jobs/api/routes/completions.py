@@ -45,8 +45,7 @@ async def create_completion(
     ))
     caller.created(job.id)
     if url is not None:
-        usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventSourceResponse(_chunks(client, url, job, body.model, usage))
+        return EventSourceResponse(_chunks(client, url, job, body.model, body.include_usage))
     timeout_s = state.settings.api_wait_timeout_s
     try:
         job = await wait_final(client, job.id, timeout_s=timeout_s)
