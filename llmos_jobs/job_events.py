@@ -8,6 +8,7 @@ stream that misses its final event never leaves a reader waiting."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
@@ -123,14 +124,17 @@ def follow(url: str, job_id: str, final: Callable[[], JobEnding]) -> Iterator[Jo
         client.close()
 
 
-async def follow_async(url: str, job_id: str, final: Callable[[], Awaitable[JobEnding]]
-                       ) -> AsyncIterator[JobEvent]:
-    """``follow`` for the API: waiting costs a coroutine, not a thread."""
+async def follow_async(url: str, job_id: str, final: Callable[[], Awaitable[JobEnding]],
+                       *, until: float | None = None) -> AsyncIterator[JobEvent]:
+    """``follow`` for the API: waiting costs a coroutine, not a thread. ``until``
+    (time.monotonic()): stop there, final status or not."""
     client = aioredis.Redis.from_url(url)
     key, state = job_events_key(job_id), _Follow()
     try:
-        while True:
-            reply = await client.xread({key: state.after}, count=512, block=READ_BLOCK_MS)
+        while until is None or (left := until - time.monotonic()) > 0:
+            block = READ_BLOCK_MS if until is None else max(1, min(READ_BLOCK_MS,
+                                                                   int(left * 1000)))
+            reply = await client.xread({key: state.after}, count=512, block=block)
             events = state.take(_decode(reply[0][1])) if reply else []
             for event in events:
                 yield event

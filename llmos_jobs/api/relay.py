@@ -1,10 +1,15 @@
 """Relaying a job's live events to an HTTP client as server-sent events.
 
+The completion routes' streams own their job: like a waiting call, one whose job has
+not ended within LLMOS_API_WAIT_TIMEOUT_S cancels it and ends with an error event. The
+events route only watches: it follows a job for as long as the job runs.
+
 A client that goes away stops only its own relay: the job runs on (cancel it with
 POST /v1/jobs/{id}/cancel, or ask the events route to with cancel_on_disconnect)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -23,14 +28,18 @@ from schemas.common import JobStatus
 from schemas.events import JobEvent
 
 DONE = "[DONE]"  # OpenAI's last data line of a stream
+# The OpenAPI entry of a route that may answer a stream.
+STREAMED = {"content": {"text/event-stream": {}},
+            "description": "stream=true: server-sent events (docs/streaming.md)"}
 
 
-async def job_events(client: LlmosClient, url: str, job_id: str) -> AsyncIterator[JobEvent]:
-    """The job's events from its first until its final status."""
+async def job_events(client: LlmosClient, url: str, job_id: str, *,
+                     until: float | None = None) -> AsyncIterator[JobEvent]:
+    """The job's events from its first until its final status (or ``until``)."""
     async def final() -> JobEnding:
         return await run_in_threadpool(client.final_state, job_id)
 
-    async for event in follow_async(url, job_id, final):
+    async for event in follow_async(url, job_id, final, until=until):
         yield event
 
 
@@ -66,15 +75,31 @@ class Ended:
     job: JobPublic
 
 
-async def text_then_end(client: LlmosClient, url: str, job_id: str
-                        ) -> AsyncIterator[str | Ended]:
-    """The job's text piece by piece, then how it ended."""
-    async for event in job_events(client, url, job_id):
+@dataclass(frozen=True)
+class TimedOut:
+    """The job did not end within the API's wait timeout, and was cancelled."""
+
+    error: ApiError
+
+
+async def text_then_end(client: LlmosClient, url: str, job_id: str, timeout_s: float
+                        ) -> AsyncIterator[str | Ended | TimedOut]:
+    """The job's text piece by piece, then how it ended. A job that does not end within
+    ``timeout_s`` is cancelled, as a waiting call's is."""
+    async for event in job_events(client, url, job_id, until=time.monotonic() + timeout_s):
         if event.type == "delta" and event.text:
             yield event.text
         elif event.is_final:
             yield Ended(await run_in_threadpool(client.job, job_id))
             return
+    try:
+        await run_in_threadpool(client.cancel, job_id)
+    except IllegalTransition:  # it ended between the last read and the cancel
+        yield Ended(await run_in_threadpool(client.job, job_id))
+        return
+    yield TimedOut(ApiError(504, f"the model did not finish within {timeout_s:g} s; job "
+                            f"{job_id} was cancelled", type_="timeout_error",
+                            code="wait_timeout"))
 
 
 def usage_of(job: JobPublic) -> CompletionUsage:

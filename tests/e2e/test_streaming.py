@@ -223,3 +223,15 @@ def test_stream_options_without_stream_is_a_clear_error(api: ApiServer) -> None:
         with pytest.raises(openai.BadRequestError,
                            match="stream_options is only allowed with stream"):
             create()
+
+
+def test_a_stream_whose_job_does_not_end_in_time_cancels_it(api_short_wait: ApiServer) -> None:
+    api = api_short_wait
+    owner = tenant()
+    model = idle_model(api)  # the job never starts
+    with pytest.raises(openai.APIError, match="did not finish within"):
+        list(sdk(api, api.key(owner)).completions.create(model=model, prompt="wait",
+                                                          stream=True))
+    with api.http(api.key(owner)) as http:
+        [job] = http.get("/v1/jobs").json()["data"]
+    assert job["status"] == "cancelled"

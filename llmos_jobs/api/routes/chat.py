@@ -24,7 +24,16 @@ from llmos_jobs.api.openai_schemas import (
     ChunkChoice,
     ChunkDelta,
 )
-from llmos_jobs.api.relay import DONE, Ended, ended_error, error_data, text_then_end, usage_of
+from llmos_jobs.api.relay import (
+    DONE,
+    STREAMED,
+    Ended,
+    TimedOut,
+    ended_error,
+    error_data,
+    text_then_end,
+    usage_of,
+)
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.api.waiting import wait_final
 from llmos_jobs.client import LlmosClient
@@ -37,7 +46,7 @@ router = APIRouter(tags=["openai"])
 DEFAULT_MAX_TOKENS = SamplingParams.model_fields["max_tokens"].default
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={200: STREAMED})
 async def create_chat_completion(
     body: ChatCompletionRequest, state: Annotated[ApiState, Depends(api_state)],
     caller: Annotated[Caller, Depends(authorize("chat.completions.create", Scope.jobs_write))],
@@ -59,7 +68,8 @@ async def create_chat_completion(
     ))
     caller.created(job.id)
     if url is not None:
-        return EventSourceResponse(_chunks(client, url, job, body.model, body.include_usage))
+        return EventSourceResponse(_chunks(client, url, job, body.model, body.include_usage,
+                                           state.settings.api_wait_timeout_s))
     timeout_s = state.settings.api_wait_timeout_s
     try:
         job = await wait_final(client, job.id, timeout_s=timeout_s)
@@ -93,7 +103,7 @@ def _completion(job: JobPublic, model: str) -> ChatCompletion:
 
 
 async def _chunks(client: LlmosClient, url: str, job: JobPublic, model: str,
-                  include_usage: bool) -> AsyncIterator[str]:
+                  include_usage: bool, timeout_s: float) -> AsyncIterator[str]:
     def chunk(choices: list[ChunkChoice], *, usage_of_job: JobPublic | None = None) -> str:
         return ChatCompletionChunk(
             id=f"chatcmpl-{job.id}", created=int(job.created_at.timestamp()), model=model,
@@ -101,7 +111,10 @@ async def _chunks(client: LlmosClient, url: str, job: JobPublic, model: str,
         ).model_dump_json()
 
     yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
-    async for piece in text_then_end(client, url, job.id):
+    async for piece in text_then_end(client, url, job.id, timeout_s):
+        if isinstance(piece, TimedOut):
+            yield error_data(piece.error)
+            return
         if isinstance(piece, Ended):
             if (error := ended_error(piece.job)) is not None:
                 yield error_data(error)

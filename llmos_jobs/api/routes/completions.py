@@ -14,7 +14,16 @@ from starlette.responses import Response
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.openai_schemas import CompletionRequest, TextChoice, TextCompletion
-from llmos_jobs.api.relay import DONE, Ended, ended_error, error_data, text_then_end, usage_of
+from llmos_jobs.api.relay import (
+    DONE,
+    STREAMED,
+    Ended,
+    TimedOut,
+    ended_error,
+    error_data,
+    text_then_end,
+    usage_of,
+)
 from llmos_jobs.api.routes.chat import DEFAULT_MAX_TOKENS, give_up
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.api.waiting import wait_final
@@ -25,7 +34,7 @@ from llmos_jobs.services.api_keys import Scope
 router = APIRouter(tags=["openai"])
 
 
-@router.post("/v1/completions", response_model=TextCompletion)
+@router.post("/v1/completions", response_model=TextCompletion, responses={200: STREAMED})
 async def create_completion(
     body: CompletionRequest, state: Annotated[ApiState, Depends(api_state)],
     caller: Annotated[Caller, Depends(authorize("completions.create", Scope.jobs_write))],
@@ -45,7 +54,8 @@ async def create_completion(
     ))
     caller.created(job.id)
     if url is not None:
-        return EventSourceResponse(_chunks(client, url, job, body.model, body.include_usage))
+        return EventSourceResponse(_chunks(client, url, job, body.model, body.include_usage,
+                                           state.settings.api_wait_timeout_s))
     timeout_s = state.settings.api_wait_timeout_s
     try:
         job = await wait_final(client, job.id, timeout_s=timeout_s)
@@ -67,8 +77,11 @@ def _object(job: JobPublic, model: str, choices: list[TextChoice], *,
 
 
 async def _chunks(client: LlmosClient, url: str, job: JobPublic, model: str,
-                  include_usage: bool) -> AsyncIterator[str]:
-    async for piece in text_then_end(client, url, job.id):
+                  include_usage: bool, timeout_s: float) -> AsyncIterator[str]:
+    async for piece in text_then_end(client, url, job.id, timeout_s):
+        if isinstance(piece, TimedOut):
+            yield error_data(piece.error)
+            return
         if isinstance(piece, Ended):
             if (error := ended_error(piece.job)) is not None:
                 yield error_data(error)

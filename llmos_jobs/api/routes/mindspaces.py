@@ -44,7 +44,9 @@ def get_mindspace(
 
 @router.post("/{mindspace_id}/turns", status_code=202, response_model=JobView,
              response_model_exclude_unset=True,
-             responses={200: {"model": JobView, "description": "wait=true: the final job"}})
+             responses={200: {"model": JobView, "description": "wait=true: the final job; "
+                              "stream=true: server-sent events (docs/streaming.md)",
+                              "content": {"text/event-stream": {}}}})
 async def take_turn(
     mindspace_id: str, body: TurnSubmit, response: Response, state: State,
     caller: Annotated[Caller, Depends(authorize("mindspaces.turn", Scope.mindspaces_write))],
