@@ -20,6 +20,8 @@ def _kept(char: str) -> bool:
 def normalize(text: str) -> str:
     """NFC, ``\\r\\n`` and ``\\r`` as ``\\n``, control characters removed, runs of
     spaces and tabs as one space."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = "".join(c for c in text if _kept(c))
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # Controls go before composing: one between a letter and its accent would
+    # otherwise keep them apart, and leave a text that is not NFC once it went.
+    text = unicodedata.normalize("NFC", "".join(c for c in text if _kept(c)))
     return _BEFORE_BREAK.sub("\n", _SPACES.sub(" ", text))
