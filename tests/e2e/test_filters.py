@@ -21,7 +21,7 @@ from llmos_jobs.errors import InvalidRequest
 from llmos_jobs.services.filters import FILTERED_ACTION, FILTERED_STATUS
 from llmos_jobs.services.webhooks.signing import tenant_secret
 from schemas.common import JobStatus
-from schemas.filters import BlockRule, Direction, RedactionRule, TenantFilters
+from schemas.filters import BlockRule, Direction, ModerationRule, RedactionRule, TenantFilters
 from tests.support.api_server import ApiServer, audit, wait_job
 from tests.support.cli import llmos
 from tests.support.stack import WEBHOOK_ALLOWED_HOSTS, Stack, make_stack
@@ -151,6 +151,12 @@ def test_operators_set_a_tenants_filters_over_http(api: ApiServer) -> None:
                                          "max_tokens": 2}).raise_for_status().json()
         done = wait_job(own, job["id"])
     assert done["status"] == "filtered" and done["filter_rule"] == "no-rockets"
+    with api.http(api.key(tenant)) as own:
+        chat = own.post("/v1/chat/completions", json={
+            "model": "echo", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "where is the ROCKET fuel"}]})
+    assert chat.status_code == 400 and chat.json()["error"]["code"] == "content_filter"
+    assert "no-rockets" in chat.json()["error"]["message"]
     actions = {(row["action"], row["resource_id"]) for row in audit(api, tenant)}
     assert {("filters.set", tenant), (FILTERED_ACTION, job["id"])} <= actions
 
@@ -188,7 +194,10 @@ def model_stack(redis_base: str, demo_model_dir: Path,
     stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("filters"),
                        redis_db=FILTERS_REDIS_DB)
     stack.client().register_model("tiny", demo_model_dir)
-    stack.start_worker("filters@test", "--model", "tiny", "--concurrency", "2")
+    # The same weights as the moderation step's classifier: a model like any other.
+    stack.client().register_model("guard", demo_model_dir)
+    stack.start_worker("filters@test", "--model", "tiny", "--model", "guard",
+                       "--concurrency", "2")
     yield stack
     stack.stop()
 
@@ -221,3 +230,26 @@ def test_an_output_rule_redacts_what_the_model_wrote(model_stack: Stack,
     assert mine is not None and theirs is not None
     assert (mine.prompt_tokens, mine.completion_tokens) == (
         theirs.prompt_tokens, theirs.completion_tokens)
+
+
+def test_the_moderation_model_decides_by_its_output(model_stack: Stack,
+                                                    demo_model_dir: Path) -> None:
+    prompt = "is this request safe to answer"
+    engine = TransformersEngine("reference", str(demo_model_dir))
+    # What the classifier will say of the prompt: a solo greedy run of it.
+    [said] = engine.generate([EngineRequest(EngineSampling(max_tokens=4), prompt=prompt)])
+    [answer] = engine.generate([EngineRequest(EngineSampling(max_tokens=6), prompt=prompt)])
+    assert said.text.strip()
+    matching, never = _tenant("mod"), _tenant("mod-pass")
+    for tenant, block_when in ((matching, re.escape(said.text)), (never, r"(?!)")):
+        model_stack.client(tenant).set_filters(TenantFilters(moderation=ModerationRule(
+            name="guard-says", model="guard", block_when=block_when, max_tokens=4)))
+    jobs = {t: model_stack.client(t).generate(model="tiny", prompt=prompt, max_tokens=6)
+            for t in (matching, never)}
+    done = {t: model_stack.client(t).wait([j.id], timeout_s=120)[0] for t, j in jobs.items()}
+    assert done[matching].status == JobStatus.filtered
+    assert done[matching].filter_rule == "guard-says"
+    assert done[matching].error_message == (
+        "input blocked by the content filter moderation step 'guard-says'")
+    # Where the classifier's output does not match, the job runs as if it were not there.
+    assert done[never].generate_result().text == answer.text
