@@ -23,6 +23,7 @@ from llmos_jobs.db.jobs import (
     fail_attempt,
     fail_job,
     job_header,
+    note_redactions,
     record_abandoned_usage,
     succeed_job,
 )
@@ -60,6 +61,8 @@ class Outcome:
     usage: Usage
     # Effects that must land in the same transaction as the job's success.
     persist: Callable[[Session], None] | None = None
+    # The content filter rules that redacted its input or output.
+    redacted_by: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     text = filters.text(done.text, Direction.output)
     result = GenerateResult(text=text, finish_reason=done.finish_reason, usage=usage)
-    return Outcome(result.model_dump(mode="json"), usage)
+    return Outcome(result.model_dump(mode="json"), usage, redacted_by=filters.redacted)
 
 
 def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
@@ -180,7 +183,7 @@ def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
         turns.persist_turn(session, job, request.mindspace_id, message, reply,
                            prompt.compaction, ctx.name)
 
-    return Outcome(result.model_dump(mode="json"), usage, persist)
+    return Outcome(result.model_dump(mode="json"), usage, persist, filters.redacted)
 
 
 HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
@@ -303,6 +306,9 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
         )
         if recorded and outcome.persist is not None:
             outcome.persist(session)
+        if recorded and outcome.redacted_by:
+            note_redactions(session=session, job_id=job_id, message_id=message_id,
+                            rules=outcome.redacted_by)
         if recorded and job.webhook_url:  # enqueued once this transaction commits
             emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
         if not recorded:  # cancelled while it ran: keep what the work cost

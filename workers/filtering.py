@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmos_jobs.db.filters import get_filters
 from llmos_jobs.db.session import Database
@@ -28,6 +28,8 @@ class JobFilters:
 
     compiled: CompiledFilters
     classify: Classify
+    # The redaction rules that changed a text of the job so far, in order.
+    redacted: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, job: Job, database: Database, classify: Classify) -> JobFilters:
@@ -53,6 +55,7 @@ class JobFilters:
         verdict = self.compiled.screen(text, side)
         if verdict.blocked_by is not None:
             raise ContentFiltered(verdict.blocked_by, side)
+        self.redacted.extend(r for r in verdict.redacted_by if r not in self.redacted)
         return verdict.text
 
     def _moderate(self, texts: Sequence[str], side: Direction) -> None:

@@ -395,6 +395,13 @@ def running_jobs_of(*, session: Session, worker: str) -> list[Job]:
     return list(session.exec(query))
 
 
+def note_redactions(*, session: Session, job_id: str, message_id: str, rules: Sequence[str]
+                    ) -> None:
+    """Name on the job the redaction rules that changed its text (with its success)."""
+    session.execute(update(Job).where(col(Job.id) == job_id, col(Job.task_id) == message_id)
+                    .values(redacted_by=list(rules)))
+
+
 def filter_job(*, session: Session, job_id: str, message_id: str, rule: str,
                error_message: str) -> bool:
     """The attempt that owns the running job ends it `filtered` by ``rule``; False if

@@ -61,6 +61,9 @@ class Job(JobBase, table=True):
     # The name of the content filter rule that ended the job `filtered` (never the text
     # it matched).
     filter_rule: str | None = None
+    # The redaction rules that changed its input or output (names only), so that no
+    # text is changed silently.
+    redacted_by: list[str] | None = Field(default=None, sa_column=Column(JSON))
     queue: str
     # The id of the Celery message that may run this attempt; a message with any
     # other id is a stale redelivery and is dropped.
@@ -90,6 +93,7 @@ class JobPublic(JobBase):
     error_type: str | None
     error_message: str | None
     filter_rule: str | None = None
+    redacted_by: list[str] | None = None
     queue: str
     task_id: str = PField(description="Celery message id of the current attempt (for Flower)")
     attempts: int

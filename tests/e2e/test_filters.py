@@ -118,6 +118,7 @@ def test_a_turns_message_is_redacted_before_it_is_stored(stack: Stack) -> None:
     # Normalised (whitespace) and redacted: what the history keeps and the model saw.
     assert [(m.role, m.content) for m in messages] == [
         ("user", "write to <email> please"), ("assistant", turn.turn_result().reply)]
+    assert turn.redacted_by == ["emails"]  # nothing is changed silently
 
 
 def test_bad_rules_are_refused_and_the_old_ones_kept(stack: Stack) -> None:
@@ -225,6 +226,7 @@ def test_an_output_rule_redacts_what_the_model_wrote(model_stack: Stack,
     assert expected != reference
     assert done[filtered].status == JobStatus.succeeded
     assert done[filtered].generate_result().text == expected
+    assert done[filtered].redacted_by == ["piece"] and done[bystander].redacted_by is None
     # Redaction changes the text, not what the model computed.
     mine, theirs = done[filtered].usage, done[bystander].usage
     assert mine is not None and theirs is not None

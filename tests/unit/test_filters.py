@@ -163,6 +163,15 @@ def test_the_moderation_step_blocks_when_its_output_matches() -> None:
     assert filters.text("anything", Direction.output) == "anything"
 
 
+def test_a_jobs_filters_remember_which_rules_redacted_it() -> None:
+    filters, _ = _job_filters(TenantFilters(redact=[pii.builtin("email"),
+                                                    pii.builtin("phone")]), [])
+    filters.text("a@b.io", Direction.input)
+    filters.text("plain", Direction.output)
+    filters.text("c@d.io or +1 415 555 0132", Direction.output)
+    assert filters.redacted == ["pii.email", "pii.phone"]
+
+
 def test_a_block_rule_raises_naming_the_rule_not_the_text() -> None:
     filters, _ = _job_filters(TenantFilters(block=[BlockRule(name="b", words=["zebra"])]), [])
     with pytest.raises(ContentFiltered) as blocked:

@@ -1,5 +1,5 @@
 """content filters: each tenant's rules (encrypted), the job status `filtered`, and the
-rule that filtered a job
+rule that filtered a job or the rules that redacted it
 
 Revision ID: 0013
 Revises: 0011
@@ -32,11 +32,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('job', schema=None) as batch_op:
         batch_op.add_column(sa.Column('filter_rule', sa.String(), nullable=True))
+        batch_op.add_column(sa.Column('redacted_by', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     # PostgreSQL cannot drop an enum value; no job may be left holding it.
     op.execute("UPDATE job SET status = 'failed' WHERE status = 'filtered'")
     with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_column('redacted_by')
         batch_op.drop_column('filter_rule')
     op.drop_table('tenant_filters')

@@ -28,5 +28,5 @@ The body sent is ``{"type": event_type, "timestamp": ISO 8601, "data": data}``; 
 
 Job events (``job.succeeded``, ``job.failed``, ``job.cancelled``, ``job.filtered``)
 carry the job's id, status, kind, model, priority, result (the output), usage, error,
-the content filter rule that ended it, attempts and timings, but not its prompt: the
-receiver is the tenant's own endpoint."""
+the content filter rules that ended or redacted it, attempts and timings, but not its
+prompt: the receiver is the tenant's own endpoint."""

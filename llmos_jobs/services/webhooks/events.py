@@ -33,8 +33,8 @@ JOB_EVENTS: dict[JobStatus, str] = {
 # prompt (the tenant sent it, and it would double the size of every request).
 JOB_EVENT_FIELDS = {
     "id", "status", "kind", "model", "priority", "result", "usage", "error_type",
-    "error_message", "filter_rule", "attempts", "created_at", "started_at", "finished_at",
-    "latency_s",
+    "error_message", "filter_rule", "redacted_by", "attempts", "created_at", "started_at",
+    "finished_at", "latency_s",
 }
 
 
