@@ -25,6 +25,7 @@ from llmos_jobs.db.tables import (
     WorkerPublic,
 )
 from llmos_jobs.services import batch_files, batches, language, models
+from llmos_jobs.services import filters as filter_service
 from llmos_jobs.services import jobs as job_service
 from llmos_jobs.services import mindspaces as mindspace_service
 from llmos_jobs.services.language import BulkSubmission
@@ -32,6 +33,7 @@ from llmos_jobs.services.mindspaces import KnowledgeDocument
 from llmos_jobs.services.submission import Submitter, priority_of, validate
 from llmos_jobs.settings import Settings, get_settings
 from schemas.common import ChatMessage, JobKind, JobStatus
+from schemas.filters import Direction, FilterVerdict, TenantFilters
 from schemas.model import ModelOp, ModelOpRequest
 
 __all__ = ["BulkSubmission", "KnowledgeDocument", "LlmosClient"]
@@ -261,3 +263,20 @@ class LlmosClient:
     def workers(self, *, include_gone: bool = False) -> list[WorkerPublic]:
         with self.session() as session:
             return registry.list_workers(session=session, include_gone=include_gone)
+
+    # -- content filters (operators set them; docs/filters.md) --------------------------------
+
+    def filters(self) -> TenantFilters:
+        """This tenant's content filters (the defaults when none were set)."""
+        return filter_service.get(self.database, self.tenant)
+
+    @audited("filters.set")
+    def set_filters(self, rules: TenantFilters | dict[str, Any]) -> TenantFilters:
+        """Replace this tenant's content filters; InvalidRequest names what is wrong."""
+        data = rules.model_dump(mode="json") if isinstance(rules, TenantFilters) else rules
+        return filter_service.put(self.database, self.tenant, data)
+
+    def try_filters(self, text: str, *, side: Direction | str = Direction.input
+                    ) -> FilterVerdict:
+        """What this tenant's rules make of ``text`` (all but the moderation step)."""
+        return filter_service.try_text(self.filters(), text, Direction(side))

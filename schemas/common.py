@@ -49,10 +49,13 @@ class JobStatus(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    # A tenant's content filter blocked its input or output (the rule is on the job).
+    filtered = "filtered"
 
     @property
     def is_final(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled,
+                        JobStatus.filtered)
 
 
 class Contract(BaseModel):

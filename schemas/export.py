@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.filters import FilterVerdict, TenantFilters
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOpRequest, ModelOpResult, ModelRegister
@@ -21,6 +22,8 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "mindspace_create": MindspaceCreate,
     "mindspace_turn_request": MindspaceTurnRequest,
     "mindspace_turn_result": MindspaceTurnResult,
+    "tenant_filters": TenantFilters,
+    "filter_verdict": FilterVerdict,
 }
 
 JSON_DIR = Path(__file__).parent / "json"

@@ -23,23 +23,27 @@ from llmos_jobs.db.jobs import (
     fail_attempt,
     fail_job,
     job_header,
+    note_redactions,
     record_abandoned_usage,
     succeed_job,
 )
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import Job
 from llmos_jobs.services import batches, turns
+from llmos_jobs.services.filters import ContentFiltered, record_filtered
 from llmos_jobs.services.routing import RoutingPolicy
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.services.turns import TurnRef
 from llmos_jobs.services.webhooks.events import emit_job_event
 from llmos_jobs.settings import Settings
 from schemas.common import ChatMessage, JobKind, Usage
+from schemas.filters import Direction, ModerationRule
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
 from workers.engines.base import Completion, Engine, EngineRequest, EngineSampling
 from workers.engines.pool import EnginePool
+from workers.filtering import JobFilters
 from workers.held import HeldJobs
 from workers.watch import JobWatcher
 
@@ -57,6 +61,8 @@ class Outcome:
     usage: Usage
     # Effects that must land in the same transaction as the job's success.
     persist: Callable[[Session], None] | None = None
+    # The content filter rules that redacted its input or output.
+    redacted_by: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -116,15 +122,30 @@ def _usage(prompt: int, completion: int, cached: int) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
 
 
+def filters_of(job: Job, ctx: WorkerContext) -> JobFilters:
+    """The content filters of the job's tenant; the moderation step runs on this
+    worker's engines, under the job's deadline and cancellation."""
+    def classify(rule: ModerationRule, text: str) -> str:
+        engine = ctx.pool.get(rule.model)
+        return run_on_engine(job, ctx, engine, EngineSampling(rule.max_tokens), None,
+                             prompt=text).text
+
+    return JobFilters.of(job, ctx.database, classify)
+
+
 def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     request = GenerateRequest.model_validate(job.payload)
+    filters = filters_of(job, ctx)
+    prompt = None if request.prompt is None else filters.text(request.prompt, Direction.input)
+    messages = None if request.messages is None else filters.messages(request.messages)
     engine = ctx.pool.get(request.model)
     sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop))
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
-                         prompt=request.prompt, messages=request.messages)
+                         prompt=prompt, messages=messages)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
-    result = GenerateResult(text=done.text, finish_reason=done.finish_reason, usage=usage)
-    return Outcome(result.model_dump(mode="json"), usage)
+    text = filters.text(done.text, Direction.output)
+    result = GenerateResult(text=text, finish_reason=done.finish_reason, usage=usage)
+    return Outcome(result.model_dump(mode="json"), usage, redacted_by=filters.redacted)
 
 
 def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
@@ -145,20 +166,24 @@ def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
 
 def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
     request = MindspaceTurnRequest.model_validate(job.payload)
+    filters = filters_of(job, ctx)
+    # The screened message is what the history keeps: no redacted text is stored.
+    message = filters.text(request.message, Direction.input)
     engine = ctx.pool.get(job.model)
-    prompt = turns.assemble(job, request.mindspace_id, request.message,
+    prompt = turns.assemble(job, request.mindspace_id, message,
                             lambda text: len(engine.tokenize(text)), database=ctx.database)
     sampling = EngineSampling(request.max_tokens, request.temperature)
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
                          messages=prompt.messages)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
-    result = MindspaceTurnResult(mindspace_id=request.mindspace_id, reply=done.text, usage=usage)
+    reply = filters.text(done.text, Direction.output)
+    result = MindspaceTurnResult(mindspace_id=request.mindspace_id, reply=reply, usage=usage)
 
     def persist(session: Session) -> None:
-        turns.persist_turn(session, job, request.mindspace_id, request.message, done.text,
+        turns.persist_turn(session, job, request.mindspace_id, message, reply,
                            prompt.compaction, ctx.name)
 
-    return Outcome(result.model_dump(mode="json"), usage, persist)
+    return Outcome(result.model_dump(mode="json"), usage, persist, filters.redacted)
 
 
 HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
@@ -270,19 +295,8 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
             lambda: HANDLERS[job.kind](job, ctx))
     except (OperationalError, InterfaceError):
         raise
-    except Exception as exc:  # the job failed; its row says why
-        log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
-        error_type = "timeout" if isinstance(exc, JobTimeout) else type(exc).__name__
-        error_message = str(exc) or repr(exc)
-
-        def record_failure(session: Session) -> None:
-            failed = fail_job(session=session, job_id=job_id, message_id=message_id,
-                              error_type=error_type, error_message=error_message)
-            if failed and job.webhook_url:  # enqueued once this transaction commits
-                emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
-
-        _record(job, ctx, record_failure)
-        _after_final(job.batch_id, ctx)
+    except Exception as exc:  # the job failed, or a filter blocked it; its row says why
+        _record_unsuccessful(job, message_id, ctx, exc)
         return ClaimOutcome.claimed
 
     def record_success(session: Session) -> None:
@@ -292,6 +306,9 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
         )
         if recorded and outcome.persist is not None:
             outcome.persist(session)
+        if recorded and outcome.redacted_by:
+            note_redactions(session=session, job_id=job_id, message_id=message_id,
+                            rules=outcome.redacted_by)
         if recorded and job.webhook_url:  # enqueued once this transaction commits
             emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
         if not recorded:  # cancelled while it ran: keep what the work cost
@@ -301,6 +318,32 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
     _record(job, ctx, record_success)
     _after_final(job.batch_id, ctx)
     return ClaimOutcome.claimed
+
+
+def _record_unsuccessful(job: Job, message_id: str, ctx: WorkerContext,
+                         exc: Exception) -> None:
+    """The outcome of an attempt whose handler raised: `filtered` when a content filter
+    blocked the job, else `failed` with the reason."""
+    write: Callable[[Session], None]
+    if isinstance(exc, ContentFiltered):
+        blocked = exc
+
+        def write(session: Session) -> None:
+            record_filtered(session, job_id=job.id, message_id=message_id, tenant=job.tenant,
+                            blocked=blocked, worker=ctx.name, settings=ctx.settings)
+    else:
+        log.warning("job %s failed: %s: %s", job.id, type(exc).__name__, exc)
+        error_type = "timeout" if isinstance(exc, JobTimeout) else type(exc).__name__
+        error_message = str(exc) or repr(exc)
+
+        def write(session: Session) -> None:
+            failed = fail_job(session=session, job_id=job.id, message_id=message_id,
+                              error_type=error_type, error_message=error_message)
+            if failed and job.webhook_url:  # enqueued once this transaction commits
+                emit_job_event(session=session, job_id=job.id, settings=ctx.settings)
+
+    _record(job, ctx, write)
+    _after_final(job.batch_id, ctx)
 
 
 def _after_final(batch_id: str | None, ctx: WorkerContext) -> None:

@@ -23,6 +23,7 @@ from llmos_jobs.api.routes import (
     mindspace_state,
     mindspaces,
     models,
+    tenants,
     webhooks,
     workers,
 )
@@ -42,7 +43,7 @@ for the tenant named in `X-Llmos-Tenant`). Errors are OpenAI-style:
 """
 
 ROUTERS = (jobs, mindspaces, mindspace_state, models, workers, chat, keys, files, batches,
-           webhooks)
+           webhooks, tenants)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -18,6 +18,7 @@ from llmos_jobs.cli import (
     models,
     serve,
     stack,
+    tenants,
     webhooks,
 )
 from llmos_jobs.cli.output import err_console
@@ -48,6 +49,7 @@ app.command("flower")(serve.flower)
 app.add_typer(access.key_app, name="key")
 app.add_typer(access.audit_app, name="audit")
 app.add_typer(webhooks.webhook_app, name="webhook")
+app.add_typer(tenants.tenant_app, name="tenant")
 
 
 @app.callback()

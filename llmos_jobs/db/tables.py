@@ -58,6 +58,12 @@ class Job(JobBase, table=True):
     error_type: str | None = None
     # Encrypted at rest: an error can quote the prompt.
     error_message: str | None = Field(default=None, sa_type=EncryptedText)
+    # The name of the content filter rule that ended the job `filtered` (never the text
+    # it matched).
+    filter_rule: str | None = None
+    # The redaction rules that changed its input or output (names only), so that no
+    # text is changed silently.
+    redacted_by: list[str] | None = Field(default=None, sa_column=Column(JSON))
     queue: str
     # The id of the Celery message that may run this attempt; a message with any
     # other id is a stale redelivery and is dropped.
@@ -86,6 +92,8 @@ class JobPublic(JobBase):
     result: dict[str, Any] | None
     error_type: str | None
     error_message: str | None
+    filter_rule: str | None = None
+    redacted_by: list[str] | None = None
     queue: str
     task_id: str = PField(description="Celery message id of the current attempt (for Flower)")
     attempts: int
@@ -397,7 +405,7 @@ class AuditEventPublic(AuditEventBase):
 
 
 # Tables in modules of their own; importing them here registers them on the metadata.
-from llmos_jobs.db import batch_tables  # noqa: E402, F401
+from llmos_jobs.db import batch_tables, filter_tables  # noqa: E402, F401
 from llmos_jobs.db.webhook_tables import (  # noqa: E402, F401
     WebhookAttempt,
     WebhookDelivery,

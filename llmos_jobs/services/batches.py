@@ -45,7 +45,7 @@ from schemas.common import JobStatus
 log = logging.getLogger(__name__)
 
 MAX_WINDOW_S = 24 * 3600  # as OpenAI
-FINAL = [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]
+FINAL = [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.filtered]
 _SAMPLING = ("max_tokens", "max_completion_tokens", "temperature", "stop", "model", "messages")
 
 
@@ -280,7 +280,8 @@ def public(session: Session, batch: Batch) -> BatchObject:
     """The batch as OpenAI's Batch object."""
     counts = Counter(s for (s,) in session.execute(
         select(Job.status).where(Job.batch_id == batch.id)).all())
-    failed = counts[JobStatus.failed] + counts[JobStatus.cancelled] + len(batch.invalid)
+    failed = (counts[JobStatus.failed] + counts[JobStatus.cancelled]
+              + counts[JobStatus.filtered] + len(batch.invalid))
     errors = BatchErrors(data=[BatchError.model_validate(e) for e in batch.errors]
                          ) if batch.errors else None
     return BatchObject(
