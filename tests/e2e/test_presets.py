@@ -1,0 +1,174 @@
+"""Task presets and structured output through real workers: the demo model on the
+transformers engine (each job's text is compared with a solo greedy run of the rendered
+prompt on the engine itself), and an echoing no-op model whose output the test writes
+(so the JSON a structured output holds is chosen here, and checked with jsonschema)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from llmos_jobs.client import LlmosClient
+from llmos_jobs.db import registry
+from llmos_jobs.errors import InvalidRequest
+from llmos_jobs.prompt_templates import render_preset, render_retry
+from llmos_jobs.task_outputs import OutputInvalid, choose_label, citations, structured
+from schemas.common import JobKind, JobStatus
+from schemas.tasks import REQUESTS
+from tests.support.stack import Stack, make_stack
+from workers.engines.base import Completion, EngineRequest, EngineSampling
+from workers.engines.transformers import TransformersEngine
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string"},
+                                           "age": {"type": "integer", "minimum": 0}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def preset_stack(redis_base: str, demo_model_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("presets"),
+                       redis_db=14)
+    client = stack.client()
+    client.register_model("tiny-presets", demo_model_dir)
+    client.register_model("echo-presets", stack.data_dir / "echo", engine="noop")
+    stack.start_worker("presets@test", "--model", "tiny-presets", "--concurrency", "2")
+    stack.start_worker("echo-presets@test", "--model", "echo-presets",
+                       env={"LLMOS_NOOP_ECHO": "1"})
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(demo_model_dir: Path) -> Iterator[TransformersEngine]:
+    """The same weights in this process, one request at a time: the solo reference."""
+    engine = TransformersEngine("reference", str(demo_model_dir))
+    engine.load()
+    yield engine
+    engine.unload()
+
+
+def solo(engine: TransformersEngine, prompt: str, max_tokens: int) -> Completion:
+    [done] = engine.generate([EngineRequest(EngineSampling(max_tokens), prompt=prompt)])
+    return done
+
+
+def rendered(kind: JobKind, request: dict[str, Any]) -> str:
+    # The demo model is a llama: no llama template ships, so the default one serves it.
+    return render_preset(REQUESTS[kind].model_validate(request), kind.value, "llama")
+
+
+def test_the_demo_models_family_is_read_from_its_config(demo_model_dir: Path) -> None:
+    assert registry.model_type_of(str(demo_model_dir)) == "llama"
+
+
+def test_text_presets_match_a_solo_greedy_run_of_their_prompt(
+        preset_stack: Stack, reference: TransformersEngine) -> None:
+    client = preset_stack.client("presets-text")
+    passages = ["the queue holds jobs", "a worker serves one model", "redis is the broker"]
+    requests: dict[JobKind, dict[str, Any]] = {
+        JobKind.summarise: {"model": "tiny-presets", "text": "jobs wait in a queue " * 8,
+                            "length": 12, "style": "bullets"},
+        JobKind.translate: {"model": "tiny-presets", "text": "the worker is busy",
+                            "target_language": "fr", "max_tokens": 10},
+        JobKind.answer: {"model": "tiny-presets", "question": "what is the broker?",
+                         "context": passages, "max_tokens": 16},
+        JobKind.classify: {"model": "tiny-presets", "text": "the model is loaded",
+                           "labels": ["queue", "worker", "model"], "max_tokens": 6},
+    }
+    jobs = {kind: client.task(kind, request) for kind, request in requests.items()}
+    done = {kind: job for kind, job in zip(
+        jobs, client.wait([j.id for j in jobs.values()], timeout_s=180), strict=True)}
+    assert all(j.status == JobStatus.succeeded for j in done.values()), done
+    budgets = {JobKind.summarise: 12, JobKind.translate: 10, JobKind.answer: 16,
+               JobKind.classify: 6}
+    alone = {kind: solo(reference, rendered(kind, request), budgets[kind])
+             for kind, request in requests.items()}
+
+    summary = done[JobKind.summarise].summarise_result()
+    assert summary.summary == alone[JobKind.summarise].text.strip()
+    assert summary.usage.completion_tokens == alone[JobKind.summarise].completion_tokens
+    assert summary.usage.prompt_tokens == len(reference.tokenize(
+        rendered(JobKind.summarise, requests[JobKind.summarise])))
+    translation = done[JobKind.translate].translate_result()
+    assert translation.translation == alone[JobKind.translate].text.strip()
+    answer = done[JobKind.answer].answer_result()
+    assert answer.answer == alone[JobKind.answer].text.strip()
+    assert answer.citations == citations(alone[JobKind.answer].text, len(passages))
+    label = done[JobKind.classify].classify_result()
+    assert label.output == alone[JobKind.classify].text
+    assert (label.label, label.match) == choose_label(label.output, ["queue", "worker",
+                                                                     "model"])
+
+
+def test_extract_whose_output_fails_twice_fails_with_the_validation_error(
+        preset_stack: Stack, reference: TransformersEngine) -> None:
+    client = preset_stack.client("presets-extract")
+    request = {"model": "tiny-presets", "text": "Ada is 36", "json_schema": PERSON,
+               "max_tokens": 12}
+    [job] = client.wait([client.task(JobKind.extract, request).id], timeout_s=180)
+    # The reference: both tries on the engine alone, read by the same parser.
+    prompt = rendered(JobKind.extract, request)
+    first = solo(reference, prompt, 12)
+    with pytest.raises(OutputInvalid) as first_error:
+        structured(first.text, PERSON)
+    second = solo(reference, render_retry(prompt, first.text, str(first_error.value),
+                                          "llama"), 12)
+    with pytest.raises(OutputInvalid) as second_error:
+        structured(second.text, PERSON)
+    assert job.status == JobStatus.failed
+    assert job.error_type == "StructuredOutputInvalid"
+    assert job.error_message == (
+        f"the output failed its JSON Schema twice. First try: {first_error.value}. "
+        f"Second try: {second_error.value}")
+
+
+def _format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+
+
+def test_response_format_returns_json_valid_against_the_schema(preset_stack: Stack) -> None:
+    client = preset_stack.client("presets-format")
+    person = {"name": "Ada", "age": 36}
+    job = client.generate(model="echo-presets", prompt=json.dumps(person), max_tokens=50,
+                          response_format=_format(PERSON))
+    [done] = client.wait([job.id], timeout_s=60)
+    assert done.status == JobStatus.succeeded, done.error_message
+    result = done.generate_result()
+    jsonschema.validate(result.parsed, PERSON)  # the reference validator agrees
+    assert result.parsed == person and not result.retried and result.first_error is None
+
+
+def test_response_format_retries_once_then_fails_with_jsonschemas_error(
+        preset_stack: Stack) -> None:
+    client = preset_stack.client("presets-format-bad")
+    wrong = {"name": "Ada", "age": -1}
+    job = client.generate(model="echo-presets", prompt=json.dumps(wrong), max_tokens=400,
+                          response_format=_format(PERSON))
+    [done] = client.wait([job.id], timeout_s=60)
+    assert done.status == JobStatus.failed and done.error_type == "StructuredOutputInvalid"
+    with pytest.raises(jsonschema.ValidationError) as expected:
+        jsonschema.validate(wrong, PERSON)
+    # The echo repeats the JSON on the second try too: both tries fail the same way.
+    assert done.error_message is not None
+    assert done.error_message.count(f"at age: {expected.value.message}") == 2
+    assert "twice" in done.error_message
+
+
+def test_bad_preset_requests_are_refused_naming_the_field(preset_stack: Stack) -> None:
+    client: LlmosClient = preset_stack.client("presets-bad")
+    with pytest.raises(InvalidRequest, match=r"json_schema.*not a valid JSON Schema"):
+        client.extract(model="tiny-presets", text="x", json_schema={"type": "thing"})
+    with pytest.raises(InvalidRequest, match="label 'A' is given twice"):
+        client.classify(model="tiny-presets", text="x", labels=["a", "A"])
+    with pytest.raises(InvalidRequest, match="unknown task 'poem'"):
+        client.task("poem", {"model": "tiny-presets"})
+    with pytest.raises(InvalidRequest, match=r"response_format\.json_schema\.schema"):
+        client.generate(model="echo-presets", prompt="x",
+                        response_format=_format({"type": 7}))
+    assert client.jobs() == []  # nothing was queued
