@@ -6,6 +6,8 @@ prompt on the engine itself), and an echoing no-op model whose output the test w
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from llmos_jobs.prompt_templates import render_preset, render_retry
 from llmos_jobs.task_outputs import OutputInvalid, choose_label, citations, structured
 from schemas.common import JobKind, JobStatus
 from schemas.tasks import REQUESTS
+from tests.support.cli import assert_one_line_error, llmos
 from tests.support.stack import Stack, make_stack
 from workers.engines.base import Completion, EngineRequest, EngineSampling
 from workers.engines.transformers import TransformersEngine
@@ -172,3 +175,71 @@ def test_bad_preset_requests_are_refused_naming_the_field(preset_stack: Stack) -
         client.generate(model="echo-presets", prompt="x",
                         response_format=_format({"type": 7}))
     assert client.jobs() == []  # nothing was queued
+
+
+# -- the CLI --------------------------------------------------------------------------
+
+
+def _cli_job(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert out.returncode == 0, out.stdout + out.stderr
+    job: dict[str, Any] = json.loads(out.stdout)
+    return job
+
+
+def test_cli_presets_match_the_solo_reference(preset_stack: Stack, reference: TransformersEngine,
+                                              tmp_path: Path) -> None:
+    env = {**preset_stack.env, "LLMOS_TENANT": "presets-cli"}
+    common = ("--model", "tiny-presets", "--wait", "--json")
+    text = "the control process reaps workers whose heartbeat stopped"
+    summary = _cli_job(subprocess.run(
+        [sys.executable, "-m", "llmos_jobs.cli.main", "summarise", "-", "--length", "8",
+         *common], input=text, env=env, capture_output=True, text=True, timeout=120))
+    alone = solo(reference, rendered(JobKind.summarise, {
+        "model": "m", "text": text, "length": 8}), 8)
+    assert summary["kind"] == "summarise"
+    assert summary["result"]["summary"] == alone.text.strip()
+
+    translated = _cli_job(llmos("translate", "--to", "fr", "--max-tokens", "6", text, *common,
+                                env=env))
+    alone = solo(reference, rendered(JobKind.translate, {
+        "model": "m", "text": text, "target_language": "fr"}), 6)
+    assert translated["result"]["translation"] == alone.text.strip()
+
+    passages = tmp_path / "passages.txt"
+    passages.write_text("workers heartbeat\n\nthe reaper re-enqueues\n\nredis is the broker\n")
+    answered = _cli_job(llmos("answer", "--context", str(passages), "--max-tokens", "8",
+                              "who re-enqueues?", *common, env=env))
+    context = ["workers heartbeat", "the reaper re-enqueues", "redis is the broker"]
+    alone = solo(reference, rendered(JobKind.answer, {
+        "model": "m", "question": "who re-enqueues?", "context": context}), 8)
+    assert answered["payload"]["context"] == context
+    assert answered["result"]["answer"] == alone.text.strip()
+
+    labels = ["reaper", "broker"]
+    classified = _cli_job(llmos("classify", "--label", labels[0], "--label", labels[1],
+                                "--max-tokens", "4", text, *common, env=env))
+    alone = solo(reference, rendered(JobKind.classify, {
+        "model": "m", "text": text, "labels": labels, "max_tokens": 4}), 4)
+    assert classified["result"]["label"] == choose_label(alone.text, labels)[0]
+
+
+def test_cli_schema_files_shape_structured_output(preset_stack: Stack, tmp_path: Path) -> None:
+    env = {**preset_stack.env, "LLMOS_TENANT": "presets-cli-schema"}
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON))
+    person = {"name": "Grace", "age": 85}
+    job = _cli_job(llmos("submit", json.dumps(person), "--model", "echo-presets",
+                         "--max-tokens", "40", "--schema", str(schema), "--wait", "--json",
+                         env=env))
+    assert job["result"]["parsed"] == person
+    jsonschema.validate(job["result"]["parsed"], PERSON)
+    # The demo model writes no JSON: extract fails, and --wait exits 1 saying why.
+    failed = llmos("extract", "--schema", str(schema), "--model", "tiny-presets",
+                   "--max-tokens", "4", "Grace is 85", "--wait", env=env)
+    assert failed.returncode == 1
+    assert "StructuredOutputInvalid" in failed.stdout and "twice" in failed.stdout
+    schema.write_text("[1, 2]")
+    assert_one_line_error(llmos("extract", "--schema", str(schema), "x", env=env),
+                          "must hold a JSON object")
+    assert_one_line_error(llmos("summarise", str(tmp_path / "absent.txt"), env=env),
+                          "is not a file")
