@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import openai
 import pytest
 
 from llmos_jobs.client import LlmosClient
@@ -22,6 +23,7 @@ from llmos_jobs.prompt_templates import render_preset, render_retry
 from llmos_jobs.task_outputs import OutputInvalid, choose_label, citations, structured
 from schemas.common import JobKind, JobStatus
 from schemas.tasks import REQUESTS
+from tests.support.api_server import REQUEST_HANG_GUARD_S, ApiServer, tenant
 from tests.support.cli import assert_one_line_error, llmos
 from tests.support.stack import Stack, make_stack
 from workers.engines.base import Completion, EngineRequest, EngineSampling
@@ -243,3 +245,64 @@ def test_cli_schema_files_shape_structured_output(preset_stack: Stack, tmp_path:
                           "must hold a JSON object")
     assert_one_line_error(llmos("summarise", str(tmp_path / "absent.txt"), env=env),
                           "is not a file")
+
+
+# -- HTTP -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def preset_api(preset_stack: Stack) -> Iterator[ApiServer]:
+    server = ApiServer.start(preset_stack)
+    yield server
+    server.stop()
+
+
+def test_http_tasks_are_typed_and_match_the_solo_reference(
+        preset_api: ApiServer, preset_stack: Stack, reference: TransformersEngine) -> None:
+    name = tenant()
+    http = preset_api.http(preset_api.key(name))
+    body = {"model": "tiny-presets", "text": "tenants share the workers fairly",
+            "length": 9, "priority": "interactive"}
+    queued = http.post("/v1/tasks/summarise", json=body)
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["kind"] == "summarise" and queued.json()["priority"] == 1
+    [done] = preset_stack.client(name).wait([queued.json()["id"]], timeout_s=120)
+    shown = http.get(f"/v1/jobs/{done.id}").json()
+    alone = solo(reference, rendered(JobKind.summarise, {
+        k: v for k, v in body.items() if k != "priority"}), 9)
+    assert shown["result"]["summary"] == alone.text.strip()
+    assert done.summarise_result().summary == alone.text.strip()
+
+    refused = http.post("/v1/tasks/extract", json={"model": "tiny-presets", "text": "x",
+                                                   "json_schema": {"type": 3}})
+    assert refused.status_code == 400 and "json_schema" in refused.json()["error"]["message"]
+    unknown = http.post("/v1/tasks/poem", json={})
+    assert unknown.status_code == 404 and "summarise" in unknown.json()["error"]["message"]
+    spec = http.get("/openapi.json").json()
+    for kind in ("summarise", "translate", "answer", "classify", "extract"):
+        ref = spec["paths"][f"/v1/tasks/{kind}"]["post"]["requestBody"]["content"][
+            "application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{kind.capitalize()}Submit"
+    assert "/v1/tasks/{kind}" not in spec["paths"]
+
+
+def test_openai_sdk_response_format_json_schema(preset_api: ApiServer) -> None:
+    sdk = openai.OpenAI(base_url=f"{preset_api.url}/v1", api_key=preset_api.key(tenant()),
+                        max_retries=0, timeout=REQUEST_HANG_GUARD_S)
+    person = {"name": "Ada", "age": 36}
+    completion = sdk.chat.completions.create(
+        model="echo-presets", max_tokens=40, response_format=_format(PERSON),  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": json.dumps(person)}])
+    content = completion.choices[0].message.content
+    assert content is not None
+    jsonschema.validate(json.loads(content), PERSON)
+    assert json.loads(content) == person
+    with pytest.raises(openai.InternalServerError, match="StructuredOutputInvalid") as info:
+        sdk.chat.completions.create(
+            model="echo-presets", max_tokens=40, response_format=_format(PERSON),  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": json.dumps({"name": "Ada"})}])
+    assert "'age' is a required property" in str(info.value)
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        sdk.chat.completions.create(
+            model="echo-presets", max_tokens=4, response_format={"type": "json_object"},
+            messages=[{"role": "user", "content": "{}"}])
