@@ -28,7 +28,7 @@ from llmos_jobs.db.jobs import (
 )
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import Job
-from llmos_jobs.prompt_templates import render_retry
+from llmos_jobs.prompt_templates import DEFAULT_FAMILY, render_retry
 from llmos_jobs.services import batches, turns
 from llmos_jobs.services import presets as services_presets
 from llmos_jobs.services.routing import RoutingPolicy
@@ -145,12 +145,13 @@ def _structured_generate(job: Job, ctx: WorkerContext, engine: Engine,
                           prompt=request.prompt, messages=request.messages)
 
     def again(output: str, error: str) -> Completion:
-        family = services_presets.model_family(ctx.database, job.model)
         if request.prompt is not None:
+            family = services_presets.model_family(ctx.database, job.model)
             return run_on_engine(job, ctx, engine, sampling, request.timeout_s,
                                  prompt=render_retry(request.prompt, output, error, family))
+        # Chat messages get the model's own chat template: the correction is plain text.
         assert request.messages is not None
-        correction = render_retry("", "", error, family).strip()
+        correction = render_retry("", "", error, DEFAULT_FAMILY).strip()
         return run_on_engine(job, ctx, engine, sampling, request.timeout_s, messages=[
             *request.messages, ChatMessage(role="assistant", content=output or "(nothing)"),
             ChatMessage(role="user", content=correction)])

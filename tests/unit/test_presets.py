@@ -59,7 +59,7 @@ def test_the_prompt_carries_the_inputs_in_the_templates_order() -> None:
     prompt = render_preset(request, "answer", "llama")
     assert prompt.index("[1] the queue") < prompt.index("[2] the reaper reaps") \
         < prompt.index("Question: who reaps?")
-    assert prompt.endswith("Answer:")
+    assert prompt.endswith("Answer:\n")
     bullets = render_preset(SummariseRequest(model="m", text="t", length="short",
                                              style="bullets"), "summarise", "x")
     assert "bullet" in bullets and "48 words" in bullets  # 3/4 of the short budget (64)
@@ -80,11 +80,23 @@ def family_root(tmp_path: Path) -> Iterator[Path]:
 def test_a_family_template_wins_over_the_default(family_root: Path) -> None:
     request = ClassifyRequest(model="m", text="hi", labels=["a", "b"])
     assert render_preset(request, "classify", "qwen2", family_root) == \
-        "<|im_start|>user\nhi -> a|b<|im_end|>"
+        "<|im_start|>user\nhi -> a|b<|im_end|>"  # (no newline at the end of that file)
     assert render_preset(request, "classify", "Qwen2", family_root).startswith("<|im_start|>")
     assert render_preset(request, "classify", "llama", family_root) == "default hi"
     # A family name is never a path.
     assert render_preset(request, "classify", "../classify/qwen2", family_root) == "default hi"
+
+
+def test_the_shipped_chatml_family_wraps_the_default_instruction() -> None:
+    request = ClassifyRequest(model="m", text="hi", labels=["a", "b"])
+    plain = render_preset(request, "classify", "llama")
+    chatml = render_preset(request, "classify", "qwen2")
+    assert chatml.startswith("<|im_start|>system\n")
+    assert f"<|im_start|>user\n{plain}<|im_end|>\n" in chatml
+    assert chatml.endswith("<|im_start|>assistant\n")
+    retry = render_retry(chatml, '{"x": 1}', "bad", "qwen2")
+    assert retry.startswith(chatml + '{"x": 1}<|im_end|>\n<|im_start|>user\n')
+    assert retry.endswith("<|im_start|>assistant\n")
 
 
 def test_templates_run_in_the_sandbox(tmp_path: Path) -> None:
