@@ -16,6 +16,7 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from pydantic import JsonValue, ValidationError
 
 from llmos_jobs.prompt_templates import TEMPLATES, render_preset, render_retry
+from llmos_jobs.services.batches import _request
 from llmos_jobs.task_outputs import OutputInvalid, choose_label, citations, json_of, structured
 from schemas.common import JobKind
 from schemas.language import GenerateRequest
@@ -252,3 +253,17 @@ def test_sglang_gets_the_schema_for_constrained_decoding() -> None:
     params = build_sampling_params(EngineSampling(max_tokens=5, json_schema=text))
     assert params == {"max_new_tokens": 5, "temperature": 0.0, "json_schema": text}
     assert "json_schema" not in build_sampling_params(EngineSampling(max_tokens=5))
+
+
+def test_batch_lines_may_ask_for_structured_output() -> None:
+    line = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}
+    request = GenerateRequest.model_validate(_request({**line, "response_format": fmt}))
+    assert request.response_format is not None
+    assert request.response_format.json_schema.schema_ == PERSON
+    plain = GenerateRequest.model_validate(_request({**line,
+                                                     "response_format": {"type": "text"}}))
+    assert plain.response_format is None
+    with pytest.raises(ValidationError, match="response_format"):
+        GenerateRequest.model_validate(_request({**line, "response_format": {
+            "type": "json_object"}}))
