@@ -37,8 +37,9 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string"},
 @pytest.fixture(scope="module")
 def preset_stack(redis_base: str, demo_model_dir: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # Redis database 10: 11-12 are the session stacks', 13 test_real_model's, 14 the fuzzer's.
     stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("presets"),
-                       redis_db=14)
+                       redis_db=10)
     client = stack.client()
     client.register_model("tiny-presets", demo_model_dir)
     client.register_model("echo-presets", stack.data_dir / "echo", engine="noop")
