@@ -29,6 +29,7 @@ from schemas.tasks import (
     ExtractRequest,
     SummariseRequest,
 )
+from tests.support.sglang_shapes import check_sampling_params
 from workers.engines.base import Completion, EngineSampling
 from workers.engines.sglang_io import build_sampling_params
 from workers.presets import StructuredOutputInvalid, run_preset, validated
@@ -254,6 +255,7 @@ def test_sglang_gets_the_schema_for_constrained_decoding() -> None:
     text = json.dumps(PERSON)
     params = build_sampling_params(EngineSampling(max_tokens=5, json_schema=text))
     assert params == {"max_new_tokens": 5, "temperature": 0.0, "json_schema": text}
+    check_sampling_params(params)  # a field of SGLang's SamplingParams
     assert "json_schema" not in build_sampling_params(EngineSampling(max_tokens=5))
 
 
