@@ -12,6 +12,7 @@ from schemas.filters import FilterVerdict, TenantFilters
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOpRequest, ModelOpResult, ModelRegister
+from schemas.tasks import REQUESTS, RESULTS
 
 CONTRACTS: dict[str, type[BaseModel]] = {
     "generate_request": GenerateRequest,
@@ -24,6 +25,8 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "mindspace_turn_result": MindspaceTurnResult,
     "tenant_filters": TenantFilters,
     "filter_verdict": FilterVerdict,
+    **{f"{kind.value}_request": model for kind, model in REQUESTS.items()},
+    **{f"{kind.value}_result": model for kind, model in RESULTS.items()},
 }
 
 JSON_DIR = Path(__file__).parent / "json"

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -29,7 +29,9 @@ from llmos_jobs.db.jobs import (
 )
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import Job
+from llmos_jobs.prompt_templates import DEFAULT_FAMILY, render_retry
 from llmos_jobs.services import batches, turns
+from llmos_jobs.services import presets as services_presets
 from llmos_jobs.services.filters import ContentFiltered, record_filtered
 from llmos_jobs.services.routing import RoutingPolicy
 from llmos_jobs.services.submission import Submitter
@@ -41,6 +43,8 @@ from schemas.filters import Direction, ModerationRule
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
+from schemas.tasks import PRESET_KINDS
+from workers import presets
 from workers.engines.base import Completion, Engine, EngineRequest, EngineSampling
 from workers.engines.pool import EnginePool
 from workers.filtering import JobFilters
@@ -139,12 +143,83 @@ def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     prompt = None if request.prompt is None else filters.text(request.prompt, Direction.input)
     messages = None if request.messages is None else filters.messages(request.messages)
     engine = ctx.pool.get(request.model)
+    if request.response_format is not None:
+        screened = request.model_copy(update={"prompt": prompt, "messages": messages})
+        return _structured_generate(job, ctx, engine, screened, filters)
     sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop))
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
                          prompt=prompt, messages=messages)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     text = filters.text(done.text, Direction.output)
     result = GenerateResult(text=text, finish_reason=done.finish_reason, usage=usage)
+    return Outcome(result.model_dump(mode="json"), usage, redacted_by=filters.redacted)
+
+
+def _screened(filters: JobFilters, done: Completion) -> Completion:
+    """``done`` with its text through the output filters (raises ContentFiltered)."""
+    return replace(done, text=filters.text(done.text, Direction.output))
+
+
+def _structured_generate(job: Job, ctx: WorkerContext, engine: Engine,
+                         request: GenerateRequest, filters: JobFilters) -> Outcome:
+    """A generation whose output must match ``response_format``'s schema: tried once
+    more, with the error shown to the model, then failed (workers.presets). ``request``
+    is already screened on input; each output is screened before it is validated, so
+    what is validated and stored is what the tenant's rules let out."""
+    assert request.response_format is not None
+    schema = request.response_format.json_schema.schema_
+    sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop),
+                              json_schema=presets.schema_text(schema))
+    left = _time_left(ctx, request.timeout_s)
+    first = _screened(filters, run_on_engine(job, ctx, engine, sampling, left(),
+                                             prompt=request.prompt,
+                                             messages=request.messages))
+
+    def again(output: str, error: str) -> Completion:
+        if request.prompt is not None:
+            family = services_presets.model_family(ctx.database, job.model)
+            return _screened(filters, run_on_engine(
+                job, ctx, engine, sampling, left(),
+                prompt=render_retry(request.prompt, output, error, family)))
+        # Chat messages get the model's own chat template: the correction is plain text.
+        assert request.messages is not None
+        correction = render_retry("", "", error, DEFAULT_FAMILY).strip()
+        return _screened(filters, run_on_engine(job, ctx, engine, sampling, left(), messages=[
+            *request.messages, ChatMessage(role="assistant", content=output or "(nothing)"),
+            ChatMessage(role="user", content=correction)]))
+
+    outcome = presets.validated(schema, first, again)
+    result = GenerateResult(
+        text=outcome.done.text, finish_reason=outcome.done.finish_reason, usage=outcome.usage,
+        parsed=outcome.value, retried=outcome.first_error is not None,
+        first_error=outcome.first_error)
+    return Outcome(result.model_dump(mode="json"), outcome.usage, redacted_by=filters.redacted)
+
+
+def _time_left(ctx: WorkerContext, timeout_s: float | None) -> Callable[[], float]:
+    """What is left, at each call, of the job's time limit from now on: the tries of a
+    structured output share one limit, they do not get one each."""
+    deadline = time.monotonic() + min(timeout_s or ctx.time_limit_s, ctx.time_limit_s)
+    return lambda: max(deadline - time.monotonic(), 1e-3)
+
+
+def run_task_preset(job: Job, ctx: WorkerContext) -> Outcome:
+    """summarise, translate, answer, classify, extract (workers.presets)."""
+    engine = ctx.pool.get(job.model)
+    family = services_presets.model_family(ctx.database, job.model)
+    filters = filters_of(job, ctx)
+    left: Callable[[], float] | None = None
+
+    def generate(prompt: str, sampling: EngineSampling, timeout_s: float | None
+                 ) -> Completion:
+        # The rendered prompt is screened whole: every field the caller gave is in it.
+        nonlocal left
+        left = left or _time_left(ctx, timeout_s)
+        screened = filters.text(prompt, Direction.input)
+        return _screened(filters, run_on_engine(job, ctx, engine, sampling, left(),
+                                                prompt=screened))
+
+    result, usage = presets.run_preset(job.kind, job.payload, family, generate)
     return Outcome(result.model_dump(mode="json"), usage, redacted_by=filters.redacted)
 
 
@@ -190,6 +265,7 @@ HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
     JobKind.generate: run_generate,
     JobKind.model_op: run_model_op,
     JobKind.mindspace_turn: run_mindspace_turn,
+    **{kind: run_task_preset for kind in PRESET_KINDS},
 }
 
 

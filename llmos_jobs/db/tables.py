@@ -18,6 +18,13 @@ from schemas.common import JobKind, JobStatus, Usage
 from schemas.language import GenerateResult
 from schemas.mindspace import MindspaceTurnResult
 from schemas.model import ModelOpResult
+from schemas.tasks import (
+    AnswerResult,
+    ClassifyResult,
+    ExtractResult,
+    SummariseResult,
+    TranslateResult,
+)
 
 
 def new_id() -> str:
@@ -30,7 +37,9 @@ def _utc(nullable: bool = True) -> Any:
 
 # -- jobs ---------------------------------------------------------------------------
 
-ResultContract = TypeVar("ResultContract", GenerateResult, MindspaceTurnResult, ModelOpResult)
+ResultContract = TypeVar("ResultContract", GenerateResult, MindspaceTurnResult, ModelOpResult,
+                         SummariseResult, TranslateResult, AnswerResult, ClassifyResult,
+                         ExtractResult)
 
 
 class JobBase(SQLModel):
@@ -138,6 +147,21 @@ class JobPublic(JobBase):
     def model_op_result(self) -> ModelOpResult:
         """The result of a succeeded model operation (load, unload, warmup)."""
         return self._result(JobKind.model_op, ModelOpResult)
+
+    def summarise_result(self) -> SummariseResult:
+        return self._result(JobKind.summarise, SummariseResult)
+
+    def translate_result(self) -> TranslateResult:
+        return self._result(JobKind.translate, TranslateResult)
+
+    def answer_result(self) -> AnswerResult:
+        return self._result(JobKind.answer, AnswerResult)
+
+    def classify_result(self) -> ClassifyResult:
+        return self._result(JobKind.classify, ClassifyResult)
+
+    def extract_result(self) -> ExtractResult:
+        return self._result(JobKind.extract, ExtractResult)
 
     def _result(self, kind: JobKind, contract: type[ResultContract]) -> ResultContract:
         if self.kind != kind:
