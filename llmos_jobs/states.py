@@ -5,11 +5,15 @@ processes racing to move one row, exactly one does.
 
 Jobs::
 
-    waiting ──► queued ──► running ──► succeeded | failed | cancelled
+    waiting ──► queued ──► running ──► succeeded | failed | cancelled | filtered
        │           │  │       │
        │           │  │       └──► queued   (a new attempt, after its worker died)
        │           │  └──► failed           (its message never reached the broker)
        └───────────┴──► cancelled
+
+A job ends `filtered` when a content filter of its tenant blocks its input or its
+output; the worker decides, so only a running job becomes filtered
+(llmos_jobs.services.filters).
 
 Only a mindspace turn waits: it is accepted `waiting` while an earlier turn of its
 mindspace is unfinished, and becomes `queued` (its message published) when released
@@ -86,8 +90,10 @@ JOBS: StateMachine[JobStatus] = StateMachine("job", {
     JobStatus.waiting: frozenset({JobStatus.queued, JobStatus.cancelled}),
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed, JobStatus.cancelled}),
     JobStatus.running: frozenset(
-        {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.queued}),
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.queued,
+         JobStatus.filtered}),
     JobStatus.succeeded: frozenset(),
+    JobStatus.filtered: frozenset(),
     JobStatus.failed: frozenset(),
     JobStatus.cancelled: frozenset(),
 })

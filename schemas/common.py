@@ -40,6 +40,14 @@ class JobKind(StrEnum):
     generate = "generate"
     model_op = "model_op"
     mindspace_turn = "mindspace_turn"
+    # Task presets (schemas.tasks): language jobs with a templated prompt and a typed result.
+    summarise = "summarise"
+    # The member's name must be its value (SQLAlchemy stores enum names); it hides
+    # str.translate on JobKind members, which nothing calls.
+    translate = "translate"  # type: ignore[assignment]
+    answer = "answer"
+    classify = "classify"
+    extract = "extract"
 
 
 class JobStatus(StrEnum):
@@ -49,10 +57,13 @@ class JobStatus(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    # A tenant's content filter blocked its input or output (the rule is on the job).
+    filtered = "filtered"
 
     @property
     def is_final(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled,
+                        JobStatus.filtered)
 
 
 class Contract(BaseModel):

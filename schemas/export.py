@@ -9,9 +9,11 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.events import JobEvent
+from schemas.filters import FilterVerdict, TenantFilters
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOpRequest, ModelOpResult, ModelRegister
+from schemas.tasks import REQUESTS, RESULTS
 
 CONTRACTS: dict[str, type[BaseModel]] = {
     "generate_request": GenerateRequest,
@@ -23,6 +25,10 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "mindspace_turn_request": MindspaceTurnRequest,
     "mindspace_turn_result": MindspaceTurnResult,
     "job_event": JobEvent,
+    "tenant_filters": TenantFilters,
+    "filter_verdict": FilterVerdict,
+    **{f"{kind.value}_request": model for kind, model in REQUESTS.items()},
+    **{f"{kind.value}_result": model for kind, model in RESULTS.items()},
 }
 
 JSON_DIR = Path(__file__).parent / "json"

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -24,25 +24,33 @@ from llmos_jobs.db.jobs import (
     fail_job,
     job_header,
     job_status,
+    note_redactions,
     record_abandoned_usage,
     succeed_job,
 )
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import Job
+from llmos_jobs.prompt_templates import DEFAULT_FAMILY, render_retry
 from llmos_jobs.services import batches, turns
+from llmos_jobs.services import presets as services_presets
+from llmos_jobs.services.filters import ContentFiltered, record_filtered
 from llmos_jobs.services.routing import RoutingPolicy
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.services.turns import TurnRef
 from llmos_jobs.services.webhooks.events import emit_job_event
 from llmos_jobs.settings import Settings
 from schemas.common import ChatMessage, JobKind, JobStatus, Usage
+from schemas.filters import Direction, ModerationRule
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
+from schemas.tasks import PRESET_KINDS
+from workers import presets
 from workers.engines.base import Completion, Engine, EngineRequest, EngineSampling
 from workers.engines.pool import EnginePool
+from workers.filtering import JobFilters
 from workers.held import HeldJobs
-from workers.streaming import EventPublisher
+from workers.streaming import EventPublisher, TextSink
 from workers.watch import JobWatcher
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,8 @@ class Outcome:
     usage: Usage
     # Effects that must land in the same transaction as the job's success.
     persist: Callable[[Session], None] | None = None
+    # The content filter rules that redacted its input or output.
+    redacted_by: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -97,24 +107,24 @@ class JobTimeout(Exception):
 
 def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: EngineSampling,
                   timeout_s: float | None, *, prompt: str | None = None,
-                  messages: Sequence[ChatMessage] | None = None) -> Completion:
+                  messages: Sequence[ChatMessage] | None = None,
+                  on_text: Callable[[str], None] | None = None) -> Completion:
     """One generation for ``job`` under its deadline, stopped early if the job is
-    cancelled or taken from this attempt; raises JobTimeout when the deadline ended it."""
+    cancelled or taken from this attempt; raises JobTimeout when the deadline ended it.
+    ``on_text``: the text as it is decoded (only a generation whose text is the job's
+    own, unscreened output passes one: never a moderation step's, nor a retried try's)."""
     limit = min(timeout_s or ctx.time_limit_s, ctx.time_limit_s)
     deadline = time.monotonic() + limit
     assert job.task_id is not None
     should_stop = ctx.watcher.watch(job.id, job.task_id)
-    sink = ctx.events.text_sink(job.id) if ctx.events is not None else None
     try:
         [done] = engine.generate([EngineRequest(
             sampling, priority=job.priority, should_stop=should_stop,
             cache_namespace=job.tenant, deadline=deadline, prompt=prompt, messages=messages,
-            on_text=sink,
+            on_text=on_text,
         )])
     finally:
         ctx.watcher.forget(job.id, job.task_id)
-    if sink is not None:
-        sink.complete(done.text)
     if done.finish_reason == "abort" and not should_stop() and time.monotonic() >= deadline:
         raise JobTimeout(f"the job ran past its time limit of {limit:g} s")
     return done
@@ -124,15 +134,115 @@ def _usage(prompt: int, completion: int, cached: int) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
 
 
+def filters_of(job: Job, ctx: WorkerContext) -> JobFilters:
+    """The content filters of the job's tenant; the moderation step runs on this
+    worker's engines, under the job's deadline and cancellation."""
+    def classify(rule: ModerationRule, text: str) -> str:
+        engine = ctx.pool.get(rule.model)
+        return run_on_engine(job, ctx, engine, EngineSampling(rule.max_tokens), None,
+                             prompt=text).text
+
+    return JobFilters.of(job, ctx.database, classify)
+
+
+def _text_sink(job: Job, ctx: WorkerContext, filters: JobFilters
+               ) -> tuple[TextSink | None, TextSink | None]:
+    """Where the job's text goes as live events: (the sink, and the sink again when the
+    engine may feed it as it decodes). A tenant whose rules screen the output gets its
+    text in one piece once screened: text the rules would redact or block never leaves."""
+    sink = ctx.events.text_sink(job.id) if ctx.events is not None else None
+    return sink, (None if filters.screens_output else sink)
+
+
 def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     request = GenerateRequest.model_validate(job.payload)
+    filters = filters_of(job, ctx)
+    prompt = None if request.prompt is None else filters.text(request.prompt, Direction.input)
+    messages = None if request.messages is None else filters.messages(request.messages)
     engine = ctx.pool.get(request.model)
+    if request.response_format is not None:
+        screened = request.model_copy(update={"prompt": prompt, "messages": messages})
+        return _structured_generate(job, ctx, engine, screened, filters)
     sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop))
+    sink, live = _text_sink(job, ctx, filters)
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
-                         prompt=request.prompt, messages=request.messages)
+                         prompt=prompt, messages=messages, on_text=live)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
-    result = GenerateResult(text=done.text, finish_reason=done.finish_reason, usage=usage)
-    return Outcome(result.model_dump(mode="json"), usage)
+    text = filters.text(done.text, Direction.output)
+    if sink is not None:
+        sink.complete(text)
+    result = GenerateResult(text=text, finish_reason=done.finish_reason, usage=usage)
+    return Outcome(result.model_dump(mode="json"), usage, redacted_by=filters.redacted)
+
+
+def _screened(filters: JobFilters, done: Completion) -> Completion:
+    """``done`` with its text through the output filters (raises ContentFiltered)."""
+    return replace(done, text=filters.text(done.text, Direction.output))
+
+
+def _structured_generate(job: Job, ctx: WorkerContext, engine: Engine,
+                         request: GenerateRequest, filters: JobFilters) -> Outcome:
+    """A generation whose output must match ``response_format``'s schema: tried once
+    more, with the error shown to the model, then failed (workers.presets). ``request``
+    is already screened on input; each output is screened before it is validated, so
+    what is validated and stored is what the tenant's rules let out."""
+    assert request.response_format is not None
+    schema = request.response_format.json_schema.schema_
+    sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop),
+                              json_schema=presets.schema_text(schema))
+    left = _time_left(ctx, request.timeout_s)
+    first = _screened(filters, run_on_engine(job, ctx, engine, sampling, left(),
+                                             prompt=request.prompt,
+                                             messages=request.messages))
+
+    def again(output: str, error: str) -> Completion:
+        if request.prompt is not None:
+            family = services_presets.model_family(ctx.database, job.model)
+            return _screened(filters, run_on_engine(
+                job, ctx, engine, sampling, left(),
+                prompt=render_retry(request.prompt, output, error, family)))
+        # Chat messages get the model's own chat template: the correction is plain text.
+        assert request.messages is not None
+        correction = render_retry("", "", error, DEFAULT_FAMILY).strip()
+        return _screened(filters, run_on_engine(job, ctx, engine, sampling, left(), messages=[
+            *request.messages, ChatMessage(role="assistant", content=output or "(nothing)"),
+            ChatMessage(role="user", content=correction)]))
+
+    outcome = presets.validated(schema, first, again)
+    if ctx.events is not None:  # in one piece: a first try may be retried
+        ctx.events.text_sink(job.id).complete(outcome.done.text)
+    result = GenerateResult(
+        text=outcome.done.text, finish_reason=outcome.done.finish_reason, usage=outcome.usage,
+        parsed=outcome.value, retried=outcome.first_error is not None,
+        first_error=outcome.first_error)
+    return Outcome(result.model_dump(mode="json"), outcome.usage, redacted_by=filters.redacted)
+
+
+def _time_left(ctx: WorkerContext, timeout_s: float | None) -> Callable[[], float]:
+    """What is left, at each call, of the job's time limit from now on: the tries of a
+    structured output share one limit, they do not get one each."""
+    deadline = time.monotonic() + min(timeout_s or ctx.time_limit_s, ctx.time_limit_s)
+    return lambda: max(deadline - time.monotonic(), 1e-3)
+
+
+def run_task_preset(job: Job, ctx: WorkerContext) -> Outcome:
+    """summarise, translate, answer, classify, extract (workers.presets)."""
+    engine = ctx.pool.get(job.model)
+    family = services_presets.model_family(ctx.database, job.model)
+    filters = filters_of(job, ctx)
+    left: Callable[[], float] | None = None
+
+    def generate(prompt: str, sampling: EngineSampling, timeout_s: float | None
+                 ) -> Completion:
+        # The rendered prompt is screened whole: every field the caller gave is in it.
+        nonlocal left
+        left = left or _time_left(ctx, timeout_s)
+        screened = filters.text(prompt, Direction.input)
+        return _screened(filters, run_on_engine(job, ctx, engine, sampling, left(),
+                                                prompt=screened))
+
+    result, usage = presets.run_preset(job.kind, job.payload, family, generate)
+    return Outcome(result.model_dump(mode="json"), usage, redacted_by=filters.redacted)
 
 
 def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
@@ -153,26 +263,34 @@ def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
 
 def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
     request = MindspaceTurnRequest.model_validate(job.payload)
+    filters = filters_of(job, ctx)
+    # The screened message is what the history keeps: no redacted text is stored.
+    message = filters.text(request.message, Direction.input)
     engine = ctx.pool.get(job.model)
-    prompt = turns.assemble(job, request.mindspace_id, request.message,
+    prompt = turns.assemble(job, request.mindspace_id, message,
                             lambda text: len(engine.tokenize(text)), database=ctx.database)
     sampling = EngineSampling(request.max_tokens, request.temperature)
+    sink, live = _text_sink(job, ctx, filters)
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
-                         messages=prompt.messages)
+                         messages=prompt.messages, on_text=live)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
-    result = MindspaceTurnResult(mindspace_id=request.mindspace_id, reply=done.text, usage=usage)
+    reply = filters.text(done.text, Direction.output)
+    if sink is not None:
+        sink.complete(reply)
+    result = MindspaceTurnResult(mindspace_id=request.mindspace_id, reply=reply, usage=usage)
 
     def persist(session: Session) -> None:
-        turns.persist_turn(session, job, request.mindspace_id, request.message, done.text,
+        turns.persist_turn(session, job, request.mindspace_id, message, reply,
                            prompt.compaction, ctx.name)
 
-    return Outcome(result.model_dump(mode="json"), usage, persist)
+    return Outcome(result.model_dump(mode="json"), usage, persist, filters.redacted)
 
 
 HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
     JobKind.generate: run_generate,
     JobKind.model_op: run_model_op,
     JobKind.mindspace_turn: run_mindspace_turn,
+    **{kind: run_task_preset for kind in PRESET_KINDS},
 }
 
 
@@ -299,19 +417,8 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
             lambda: HANDLERS[job.kind](job, ctx))
     except (OperationalError, InterfaceError):
         raise
-    except Exception as exc:  # the job failed; its row says why
-        log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
-        error_type = "timeout" if isinstance(exc, JobTimeout) else type(exc).__name__
-        error_message = str(exc) or repr(exc)
-
-        def record_failure(session: Session) -> None:
-            failed = fail_job(session=session, job_id=job_id, message_id=message_id,
-                              error_type=error_type, error_message=error_message)
-            if failed and job.webhook_url:  # enqueued once this transaction commits
-                emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
-
-        _record(job, ctx, record_failure)
-        _after_final(job.batch_id, ctx)
+    except Exception as exc:  # the job failed, or a filter blocked it; its row says why
+        _record_unsuccessful(job, message_id, ctx, exc)
         return ClaimOutcome.claimed
 
     def record_success(session: Session) -> None:
@@ -321,6 +428,9 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
         )
         if recorded and outcome.persist is not None:
             outcome.persist(session)
+        if recorded and outcome.redacted_by:
+            note_redactions(session=session, job_id=job_id, message_id=message_id,
+                            rules=outcome.redacted_by)
         if recorded and job.webhook_url:  # enqueued once this transaction commits
             emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
         if not recorded:  # cancelled while it ran: keep what the work cost
@@ -330,6 +440,32 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
     _record(job, ctx, record_success)
     _after_final(job.batch_id, ctx)
     return ClaimOutcome.claimed
+
+
+def _record_unsuccessful(job: Job, message_id: str, ctx: WorkerContext,
+                         exc: Exception) -> None:
+    """The outcome of an attempt whose handler raised: `filtered` when a content filter
+    blocked the job, else `failed` with the reason."""
+    write: Callable[[Session], None]
+    if isinstance(exc, ContentFiltered):
+        blocked = exc
+
+        def write(session: Session) -> None:
+            record_filtered(session, job_id=job.id, message_id=message_id, tenant=job.tenant,
+                            blocked=blocked, worker=ctx.name, settings=ctx.settings)
+    else:
+        log.warning("job %s failed: %s: %s", job.id, type(exc).__name__, exc)
+        error_type = "timeout" if isinstance(exc, JobTimeout) else type(exc).__name__
+        error_message = str(exc) or repr(exc)
+
+        def write(session: Session) -> None:
+            failed = fail_job(session=session, job_id=job.id, message_id=message_id,
+                              error_type=error_type, error_message=error_message)
+            if failed and job.webhook_url:  # enqueued once this transaction commits
+                emit_job_event(session=session, job_id=job.id, settings=ctx.settings)
+
+    _record(job, ctx, write)
+    _after_final(job.batch_id, ctx)
 
 
 def _after_final(batch_id: str | None, ctx: WorkerContext) -> None:

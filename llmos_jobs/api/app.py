@@ -24,6 +24,8 @@ from llmos_jobs.api.routes import (
     mindspace_state,
     mindspaces,
     models,
+    tasks,
+    tenants,
     webhooks,
     workers,
 )
@@ -32,7 +34,8 @@ from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.settings import Settings
 
 DESCRIPTION = """\
-Submit and follow language jobs, mindspace turns and model operations, and call the
+Submit and follow language jobs, task presets (`/v1/tasks/{kind}`: summarise, translate,
+answer, classify, extract), mindspace turns and model operations, and call the
 OpenAI-compatible `/v1/chat/completions`, `/v1/completions` (both with `stream`) and
 `/v1/models`. `GET /v1/jobs/{id}/events` streams any job's status and tokens.
 
@@ -43,8 +46,8 @@ for the tenant named in `X-Llmos-Tenant`). Errors are OpenAI-style:
 `{"error": {"message", "type", "param", "code"}}`.
 """
 
-ROUTERS = (jobs, mindspaces, mindspace_state, models, workers, chat, completions, keys, files,
-           batches, webhooks)
+ROUTERS = (jobs, tasks, mindspaces, mindspace_state, models, workers, chat, completions,
+           keys, files, batches, webhooks, tenants)
 
 
 def create_app(settings: Settings) -> FastAPI:

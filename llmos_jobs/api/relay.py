@@ -117,6 +117,9 @@ def ended_error(job: JobPublic) -> ApiError | None:
     if job.status == JobStatus.failed:
         return ApiError(500, f"job {job.id} failed: {job.error_type}: {job.error_message}",
                         type_="server_error", code="job_failed")
+    if job.status == JobStatus.filtered:  # as Azure OpenAI's content filter answers
+        return ApiError(400, f"job {job.id} was filtered: {job.error_message}",
+                        type_="invalid_request_error", code="content_filter")
     if job.status != JobStatus.succeeded or job.result is None or job.usage is None:
         return ApiError(409, f"job {job.id} was {job.status.value} before it answered",
                         type_="invalid_request_error", code="job_cancelled")

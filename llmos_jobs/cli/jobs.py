@@ -18,6 +18,7 @@ from llmos_jobs.cli.output import (
 )
 from llmos_jobs.cli.state import client
 from llmos_jobs.cli.streaming import print_stream
+from llmos_jobs.cli.tasks import json_schema_file
 from llmos_jobs.errors import InvalidRequest
 from schemas.common import JobStatus
 
@@ -51,6 +52,9 @@ def submit(
     timeout_s: float = typer.Option(
         None, "--timeout-s", help="Seconds the job may run once started; then it fails "
                                   "with reason 'timeout' (capped by LLMOS_JOB_TIME_LIMIT_S)."),
+    schema: str = typer.Option(
+        None, "--schema", help="A FILE holding a JSON Schema: the output must be JSON valid "
+                               "against it (tried twice, then the job fails)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
     stream: bool = typer.Option(
@@ -61,10 +65,14 @@ def submit(
 ) -> None:
     """Submit a language job (generate from a prompt or chat messages)."""
     llmos = client()
+    response_format = None
+    if schema is not None:
+        response_format = {"type": "json_schema",
+                           "json_schema": {"schema": json_schema_file(schema, "--schema")}}
     job = llmos.generate(
         model=model, prompt=prompt, messages=_messages(messages) if messages else None,
         max_tokens=max_tokens, temperature=temperature, stop=stop, priority=priority,
-        webhook=webhook, timeout_s=timeout_s,
+        webhook=webhook, timeout_s=timeout_s, response_format=response_format,
     )
     if stream:
         err_console.print(f"queued {job.id} (priority {job.priority})", markup=False)

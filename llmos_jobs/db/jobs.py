@@ -398,3 +398,22 @@ def cancel_unfinished_turns(*, session: Session, mindspace_id: str, error_type: 
 def running_jobs_of(*, session: Session, worker: str) -> list[Job]:
     query = select(Job).where(Job.worker == worker, Job.status == JobStatus.running)
     return list(session.exec(query))
+
+
+def note_redactions(*, session: Session, job_id: str, message_id: str, rules: Sequence[str]
+                    ) -> None:
+    """Name on the job the redaction rules that changed its text (with its success)."""
+    session.execute(update(Job).where(col(Job.id) == job_id, col(Job.task_id) == message_id)
+                    .values(redacted_by=list(rules)))
+
+
+def filter_job(*, session: Session, job_id: str, message_id: str, rule: str,
+               error_message: str) -> bool:
+    """The attempt that owns the running job ends it `filtered` by ``rule``; False if
+    it no longer owns the job (cancelled meanwhile, or taken over)."""
+    return _set_status(
+        session, job_id, JobStatus.filtered,
+        extra_where=(col(Job.task_id) == message_id, col(Job.status) == JobStatus.running),
+        error_type="ContentFiltered", error_message=error_message, filter_rule=rule,
+        finished_at=utcnow(),
+    )

@@ -18,6 +18,13 @@ from schemas.common import JobKind, JobStatus, Usage
 from schemas.language import GenerateResult
 from schemas.mindspace import MindspaceTurnResult
 from schemas.model import ModelOpResult
+from schemas.tasks import (
+    AnswerResult,
+    ClassifyResult,
+    ExtractResult,
+    SummariseResult,
+    TranslateResult,
+)
 
 
 def new_id() -> str:
@@ -30,7 +37,9 @@ def _utc(nullable: bool = True) -> Any:
 
 # -- jobs ---------------------------------------------------------------------------
 
-ResultContract = TypeVar("ResultContract", GenerateResult, MindspaceTurnResult, ModelOpResult)
+ResultContract = TypeVar("ResultContract", GenerateResult, MindspaceTurnResult, ModelOpResult,
+                         SummariseResult, TranslateResult, AnswerResult, ClassifyResult,
+                         ExtractResult)
 
 
 class JobBase(SQLModel):
@@ -58,6 +67,12 @@ class Job(JobBase, table=True):
     error_type: str | None = None
     # Encrypted at rest: an error can quote the prompt.
     error_message: str | None = Field(default=None, sa_type=EncryptedText)
+    # The name of the content filter rule that ended the job `filtered` (never the text
+    # it matched).
+    filter_rule: str | None = None
+    # The redaction rules that changed its input or output (names only), so that no
+    # text is changed silently.
+    redacted_by: list[str] | None = Field(default=None, sa_column=Column(JSON))
     queue: str
     # The id of the Celery message that may run this attempt; a message with any
     # other id is a stale redelivery and is dropped.
@@ -86,6 +101,8 @@ class JobPublic(JobBase):
     result: dict[str, Any] | None
     error_type: str | None
     error_message: str | None
+    filter_rule: str | None = None
+    redacted_by: list[str] | None = None
     queue: str
     task_id: str = PField(description="Celery message id of the current attempt (for Flower)")
     attempts: int
@@ -130,6 +147,21 @@ class JobPublic(JobBase):
     def model_op_result(self) -> ModelOpResult:
         """The result of a succeeded model operation (load, unload, warmup)."""
         return self._result(JobKind.model_op, ModelOpResult)
+
+    def summarise_result(self) -> SummariseResult:
+        return self._result(JobKind.summarise, SummariseResult)
+
+    def translate_result(self) -> TranslateResult:
+        return self._result(JobKind.translate, TranslateResult)
+
+    def answer_result(self) -> AnswerResult:
+        return self._result(JobKind.answer, AnswerResult)
+
+    def classify_result(self) -> ClassifyResult:
+        return self._result(JobKind.classify, ClassifyResult)
+
+    def extract_result(self) -> ExtractResult:
+        return self._result(JobKind.extract, ExtractResult)
 
     def _result(self, kind: JobKind, contract: type[ResultContract]) -> ResultContract:
         if self.kind != kind:
@@ -397,7 +429,7 @@ class AuditEventPublic(AuditEventBase):
 
 
 # Tables in modules of their own; importing them here registers them on the metadata.
-from llmos_jobs.db import batch_tables  # noqa: E402, F401
+from llmos_jobs.db import batch_tables, filter_tables  # noqa: E402, F401
 from llmos_jobs.db.webhook_tables import (  # noqa: E402, F401
     WebhookAttempt,
     WebhookDelivery,

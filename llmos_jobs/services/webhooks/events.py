@@ -27,12 +27,14 @@ JOB_EVENTS: dict[JobStatus, str] = {
     JobStatus.succeeded: "job.succeeded",
     JobStatus.failed: "job.failed",
     JobStatus.cancelled: "job.cancelled",
+    JobStatus.filtered: "job.filtered",
 }
 # What a job event tells the tenant's endpoint: the outcome and the output, not the
 # prompt (the tenant sent it, and it would double the size of every request).
 JOB_EVENT_FIELDS = {
     "id", "status", "kind", "model", "priority", "result", "usage", "error_type",
-    "error_message", "attempts", "created_at", "started_at", "finished_at", "latency_s",
+    "error_message", "filter_rule", "redacted_by", "attempts", "created_at", "started_at",
+    "finished_at", "latency_s",
 }
 
 
