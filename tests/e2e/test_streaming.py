@@ -5,6 +5,7 @@ it. Every streamed text is compared with the same greedy request answered whole.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from httpx_sse import connect_sse
 
 from schemas.common import JobStatus
 from schemas.events import JobEvent
+from schemas.filters import Direction, RedactionRule, TenantFilters
 from tests.support.api_server import REQUEST_HANG_GUARD_S, ApiServer, idle_model, tenant
 from tests.support.cli import llmos
 from tests.support.stack import Stack, make_stack
@@ -237,3 +239,23 @@ def test_a_stream_whose_job_does_not_end_in_time_cancels_it(api_short_wait: ApiS
     with api.http(api.key(owner)) as http:
         [job] = http.get("/v1/jobs").json()["data"]
     assert job["status"] == "cancelled"
+
+
+def test_a_tenant_whose_rules_screen_the_output_streams_only_screened_text(
+        stream_stack: Stack) -> None:
+    client = stream_stack.client(tenant())
+    prompt = "what the redaction rule hides"
+    [free] = client.wait([client.generate(model=MODEL, prompt=prompt, max_tokens=16).id],
+                         timeout_s=120)
+    assert free.result is not None
+    secret = max(free.result["text"].split(), key=len)  # a word the model will say again
+    client.set_filters(TenantFilters(redact=[RedactionRule(
+        name="secret", pattern=re.escape(secret), replacement="[X]", direction=Direction.output)]))
+    [job] = client.wait([client.generate(model=MODEL, prompt=prompt, max_tokens=16).id],
+                        timeout_s=120)
+    assert job.result is not None and job.result["text"] == free.result["text"].replace(
+        secret, "[X]")
+    events = list(client.events(job.id))
+    deltas = [e.text or "" for e in events if e.type == "delta"]
+    assert "".join(deltas) == job.result["text"]
+    assert not any(secret in d for d in deltas)  # the raw text never left the worker
