@@ -4,6 +4,7 @@ tenant, an audit row per action (llmos_jobs.client_audit) and keyword arguments.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -24,9 +25,10 @@ from llmos_jobs.db.tables import (
     SnapshotPublic,
     WorkerPublic,
 )
-from llmos_jobs.services import batch_files, batches, language, models
+from llmos_jobs.services import batch_files, batches, idempotency, language, models
 from llmos_jobs.services import jobs as job_service
 from llmos_jobs.services import mindspaces as mindspace_service
+from llmos_jobs.services.idempotency import Idempotency
 from llmos_jobs.services.language import BulkSubmission
 from llmos_jobs.services.mindspaces import KnowledgeDocument
 from llmos_jobs.services.submission import Submitter, priority_of, validate
@@ -62,6 +64,7 @@ class LlmosClient:
         self.submitter = submitter
         self.database = submitter.database
         self.limits = submitter.limits
+        self.idempotency = Idempotency.of(settings, self.database)
 
     def session(self) -> AbstractContextManager[Session]:
         """A database session on this client's database (committed on success)."""
@@ -82,10 +85,14 @@ class LlmosClient:
         priority: int | str = "default",
         webhook: str | None = None,
         timeout_s: float | None = None,
+        idempotency_key: str | None = None,
     ) -> JobPublic:
         """Queue a language job; ``webhook`` is POSTed its outcome (job.succeeded,
         job.failed or job.cancelled), signed with the tenant's webhook secret. A job
-        still running ``timeout_s`` after it started fails with reason "timeout"."""
+        still running ``timeout_s`` after it started fails with reason "timeout".
+        ``idempotency_key``: the same call again with this key (within 24 h) returns the
+        job the first one queued instead of queueing another; the key with different
+        arguments raises IdempotencyMismatch."""
         data: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                                 "temperature": temperature, "stop": list(stop),
                                 "timeout_s": timeout_s}
@@ -95,8 +102,18 @@ class LlmosClient:
             data["messages"] = [
                 m.model_dump() if isinstance(m, ChatMessage) else m for m in messages
             ]
-        return language.submit_generate(self.submitter, self.tenant, data,
-                                        priority=priority_of(priority), webhook=webhook)
+        def submit() -> JobPublic:
+            return language.submit_generate(self.submitter, self.tenant, data,
+                                            priority=priority_of(priority), webhook=webhook)
+
+        if idempotency_key is None:
+            return submit()
+        arguments = {**data, "priority": priority, "webhook": webhook}
+        job_id = idempotency.once(
+            self.idempotency, tenant=self.tenant, key=idempotency_key,
+            request="client generate", body=json.dumps(arguments, sort_keys=True).encode(),
+            create=lambda: submit().id)
+        return self.job(job_id)
 
     @audited("jobs.create_many")
     def generate_many(self, requests: Sequence[dict[str, Any]], *,
@@ -159,13 +176,25 @@ class LlmosClient:
     @audited("mindspaces.turn")
     def chat(self, mindspace_id: str, message: str, *, max_tokens: int | None = None,
              temperature: float | None = None, priority: int | str = "interactive",
-             timeout_s: float | None = None) -> JobPublic:
+             timeout_s: float | None = None, idempotency_key: str | None = None
+             ) -> JobPublic:
         """Submit a turn. Turns of one mindspace run one at a time in the order accepted:
         a turn sent while an earlier one is unfinished is `waiting` until that one ends
-        (llmos_jobs.services.turns)."""
-        return mindspace_service.submit_turn(
-            self.submitter, self.tenant, mindspace_id, message, max_tokens=max_tokens,
-            temperature=temperature, priority=priority_of(priority), timeout_s=timeout_s)
+        (llmos_jobs.services.turns). ``idempotency_key``: as for ``generate``."""
+        def submit() -> JobPublic:
+            return mindspace_service.submit_turn(
+                self.submitter, self.tenant, mindspace_id, message, max_tokens=max_tokens,
+                temperature=temperature, priority=priority_of(priority), timeout_s=timeout_s)
+
+        if idempotency_key is None:
+            return submit()
+        arguments = {"mindspace": mindspace_id, "message": message, "max_tokens": max_tokens,
+                     "temperature": temperature, "priority": priority, "timeout_s": timeout_s}
+        job_id = idempotency.once(
+            self.idempotency, tenant=self.tenant, key=idempotency_key,
+            request="client chat", body=json.dumps(arguments, sort_keys=True).encode(),
+            create=lambda: submit().id)
+        return self.job(job_id)
 
     @audited("mindspaces.snapshot")
     def snapshot(self, mindspace_id: str, *, name: str | None = None) -> SnapshotPublic:

@@ -43,6 +43,10 @@ def submit(
     timeout_s: float = typer.Option(
         None, "--timeout-s", help="Seconds the job may run once started; then it fails "
                                   "with reason 'timeout' (capped by LLMOS_JOB_TIME_LIMIT_S)."),
+    idempotency_key: str = typer.Option(
+        None, "--idempotency-key", help="Run again with the same key (within 24 h), the "
+        "command returns the job the first run queued instead of queueing another; the "
+        "key with other arguments is refused."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
     as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
@@ -52,7 +56,7 @@ def submit(
     job = llmos.generate(
         model=model, prompt=prompt, messages=_messages(messages) if messages else None,
         max_tokens=max_tokens, temperature=temperature, stop=stop, priority=priority,
-        webhook=webhook, timeout_s=timeout_s,
+        webhook=webhook, timeout_s=timeout_s, idempotency_key=idempotency_key,
     )
     if wait:
         [job] = llmos.wait([job.id], timeout_s=timeout)

@@ -1,0 +1,49 @@
+"""Tables of idempotency keys and of per-tenant retention policies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from llmos_jobs.crypto import EncryptedText
+from llmos_jobs.db.types import UTCDateTime, utcnow
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """One ``Idempotency-Key`` of a tenant. The primary key (tenant, key) is what makes
+    two concurrent requests with one key create one object: the second insert fails,
+    whatever the two read before. ``status_code`` None: the first request is still
+    running."""
+
+    __tablename__ = "idempotency_key"
+
+    tenant: str = Field(primary_key=True, max_length=128)
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    # What the request was, for the message that refuses a different one.
+    request: str = Field(max_length=300)
+    status_code: int | None = None
+    # Encrypted at rest: an answer can quote the prompt.
+    response: str | None = Field(default=None, sa_type=EncryptedText)
+    content_type: str | None = Field(default=None, max_length=128)
+    resource_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class RetentionPolicyBase(SQLModel):
+    """Days each kind of content is kept; None: the deployment's default
+    (LLMOS_RETENTION_*)."""
+
+    jobs_days: float | None = Field(default=None, gt=0)
+    files_days: float | None = Field(default=None, gt=0)
+    audit_days: float | None = Field(default=None, gt=0)
+    webhooks_days: float | None = Field(default=None, gt=0)
+
+
+class RetentionPolicy(RetentionPolicyBase, table=True):
+    __tablename__ = "retention_policy"
+
+    tenant: str = Field(primary_key=True, max_length=128)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
