@@ -17,6 +17,7 @@ from llmos_jobs.db import mindspaces as mindspace_rows
 from llmos_jobs.db import registry
 from llmos_jobs.db.batch_tables import Batch, StoredFile
 from llmos_jobs.db.migrate import upgrade
+from llmos_jobs.db.retention_tables import RetentionPolicyPublic
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import (
     JobPublic,
@@ -25,7 +26,7 @@ from llmos_jobs.db.tables import (
     SnapshotPublic,
     WorkerPublic,
 )
-from llmos_jobs.services import batch_files, batches, idempotency, language, models
+from llmos_jobs.services import batch_files, batches, idempotency, language, models, retention
 from llmos_jobs.services import jobs as job_service
 from llmos_jobs.services import mindspaces as mindspace_service
 from llmos_jobs.services.idempotency import Idempotency
@@ -286,6 +287,18 @@ class LlmosClient:
         """The jobs once all are final; TimeoutError naming those that are not."""
         return job_service.wait(self.submitter, self.tenant, job_ids, timeout_s=timeout_s,
                                 poll_s=poll_s)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def retention(self) -> RetentionPolicyPublic:
+        """This tenant's retention in days per kind (its own, else the defaults)."""
+        return retention.policy_of(self.database, self.settings, self.tenant)
+
+    @audited("retention.set")
+    def set_retention(self, /, **days: float | None) -> RetentionPolicyPublic:
+        """Set this tenant's days per kind (jobs, files, audit, webhooks; None: the
+        default again). An operator's action: the HTTP API allows it to operator keys."""
+        return retention.set_policy(self.database, self.settings, self.tenant, days)
 
     def workers(self, *, include_gone: bool = False) -> list[WorkerPublic]:
         with self.session() as session:

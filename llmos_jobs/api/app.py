@@ -24,6 +24,7 @@ from llmos_jobs.api.routes import (
     mindspace_state,
     mindspaces,
     models,
+    retention,
     webhooks,
     workers,
 )
@@ -47,7 +48,7 @@ nothing (`Idempotent-Replayed: true`); the same key with another body answers 42
 """
 
 ROUTERS = (jobs, mindspaces, mindspace_state, models, workers, chat, keys, files, batches,
-           webhooks)
+           webhooks, retention)
 
 
 def create_app(settings: Settings) -> FastAPI:

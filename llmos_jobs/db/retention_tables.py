@@ -47,3 +47,15 @@ class RetentionPolicy(RetentionPolicyBase, table=True):
 
     tenant: str = Field(primary_key=True, max_length=128)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class RetentionPolicyPublic(SQLModel):
+    """A tenant's retention as it applies: its own days where it set them, else the
+    deployment's defaults; ``overridden`` names the kinds the tenant set."""
+
+    tenant: str
+    jobs_days: float
+    files_days: float
+    audit_days: float
+    webhooks_days: float
+    overridden: list[str]
