@@ -26,9 +26,18 @@ from llmos_jobs.db.tables import (
     SnapshotPublic,
     WorkerPublic,
 )
-from llmos_jobs.services import batch_files, batches, idempotency, language, models, retention
+from llmos_jobs.services import (
+    batch_files,
+    batches,
+    embeddings,
+    idempotency,
+    language,
+    models,
+    retention,
+)
 from llmos_jobs.services import jobs as job_service
 from llmos_jobs.services import mindspaces as mindspace_service
+from llmos_jobs.services.embeddings import Embeddings
 from llmos_jobs.services.idempotency import Idempotency
 from llmos_jobs.services.language import BulkSubmission
 from llmos_jobs.services.mindspaces import KnowledgeDocument
@@ -287,6 +296,13 @@ class LlmosClient:
         """The jobs once all are final; TimeoutError naming those that are not."""
         return job_service.wait(self.submitter, self.tenant, job_ids, timeout_s=timeout_s,
                                 poll_s=poll_s)
+
+    # -- embeddings -----------------------------------------------------------------------------
+
+    @audited("embeddings.create")
+    def embed(self, texts: Sequence[str], *, model: str = embeddings.MODEL) -> Embeddings:
+        """Unit vectors of ``texts`` (in this process: llmos_jobs.services.embeddings)."""
+        return embeddings.embed(texts, model=model)
 
     # -- retention ------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from llmos_jobs.api.idempotency import IdempotencyMiddleware
 from llmos_jobs.api.routes import (
     batches,
     chat,
+    embeddings,
     files,
     jobs,
     keys,
@@ -34,7 +35,7 @@ from llmos_jobs.settings import Settings
 
 DESCRIPTION = """\
 Submit and follow language jobs, mindspace turns and model operations, and call the
-OpenAI-compatible `/v1/chat/completions` and `/v1/models`.
+OpenAI-compatible `/v1/chat/completions`, `/v1/embeddings` and `/v1/models`.
 
 Every route but `/healthz` and these docs needs `Authorization: Bearer <key>`; an
 operator creates keys with `llmos key create --tenant T --scopes ...` (a tenant's) or
@@ -48,7 +49,7 @@ nothing (`Idempotent-Replayed: true`); the same key with another body answers 42
 """
 
 ROUTERS = (jobs, mindspaces, mindspace_state, models, workers, chat, keys, files, batches,
-           webhooks, retention)
+           webhooks, retention, embeddings)
 
 
 def create_app(settings: Settings) -> FastAPI:
