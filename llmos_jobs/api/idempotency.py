@@ -101,6 +101,10 @@ class IdempotencyMiddleware:
             await _error(409, str(exc), "idempotency_key_in_progress")(scope, receive, send)
             return
         if isinstance(outcome, Replay):
+            entry = scope.get("state", {}).get("audit")
+            if isinstance(entry, AuditEntry):  # the route's authorize did not run: say who
+                entry.tenant, entry.key_id = tenant, key.id
+                entry.resource_id = outcome.resource_id
             await _replayed(outcome)(scope, receive, send)
             return
         assert isinstance(outcome, Claimed)

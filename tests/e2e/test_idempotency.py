@@ -3,6 +3,7 @@ Python client: a repeat returns the first request's object and creates nothing."
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from typing import Any
@@ -11,7 +12,8 @@ import httpx
 import pytest
 
 from llmos_jobs.errors import IdempotencyMismatch
-from tests.support.api_server import ApiServer, idle_model, tenant
+from tests.support.api_server import ApiServer, audit, idle_model, tenant
+from tests.support.cli import llmos
 
 
 def _jobs(http: httpx.Client) -> list[str]:
@@ -22,7 +24,8 @@ def _jobs(http: httpx.Client) -> list[str]:
 def test_a_retried_post_returns_the_first_job(api: ApiServer) -> None:
     key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
     body = {"model": "echo", "prompt": "one two", "max_tokens": 2}
-    with api.http(api.key(tenant())) as http:
+    owner = tenant()
+    with api.http(api.key(owner)) as http:
         first = http.post("/v1/jobs", json=body, headers=key)
         # The same request, its JSON spelled otherwise: the same request.
         again = http.post("/v1/jobs", content=b'{"max_tokens":2, "prompt":"one two",'
@@ -36,6 +39,11 @@ def test_a_retried_post_returns_the_first_job(api: ApiServer) -> None:
         # Without a key every POST is a new job.
         other = http.post("/v1/jobs", json=body).raise_for_status().json()
         assert sorted(_jobs(http)) == sorted([first.json()["id"], other["id"]])
+    # The replay is audited like the call it repeats, naming the job it returned.
+    created = [(r["action"], r["resource_id"], r["status_code"])
+               for r in reversed(audit(api, owner)) if r["action"] == "jobs.create"]
+    assert created == [("jobs.create", first.json()["id"], 202)] * 2 + [
+        ("jobs.create", other["id"], 202)]
 
 
 def test_the_key_with_another_body_is_refused(api: ApiServer) -> None:
@@ -116,3 +124,17 @@ def test_the_client_returns_the_first_job_for_a_repeated_key(api: ApiServer) -> 
     with pytest.raises(IdempotencyMismatch, match="different request"):
         client.generate(model="echo", prompt="p q", max_tokens=3, idempotency_key=key)
     assert [j.id for j in client.jobs(limit=1000)] == [first.id]
+
+
+def test_the_cli_submits_once_per_key(api: ApiServer) -> None:
+    env = {**api.stack.env, "LLMOS_TENANT": tenant()}
+    key = f"k-{uuid.uuid4()}"
+    runs = [llmos("submit", "one two", "--model", "echo", "--idempotency-key", key, "--json",
+                  env=env) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    first, again = (json.loads(r.stdout) for r in runs)
+    assert again["id"] == first["id"]
+    changed = llmos("submit", "three", "--model", "echo", "--idempotency-key", key, env=env)
+    assert changed.returncode == 1 and "different request" in changed.stderr
+    listed = llmos("job", "list", "--json", env=env)
+    assert [j["id"] for j in json.loads(listed.stdout)] == [first["id"]]
