@@ -6,18 +6,19 @@ from datetime import datetime
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from llmos_jobs.db.retention_tables import IdempotencyRecord
 
 
 def get_record(*, session: Session, tenant: str, key: str) -> IdempotencyRecord | None:
-    return session.get(IdempotencyRecord, (tenant, key))
+    return session.exec(select(IdempotencyRecord).where(
+        col(IdempotencyRecord.tenant) == tenant, col(IdempotencyRecord.key) == key)).first()
 
 
 def insert_record(*, session: Session, record: IdempotencyRecord) -> bool:
-    """Insert a pending record; False when the key is already taken (the primary key
-    refused it, so of two concurrent inserts exactly one wins)."""
+    """Insert a pending record; False when the key is already taken (the unique
+    constraint refused it, so of two concurrent inserts exactly one wins)."""
     session.add(record)
     try:
         session.commit()
@@ -41,7 +42,7 @@ def delete_record(*, session: Session, tenant: str, key: str,
 def complete_record(*, session: Session, tenant: str, key: str, status_code: int,
                     response: str | None, content_type: str | None,
                     resource_id: str | None) -> None:
-    record = session.get(IdempotencyRecord, (tenant, key))
+    record = get_record(session=session, tenant=tenant, key=key)
     if record is None:
         return
     record.status_code = status_code

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from llmos_jobs.crypto import EncryptedText
@@ -11,15 +13,18 @@ from llmos_jobs.db.types import UTCDateTime, utcnow
 
 
 class IdempotencyRecord(SQLModel, table=True):
-    """One ``Idempotency-Key`` of a tenant. The primary key (tenant, key) is what makes
-    two concurrent requests with one key create one object: the second insert fails,
-    whatever the two read before. ``status_code`` None: the first request is still
-    running."""
+    """One ``Idempotency-Key`` of a tenant. The unique constraint on (tenant, key) is
+    what makes two concurrent requests with one key create one object: the second
+    insert fails, whatever the two read before. ``status_code`` None: the first request
+    is still running. (A one-column primary key of its own: the key ring's rotation
+    pages through encrypted tables by it.)"""
 
     __tablename__ = "idempotency_key"
+    __table_args__ = (UniqueConstraint("tenant", "key", name="uq_idempotency_key_tenant_key"),)
 
-    tenant: str = Field(primary_key=True, max_length=128)
-    key: str = Field(primary_key=True, max_length=255)
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, primary_key=True)
+    tenant: str = Field(max_length=128)
+    key: str = Field(max_length=255)
     request_hash: str = Field(max_length=64)
     # What the request was, for the message that refuses a different one.
     request: str = Field(max_length=300)

@@ -3,7 +3,7 @@ earlier one's answer and creates nothing.
 
 A key belongs to a tenant and is remembered for LLMOS_IDEMPOTENCY_TTL_S (24 h) with a
 hash of its request. The first request inserts the key's row before it does anything
-(the primary key (tenant, key) lets one of two concurrent inserts win, so two racing
+(a unique constraint on (tenant, key) lets one of two concurrent inserts win, so two racing
 requests never both run); it stores its answer when it succeeds and forgets the key
 when it fails, so a request that failed can be sent again. A later request with the
 key then gets the stored answer, waits while the first one is still running, or is

@@ -22,6 +22,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         'idempotency_key',
+        sa.Column('id', sa.String(), nullable=False),
         sa.Column('tenant', sa.String(length=128), nullable=False),
         sa.Column('key', sa.String(length=255), nullable=False),
         sa.Column('request_hash', sa.String(length=64), nullable=False),
@@ -32,7 +33,8 @@ def upgrade() -> None:
         sa.Column('resource_id', sa.String(), nullable=True),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
         sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint('tenant', 'key'),
+        sa.PrimaryKeyConstraint('id'),
+        sa.UniqueConstraint('tenant', 'key', name='uq_idempotency_key_tenant_key'),
     )
     with op.batch_alter_table('idempotency_key', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_idempotency_key_expires_at'), ['expires_at'],
