@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends
 from pydantic import Field
 
 from llmos_jobs.api.auth import Caller, authorize
-from llmos_jobs.api.errors import forbidden
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.db.retention_tables import RetentionPolicyPublic
+from llmos_jobs.errors import NotFound
 from llmos_jobs.services.api_keys import Scope
 from schemas.common import Contract
 
@@ -37,7 +37,8 @@ def get_retention(
 ) -> RetentionPolicyPublic:
     """A tenant's retention in days per kind; ``overridden`` names the kinds it has set."""
     if not caller.operator and tenant != caller.tenant:
-        raise forbidden("a tenant key reads its own tenant's retention only")
+        # As for every other tenant's object: not found, whether the tenant exists or not.
+        raise NotFound(f"tenant {tenant} not found")
     return state.client(tenant).retention()
 
 
