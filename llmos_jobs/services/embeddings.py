@@ -2,8 +2,9 @@
 knowledge base already ships (llmos_jobs.services.knowledge).
 
 They run in the calling process, not as a job through a worker: the model is small
-(22M parameters, 384 dimensions) and answers a batch on a CPU in milliseconds, so the
-queue's round trip (commit, publish, claim, record, poll) would cost more than the work;
+(22M parameters, 384 dimensions; one short text in ~30 ms on a loaded CPU core,
+`python -m bench.embeddings`), so the queue's round trip (commit, publish, claim,
+record, poll) would cost about as much as the work;
 the API process loads it anyway for knowledge uploads, and inference workers, which
 hold language models and may have no copy of it, stay free for generation."""
 
