@@ -12,6 +12,7 @@ only to a key that may call the route (the route's own scope check stays in forc
 from __future__ import annotations
 
 import anyio
+from fastapi import HTTPException
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
@@ -31,9 +32,10 @@ from llmos_jobs.services.idempotency import HEADER, Claimed, Idempotency, Replay
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
-def _error(status: int, message: str, code: str) -> JSONResponse:
+def _error(status: int, message: str, code: str, param: str | None = HEADER
+           ) -> JSONResponse:
     body = ErrorBody(error=ErrorDetail(message=message, type="invalid_request_error",
-                                       param=HEADER, code=code))
+                                       param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status)
 
 
@@ -87,7 +89,12 @@ class IdempotencyMiddleware:
             await _error(400, str(exc), "invalid_idempotency_key")(scope, receive, send)
             return
         tenant = key.tenant or headers.get(TENANT_HEADER) or self.default_tenant
-        body = await _read(receive)
+        try:
+            body = await _read(receive)
+        except HTTPException as exc:  # an upload past its limit (the gate counts it)
+            await _error(exc.status_code, str(exc.detail), "request_too_large",
+                         param=None)(scope, receive, send)
+            return
         query = scope.get("query_string", b"").decode("latin-1")
         request = f"POST {scope['path']}" + (f"?{query}" if query else "")
         try:
