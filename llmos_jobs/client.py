@@ -4,8 +4,9 @@ tenant, an audit row per action (llmos_jobs.client_audit) and keyword arguments.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,14 @@ class LlmosClient:
         """A database session on this client's database (committed on success)."""
         return self.database.session()
 
+    def _once(self, key: str, request: str, create: Callable[[], str],
+              arguments: dict[str, object]) -> str:
+        """``create()`` once per idempotency key: the id it made, or the id the key's
+        first call made."""
+        return idempotency.once(self.idempotency, tenant=self.tenant, key=key,
+                                request=request, create=create,
+                                body=json.dumps(arguments, sort_keys=True).encode())
+
     # -- language -----------------------------------------------------------------------------
 
     @audited("jobs.create")
@@ -118,12 +127,8 @@ class LlmosClient:
 
         if idempotency_key is None:
             return submit()
-        arguments = {**data, "priority": priority, "webhook": webhook}
-        job_id = idempotency.once(
-            self.idempotency, tenant=self.tenant, key=idempotency_key,
-            request="client generate", body=json.dumps(arguments, sort_keys=True).encode(),
-            create=lambda: submit().id)
-        return self.job(job_id)
+        return self.job(self._once(idempotency_key, "client generate", lambda: submit().id,
+                                   {**data, "priority": priority, "webhook": webhook}))
 
     @audited("jobs.create_many")
     def generate_many(self, requests: Sequence[dict[str, Any]], *,
@@ -198,13 +203,9 @@ class LlmosClient:
 
         if idempotency_key is None:
             return submit()
-        arguments = {"mindspace": mindspace_id, "message": message, "max_tokens": max_tokens,
-                     "temperature": temperature, "priority": priority, "timeout_s": timeout_s}
-        job_id = idempotency.once(
-            self.idempotency, tenant=self.tenant, key=idempotency_key,
-            request="client chat", body=json.dumps(arguments, sort_keys=True).encode(),
-            create=lambda: submit().id)
-        return self.job(job_id)
+        return self.job(self._once(idempotency_key, "client chat", lambda: submit().id, {
+            "mindspace": mindspace_id, "message": message, "max_tokens": max_tokens,
+            "temperature": temperature, "priority": priority, "timeout_s": timeout_s}))
 
     @audited("mindspaces.snapshot")
     def snapshot(self, mindspace_id: str, *, name: str | None = None) -> SnapshotPublic:
@@ -257,21 +258,43 @@ class LlmosClient:
     # -- batches ----------------------------------------------------------------------------------
 
     @audited("files.create")
-    def upload_file(self, *, filename: str, content: bytes, purpose: str = "batch"
-                    ) -> StoredFile:
-        """Store a file (a batch's JSONL input), encrypted at rest."""
-        return batch_files.upload(self.submitter, self.tenant, filename=filename,
-                                  content=content, purpose=purpose)
+    def upload_file(self, *, filename: str, content: bytes, purpose: str = "batch",
+                    idempotency_key: str | None = None) -> StoredFile:
+        """Store a file (a batch's JSONL input), encrypted at rest. ``idempotency_key``:
+        the same upload again with this key returns the file the first one stored."""
+        def upload() -> StoredFile:
+            return batch_files.upload(self.submitter, self.tenant, filename=filename,
+                                      content=content, purpose=purpose)
+
+        if idempotency_key is None:
+            return upload()
+        file_id = self._once(idempotency_key, "client upload_file", lambda: upload().id,
+                             {"filename": filename, "purpose": purpose,
+                              "sha256": hashlib.sha256(content).hexdigest()})
+        with self.session() as session:
+            return batch_files.get_file(session, self.tenant, file_id)
 
     @audited("batches.create")
     def create_batch(self, *, input_file_id: str, endpoint: str = batch_files.ENDPOINT,
                      completion_window: str = "24h", metadata: dict[str, str] | None = None,
-                     priority: int | str = "batch", webhook: str | None = None) -> Batch:
+                     priority: int | str = "batch", webhook: str | None = None,
+                     idempotency_key: str | None = None) -> Batch:
         """Accept a batch of an uploaded file; a control process turns each valid line
-        into a job, and writes the output and error files once every job has ended."""
-        return batches.create(self.submitter, self.tenant, input_file_id=input_file_id,
-                              endpoint=endpoint, completion_window=completion_window,
-                              metadata=metadata, priority=priority, webhook=webhook)
+        into a job, and writes the output and error files once every job has ended.
+        ``idempotency_key``: the same call again returns the batch the first one made."""
+        def create() -> Batch:
+            return batches.create(self.submitter, self.tenant, input_file_id=input_file_id,
+                                  endpoint=endpoint, completion_window=completion_window,
+                                  metadata=metadata, priority=priority, webhook=webhook)
+
+        if idempotency_key is None:
+            return create()
+        batch_id = self._once(idempotency_key, "client create_batch", lambda: create().id, {
+            "input_file_id": input_file_id, "endpoint": endpoint, "metadata": metadata,
+            "completion_window": completion_window, "priority": priority,
+            "webhook": webhook})
+        with self.session() as session:
+            return batches.get_batch(session, self.tenant, batch_id)
 
     @audited("batches.cancel")
     def cancel_batch(self, batch_id: str) -> Batch:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+from sqlmodel import col
 
+from llmos_jobs.db.batch_tables import StoredFile
 from llmos_jobs.errors import IdempotencyMismatch
 from tests.support.api_server import ApiServer, audit, idle_model, tenant
 from tests.support.cli import llmos
@@ -138,3 +142,29 @@ def test_the_cli_submits_once_per_key(api: ApiServer) -> None:
     assert changed.returncode == 1 and "different request" in changed.stderr
     listed = llmos("job", "list", "--json", env=env)
     assert [j["id"] for j in json.loads(listed.stdout)] == [first["id"]]
+
+
+def test_a_batch_submitted_twice_with_one_key_is_one_batch(api: ApiServer,
+                                                           tmp_path: Path) -> None:
+    env = {**api.stack.env, "LLMOS_TENANT": tenant()}
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": "echo", "max_tokens": 1,
+                                "messages": [{"role": "user", "content": "q"}]}})
+    path = tmp_path / "b.jsonl"
+    path.write_text(line)
+    key = f"k-{uuid.uuid4()}"
+    runs = [llmos("batch", "submit", str(path), "--idempotency-key", key, "--json", env=env)
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    first, again = (json.loads(r.stdout) for r in runs)
+    assert again["id"] == first["id"] and again["input_file_id"] == first["input_file_id"]
+    listed = json.loads(llmos("batch", "list", "--json", env=env).stdout)
+    assert [b["id"] for b in listed["data"]] == [first["id"]]
+    path.write_text(line + "\n" + line.replace('"a"', '"b"'))
+    changed = llmos("batch", "submit", str(path), "--idempotency-key", key, env=env)
+    assert changed.returncode == 1 and "different request" in changed.stderr
+    with api.stack.database.session() as session:
+        files = session.execute(select(func.count()).select_from(StoredFile).where(
+            col(StoredFile.tenant) == env["LLMOS_TENANT"],
+            col(StoredFile.purpose) == "batch")).scalar_one()
+    assert files == 1  # one upload (the batch's output is another); the refused run's none
