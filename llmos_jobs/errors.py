@@ -30,3 +30,16 @@ class ResultUnavailable(LlmosError):
 
 class NoLiveWorkerWarning(UserWarning):
     """A job was accepted for a model that no live worker serves yet."""
+
+
+class IdempotencyMismatch(LlmosError):
+    """An idempotency key was used again with a different request."""
+
+
+class IdempotencyInProgress(LlmosError):
+    """The first request with this idempotency key has not finished yet."""
+
+
+class ContentExpired(ResultUnavailable):
+    """A job's prompt and result were pruned under its tenant's retention policy; its
+    metadata (status, timestamps, model, usage) is kept."""

@@ -72,6 +72,10 @@ def chat(
     timeout_s: float = typer.Option(
         None, "--timeout-s", help="Seconds the turn may run once started; then it fails "
                                   "with reason 'timeout'."),
+    idempotency_key: str = typer.Option(
+        None, "--idempotency-key", help="Run again with the same key (within 24 h), the "
+        "command returns the job the first run queued instead of queueing another; the "
+        "key with other arguments is refused."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the reply."),
     as_json: bool = _JSON,
 ) -> None:
@@ -79,7 +83,8 @@ def chat(
     from schemas.common import JobStatus
 
     llmos = client()
-    job = llmos.chat(mindspace_id, message, max_tokens=max_tokens, timeout_s=timeout_s)
+    job = llmos.chat(mindspace_id, message, max_tokens=max_tokens, timeout_s=timeout_s,
+                     idempotency_key=idempotency_key)
     [job] = llmos.wait([job.id], timeout_s=timeout)
     if as_json:
         emit_json(job)
