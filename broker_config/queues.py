@@ -4,7 +4,7 @@
                    mindspace turns, model ops not aimed at a worker)
     w.<worker>     direct queue of one worker (model ops aimed at it)
     control        the control plane (`llmos control`, no GPU): reaping, reconciling,
-                   batch expansion, finalisation and expiry
+                   batch expansion, finalisation and expiry, retention
     webhooks       callback deliveries (`llmos control`, never an inference worker)
 """
 
@@ -29,6 +29,7 @@ class TaskName(StrEnum):
     reap = "llmos.control.reap"
     reconcile = "llmos.control.reconcile"
     expire_batches = "llmos.control.expire_batches"
+    prune = "llmos.control.prune"
 
 
 # How each task is routed: to the language queue of the job's model, to the direct
@@ -45,6 +46,7 @@ TASK_FAMILIES: dict[TaskName, Literal["model", "model_or_worker", "control", "we
     TaskName.reap: "control",
     TaskName.reconcile: "control",
     TaskName.expire_batches: "control",
+    TaskName.prune: "control",
 }
 
 # The tasks that run a job (their message carries a job id); every other task is

@@ -4,7 +4,9 @@ tenant, an audit row per action (llmos_jobs.client_audit) and keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from llmos_jobs.db import mindspaces as mindspace_rows
 from llmos_jobs.db import registry
 from llmos_jobs.db.batch_tables import Batch, StoredFile
 from llmos_jobs.db.migrate import upgrade
+from llmos_jobs.db.retention_tables import RetentionPolicyPublic
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import (
     JobPublic,
@@ -25,10 +28,22 @@ from llmos_jobs.db.tables import (
     WorkerPublic,
 )
 from llmos_jobs.job_events import JobEnding, require_events_url
-from llmos_jobs.services import batch_files, batches, language, models, presets, streaming
+from llmos_jobs.services import (
+    batch_files,
+    batches,
+    embeddings,
+    idempotency,
+    language,
+    models,
+    presets,
+    retention,
+    streaming,
+)
 from llmos_jobs.services import filters as filter_service
 from llmos_jobs.services import jobs as job_service
 from llmos_jobs.services import mindspaces as mindspace_service
+from llmos_jobs.services.embeddings import Embeddings
+from llmos_jobs.services.idempotency import Idempotency
 from llmos_jobs.services.language import BulkSubmission
 from llmos_jobs.services.mindspaces import KnowledgeDocument
 from llmos_jobs.services.submission import Submitter, priority_of, validate
@@ -66,10 +81,19 @@ class LlmosClient:
         self.submitter = submitter
         self.database = submitter.database
         self.limits = submitter.limits
+        self.idempotency = Idempotency.of(settings, self.database)
 
     def session(self) -> AbstractContextManager[Session]:
         """A database session on this client's database (committed on success)."""
         return self.database.session()
+
+    def _once(self, key: str, request: str, create: Callable[[], str],
+              arguments: dict[str, object]) -> str:
+        """``create()`` once per idempotency key: the id it made, or the id the key's
+        first call made."""
+        return idempotency.once(self.idempotency, tenant=self.tenant, key=key,
+                                request=request, create=create,
+                                body=json.dumps(arguments, sort_keys=True).encode())
 
     # -- language -----------------------------------------------------------------------------
 
@@ -87,12 +111,16 @@ class LlmosClient:
         webhook: str | None = None,
         timeout_s: float | None = None,
         response_format: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> JobPublic:
         """Queue a language job; ``webhook`` is POSTed its outcome (job.succeeded,
         job.failed or job.cancelled), signed with the tenant's webhook secret. A job
         still running ``timeout_s`` after it started fails with reason "timeout".
         ``response_format`` ({"type": "json_schema", "json_schema": {"schema": ...}})
-        asks for JSON valid against a schema (docs/presets.md)."""
+        asks for JSON valid against a schema (docs/presets.md).
+        ``idempotency_key``: the same call again with this key (within 24 h) returns the
+        job the first one queued instead of queueing another; the key with different
+        arguments raises IdempotencyMismatch."""
         data: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                                 "temperature": temperature, "stop": list(stop),
                                 "timeout_s": timeout_s}
@@ -104,8 +132,14 @@ class LlmosClient:
             data["messages"] = [
                 m.model_dump() if isinstance(m, ChatMessage) else m for m in messages
             ]
-        return language.submit_generate(self.submitter, self.tenant, data,
-                                        priority=priority_of(priority), webhook=webhook)
+        def submit() -> JobPublic:
+            return language.submit_generate(self.submitter, self.tenant, data,
+                                            priority=priority_of(priority), webhook=webhook)
+
+        if idempotency_key is None:
+            return submit()
+        return self.job(self._once(idempotency_key, "client generate", lambda: submit().id,
+                                   {**data, "priority": priority, "webhook": webhook}))
 
     @audited("jobs.create_many")
     def generate_many(self, requests: Sequence[dict[str, Any]], *,
@@ -231,13 +265,21 @@ class LlmosClient:
     @audited("mindspaces.turn")
     def chat(self, mindspace_id: str, message: str, *, max_tokens: int | None = None,
              temperature: float | None = None, priority: int | str = "interactive",
-             timeout_s: float | None = None) -> JobPublic:
+             timeout_s: float | None = None, idempotency_key: str | None = None
+             ) -> JobPublic:
         """Submit a turn. Turns of one mindspace run one at a time in the order accepted:
         a turn sent while an earlier one is unfinished is `waiting` until that one ends
-        (llmos_jobs.services.turns)."""
-        return mindspace_service.submit_turn(
-            self.submitter, self.tenant, mindspace_id, message, max_tokens=max_tokens,
-            temperature=temperature, priority=priority_of(priority), timeout_s=timeout_s)
+        (llmos_jobs.services.turns). ``idempotency_key``: as for ``generate``."""
+        def submit() -> JobPublic:
+            return mindspace_service.submit_turn(
+                self.submitter, self.tenant, mindspace_id, message, max_tokens=max_tokens,
+                temperature=temperature, priority=priority_of(priority), timeout_s=timeout_s)
+
+        if idempotency_key is None:
+            return submit()
+        return self.job(self._once(idempotency_key, "client chat", lambda: submit().id, {
+            "mindspace": mindspace_id, "message": message, "max_tokens": max_tokens,
+            "temperature": temperature, "priority": priority, "timeout_s": timeout_s}))
 
     @audited("mindspaces.snapshot")
     def snapshot(self, mindspace_id: str, *, name: str | None = None) -> SnapshotPublic:
@@ -290,21 +332,43 @@ class LlmosClient:
     # -- batches ----------------------------------------------------------------------------------
 
     @audited("files.create")
-    def upload_file(self, *, filename: str, content: bytes, purpose: str = "batch"
-                    ) -> StoredFile:
-        """Store a file (a batch's JSONL input), encrypted at rest."""
-        return batch_files.upload(self.submitter, self.tenant, filename=filename,
-                                  content=content, purpose=purpose)
+    def upload_file(self, *, filename: str, content: bytes, purpose: str = "batch",
+                    idempotency_key: str | None = None) -> StoredFile:
+        """Store a file (a batch's JSONL input), encrypted at rest. ``idempotency_key``:
+        the same upload again with this key returns the file the first one stored."""
+        def upload() -> StoredFile:
+            return batch_files.upload(self.submitter, self.tenant, filename=filename,
+                                      content=content, purpose=purpose)
+
+        if idempotency_key is None:
+            return upload()
+        file_id = self._once(idempotency_key, "client upload_file", lambda: upload().id,
+                             {"filename": filename, "purpose": purpose,
+                              "sha256": hashlib.sha256(content).hexdigest()})
+        with self.session() as session:
+            return batch_files.get_file(session, self.tenant, file_id)
 
     @audited("batches.create")
     def create_batch(self, *, input_file_id: str, endpoint: str = batch_files.ENDPOINT,
                      completion_window: str = "24h", metadata: dict[str, str] | None = None,
-                     priority: int | str = "batch", webhook: str | None = None) -> Batch:
+                     priority: int | str = "batch", webhook: str | None = None,
+                     idempotency_key: str | None = None) -> Batch:
         """Accept a batch of an uploaded file; a control process turns each valid line
-        into a job, and writes the output and error files once every job has ended."""
-        return batches.create(self.submitter, self.tenant, input_file_id=input_file_id,
-                              endpoint=endpoint, completion_window=completion_window,
-                              metadata=metadata, priority=priority, webhook=webhook)
+        into a job, and writes the output and error files once every job has ended.
+        ``idempotency_key``: the same call again returns the batch the first one made."""
+        def create() -> Batch:
+            return batches.create(self.submitter, self.tenant, input_file_id=input_file_id,
+                                  endpoint=endpoint, completion_window=completion_window,
+                                  metadata=metadata, priority=priority, webhook=webhook)
+
+        if idempotency_key is None:
+            return create()
+        batch_id = self._once(idempotency_key, "client create_batch", lambda: create().id, {
+            "input_file_id": input_file_id, "endpoint": endpoint, "metadata": metadata,
+            "completion_window": completion_window, "priority": priority,
+            "webhook": webhook})
+        with self.session() as session:
+            return batches.get_batch(session, self.tenant, batch_id)
 
     @audited("batches.cancel")
     def cancel_batch(self, batch_id: str) -> Batch:
@@ -343,6 +407,25 @@ class LlmosClient:
         """The jobs once all are final; TimeoutError naming those that are not."""
         return job_service.wait(self.submitter, self.tenant, job_ids, timeout_s=timeout_s,
                                 poll_s=poll_s)
+
+    # -- embeddings -----------------------------------------------------------------------------
+
+    @audited("embeddings.create")
+    def embed(self, texts: Sequence[str], *, model: str = embeddings.MODEL) -> Embeddings:
+        """Unit vectors of ``texts`` (in this process: llmos_jobs.services.embeddings)."""
+        return embeddings.embed(texts, model=model)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def retention(self) -> RetentionPolicyPublic:
+        """This tenant's retention in days per kind (its own, else the defaults)."""
+        return retention.policy_of(self.database, self.settings, self.tenant)
+
+    @audited("retention.set")
+    def set_retention(self, /, **days: float | None) -> RetentionPolicyPublic:
+        """Set this tenant's days per kind (jobs, files, audit, webhooks; None: the
+        default again). An operator's action: the HTTP API allows it to operator keys."""
+        return retention.set_policy(self.database, self.settings, self.tenant, days)
 
     def workers(self, *, include_gone: bool = False) -> list[WorkerPublic]:
         with self.session() as session:

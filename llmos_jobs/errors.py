@@ -34,3 +34,16 @@ class NoLiveWorkerWarning(UserWarning):
 
 class StreamingUnavailable(LlmosError):
     """No Redis holds jobs' live events (a RabbitMQ broker, no LLMOS_STREAM_URL)."""
+
+
+class IdempotencyMismatch(LlmosError):
+    """An idempotency key was used again with a different request."""
+
+
+class IdempotencyInProgress(LlmosError):
+    """The first request with this idempotency key has not finished yet."""
+
+
+class ContentExpired(ResultUnavailable):
+    """A job's prompt and result were pruned under its tenant's retention policy; its
+    metadata (status, timestamps, model, usage) is kept."""

@@ -126,6 +126,23 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0,
                                      description="webhooks: one whole attempt, connect to answer")
+    idempotency_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="how long an Idempotency-Key is remembered "
+                                            "(its request's answer is replayed)")
+    retention_jobs_days: float = Field(
+        default=30.0, gt=0, description="retention: days a finished job keeps its prompt "
+                                        "and result (metadata stays); per tenant: "
+                                        "`llmos retention set`")
+    retention_files_days: float = Field(
+        default=30.0, gt=0, description="retention: days uploaded files and batch output "
+                                        "files are kept")
+    retention_audit_days: float = Field(
+        default=365.0, gt=0, description="retention: days audit rows are kept")
+    retention_webhooks_days: float = Field(
+        default=30.0, gt=0, description="retention: days finished webhook deliveries "
+                                        "(and their attempts) are kept")
+    retention_check_s: float = Field(
+        default=3600.0, gt=0, description="control: how often expired content is pruned")
     webhook_allowed_hosts: str = Field(
         default="", description="webhooks: hosts (or host:port) allowed although they resolve "
                                 "to private, loopback or other internal addresses",

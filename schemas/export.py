@@ -13,6 +13,7 @@ from schemas.filters import FilterVerdict, TenantFilters
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOpRequest, ModelOpResult, ModelRegister
+from schemas.retention import PruneReport
 from schemas.tasks import REQUESTS, RESULTS
 
 CONTRACTS: dict[str, type[BaseModel]] = {
@@ -29,6 +30,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "filter_verdict": FilterVerdict,
     **{f"{kind.value}_request": model for kind, model in REQUESTS.items()},
     **{f"{kind.value}_result": model for kind, model in RESULTS.items()},
+    "prune_report": PruneReport,
 }
 
 JSON_DIR = Path(__file__).parent / "json"

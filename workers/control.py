@@ -8,6 +8,9 @@
                                    lost sent again (llmos_jobs.services.reconcile)
     llmos.control.expire_batches   every LLMOS_BATCH_EXPIRY_CHECK_S: batches past their
                                    completion window expired
+    llmos.control.prune            every LLMOS_RETENTION_CHECK_S: content past its
+                                   tenant's retention removed
+                                   (llmos_jobs.services.retention)
 
 with batch expansion and finalisation and webhook deliveries as they come. Inference
 workers do none of this: their heartbeat only beats, so a slow finalisation or webhook
@@ -29,7 +32,7 @@ from broker_config.celery_config import TIME_LIMIT_GRACE_S
 from llmos_jobs import broker
 from llmos_jobs.db import batch_progress
 from llmos_jobs.db.tables import Job
-from llmos_jobs.services import batches
+from llmos_jobs.services import batches, retention
 from llmos_jobs.services.reconcile import reconcile
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
@@ -87,10 +90,14 @@ def register_control_tasks(app: Celery, submitter: Submitter) -> None:
             batch_progress.job_finished(session, batch_id)
         batches.finalize(submitter, batch_id)
 
+    def prune_expired() -> dict[str, object]:
+        return retention.prune(database, settings).model_dump(mode="json")
+
     app.task(name=TaskName.reap.value, bind=True, acks_late=True)(reap_now)
     app.task(name=TaskName.reconcile.value, bind=True, acks_late=True)(reconcile_now)
     app.task(name=TaskName.expire_batches.value, acks_late=True)(expire_batches)
     app.task(name=TaskName.batch_finalize.value, acks_late=True)(finalize_batch)
+    app.task(name=TaskName.prune.value, acks_late=True)(prune_expired)
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -100,6 +107,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         TaskName.reap: settings.heartbeat_interval_s,
         TaskName.reconcile: max(settings.reconcile_grace_s / 2, 0.5),
         TaskName.expire_batches: settings.batch_expiry_check_s,
+        TaskName.prune: settings.retention_check_s,
     }
     return {name.value: {"task": name.value, "schedule": seconds,
                          "options": {"queue": CONTROL_QUEUE, "expires": max(seconds, 1.0)}}

@@ -234,14 +234,14 @@ def run_task_preset(job: Job, ctx: WorkerContext) -> Outcome:
 
     def generate(prompt: str, sampling: EngineSampling, timeout_s: float | None
                  ) -> Completion:
-        # The rendered prompt is screened whole: every field the caller gave is in it.
         nonlocal left
         left = left or _time_left(ctx, timeout_s)
-        screened = filters.text(prompt, Direction.input)
         return _screened(filters, run_on_engine(job, ctx, engine, sampling, left(),
-                                                prompt=screened))
+                                                prompt=prompt))
 
-    result, usage = presets.run_preset(job.kind, job.payload, family, generate)
+    payload = presets.screened_request(
+        job.payload, lambda texts: filters.texts(texts, Direction.input))
+    result, usage = presets.run_preset(job.kind, payload, family, generate)
     return Outcome(result.model_dump(mode="json"), usage, redacted_by=filters.redacted)
 
 

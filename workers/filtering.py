@@ -55,12 +55,18 @@ class JobFilters:
         self._moderate([screened], side)
         return screened
 
-    def messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-        """Chat messages screened as input, each one; the moderation step sees them all."""
-        screened = [m.model_copy(update={"content": self._rules(m.content, Direction.input)})
-                    for m in messages]
-        self._moderate([m.content for m in screened], Direction.input)
+    def texts(self, texts: Sequence[str], side: Direction) -> list[str]:
+        """Several texts of one request screened on ``side``, each one; the moderation
+        step sees them all at once."""
+        screened = [self._rules(text, side) for text in texts]
+        self._moderate(screened, side)
         return screened
+
+    def messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """Chat messages screened as input (``texts``)."""
+        contents = self.texts([m.content for m in messages], Direction.input)
+        return [message.model_copy(update={"content": content})
+                for message, content in zip(messages, contents, strict=True)]
 
     def _rules(self, text: str, side: Direction) -> str:
         verdict = self.compiled.screen(text, side)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import JsonValue
 
@@ -75,6 +76,21 @@ def validated(schema: dict[str, JsonValue], first: Completion,
 
 def schema_text(schema: dict[str, JsonValue]) -> str:
     return json.dumps(schema, separators=(",", ":"), sort_keys=True)
+
+
+def screened_request(payload: dict[str, Any],
+                     screen: Callable[[list[str]], list[str]]) -> dict[str, Any]:
+    """``payload`` with the caller's own text (``text``, ``question``, ``context``'s
+    passages) replaced by ``screen``'s answer. The template around it is the
+    operator's: it is not screened, so normalisation never changes the prompt's frame."""
+    fields = [key for key in ("text", "question") if isinstance(payload.get(key), str)]
+    context = payload.get("context")
+    passages = [p for p in context if isinstance(p, str)] if isinstance(context, list) else []
+    screened = screen([payload[key] for key in fields] + passages)
+    result = {**payload, **dict(zip(fields, screened, strict=False))}
+    if passages:
+        result["context"] = screened[len(fields):]
+    return result
 
 
 def run_preset(kind: JobKind, payload: dict[str, JsonValue], family: str,

@@ -13,6 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos_jobs.errors import (
     BrokerUnavailable,
+    ContentExpired,
+    IdempotencyInProgress,
+    IdempotencyMismatch,
     IllegalTransition,
     InvalidRequest,
     LlmosError,
@@ -45,6 +48,9 @@ _LLMOS_ERRORS: list[tuple[type[LlmosError], int, str, str]] = [
     (InvalidRequest, 400, "invalid_request_error", "invalid_request"),
     (NotFound, 404, "not_found_error", "not_found"),
     (IllegalTransition, 409, "invalid_request_error", "illegal_transition"),
+    (IdempotencyMismatch, 422, "invalid_request_error", "idempotency_key_reused"),
+    (IdempotencyInProgress, 409, "invalid_request_error", "idempotency_key_in_progress"),
+    (ContentExpired, 410, "invalid_request_error", "content_expired"),
     (BrokerUnavailable, 503, "service_unavailable_error", "broker_unavailable"),
     (StreamingUnavailable, 400, "invalid_request_error", "streaming_unavailable"),
 ]

@@ -183,3 +183,33 @@ class OpenAIModel(BaseModel):
 class OpenAIModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[OpenAIModel]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str] = Field(description="a text, or a list of texts (at most 2048)")
+    model: str = Field(min_length=1, description="all-MiniLM-L6-v2")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="base64: the little-endian float32 bytes of each vector")
+    dimensions: int | None = Field(default=None, ge=384, le=384,
+                                   description="only 384, the model's own, is supported")
+    user: str | None = Field(default=None, description="accepted, not used")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

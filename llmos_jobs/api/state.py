@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.session import Database, session_scope
+from llmos_jobs.services.idempotency import Idempotency
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
 
@@ -21,6 +22,7 @@ class ApiState:
         self.settings = settings
         self.database = Database.from_settings(settings)
         self.submitter = Submitter(settings, self.database)
+        self.idempotency = Idempotency.of(settings, self.database)
         self._clients: dict[str, LlmosClient] = {}
         self._lock = threading.Lock()
 

@@ -63,14 +63,23 @@ def submit(
                                 help="POST batch.completed (or .failed, .cancelled) here."),
     wait: bool = typer.Option(False, "--wait", help="Wait for it, with a progress bar."),
     timeout: float = typer.Option(3600.0, "--timeout"),
+    idempotency_key: str = typer.Option(
+        None, "--idempotency-key", help="Run again with the same key (within 24 h), the "
+        "command returns the batch the first run started instead of starting another; "
+        "the key with another file or options is refused."),
     as_json: bool = _JSON,
 ) -> None:
     """Upload a file and start a batch; invalid lines go to its error file."""
 
     llmos = client()
+    # One key covers both steps: the upload's and the batch's keys derive from it.
     stored = llmos.upload_file(filename=path.name, content=path.read_bytes(),
-                            purpose="batch")
-    batch = llmos.create_batch(input_file_id=stored.id, priority=priority, webhook=webhook)
+                               purpose="batch",
+                               idempotency_key=f"{idempotency_key}/file"
+                               if idempotency_key else None)
+    batch = llmos.create_batch(input_file_id=stored.id, priority=priority, webhook=webhook,
+                               idempotency_key=f"{idempotency_key}/batch"
+                               if idempotency_key else None)
     state = _watch(batch.id, timeout) if wait else _public(batch.id)
     if as_json:
         emit_json(state)

@@ -55,6 +55,10 @@ def submit(
     schema: str = typer.Option(
         None, "--schema", help="A FILE holding a JSON Schema: the output must be JSON valid "
                                "against it (tried twice, then the job fails)."),
+    idempotency_key: str = typer.Option(
+        None, "--idempotency-key", help="Run again with the same key (within 24 h), the "
+        "command returns the job the first run queued instead of queueing another; the "
+        "key with other arguments is refused."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
     stream: bool = typer.Option(
@@ -73,6 +77,7 @@ def submit(
         model=model, prompt=prompt, messages=_messages(messages) if messages else None,
         max_tokens=max_tokens, temperature=temperature, stop=stop, priority=priority,
         webhook=webhook, timeout_s=timeout_s, response_format=response_format,
+        idempotency_key=idempotency_key,
     )
     if stream:
         err_console.print(f"queued {job.id} (priority {job.priority})", markup=False)

@@ -16,6 +16,7 @@ from llmos_jobs.cli import (
     jobs,
     mindspaces,
     models,
+    retention,
     serve,
     stack,
     tasks,
@@ -56,6 +57,8 @@ app.add_typer(access.key_app, name="key")
 app.add_typer(access.audit_app, name="audit")
 app.add_typer(webhooks.webhook_app, name="webhook")
 app.add_typer(tenants.tenant_app, name="tenant")
+app.command("prune")(retention.prune)
+app.add_typer(retention.retention_app, name="retention")
 
 
 @app.callback()

@@ -73,6 +73,10 @@ def chat(
     timeout_s: float = typer.Option(
         None, "--timeout-s", help="Seconds the turn may run once started; then it fails "
                                   "with reason 'timeout'."),
+    idempotency_key: str = typer.Option(
+        None, "--idempotency-key", help="Run again with the same key (within 24 h), the "
+        "command returns the job the first run queued instead of queueing another; the "
+        "key with other arguments is refused."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the reply."),
     stream: bool = typer.Option(
         False, "--stream", help="Print the reply as the worker decodes it; with --json, "
@@ -83,7 +87,8 @@ def chat(
     from schemas.common import JobStatus
 
     llmos = client()
-    job = llmos.chat(mindspace_id, message, max_tokens=max_tokens, timeout_s=timeout_s)
+    job = llmos.chat(mindspace_id, message, max_tokens=max_tokens, timeout_s=timeout_s,
+                     idempotency_key=idempotency_key)
     if stream:
         print_stream(llmos, job.id, as_json=as_json)
         return

@@ -105,6 +105,9 @@ def _answer(job: JobPublic) -> str | None:
 def show_job(job: JobPublic) -> None:
     console.print(job_table([job]))
     console.print(f"id: {job.id}")
+    if job.content_expired_at is not None:
+        console.print(f"content expired: its prompt and output were removed at "
+                      f"{job.content_expired_at.isoformat()} (retention)", markup=False)
     if job.result:
         text = _answer(job)
         if text is not None:

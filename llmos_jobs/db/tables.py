@@ -12,7 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from llmos_jobs.crypto import EncryptedJSON, EncryptedText
 from llmos_jobs.db.types import UTCDateTime, utcnow
-from llmos_jobs.errors import ResultUnavailable
+from llmos_jobs.errors import ContentExpired, ResultUnavailable
 from llmos_jobs.states import WorkerState
 from schemas.common import JobKind, JobStatus, Usage
 from schemas.language import GenerateResult
@@ -90,6 +90,8 @@ class Job(JobBase, table=True):
     # queued longer than the reconciler's grace whose message the broker lacks gets a
     # new one (llmos_jobs.services.reconcile).
     queued_at: datetime | None = _utc()
+    # Set when retention pruned the prompt, result and error text (the metadata stays).
+    content_expired_at: datetime | None = _utc()
 
 
 class JobPublic(JobBase):
@@ -113,6 +115,9 @@ class JobPublic(JobBase):
     started_at: datetime | None
     finished_at: datetime | None
     latency_s: float | None
+    content_expired_at: datetime | None = PField(
+        default=None, description="set when retention removed the job's prompt, result and "
+                                  "error text; status, timestamps, model and usage remain")
 
     @classmethod
     def from_row(cls, job: Job) -> JobPublic:
@@ -167,6 +172,10 @@ class JobPublic(JobBase):
         if self.kind != kind:
             raise ResultUnavailable(f"job {self.id} is a {self.kind.value} job, not "
                                     f"{kind.value}: it has no {contract.__name__}")
+        if self.content_expired_at is not None:
+            raise ContentExpired(f"job {self.id}'s content expired: its prompt and result "
+                                 f"were removed at {self.content_expired_at.isoformat()} "
+                                 "under the tenant's retention policy")
         if self.result is None:
             raise ResultUnavailable(f"job {self.id} is {self.status.value} and has no result")
         return contract.model_validate(self.result)
@@ -429,7 +438,7 @@ class AuditEventPublic(AuditEventBase):
 
 
 # Tables in modules of their own; importing them here registers them on the metadata.
-from llmos_jobs.db import batch_tables, filter_tables  # noqa: E402, F401
+from llmos_jobs.db import batch_tables, filter_tables, retention_tables  # noqa: E402, F401
 from llmos_jobs.db.webhook_tables import (  # noqa: E402, F401
     WebhookAttempt,
     WebhookDelivery,

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 CHUNK_WORDS = 120
+# The sequence length the model was trained at (sentence-transformers' max_seq_length).
+MAX_TOKENS = 256
 OVERLAP_WORDS = 20
 
 
@@ -58,15 +60,25 @@ class Embedder:
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         self._model = AutoModel.from_pretrained(path).eval()
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """The tokens of each text as the model reads it (with its [CLS] and [SEP]),
+        before any truncation."""
+        with self._lock:
+            if self._model is None:
+                self._load()
+            encoded = self._tokenizer(list(texts), truncation=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
     def embed(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """Unit vectors, one row per text (mean pooling, as the model was trained)."""
+        """Unit vectors, one row per text (mean pooling, as the model was trained); a
+        text is cut at MAX_TOKENS."""
         import torch
 
         with self._lock:
             if self._model is None:
                 self._load()
             batch = self._tokenizer(list(texts), padding=True, truncation=True,
-                                    max_length=256, return_tensors="pt")
+                                    max_length=MAX_TOKENS, return_tensors="pt")
             with torch.inference_mode():
                 hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()

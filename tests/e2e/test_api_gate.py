@@ -131,6 +131,28 @@ def test_an_undeclared_body_is_cut_off_at_the_limit(small: ApiServer) -> None:
         assert "LLMOS_BATCH_MAX_BYTES" in streamed.json()["error"]["message"]
 
 
+def test_an_undeclared_upload_with_an_idempotency_key_is_cut_off_too(small: ApiServer
+                                                                     ) -> None:
+    # The idempotency middleware reads the body to hash it: the gate's count still holds.
+    def multipart(total: int) -> Iterator[bytes]:
+        yield (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+               b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"'
+               b"\r\n\r\n")
+        for _ in range(total // 65536):
+            yield b"x" * 65536
+        yield b"\r\n--b--\r\n"
+
+    with small.http(small.key(tenant())) as http:
+        streamed = http.post("/v1/files", content=multipart(UPLOAD_LIMIT + 2**20),
+                             headers={"Content-Type": "multipart/form-data; boundary=b",
+                                      "Idempotency-Key": "upload-1"})
+        assert streamed.status_code == 413, streamed.text
+        assert "LLMOS_BATCH_MAX_BYTES" in streamed.json()["error"]["message"]
+        fits = http.post("/v1/files", files={"file": ("a.jsonl", b'{"a": 1}\n')},
+                         data={"purpose": "batch"}, headers={"Idempotency-Key": "upload-1"})
+        assert fits.status_code == 200, fits.text  # the refused upload did not hold the key
+
+
 def test_denied_calls_are_audited_within_a_budget_per_source(fresh: ApiServer) -> None:
     small = fresh
     probe = uuid.uuid4().hex

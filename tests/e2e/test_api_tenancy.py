@@ -60,6 +60,9 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/v1/webhooks/secret"): (COLLECTION, None),
     ("POST", "/v1/webhooks/secret/rotate"): (COLLECTION, None),
     ("GET", "/v1/webhooks/deliveries"): (COLLECTION, None),
+    ("POST", "/v1/embeddings"): (COLLECTION, {"model": "all-MiniLM-L6-v2", "input": "x"}),
+    ("GET", "/v1/retention/{tenant}"): (OWNED, None),
+    ("PUT", "/v1/retention/{tenant}"): (OPERATOR, {"jobs_days": 1}),
 }
 
 
@@ -82,7 +85,7 @@ def _owner_objects(api: ApiServer, http: httpx.Client, secret_text: str) -> dict
     [key] = http.get("/v1/keys").json()["data"]
     return {"job_id": job["id"], "mindspace_id": ms["id"], "snapshot_id": snap["id"],
             "document_id": doc["id"], "file_id": file["id"], "batch_id": batch["id"],
-            "key_id": key["id"], "name": "echo", "idle": idle}
+            "key_id": key["id"], "name": "echo", "idle": idle, "tenant": key["tenant"]}
 
 
 def _fill(value: Any, ids: dict[str, str]) -> Any:
@@ -129,7 +132,7 @@ def test_a_tenant_changes_and_learns_nothing_outside_its_tenant(api: ApiServer) 
                 else:
                     assert response.status_code < 500, where
                     assert not any(v in response.text for k, v in ids.items()
-                                   if k not in ("name", "idle")), where
+                                   if k not in ("name", "idle", "tenant")), where
             # Naming the owner's tenant in the operator header does not help a tenant key.
             assert theirs.get(f"/v1/jobs/{ids['job_id']}",
                               headers={"X-Llmos-Tenant": owner}).status_code == 403

@@ -104,6 +104,31 @@ def test_a_block_rule_ends_the_job_filtered_named_audited_and_announced(
                 assert word.encode() not in path.read_bytes(), path
 
 
+def test_presets_and_structured_outputs_pass_through_the_same_rules(stack: Stack) -> None:
+    tenant = _tenant("preset")
+    word = f"codeword{uuid.uuid4().hex[:6]}"
+    client = _client(stack, tenant)
+    client.set_filters(TenantFilters(block=[
+        BlockRule(name="no-codewords", words=[word], direction=Direction.input),
+        BlockRule(name="no-ok", pattern=r"\bok\b", direction=Direction.output)]))
+    schema = {"type": "object", "properties": {"ok": {"type": "string"}}}
+
+    # The caller's text is screened inside the rendered prompt; the no-op engine's
+    # "ok ..." is screened before it is parsed or validated.
+    summary = client.summarise(model="echo", text=f"a note about the {word}")
+    translation = client.translate(model="echo", text="bonjour", target_language="en")
+    structured = client.generate(model="echo", prompt="answer in JSON", max_tokens=3,
+                                 response_format={"type": "json_schema",
+                                                  "json_schema": {"schema": schema}})
+    ended = {j.id: j for j in client.wait([summary.id, translation.id, structured.id],
+                                          timeout_s=60)}
+
+    assert [(ended[j.id].status, ended[j.id].filter_rule)
+            for j in (summary, translation, structured)] == [
+        (JobStatus.filtered, "no-codewords"), (JobStatus.filtered, "no-ok"),
+        (JobStatus.filtered, "no-ok")]
+
+
 def test_a_turns_message_is_redacted_before_it_is_stored(stack: Stack) -> None:
     tenant = _tenant("turn")
     client = _client(stack, tenant)

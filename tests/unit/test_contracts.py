@@ -114,11 +114,12 @@ def test_control_work_is_the_control_process_s_and_inference_workers_serve_infer
     control = {t for t, family in TASK_FAMILIES.items() if family in ("control", "webhooks")}
     assert control == set(TaskName) - JOB_TASKS
     schedule = beat_schedule(Settings(heartbeat_interval_s=2, reconcile_grace_s=30,
-                                      batch_expiry_check_s=10))
+                                      batch_expiry_check_s=10, retention_check_s=600))
     assert {entry["task"]: (entry["schedule"], entry["options"]["queue"])
             for entry in schedule.values()} == {
         TaskName.reap.value: (2, "control"), TaskName.reconcile.value: (15, "control"),
-        TaskName.expire_batches.value: (10, "control")}
+        TaskName.expire_batches.value: (10, "control"),
+        TaskName.prune.value: (600, "control")}
 
 
 def test_celery_settings_do_not_trust_transport_defaults() -> None:

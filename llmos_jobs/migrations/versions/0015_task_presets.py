@@ -1,7 +1,7 @@
 """task presets: jobs of kind summarise, translate, answer, classify and extract
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-11-30 01:00:00.000000
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0015'
-down_revision: str | None = '0013'
+down_revision: str | None = '0014'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
