@@ -262,8 +262,9 @@ def test_a_tenant_whose_rules_screen_the_output_streams_only_screened_text(
 
 
 def test_a_stream_with_an_idempotency_key_streams_whole_and_replays(api: ApiServer) -> None:
-    client = sdk(api, api.key(tenant()))
-    key = {"Idempotency-Key": f"stream-{tenant()}"}
+    owner = tenant()
+    client = sdk(api, api.key(owner))
+    key = {"Idempotency-Key": f"stream-{owner}"}
 
     def streamed() -> str:
         chunks = client.chat.completions.create(
@@ -274,3 +275,5 @@ def test_a_stream_with_an_idempotency_key_streams_whole_and_replays(api: ApiServ
     # The middleware that stores answers must not end the stream before it ends.
     assert streamed() == "ok ok ok"
     assert streamed() == "ok ok ok"  # the stored stream, replayed
+    with api.http(api.key(owner)) as http:
+        assert len(http.get("/v1/jobs").json()["data"]) == 1  # the repeat ran no job
