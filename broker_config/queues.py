@@ -1,7 +1,7 @@
 """Queue names and the route of every task.
 
-    lang.<model>   shared language queue of one model (generate, mindspace turns,
-                   model ops not aimed at a worker)
+    lang.<model>   shared language queue of one model (generate, task presets,
+                   mindspace turns, model ops not aimed at a worker)
     w.<worker>     direct queue of one worker (model ops aimed at it)
     control        the control plane (`llmos control`, no GPU): reaping, reconciling,
                    batch expansion, finalisation and expiry
@@ -19,6 +19,7 @@ WEBHOOKS_QUEUE = "webhooks"
 
 class TaskName(StrEnum):
     generate = "llmos.language.generate"
+    preset = "llmos.language.preset"  # summarise, translate, answer, classify, extract
     model_op = "llmos.model.op"
     mindspace_turn = "llmos.mindspace.turn"
     batch_expand = "llmos.batch.expand"
@@ -35,6 +36,7 @@ class TaskName(StrEnum):
 # appear here (a test checks it).
 TASK_FAMILIES: dict[TaskName, Literal["model", "model_or_worker", "control", "webhooks"]] = {
     TaskName.generate: "model",
+    TaskName.preset: "model",
     TaskName.mindspace_turn: "model_or_worker",  # cache affinity: the worker of its last turn
     TaskName.model_op: "model_or_worker",
     TaskName.batch_expand: "control",
@@ -48,7 +50,7 @@ TASK_FAMILIES: dict[TaskName, Literal["model", "model_or_worker", "control", "we
 # The tasks that run a job (their message carries a job id); every other task is
 # control-plane work.
 JOB_TASKS: frozenset[TaskName] = frozenset(
-    {TaskName.generate, TaskName.model_op, TaskName.mindspace_turn})
+    {TaskName.generate, TaskName.preset, TaskName.model_op, TaskName.mindspace_turn})
 
 
 def language_queue(model: str) -> str:

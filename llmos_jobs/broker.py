@@ -30,11 +30,13 @@ from broker_config import (
 from llmos_jobs.db.tables import Job
 from llmos_jobs.settings import Settings
 from schemas.common import JobKind
+from schemas.tasks import PRESET_KINDS
 
 _TASKS: dict[JobKind, TaskName] = {
     JobKind.generate: TaskName.generate,
     JobKind.model_op: TaskName.model_op,
     JobKind.mindspace_turn: TaskName.mindspace_turn,
+    **{kind: TaskName.preset for kind in PRESET_KINDS},
 }
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
 # The per-task time limit of an app built without settings (a producer's, which runs none).

@@ -24,7 +24,7 @@ from llmos_jobs.db.tables import (
     SnapshotPublic,
     WorkerPublic,
 )
-from llmos_jobs.services import batch_files, batches, language, models
+from llmos_jobs.services import batch_files, batches, language, models, presets
 from llmos_jobs.services import jobs as job_service
 from llmos_jobs.services import mindspaces as mindspace_service
 from llmos_jobs.services.language import BulkSubmission
@@ -82,13 +82,18 @@ class LlmosClient:
         priority: int | str = "default",
         webhook: str | None = None,
         timeout_s: float | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> JobPublic:
         """Queue a language job; ``webhook`` is POSTed its outcome (job.succeeded,
         job.failed or job.cancelled), signed with the tenant's webhook secret. A job
-        still running ``timeout_s`` after it started fails with reason "timeout"."""
+        still running ``timeout_s`` after it started fails with reason "timeout".
+        ``response_format`` ({"type": "json_schema", "json_schema": {"schema": ...}})
+        asks for JSON valid against a schema (docs/presets.md)."""
         data: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                                 "temperature": temperature, "stop": list(stop),
                                 "timeout_s": timeout_s}
+        if response_format is not None:
+            data["response_format"] = response_format
         if prompt is not None:
             data["prompt"] = prompt
         if messages is not None:
@@ -107,6 +112,69 @@ class LlmosClient:
         ``webhook`` applies to every job (a refused URL refuses the whole call)."""
         return language.submit_many(self.submitter, self.tenant, requests,
                                     priority=priority_of(priority), webhook=webhook)
+
+    # -- task presets (docs/presets.md) -------------------------------------------------------
+
+    @audited("tasks.{kind}")
+    def task(self, kind: JobKind | str, request: dict[str, Any], *,
+             priority: int | str = "default", webhook: str | None = None) -> JobPublic:
+        """Queue a task preset: ``kind`` is summarise, translate, answer, classify or
+        extract, ``request`` its fields (schemas.tasks)."""
+        return presets.submit_preset(self.submitter, self.tenant,
+                                     presets.preset_kind(str(kind)), request,
+                                     priority=priority_of(priority), webhook=webhook)
+
+    def summarise(self, *, model: str, text: str, length: str | int = "medium",
+                  style: str = "paragraph", temperature: float = 0.0,
+                  timeout_s: float | None = None, priority: int | str = "default",
+                  webhook: str | None = None) -> JobPublic:
+        """Summarise ``text``: ``length`` short, medium, long or a budget in tokens;
+        ``style`` paragraph or bullets."""
+        return self.task(JobKind.summarise, {
+            "model": model, "text": text, "length": length, "style": style,
+            "temperature": temperature, "timeout_s": timeout_s},
+            priority=priority, webhook=webhook)
+
+    def translate(self, *, model: str, text: str, target_language: str,
+                  source_language: str | None = None, max_tokens: int = 256,
+                  temperature: float = 0.0, timeout_s: float | None = None,
+                  priority: int | str = "default", webhook: str | None = None) -> JobPublic:
+        """Translate ``text`` into ``target_language``."""
+        return self.task(JobKind.translate, {
+            "model": model, "text": text, "target_language": target_language,
+            "source_language": source_language, "max_tokens": max_tokens,
+            "temperature": temperature, "timeout_s": timeout_s},
+            priority=priority, webhook=webhook)
+
+    def answer(self, *, model: str, question: str, context: Sequence[str],
+               max_tokens: int = 128, temperature: float = 0.0,
+               timeout_s: float | None = None, priority: int | str = "default",
+               webhook: str | None = None) -> JobPublic:
+        """Answer ``question`` from the ``context`` passages; the result lists the
+        passages the answer cites."""
+        return self.task(JobKind.answer, {
+            "model": model, "question": question, "context": list(context),
+            "max_tokens": max_tokens, "temperature": temperature, "timeout_s": timeout_s},
+            priority=priority, webhook=webhook)
+
+    def classify(self, *, model: str, text: str, labels: Sequence[str], max_tokens: int = 16,
+                 temperature: float = 0.0, timeout_s: float | None = None,
+                 priority: int | str = "default", webhook: str | None = None) -> JobPublic:
+        """The one of ``labels`` that fits ``text``."""
+        return self.task(JobKind.classify, {
+            "model": model, "text": text, "labels": list(labels), "max_tokens": max_tokens,
+            "temperature": temperature, "timeout_s": timeout_s},
+            priority=priority, webhook=webhook)
+
+    def extract(self, *, model: str, text: str, json_schema: dict[str, Any],
+                max_tokens: int = 256, temperature: float = 0.0,
+                timeout_s: float | None = None, priority: int | str = "default",
+                webhook: str | None = None) -> JobPublic:
+        """The fields ``json_schema`` describes, read from ``text`` and validated."""
+        return self.task(JobKind.extract, {
+            "model": model, "text": text, "json_schema": json_schema,
+            "max_tokens": max_tokens, "temperature": temperature, "timeout_s": timeout_s},
+            priority=priority, webhook=webhook)
 
     # -- models ---------------------------------------------------------------------------------
 

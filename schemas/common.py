@@ -40,6 +40,14 @@ class JobKind(StrEnum):
     generate = "generate"
     model_op = "model_op"
     mindspace_turn = "mindspace_turn"
+    # Task presets (schemas.tasks): language jobs with a templated prompt and a typed result.
+    summarise = "summarise"
+    # The member's name must be its value (SQLAlchemy stores enum names); it hides
+    # str.translate on JobKind members, which nothing calls.
+    translate = "translate"  # type: ignore[assignment]
+    answer = "answer"
+    classify = "classify"
+    extract = "extract"
 
 
 class JobStatus(StrEnum):

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOpRequest, ModelOpResult, ModelRegister
+from schemas.tasks import REQUESTS, RESULTS
 
 CONTRACTS: dict[str, type[BaseModel]] = {
     "generate_request": GenerateRequest,
@@ -21,6 +22,8 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "mindspace_create": MindspaceCreate,
     "mindspace_turn_request": MindspaceTurnRequest,
     "mindspace_turn_result": MindspaceTurnResult,
+    **{f"{kind.value}_request": model for kind, model in REQUESTS.items()},
+    **{f"{kind.value}_result": model for kind, model in RESULTS.items()},
 }
 
 JSON_DIR = Path(__file__).parent / "json"

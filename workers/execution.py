@@ -28,7 +28,9 @@ from llmos_jobs.db.jobs import (
 )
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import Job
+from llmos_jobs.prompt_templates import render_retry
 from llmos_jobs.services import batches, graphs, turns
+from llmos_jobs.services import presets as services_presets
 from llmos_jobs.services.routing import RoutingPolicy
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.services.turns import TurnRef
@@ -38,6 +40,8 @@ from schemas.common import ChatMessage, JobKind, Usage
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
+from schemas.tasks import PRESET_KINDS
+from workers import presets
 from workers.engines.base import Completion, Engine, EngineRequest, EngineSampling
 from workers.engines.pool import EnginePool
 from workers.held import HeldJobs
@@ -119,11 +123,56 @@ def _usage(prompt: int, completion: int, cached: int) -> Usage:
 def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     request = GenerateRequest.model_validate(job.payload)
     engine = ctx.pool.get(request.model)
+    if request.response_format is not None:
+        return _structured_generate(job, ctx, engine, request)
     sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop))
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
                          prompt=request.prompt, messages=request.messages)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     result = GenerateResult(text=done.text, finish_reason=done.finish_reason, usage=usage)
+    return Outcome(result.model_dump(mode="json"), usage)
+
+
+def _structured_generate(job: Job, ctx: WorkerContext, engine: Engine,
+                         request: GenerateRequest) -> Outcome:
+    """A generation whose output must match ``response_format``'s schema: tried once
+    more, with the error shown to the model, then failed (workers.presets)."""
+    assert request.response_format is not None
+    schema = request.response_format.json_schema.schema_
+    sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop),
+                              json_schema=presets.schema_text(schema))
+    first = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
+                          prompt=request.prompt, messages=request.messages)
+
+    def again(output: str, error: str) -> Completion:
+        family = services_presets.model_family(ctx.database, job.model)
+        if request.prompt is not None:
+            return run_on_engine(job, ctx, engine, sampling, request.timeout_s,
+                                 prompt=render_retry(request.prompt, output, error, family))
+        assert request.messages is not None
+        correction = render_retry("", "", error, family).strip()
+        return run_on_engine(job, ctx, engine, sampling, request.timeout_s, messages=[
+            *request.messages, ChatMessage(role="assistant", content=output or "(nothing)"),
+            ChatMessage(role="user", content=correction)])
+
+    outcome = presets.validated(schema, first, again)
+    result = GenerateResult(
+        text=outcome.done.text, finish_reason=outcome.done.finish_reason, usage=outcome.usage,
+        parsed=outcome.value, retried=outcome.first_error is not None,
+        first_error=outcome.first_error)
+    return Outcome(result.model_dump(mode="json"), outcome.usage)
+
+
+def run_task_preset(job: Job, ctx: WorkerContext) -> Outcome:
+    """summarise, translate, answer, classify, extract (workers.presets)."""
+    engine = ctx.pool.get(job.model)
+    family = services_presets.model_family(ctx.database, job.model)
+
+    def generate(prompt: str, sampling: EngineSampling, timeout_s: float | None
+                 ) -> Completion:
+        return run_on_engine(job, ctx, engine, sampling, timeout_s, prompt=prompt)
+
+    result, usage = presets.run_preset(job.kind, job.payload, family, generate)
     return Outcome(result.model_dump(mode="json"), usage)
 
 
@@ -165,6 +214,7 @@ HANDLERS: dict[JobKind, Callable[[Job, WorkerContext], Outcome]] = {
     JobKind.generate: run_generate,
     JobKind.model_op: run_model_op,
     JobKind.mindspace_turn: run_mindspace_turn,
+    **{kind: run_task_preset for kind in PRESET_KINDS},
 }
 
 

@@ -199,3 +199,14 @@ def context_length_of(path: str) -> int:
         if key in config:
             return int(config[key])
     raise ValueError(f"{path}/config.json declares no context length")
+
+
+def model_type_of(path: str) -> str | None:
+    """The family a model directory's config.json declares (``model_type``, e.g.
+    ``llama``), or None when it has no such file or key (a remote server's model)."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    family = config.get("model_type") if isinstance(config, dict) else None
+    return family if isinstance(family, str) else None

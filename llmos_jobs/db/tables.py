@@ -19,6 +19,13 @@ from schemas.common import JobKind, JobStatus, Usage
 from schemas.language import GenerateResult
 from schemas.mindspace import MindspaceTurnResult
 from schemas.model import ModelOpResult
+from schemas.tasks import (
+    AnswerResult,
+    ClassifyResult,
+    ExtractResult,
+    SummariseResult,
+    TranslateResult,
+)
 
 
 def new_id() -> str:
@@ -39,7 +46,10 @@ class GraphRole(StrEnum):
     part = "part"  # one chunk of a level: the document's, or the partial results'
     reduce = "reduce"  # the last child: its result is the parent's
 
-ResultContract = TypeVar("ResultContract", GenerateResult, MindspaceTurnResult, ModelOpResult)
+
+ResultContract = TypeVar("ResultContract", GenerateResult, MindspaceTurnResult, ModelOpResult,
+                         SummariseResult, TranslateResult, AnswerResult, ClassifyResult,
+                         ExtractResult)
 
 
 class JobBase(SQLModel):
@@ -160,6 +170,21 @@ class JobPublic(JobBase):
     def model_op_result(self) -> ModelOpResult:
         """The result of a succeeded model operation (load, unload, warmup)."""
         return self._result(JobKind.model_op, ModelOpResult)
+
+    def summarise_result(self) -> SummariseResult:
+        return self._result(JobKind.summarise, SummariseResult)
+
+    def translate_result(self) -> TranslateResult:
+        return self._result(JobKind.translate, TranslateResult)
+
+    def answer_result(self) -> AnswerResult:
+        return self._result(JobKind.answer, AnswerResult)
+
+    def classify_result(self) -> ClassifyResult:
+        return self._result(JobKind.classify, ClassifyResult)
+
+    def extract_result(self) -> ExtractResult:
+        return self._result(JobKind.extract, ExtractResult)
 
     def _result(self, kind: JobKind, contract: type[ResultContract]) -> ResultContract:
         if self.kind != kind:

@@ -3,6 +3,7 @@ overlaps and token layouts; and real text through the demo model's own tokenizer
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def test_windows_cover_every_token_fit_and_overlap_as_asked(layout: tuple[int, i
     assert {t for w in found for t in w} == set(range(tokens))  # every token, no other
     assert all(len(w) <= size for w in found)
     assert found[0].start == 0 and found[-1].stop == tokens
-    for before, after in zip(found, found[1:], strict=False):
+    for before, after in itertools.pairwise(found):
         assert before.stop - after.start == overlap  # exactly the overlap asked
         assert len(before) == size  # only the last window may be short
     # As few windows as those rules allow.
@@ -46,7 +47,7 @@ def _check_slices(text: str, offsets: Offsets, chunks: list[Chunk], overlap: int
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
     for chunk in chunks:
         assert chunk.text == text[chunk.start:chunk.end]
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         assert after.start <= before.end  # no gap: every character is in a chunk
         assert before.end_token - after.first_token == overlap
         # The shared text holds the shared tokens, and no other whole token.

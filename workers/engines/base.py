@@ -17,6 +17,10 @@ class EngineSampling:
     max_tokens: int
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    # A JSON Schema (as JSON text) the output must match: engines with constrained
+    # decoding (SGLang) decode only what it allows; the others generate freely, and the
+    # worker validates the output either way.
+    json_schema: str | None = None
 
 
 @dataclass(frozen=True)

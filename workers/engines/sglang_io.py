@@ -65,6 +65,9 @@ def build_sampling_params(sampling: EngineSampling) -> dict[str, object]:
     }
     if sampling.stop:
         params["stop"] = list(sampling.stop)
+    if sampling.json_schema is not None:
+        # SGLang's constrained decoding (its grammar backend) takes the schema as JSON text.
+        params["json_schema"] = sampling.json_schema
     return params
 
 
