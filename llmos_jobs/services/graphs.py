@@ -29,7 +29,7 @@ from llmos_jobs.db import graphs as graph_rows
 from llmos_jobs.db import jobs as job_rows
 from llmos_jobs.db.tables import GraphRole, Job, JobPublic
 from llmos_jobs.errors import InvalidRequest
-from llmos_jobs.services.graph_plans import PLANS, GraphPlan
+from llmos_jobs.services.graph_plans import GraphPlan, plans
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.services.tokenizers import ModelText, model_text
 from llmos_jobs.services.webhooks.events import emit_job_event
@@ -57,6 +57,21 @@ def chunks_for(plan: GraphPlan, payload: dict[str, Any], text: str, model: Model
     return fitting(text, model.offsets, size=budget, overlap=min(OVERLAP_TOKENS, budget // 4))
 
 
+def split_if_long(submitter: Submitter, kind: JobKind, payload: dict[str, Any]
+                  ) -> list[Chunk] | None:
+    """The chunks a request of ``kind`` must become a graph of, or None when one job
+    takes it (a kind with no plan, a text that fits, a model with no tokenizer here:
+    sent whole, the worker says whether it fits)."""
+    plan = plans(submitter.database).get(kind)
+    if plan is None:
+        return None
+    try:
+        model = model_text(submitter.database, str(payload["model"]))
+    except InvalidRequest:
+        return None
+    return chunks_for(plan, payload, plan.text_of(payload), model)
+
+
 def _child(parent: Job, plan: GraphPlan, payload: dict[str, Any], text: str, *,
            role: GraphRole, level: int, index: int) -> job_rows.JobCreate:
     return job_rows.JobCreate(
@@ -70,7 +85,7 @@ def submit(submitter: Submitter, tenant: str, *, kind: JobKind, model: str,
            webhook: str | None) -> JobPublic:
     """Commit a running parent for ``payload`` and one child per chunk, then send the
     children. The parent is what the producer follows: its progress, its result."""
-    plan = PLANS[kind]
+    plan = plans(submitter.database)[kind]
     with submitter.database.session() as session:
         parent = job_rows.create_job(session=session, job_in=job_rows.JobCreate(
             tenant=tenant, kind=kind, priority=priority, model=model, payload=payload,
@@ -106,9 +121,12 @@ def child_ended(submitter: Submitter, parent_id: str) -> None:
         kids = graph_rows.children(session=session, parent_id=parent_id, level=level)
         every = graph_rows.children(session=session, parent_id=parent_id)
         session.expunge_all()
-    if not kids or not all(k.status.is_final for k in kids):
+    # One child that failed or was cancelled fails the graph at once: the rest of it
+    # could not be used.
+    failed = next((k for k in kids if k.status in (JobStatus.failed, JobStatus.cancelled)),
+                  None)
+    if failed is None and (not kids or not all(k.status.is_final for k in kids)):
         return
-    failed = next((k for k in kids if k.status != JobStatus.succeeded), None)
     if failed is not None:
         _fail(submitter, parent, failed.error_type or f"Child{failed.status.value.title()}",
               f"{_name(failed)} {failed.status.value}: "
@@ -126,7 +144,7 @@ def _name(child: Job) -> str:
 
 
 def _next_level(submitter: Submitter, parent: Job, level: int, kids: Sequence[Job]) -> None:
-    plan = PLANS[parent.kind]
+    plan = plans(submitter.database)[parent.kind]
     joined = plan.join([plan.output(k.result or {}) for k in kids])
     try:
         chunks = chunks_for(plan, parent.payload, joined,

@@ -38,7 +38,9 @@ class ModelText:
 def _load(path: str) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    # Texts longer than the model's context are what it is loaded to measure: no
+    # warning about their length.
+    return AutoTokenizer.from_pretrained(path, model_max_length=10**9)
 
 
 def model_text(database: Database, model: str) -> ModelText:

@@ -3,7 +3,7 @@ reduce) are ordinary jobs; a child names its parent, its role, level and positio
 the parent the level it is at (the compare-and-set that creates each level once)
 
 Revision ID: 0012
-Revises: 0011
+Revises: 0015
 Create Date: 2026-11-30 01:00:00.000000
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0012'
-down_revision: str | None = '0011'
+down_revision: str | None = '0015'  # after presets' 0015 while both are merged here; re-chained on integration
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,178 @@
+"""Long inputs as job graphs, on the demo model through real worker processes: a
+document several times the model's context is summarised chunk by chunk and then from
+the joined partial summaries; the result is compared with solo greedy runs of the same
+prompts on the engine itself."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from transformers import AutoTokenizer
+
+from llmos_jobs.db import graphs as graph_rows
+from llmos_jobs.db.tables import GraphProgress, GraphRole, Job, JobPublic, RegisteredModel
+from llmos_jobs.demo_model import _WORDS
+from llmos_jobs.errors import NoLiveWorkerWarning
+from llmos_jobs.prompt_templates import render_preset
+from schemas.common import JobStatus
+from schemas.tasks import SUMMARY_BUDGETS, SummariseRequest
+from tests.support.stack import Stack, make_stack
+from tests.support.waiting import until
+from workers.engines.base import EngineRequest, EngineSampling
+from workers.engines.transformers import BatchingOptions, TransformersEngine
+
+CONTEXT = 2048  # the demo model's max_position_embeddings (llmos_jobs/demo_model.py)
+OVERLAP = 64  # tokens each chunk repeats of the one before (llmos_jobs.services.graphs)
+
+
+@pytest.fixture(scope="module")
+def graph_stack(redis_base: str, demo_model_dir: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("graphs"),
+                       redis_db=14)
+    client = stack.client()
+    client.register_model("tiny-graph", demo_model_dir)
+    # No worker serves this one: its graph's children wait, and can be cancelled.
+    client.register_model("tiny-idle", demo_model_dir)
+    # Registered with twice the context the model has: chunk prompts it cannot serve.
+    client.register_model("tiny-overstated", demo_model_dir)
+    with stack.database.session() as session:
+        session.execute(update(RegisteredModel)
+                        .where(RegisteredModel.name == "tiny-overstated")  # type: ignore[arg-type]
+                        .values(context_length=2 * CONTEXT))
+    stack.start_control()
+    yield stack
+    stack.stop()
+
+
+def _document(seed: int, words: int) -> str:
+    rng = random.Random(seed)
+    sentences = []
+    while words > 0:
+        n = rng.randint(4, 16)
+        sentences.append(" ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + ".")
+        words -= n
+    return " ".join(sentences)
+
+
+def _children(stack: Stack, parent_id: str) -> list[Job]:
+    with stack.database.session() as session:
+        kids = graph_rows.children(session=session, parent_id=parent_id)
+        session.expunge_all()
+    return kids
+
+
+def test_a_document_longer_than_the_context_is_summarised_by_a_graph(
+        graph_stack: Stack, demo_model_dir: Path) -> None:
+    client = graph_stack.client("graph-summarise")
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+    text = _document(1, 5200)
+    tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert tokens > 3 * CONTEXT  # several times what one job could take
+
+    with pytest.warns(NoLiveWorkerWarning):
+        parent = client.summarise(model="tiny-graph", text=text, length="short")
+    # No worker serves the model yet: the graph is planned, nothing has run.
+    assert parent.status == JobStatus.running and parent.graph is not None
+    first = parent.graph
+    assert first.level == 0 and first.stage == GraphRole.part and first.done == 0
+    assert first.total >= 4
+    kids = _children(graph_stack, parent.id)
+    assert [k.graph_index for k in kids] == list(range(first.total))
+    assert all(k.priority == parent.priority and k.status == JobStatus.queued for k in kids)
+
+    # Every chunk's prompt fits the model with its output; together the chunks hold
+    # the whole document, each repeating OVERLAP tokens of the one before.
+    family = "llama"
+    request = SummariseRequest.model_validate(parent.payload)
+    max_tokens = SUMMARY_BUDGETS["short"]
+    chunk_texts = [SummariseRequest.model_validate(k.payload).text for k in kids]
+    prompts = [render_preset(request.model_copy(update={"text": t}), "summarise", family)
+               for t in chunk_texts]
+    assert all(len(tokenizer(p)["input_ids"]) + max_tokens <= CONTEXT for p in prompts)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in chunk_texts]
+    assert sum(len(i) for i in ids) - OVERLAP * (len(ids) - 1) in range(tokens - 4, tokens + 5)
+    for before, after in itertools.pairwise(chunk_texts):
+        assert before[-40:] in text and after[:40] in text
+        assert text.index(after[:40]) < text.index(before[-40:])  # they overlap
+    assert chunk_texts[0] == text[:len(chunk_texts[0])] and text.endswith(chunk_texts[-1])
+
+    graph_stack.start_worker("graph@test", "--model", "tiny-graph", "--concurrency", "1")
+    seen: list[GraphProgress] = [first]
+
+    def finished() -> JobPublic | None:
+        job = client.job(parent.id)
+        if job.graph is not None and job.status == JobStatus.running:
+            seen.append(job.graph)
+        return job if job.status.is_final else None
+
+    done = until(finished, "the graph ended", poll_s=0.02)
+    assert done.status == JobStatus.succeeded, done.error_message
+    # Progress only moved forward, and was seen between its start and its end.
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    assert any(0 < p.done < p.total for p in seen)
+    assert done.graph == GraphProgress(level=1, stage=GraphRole.reduce, total=len(kids) + 1,
+                                       done=len(kids) + 1, succeeded=len(kids) + 1)
+
+    # The reference: each chunk's prompt, then the reduce prompt built from their
+    # outputs, run alone on the engine itself.
+    engine = TransformersEngine("reference", str(demo_model_dir), BatchingOptions())
+    engine.load()
+    try:
+        def solo(prompt: str) -> str:
+            [out] = engine.generate([EngineRequest(EngineSampling(max_tokens), prompt=prompt)])
+            return out.text.strip()
+
+        partials = [solo(p) for p in prompts]
+        joined = "\n\n".join(partials)
+        final = solo(render_preset(request.model_copy(update={"text": joined}), "summarise",
+                                   family))
+    finally:
+        engine.unload()
+    assert len(set(partials)) == len(partials)  # the model's output varies by chunk
+    [reduce] = [k for k in _children(graph_stack, parent.id) if k.graph_role == GraphRole.reduce]
+    assert SummariseRequest.model_validate(reduce.payload).text == joined
+    assert done.result is not None and done.result["summary"] == final
+    assert done.usage is not None
+    assert done.usage.completion_tokens == sum(
+        k.completion_tokens or 0 for k in _children(graph_stack, parent.id))
+
+
+def test_cancelling_the_parent_cancels_its_children(graph_stack: Stack) -> None:
+    client = graph_stack.client("graph-cancel")
+    with pytest.warns(NoLiveWorkerWarning):
+        parent = client.summarise(model="tiny-idle", text=_document(2, 4000), length="short")
+    kids = _children(graph_stack, parent.id)
+    assert len(kids) >= 2 and all(k.status == JobStatus.queued for k in kids)
+    cancelled = client.cancel(parent.id)
+    assert cancelled.status == JobStatus.cancelled
+    after = _children(graph_stack, parent.id)
+    assert [k.status for k in after] == [JobStatus.cancelled] * len(kids)
+    assert all(k.error_type == "GraphCancelled" for k in after)
+    assert cancelled.graph is not None and cancelled.graph.done == len(kids)
+
+
+def test_a_failed_child_fails_the_parent_with_its_reason(graph_stack: Stack) -> None:
+    client = graph_stack.client("graph-fail")
+    graph_stack.start_worker("overstated@test", "--model", "tiny-overstated",
+                             "--concurrency", "1")
+    # Planned for 4096 tokens a chunk: more than the model can take.
+    parent = client.summarise(model="tiny-overstated", text=_document(3, 5000),
+                              length="short")
+    assert parent.graph is not None and parent.graph.total >= 2
+    [done] = client.wait([parent.id], timeout_s=180)
+    assert done.status == JobStatus.failed
+    kids = _children(graph_stack, parent.id)
+    [failed] = [k for k in kids if k.status == JobStatus.failed]
+    assert failed.error_message is not None and "exceeds the model's context" in \
+        failed.error_message
+    assert done.error_type == failed.error_type
+    assert done.error_message == (f"chunk {failed.graph_index} of level 0 (job {failed.id}) "
+                                  f"failed: {failed.error_message}")
+    # The others never ran, or ran and failed too: none is left waiting.
+    assert all(k.status in (JobStatus.failed, JobStatus.cancelled) for k in kids)
