@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +21,10 @@ from llmos_jobs.db.tables import GraphProgress, GraphRole, Job, JobPublic, Regis
 from llmos_jobs.demo_model import _WORDS
 from llmos_jobs.errors import NoLiveWorkerWarning
 from llmos_jobs.prompt_templates import render_preset
-from schemas.common import JobStatus
-from schemas.tasks import SUMMARY_BUDGETS, SummariseRequest
+from llmos_jobs.services import graphs
+from llmos_jobs.services.submission import Submitter
+from schemas.common import JobStatus, Usage
+from schemas.tasks import SUMMARY_BUDGETS, SummariseRequest, SummariseResult
 from tests.support.stack import Stack, make_stack
 from tests.support.waiting import until
 from workers.engines.base import EngineRequest, EngineSampling
@@ -45,7 +49,8 @@ def graph_stack(redis_base: str, demo_model_dir: Path,
         session.execute(update(RegisteredModel)
                         .where(RegisteredModel.name == "tiny-overstated")  # type: ignore[arg-type]
                         .values(context_length=2 * CONTEXT))
-    stack.start_control()
+    # The reconciler looks at running graphs older than a second.
+    stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
     yield stack
     stack.stop()
 
@@ -176,3 +181,60 @@ def test_a_failed_child_fails_the_parent_with_its_reason(graph_stack: Stack) -> 
                                   f"failed: {failed.error_message}")
     # The others never ran, or ran and failed too: none is left waiting.
     assert all(k.status in (JobStatus.failed, JobStatus.cancelled) for k in kids)
+
+
+def _children_end_unfollowed(stack: Stack, parent_id: str) -> list[str]:
+    """Every child of the graph succeeds as a worker would record it, and nobody follows
+    it up (as when the worker died right after its commit). Their summaries."""
+    summaries = []
+    with stack.database.session() as session:
+        for kid in graph_rows.children(session=session, parent_id=parent_id):
+            summary = f"part {kid.graph_index} of {parent_id}"
+            kid.status = JobStatus.succeeded
+            kid.result = SummariseResult(
+                summary=summary, finish_reason="length",
+                usage=Usage(prompt_tokens=1, completion_tokens=1)).model_dump(mode="json")
+            session.add(kid)
+            summaries.append(summary)
+    return summaries
+
+
+def test_the_reduce_is_created_once_when_followups_race(graph_stack: Stack) -> None:
+    client = graph_stack.client("graph-race")
+    with pytest.warns(NoLiveWorkerWarning):
+        parent = client.summarise(model="tiny-idle", text=_document(4, 4000), length="short")
+    summaries = _children_end_unfollowed(graph_stack, parent.id)
+    submitter = Submitter(graph_stack.settings(), graph_stack.database)
+    barrier = threading.Barrier(6)
+
+    def follow_up() -> None:
+        barrier.wait()
+        graphs.child_ended(submitter, parent.id)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoLiveWorkerWarning)
+        threads = [threading.Thread(target=follow_up) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        graphs.child_ended(submitter, parent.id)  # and once more, later
+    reduces = [k for k in _children(graph_stack, parent.id) if k.graph_role == GraphRole.reduce]
+    assert len(reduces) == 1
+    assert SummariseRequest.model_validate(reduces[0].payload).text == "\n\n".join(summaries)
+    assert client.job(parent.id).graph == GraphProgress(
+        level=1, stage=GraphRole.reduce, total=len(summaries) + 1, done=len(summaries),
+        succeeded=len(summaries))
+
+
+def test_the_reconciler_moves_on_a_graph_whose_followup_was_lost(graph_stack: Stack) -> None:
+    client = graph_stack.client("graph-lost")
+    with pytest.warns(NoLiveWorkerWarning):
+        parent = client.summarise(model="tiny-idle", text=_document(5, 4000), length="short")
+    summaries = _children_end_unfollowed(graph_stack, parent.id)
+    # Nobody calls child_ended here: the control process's pass over running graphs does.
+    [reduce] = until(lambda: [k for k in _children(graph_stack, parent.id)
+                              if k.graph_role == GraphRole.reduce],
+                     "the reconciler created the reduce")
+    assert SummariseRequest.model_validate(reduce.payload).text == "\n\n".join(summaries)
+    assert reduce.status == JobStatus.queued and reduce.priority == parent.priority
