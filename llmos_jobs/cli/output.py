@@ -60,6 +60,8 @@ def job_table(jobs: Sequence[JobPublic], title: str | None = None) -> Table:
         status = job.status.value
         if job.error_type:
             status += f" ({job.error_type})"
+        elif job.graph is not None:  # a job graph: its children that have ended
+            status += f" ({job.graph.done}/{job.graph.total})"
         grid.add_row(
             job.id, job.kind.value, job.model, str(job.priority), status, tokens,
             f"{job.latency_s:.2f}s" if job.latency_s is not None else "-", job.worker or "-",
@@ -97,6 +99,11 @@ def _answer(job: JobPublic) -> str | None:
 def show_job(job: JobPublic) -> None:
     console.print(job_table([job]))
     console.print(f"id: {job.id}")
+    if job.graph is not None:
+        graph = job.graph
+        console.print(f"graph: level {graph.level} ({graph.stage.value}), {graph.done} of "
+                      f"{graph.total} child jobs ended, {graph.succeeded} succeeded",
+                      markup=False)
     if job.result:
         text = _answer(job)
         if text is not None:

@@ -6,6 +6,7 @@ prompts on the engine itself."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import threading
 import warnings
@@ -25,6 +26,8 @@ from llmos_jobs.services import graphs
 from llmos_jobs.services.submission import Submitter
 from schemas.common import JobStatus, Usage
 from schemas.tasks import SUMMARY_BUDGETS, SummariseRequest, SummariseResult
+from tests.support.api_server import ApiServer
+from tests.support.cli import llmos
 from tests.support.stack import Stack, make_stack
 from tests.support.waiting import until
 from workers.engines.base import EngineRequest, EngineSampling
@@ -154,6 +157,20 @@ def test_cancelling_the_parent_cancels_its_children(graph_stack: Stack) -> None:
         parent = client.summarise(model="tiny-idle", text=_document(2, 4000), length="short")
     kids = _children(graph_stack, parent.id)
     assert len(kids) >= 2 and all(k.status == JobStatus.queued for k in kids)
+    # Its progress, as the HTTP API and `llmos job show --json` show it.
+    waiting = {"level": 0, "stage": "part", "total": len(kids), "done": 0, "succeeded": 0}
+    api = ApiServer.start(graph_stack)
+    try:
+        with api.http(api.key("graph-cancel")) as http:
+            view = http.get(f"/v1/jobs/{parent.id}").raise_for_status().json()
+    finally:
+        api.stop()
+    assert view["status"] == "running" and view["graph"] == waiting
+    shown = llmos("job", "show", parent.id, "--json",
+                  env={**graph_stack.env, "LLMOS_TENANT": "graph-cancel"})
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["graph"] == waiting
+
     cancelled = client.cancel(parent.id)
     assert cancelled.status == JobStatus.cancelled
     after = _children(graph_stack, parent.id)
