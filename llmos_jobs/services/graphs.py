@@ -28,7 +28,7 @@ from llmos_jobs.chunking import Chunk, fitting
 from llmos_jobs.db import graphs as graph_rows
 from llmos_jobs.db import jobs as job_rows
 from llmos_jobs.db.tables import GraphRole, Job, JobPublic
-from llmos_jobs.errors import InvalidRequest
+from llmos_jobs.errors import BrokerUnavailable, InvalidRequest
 from llmos_jobs.services.graph_plans import GraphPlan, plans
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.services.tokenizers import ModelText, model_text
@@ -95,7 +95,11 @@ def submit(submitter: Submitter, tenant: str, *, kind: JobKind, model: str,
         kids = [job_rows.create_job(session=session, job_in=_child(
             parent, plan, payload, chunk.text, role=GraphRole.part, level=0,
             index=chunk.index)) for chunk in chunks]
-    submitter.publish(kids)
+    try:
+        submitter.publish(kids)
+    except BrokerUnavailable:
+        child_ended(submitter, parent.id)  # its children that could not leave failed it
+        raise
     for queue, name in sorted({(j.queue, j.model) for j in kids}):
         submitter.warn_without_worker(queue, name)
     with submitter.database.session() as session:

@@ -17,10 +17,11 @@ import pytest
 from sqlalchemy import update
 from transformers import AutoTokenizer
 
+from llmos_jobs.client import LlmosClient
 from llmos_jobs.db import graphs as graph_rows
 from llmos_jobs.db.tables import GraphProgress, GraphRole, Job, JobPublic, RegisteredModel
 from llmos_jobs.demo_model import _WORDS
-from llmos_jobs.errors import NoLiveWorkerWarning
+from llmos_jobs.errors import BrokerUnavailable, NoLiveWorkerWarning
 from llmos_jobs.prompt_templates import render_preset
 from llmos_jobs.services import graphs
 from llmos_jobs.services.submission import Submitter
@@ -255,3 +256,16 @@ def test_the_reconciler_moves_on_a_graph_whose_followup_was_lost(graph_stack: St
                      "the reconciler created the reduce")
     assert SummariseRequest.model_validate(reduce.payload).text == "\n\n".join(summaries)
     assert reduce.status == JobStatus.queued and reduce.priority == parent.priority
+
+
+def test_a_graph_whose_children_could_not_be_sent_fails_at_once(graph_stack: Stack) -> None:
+    unreachable = LlmosClient(tenant="graph-unsent", settings=graph_stack.settings().model_copy(
+        update={"broker_url": "redis://127.0.0.1:1/0"}))
+    with pytest.raises(BrokerUnavailable, match="could not enqueue"):
+        unreachable.summarise(model="tiny-idle", text=_document(6, 4000), length="short")
+    [parent] = [j for j in graph_stack.client("graph-unsent").jobs(limit=100)
+                if j.graph_role == GraphRole.parent]
+    assert parent.status == JobStatus.failed and parent.error_type == "BrokerUnavailable"
+    assert parent.error_message is not None and "broker unreachable" in parent.error_message
+    kids = _children(graph_stack, parent.id)
+    assert kids and all(k.status in (JobStatus.failed, JobStatus.cancelled) for k in kids)
