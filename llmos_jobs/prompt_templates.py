@@ -27,9 +27,11 @@ _FAMILY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 @lru_cache(maxsize=8)
 def _environment(root: Path) -> ImmutableSandboxedEnvironment:
     # StrictUndefined: a template naming a variable that is not given fails loudly
-    # instead of rendering an empty string into the prompt.
+    # instead of rendering an empty string into the prompt. The file's last newline is
+    # kept: a chat format's open assistant turn ends with one.
     return ImmutableSandboxedEnvironment(loader=FileSystemLoader(str(root)),
-                                         undefined=StrictUndefined, autoescape=False)
+                                         undefined=StrictUndefined, autoescape=False,
+                                         keep_trailing_newline=True)
 
 
 def template_for(kind: str, family: str, root: Path = TEMPLATES) -> Template:

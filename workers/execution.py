@@ -28,7 +28,7 @@ from llmos_jobs.db.jobs import (
 )
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import Job
-from llmos_jobs.prompt_templates import render_retry
+from llmos_jobs.prompt_templates import DEFAULT_FAMILY, render_retry
 from llmos_jobs.services import batches, graphs, turns
 from llmos_jobs.services import presets as services_presets
 from llmos_jobs.services.routing import RoutingPolicy
@@ -141,17 +141,19 @@ def _structured_generate(job: Job, ctx: WorkerContext, engine: Engine,
     schema = request.response_format.json_schema.schema_
     sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop),
                               json_schema=presets.schema_text(schema))
-    first = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
+    left = _time_left(ctx, request.timeout_s)
+    first = run_on_engine(job, ctx, engine, sampling, left(),
                           prompt=request.prompt, messages=request.messages)
 
     def again(output: str, error: str) -> Completion:
-        family = services_presets.model_family(ctx.database, job.model)
         if request.prompt is not None:
-            return run_on_engine(job, ctx, engine, sampling, request.timeout_s,
+            family = services_presets.model_family(ctx.database, job.model)
+            return run_on_engine(job, ctx, engine, sampling, left(),
                                  prompt=render_retry(request.prompt, output, error, family))
+        # Chat messages get the model's own chat template: the correction is plain text.
         assert request.messages is not None
-        correction = render_retry("", "", error, family).strip()
-        return run_on_engine(job, ctx, engine, sampling, request.timeout_s, messages=[
+        correction = render_retry("", "", error, DEFAULT_FAMILY).strip()
+        return run_on_engine(job, ctx, engine, sampling, left(), messages=[
             *request.messages, ChatMessage(role="assistant", content=output or "(nothing)"),
             ChatMessage(role="user", content=correction)])
 
@@ -163,14 +165,24 @@ def _structured_generate(job: Job, ctx: WorkerContext, engine: Engine,
     return Outcome(result.model_dump(mode="json"), outcome.usage)
 
 
+def _time_left(ctx: WorkerContext, timeout_s: float | None) -> Callable[[], float]:
+    """What is left, at each call, of the job's time limit from now on: the tries of a
+    structured output share one limit, they do not get one each."""
+    deadline = time.monotonic() + min(timeout_s or ctx.time_limit_s, ctx.time_limit_s)
+    return lambda: max(deadline - time.monotonic(), 1e-3)
+
+
 def run_task_preset(job: Job, ctx: WorkerContext) -> Outcome:
     """summarise, translate, answer, classify, extract (workers.presets)."""
     engine = ctx.pool.get(job.model)
     family = services_presets.model_family(ctx.database, job.model)
+    left: Callable[[], float] | None = None
 
     def generate(prompt: str, sampling: EngineSampling, timeout_s: float | None
                  ) -> Completion:
-        return run_on_engine(job, ctx, engine, sampling, timeout_s, prompt=prompt)
+        nonlocal left
+        left = left or _time_left(ctx, timeout_s)
+        return run_on_engine(job, ctx, engine, sampling, left(), prompt=prompt)
 
     result, usage = presets.run_preset(job.kind, job.payload, family, generate)
     return Outcome(result.model_dump(mode="json"), usage)

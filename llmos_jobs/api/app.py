@@ -23,6 +23,7 @@ from llmos_jobs.api.routes import (
     mindspace_state,
     mindspaces,
     models,
+    tasks,
     webhooks,
     workers,
 )
@@ -31,7 +32,8 @@ from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.settings import Settings
 
 DESCRIPTION = """\
-Submit and follow language jobs, mindspace turns and model operations, and call the
+Submit and follow language jobs, task presets (`/v1/tasks/{kind}`: summarise, translate,
+answer, classify, extract), mindspace turns and model operations, and call the
 OpenAI-compatible `/v1/chat/completions` and `/v1/models`.
 
 Every route but `/healthz` and these docs needs `Authorization: Bearer <key>`; an
@@ -41,8 +43,8 @@ for the tenant named in `X-Llmos-Tenant`). Errors are OpenAI-style:
 `{"error": {"message", "type", "param", "code"}}`.
 """
 
-ROUTERS = (jobs, mindspaces, mindspace_state, models, workers, chat, keys, files, batches,
-           webhooks)
+ROUTERS = (jobs, tasks, mindspaces, mindspace_state, models, workers, chat, keys, files,
+           batches, webhooks)
 
 
 def create_app(settings: Settings) -> FastAPI:

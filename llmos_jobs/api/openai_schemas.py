@@ -8,12 +8,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.language import ResponseFormat
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["text"]
     text: str
+
+
+class TextFormat(BaseModel):
+    """``response_format: {"type": "text"}``: plain text, the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
 
 
 class OpenAIMessage(BaseModel):
@@ -46,6 +56,10 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = Field(default=False, description="not supported yet: true is refused")
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
     user: str | None = Field(default=None, description="accepted, not used")
+    response_format: ResponseFormat | TextFormat | None = Field(
+        default=None, description="json_schema: the reply is JSON valid against the schema "
+                                  "(generated once more when it is not, then a 500 with "
+                                  "the validation error)")
 
 
 class AssistantMessage(BaseModel):

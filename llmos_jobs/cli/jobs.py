@@ -10,6 +10,7 @@ import typer
 
 from llmos_jobs.cli.output import console, emit_json, job_table, report_submitted, show_job
 from llmos_jobs.cli.state import client
+from llmos_jobs.cli.tasks import json_schema_file
 from llmos_jobs.errors import InvalidRequest
 from schemas.common import JobStatus
 
@@ -43,16 +44,23 @@ def submit(
     timeout_s: float = typer.Option(
         None, "--timeout-s", help="Seconds the job may run once started; then it fails "
                                   "with reason 'timeout' (capped by LLMOS_JOB_TIME_LIMIT_S)."),
+    schema: str = typer.Option(
+        None, "--schema", help="A FILE holding a JSON Schema: the output must be JSON valid "
+                               "against it (tried twice, then the job fails)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
     as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
 ) -> None:
     """Submit a language job (generate from a prompt or chat messages)."""
     llmos = client()
+    response_format = None
+    if schema is not None:
+        response_format = {"type": "json_schema",
+                           "json_schema": {"schema": json_schema_file(schema, "--schema")}}
     job = llmos.generate(
         model=model, prompt=prompt, messages=_messages(messages) if messages else None,
         max_tokens=max_tokens, temperature=temperature, stop=stop, priority=priority,
-        webhook=webhook, timeout_s=timeout_s,
+        webhook=webhook, timeout_s=timeout_s, response_format=response_format,
     )
     if wait:
         [job] = llmos.wait([job.id], timeout_s=timeout)

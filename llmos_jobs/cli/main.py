@@ -18,6 +18,7 @@ from llmos_jobs.cli import (
     models,
     serve,
     stack,
+    tasks,
     webhooks,
 )
 from llmos_jobs.cli.output import err_console
@@ -30,6 +31,11 @@ app = typer.Typer(
 )
 app.command("submit")(jobs.submit)
 app.add_typer(jobs.job_app, name="job")
+app.command("summarise")(tasks.summarise)
+app.command("translate")(tasks.translate)
+app.command("answer")(tasks.answer)
+app.command("classify")(tasks.classify)
+app.command("extract")(tasks.extract)
 app.add_typer(models.model_app, name="model")
 app.add_typer(mindspaces.mindspace_app, name="mindspace")
 app.command("worker")(stack.worker)

@@ -85,15 +85,23 @@ def report_submitted(job: JobPublic, *, waited: bool, as_json: bool, queued: str
 
 
 def _answer(job: JobPublic) -> str | None:
-    """What a job with a result answered, in words: a generation's text, a turn's reply;
-    None for a model operation."""
+    """What a job with a result answered, in words: a generation's text, a turn's reply,
+    a preset's result; None for a model operation."""
     from schemas.common import JobKind
 
-    if job.kind == JobKind.generate:
-        return job.generate_result().text
-    if job.kind == JobKind.mindspace_turn:
-        return job.turn_result().reply
-    return None
+    answers = {
+        JobKind.generate: lambda: job.generate_result().text,
+        JobKind.mindspace_turn: lambda: job.turn_result().reply,
+        JobKind.summarise: lambda: job.summarise_result().summary,
+        JobKind.translate: lambda: job.translate_result().translation,
+        JobKind.answer: lambda: (f"{job.answer_result().answer} (cites passages "
+                                 f"{job.answer_result().citations})"),
+        JobKind.classify: lambda: (f"{job.classify_result().label} "
+                                   f"({job.classify_result().match})"),
+        JobKind.extract: lambda: json.dumps(job.extract_result().data),
+    }
+    answer = answers.get(job.kind)
+    return answer() if answer is not None else None
 
 
 def show_job(job: JobPublic) -> None:

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 MAX_WINDOW_S = 24 * 3600  # as OpenAI
 FINAL = [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled]
-_SAMPLING = ("max_tokens", "max_completion_tokens", "temperature", "stop", "model", "messages")
+_SAMPLING = ("max_tokens", "max_completion_tokens", "temperature", "stop", "model", "messages",
+             "response_format")
 
 
 def get_batch(session: Session, tenant: str, batch_id: str) -> Batch:
@@ -131,10 +132,15 @@ def _request(body: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidRequest(f"unsupported parameter(s): {', '.join(unknown)}")
     stop = body.get("stop")
-    return {"model": body.get("model"), "messages": body.get("messages"),
-            "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or 64,
-            "temperature": body.get("temperature") or 0.0,
-            "stop": [stop] if isinstance(stop, str) else stop or []}
+    request = {"model": body.get("model"), "messages": body.get("messages"),
+               "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or 64,
+               "temperature": body.get("temperature") or 0.0,
+               "stop": [stop] if isinstance(stop, str) else stop or []}
+    response_format = body.get("response_format")
+    # {"type": "text"} is OpenAI's default; anything else is checked as a json_schema.
+    if response_format is not None and response_format != {"type": "text"}:
+        request["response_format"] = response_format
+    return request
 
 
 def expand(submitter: Submitter, batch_id: str) -> None:

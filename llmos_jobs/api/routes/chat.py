@@ -26,7 +26,7 @@ from llmos_jobs.db.tables import JobPublic
 from llmos_jobs.errors import IllegalTransition
 from llmos_jobs.services.api_keys import Scope
 from schemas.common import JobStatus
-from schemas.language import SamplingParams
+from schemas.language import ResponseFormat, SamplingParams
 
 router = APIRouter(tags=["openai"])
 DEFAULT_MAX_TOKENS = SamplingParams.model_fields["max_tokens"].default
@@ -51,6 +51,8 @@ async def create_chat_completion(
         temperature=body.temperature or 0.0,
         stop=[body.stop] if isinstance(body.stop, str) else body.stop or [],
         priority="interactive",
+        response_format=(body.response_format.model_dump(mode="json")
+                         if isinstance(body.response_format, ResponseFormat) else None),
     ))
     caller.created(job.id)
     timeout_s = state.settings.api_wait_timeout_s
