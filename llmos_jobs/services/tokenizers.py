@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from llmos_jobs.chunking import Offsets
@@ -15,6 +16,7 @@ from llmos_jobs.db.session import Database
 from llmos_jobs.errors import InvalidRequest, NotFound
 
 _lock = threading.Lock()
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ def model_text(database: Database, model: str) -> ModelText:
             row = registry.get_model(session=session, name=model)
         except NotFound as exc:
             raise InvalidRequest(str(exc)) from None
+    directory = Path(row.path)
+    # A remote server's model, or one without tokenizer files: told without a load.
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise InvalidRequest(f"model {model!r} has no tokenizer in {row.path} to split "
+                             "a long text with")
     try:
         with _lock:
             tokenizer = _load(row.path)
