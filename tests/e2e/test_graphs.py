@@ -29,6 +29,7 @@ from schemas.common import JobStatus, Usage
 from schemas.tasks import SUMMARY_BUDGETS, SummariseRequest, SummariseResult
 from tests.support.api_server import ApiServer
 from tests.support.cli import llmos
+from tests.support.services import drop_pg_database
 from tests.support.stack import Stack, make_stack
 from tests.support.waiting import until
 from workers.engines.base import EngineRequest, EngineSampling
@@ -38,11 +39,14 @@ CONTEXT = 2048  # the demo model's max_position_embeddings (llmos_jobs/demo_mode
 OVERLAP = 64  # tokens each chunk repeats of the one before (llmos_jobs.services.graphs)
 
 
-@pytest.fixture(scope="module")
-def graph_stack(redis_base: str, demo_model_dir: Path,
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def graph_stack(request: pytest.FixtureRequest, redis_base: str, demo_model_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("graphs"),
-                       redis_db=14)
+    """A stack per database (PostgreSQL: racing follow-ups really run at once)."""
+    backend: str = request.param
+    admin = request.getfixturevalue("postgres_admin") if backend == "postgres" else None
+    stack = make_stack(backend, redis_base, admin, tmp_path_factory.mktemp(f"graphs-{backend}"),
+                       redis_db={"sqlite": 14, "postgres": 15}[backend])
     client = stack.client()
     client.register_model("tiny-graph", demo_model_dir)
     # No worker serves this one: its graph's children wait, and can be cancelled.
@@ -57,6 +61,8 @@ def graph_stack(redis_base: str, demo_model_dir: Path,
     stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
     yield stack
     stack.stop()
+    if admin is not None:
+        drop_pg_database(admin, stack.database_url)
 
 
 def _document(seed: int, words: int) -> str:
