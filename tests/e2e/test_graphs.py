@@ -10,7 +10,7 @@ import json
 import random
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -207,19 +207,23 @@ def test_a_failed_child_fails_the_parent_with_its_reason(graph_stack: Stack) -> 
     assert all(k.status in (JobStatus.failed, JobStatus.cancelled) for k in kids)
 
 
-def _children_end_unfollowed(stack: Stack, parent_id: str) -> list[str]:
-    """Every child of the graph succeeds as a worker would record it, and nobody follows
-    it up (as when the worker died right after its commit). Their summaries."""
+def _children_end_unfollowed(stack: Stack, parent_id: str, level: int = 0,
+                             summary: Callable[[int], str] | None = None) -> list[str]:
+    """Every child of the graph's ``level`` succeeds as a worker would record it (with
+    ``summary(index)``), and nobody follows it up (as when the worker died right after
+    its commit). Their summaries."""
     summaries = []
     with stack.database.session() as session:
-        for kid in graph_rows.children(session=session, parent_id=parent_id):
-            summary = f"part {kid.graph_index} of {parent_id}"
+        for kid in graph_rows.children(session=session, parent_id=parent_id, level=level):
+            assert kid.graph_index is not None
+            text = (summary or (lambda i: f"part {i} of {parent_id}"))(kid.graph_index)
             kid.status = JobStatus.succeeded
+            kid.prompt_tokens, kid.completion_tokens = 1, 1
             kid.result = SummariseResult(
-                summary=summary, finish_reason="length",
+                summary=text, finish_reason="length",
                 usage=Usage(prompt_tokens=1, completion_tokens=1)).model_dump(mode="json")
             session.add(kid)
-            summaries.append(summary)
+            summaries.append(text)
     return summaries
 
 
@@ -275,3 +279,35 @@ def test_a_graph_whose_children_could_not_be_sent_fails_at_once(graph_stack: Sta
     assert parent.error_message is not None and "broker unreachable" in parent.error_message
     kids = _children(graph_stack, parent.id)
     assert kids and all(k.status in (JobStatus.failed, JobStatus.cancelled) for k in kids)
+
+
+def test_partial_summaries_that_do_not_fit_are_chunked_again(graph_stack: Stack) -> None:
+    client = graph_stack.client("graph-levels")
+    with pytest.warns(NoLiveWorkerWarning):
+        parent = client.summarise(model="tiny-idle", text=_document(7, 4000), length="short")
+    submitter = Submitter(graph_stack.settings(), graph_stack.database)
+    # Partial summaries of about 900 tokens each: joined, no job could take them.
+    long = _children_end_unfollowed(graph_stack, parent.id, 0, lambda i: _document(10 + i, 800))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoLiveWorkerWarning)
+        graphs.child_ended(submitter, parent.id)
+        level_1 = _children(graph_stack, parent.id)[len(long):]
+        assert len(level_1) >= 2
+        assert {(k.graph_role, k.graph_level) for k in level_1} == {(GraphRole.part, 1)}
+        texts = [SummariseRequest.model_validate(k.payload).text for k in level_1]
+        joined = "\n\n".join(long)
+        assert texts[0] == joined[:len(texts[0])] and joined.endswith(texts[-1])
+        # Short ones now: the next level is the reduce of the joined summaries.
+        short = _children_end_unfollowed(graph_stack, parent.id, 1)
+        graphs.child_ended(submitter, parent.id)
+    [reduce] = _children(graph_stack, parent.id)[len(long) + len(level_1):]
+    assert (reduce.graph_role, reduce.graph_level) == (GraphRole.reduce, 2)
+    assert SummariseRequest.model_validate(reduce.payload).text == "\n\n".join(short)
+    [final] = _children_end_unfollowed(graph_stack, parent.id, 2, lambda _: "the summary")
+    graphs.child_ended(submitter, parent.id)
+    done = client.job(parent.id)
+    assert done.status == JobStatus.succeeded and done.summarise_result().summary == final
+    total = len(long) + len(level_1) + 1
+    assert done.graph == GraphProgress(level=2, stage=GraphRole.reduce, total=total,
+                                       done=total, succeeded=total)
+    assert done.usage is not None and done.usage.completion_tokens == total
