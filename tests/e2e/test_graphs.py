@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
+import signal
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -82,6 +84,26 @@ def _children(stack: Stack, parent_id: str) -> list[Job]:
     return kids
 
 
+def _reference(model_dir: Path, request: SummariseRequest, chunk_texts: list[str]
+               ) -> tuple[list[str], str]:
+    """The reference: each chunk's prompt, then the reduce prompt built from their
+    outputs, run alone on the engine itself. (The partial summaries, the final one.)"""
+    engine = TransformersEngine("reference", str(model_dir), BatchingOptions())
+    engine.load()
+    try:
+        def solo(text: str) -> str:
+            prompt = render_preset(request.model_copy(update={"text": text}), "summarise",
+                                   "llama")
+            [out] = engine.generate([EngineRequest(EngineSampling(request.max_tokens),
+                                                   prompt=prompt)])
+            return out.text.strip()
+
+        partials = [solo(t) for t in chunk_texts]
+        return partials, solo("\n\n".join(partials))
+    finally:
+        engine.unload()
+
+
 def test_a_document_longer_than_the_context_is_summarised_by_a_graph(
         graph_stack: Stack, demo_model_dir: Path) -> None:
     client = graph_stack.client("graph-summarise")
@@ -134,24 +156,10 @@ def test_a_document_longer_than_the_context_is_summarised_by_a_graph(
     assert done.graph == GraphProgress(level=1, stage=GraphRole.reduce, total=len(kids) + 1,
                                        done=len(kids) + 1, succeeded=len(kids) + 1)
 
-    # The reference: each chunk's prompt, then the reduce prompt built from their
-    # outputs, run alone on the engine itself.
-    engine = TransformersEngine("reference", str(demo_model_dir), BatchingOptions())
-    engine.load()
-    try:
-        def solo(prompt: str) -> str:
-            [out] = engine.generate([EngineRequest(EngineSampling(max_tokens), prompt=prompt)])
-            return out.text.strip()
-
-        partials = [solo(p) for p in prompts]
-        joined = "\n\n".join(partials)
-        final = solo(render_preset(request.model_copy(update={"text": joined}), "summarise",
-                                   family))
-    finally:
-        engine.unload()
+    partials, final = _reference(demo_model_dir, request, chunk_texts)
     assert len(set(partials)) == len(partials)  # the model's output varies by chunk
     [reduce] = [k for k in _children(graph_stack, parent.id) if k.graph_role == GraphRole.reduce]
-    assert SummariseRequest.model_validate(reduce.payload).text == joined
+    assert SummariseRequest.model_validate(reduce.payload).text == "\n\n".join(partials)
     assert done.result is not None and done.result["summary"] == final
     assert done.usage is not None
     assert done.usage.completion_tokens == sum(
@@ -311,3 +319,30 @@ def test_partial_summaries_that_do_not_fit_are_chunked_again(graph_stack: Stack)
     assert done.graph == GraphProgress(level=2, stage=GraphRole.reduce, total=total,
                                        done=total, succeeded=total)
     assert done.usage is not None and done.usage.completion_tokens == total
+
+
+@pytest.mark.filterwarnings("ignore::llmos_jobs.errors.NoLiveWorkerWarning")
+def test_a_worker_killed_in_the_middle_of_a_graph_does_not_strand_it(
+        graph_stack: Stack, demo_model_dir: Path) -> None:
+    client = graph_stack.client("graph-kill")
+    client.register_model("tiny-kill", demo_model_dir)
+    victim = graph_stack.start_worker("kill1@test", "--model", "tiny-kill", "--concurrency", "1")
+    parent = client.summarise(model="tiny-kill", text=_document(8, 4000), length="short")
+    request = SummariseRequest.model_validate(parent.payload)
+    chunk_texts = [SummariseRequest.model_validate(k.payload).text
+                   for k in _children(graph_stack, parent.id)]
+
+    def a_child_runs() -> bool:
+        return any(k.status == JobStatus.running for k in _children(graph_stack, parent.id))
+
+    until(a_child_runs, "a child of the graph ran on the worker", poll_s=0.02)
+    os.killpg(victim.pid, signal.SIGKILL)  # the whole worker, mid-graph
+    victim.wait()
+    graph_stack.start_worker("kill2@test", "--model", "tiny-kill", "--concurrency", "1")
+    [done] = client.wait([parent.id], timeout_s=300)
+    assert done.status == JobStatus.succeeded, done.error_message
+    _, final = _reference(demo_model_dir, request, chunk_texts)
+    assert done.summarise_result().summary == final
+    kids = _children(graph_stack, parent.id)
+    assert all(k.status == JobStatus.succeeded for k in kids)
+    assert any(k.attempts > 1 for k in kids)  # the killed one ran again
