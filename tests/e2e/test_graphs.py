@@ -44,11 +44,12 @@ OVERLAP = 64  # tokens each chunk repeats of the one before (llmos_jobs.services
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def graph_stack(request: pytest.FixtureRequest, redis_base: str, demo_model_dir: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack per database (PostgreSQL: racing follow-ups really run at once)."""
+    """A stack per database (PostgreSQL: racing follow-ups really run at once), on Redis
+    databases no other test module uses (a stack flushes its own)."""
     backend: str = request.param
     admin = request.getfixturevalue("postgres_admin") if backend == "postgres" else None
     stack = make_stack(backend, redis_base, admin, tmp_path_factory.mktemp(f"graphs-{backend}"),
-                       redis_db={"sqlite": 14, "postgres": 15}[backend])
+                       redis_db={"sqlite": 15, "postgres": 9}[backend])
     client = stack.client()
     client.register_model("tiny-graph", demo_model_dir)
     # No worker serves this one: its graph's children wait, and can be cancelled.
