@@ -7,11 +7,14 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from pydantic import JsonValue
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource, Unresolvable
 
 from schemas.tasks import ClassifyMatch
 
@@ -86,11 +89,27 @@ def json_of(output: str) -> JsonValue:
     raise OutputInvalid(f"the output is not JSON: {shown!r}")
 
 
+SchemaNode = bool | Mapping[str, Any]  # what jsonschema's registry holds
+
+
+def _no_retrieval(uri: str) -> Resource[SchemaNode]:
+    # Schemas are the caller's: a reference to a URL must not have the worker fetch it
+    # (submission refuses them already; this holds for any schema that got through).
+    raise NoSuchResource(uri)
+
+
+LOCAL_ONLY: Registry[SchemaNode] = Registry(retrieve=_no_retrieval)  # type: ignore[call-arg]
+
+
 def structured(output: str, schema: dict[str, JsonValue]) -> JsonValue:
     """The JSON in ``output`` if it is valid against ``schema``; else OutputInvalid
     naming where and why (jsonschema's most relevant error)."""
     value = json_of(output)
-    error = best_match(Draft202012Validator(schema).iter_errors(value))
+    try:
+        error = best_match(Draft202012Validator(schema, registry=LOCAL_ONLY)
+                           .iter_errors(value))
+    except Unresolvable as exc:
+        raise OutputInvalid(f"the schema's reference {exc.ref!r} cannot be resolved") from None
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise OutputInvalid(f"the output does not match the schema at {where}: "

@@ -29,14 +29,34 @@ def _not_blank(value: str) -> str:
 Text = Annotated[str, Field(min_length=1, max_length=1_000_000), AfterValidator(_not_blank)]
 
 
+def _remote_refs(node: JsonValue, where: str = "") -> list[str]:
+    """Where ``node`` holds a reference that is not a local JSON pointer ("#...")."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and not (
+                    isinstance(value, str) and value.startswith("#")):
+                found.append(f"{where}/{key}")
+            found.extend(_remote_refs(value, f"{where}/{key}"))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found.extend(_remote_refs(value, f"{where}/{index}"))
+    return found
+
+
 def check_json_schema(schema: dict[str, JsonValue]) -> dict[str, JsonValue]:
-    """``schema`` if it is a valid JSON Schema (draft 2020-12), else ValueError naming
-    what is wrong."""
+    """``schema`` if it is a valid JSON Schema (draft 2020-12) whose references are all
+    local, else ValueError naming what is wrong. A remote reference would have the
+    worker fetch a URL the caller chose."""
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path) or "(root)"
         raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+    remote = _remote_refs(schema)
+    if remote:
+        raise ValueError(f"only local references ('#/$defs/...') are allowed; {remote[0]} "
+                         "is not one")
     return schema
 
 

@@ -22,7 +22,7 @@ from llmos_jobs.errors import InvalidRequest
 from llmos_jobs.prompt_templates import render_preset, render_retry
 from llmos_jobs.task_outputs import OutputInvalid, choose_label, citations, structured
 from schemas.common import JobKind, JobStatus
-from schemas.tasks import REQUESTS
+from schemas.tasks import PRESET_KINDS, REQUESTS
 from tests.support.api_server import REQUEST_HANG_GUARD_S, ApiServer, tenant
 from tests.support.cli import assert_one_line_error, llmos
 from tests.support.stack import Stack, make_stack
@@ -37,8 +37,9 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string"},
 @pytest.fixture(scope="module")
 def preset_stack(redis_base: str, demo_model_dir: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # Redis database 10: 11-12 are the session stacks', 13 test_real_model's, 14 the fuzzer's.
     stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("presets"),
-                       redis_db=14)
+                       redis_db=10)
     client = stack.client()
     client.register_model("tiny-presets", demo_model_dir)
     client.register_model("echo-presets", stack.data_dir / "echo", engine="noop")
@@ -306,3 +307,30 @@ def test_openai_sdk_response_format_json_schema(preset_api: ApiServer) -> None:
         sdk.chat.completions.create(
             model="echo-presets", max_tokens=4, response_format={"type": "json_object"},
             messages=[{"role": "user", "content": "{}"}])
+
+
+# -- both databases ------------------------------------------------------------------------
+
+
+def test_every_preset_kind_is_stored_and_run_on_each_database(stack: Stack) -> None:
+    """The session stacks (SQLite and PostgreSQL, whose job kind is an enum type that
+    migration 0015 extends); their no-op worker answers "ok" per token."""
+    client = stack.client(f"presets-{stack.name}")
+    jobs = [
+        client.summarise(model="echo", text="a long text", length=3),
+        client.translate(model="echo", text="bonjour", target_language="en", max_tokens=2),
+        client.answer(model="echo", question="q?", context=["p"], max_tokens=2),
+        client.classify(model="echo", text="t", labels=["no", "ok"], max_tokens=3),
+        client.extract(model="echo", text="t", json_schema=PERSON, max_tokens=2),
+    ]
+    summary, translation, answer, label, extract = client.wait([j.id for j in jobs])
+    assert [j.kind for j in (summary, translation, answer, label, extract)] == list(
+        PRESET_KINDS)
+    assert summary.summarise_result().summary == "ok ok ok"
+    assert translation.translate_result().translation == "ok ok"
+    assert answer.answer_result().citations == []
+    assert (label.classify_result().label, label.classify_result().match) == ("ok",
+                                                                              "mentioned")
+    assert extract.status == JobStatus.failed
+    assert extract.error_type == "StructuredOutputInvalid"
+    assert client.jobs(status=JobStatus.failed)[0].kind == JobKind.extract

@@ -34,7 +34,8 @@ GENERATE_REQ_INPUT_FIELDS = frozenset({
 })
 
 # EngineSampling keys llmos sends (sampling/sampling_params.py).
-SAMPLING_PARAMS_KEYS = frozenset({"max_new_tokens", "temperature", "stop"})
+# json_schema: SamplingParams.json_schema, a JSON Schema as text, for constrained decoding.
+SAMPLING_PARAMS_KEYS = frozenset({"max_new_tokens", "temperature", "stop", "json_schema"})
 
 LENGTH = {"type": "length", "length": 4}  # FINISH_LENGTH.to_json()
 EOS = {"type": "stop", "matched": 2}  # FINISH_MATCHED_TOKEN.to_json()

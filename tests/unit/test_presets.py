@@ -4,11 +4,13 @@ structured-output retry, and the schema handed to SGLang."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema
 import pytest
@@ -27,6 +29,7 @@ from schemas.tasks import (
     ExtractRequest,
     SummariseRequest,
 )
+from tests.support.sglang_shapes import check_sampling_params
 from workers.engines.base import Completion, EngineSampling
 from workers.engines.sglang_io import build_sampling_params
 from workers.presets import StructuredOutputInvalid, run_preset, validated
@@ -252,6 +255,7 @@ def test_sglang_gets_the_schema_for_constrained_decoding() -> None:
     text = json.dumps(PERSON)
     params = build_sampling_params(EngineSampling(max_tokens=5, json_schema=text))
     assert params == {"max_new_tokens": 5, "temperature": 0.0, "json_schema": text}
+    check_sampling_params(params)  # a field of SGLang's SamplingParams
     assert "json_schema" not in build_sampling_params(EngineSampling(max_tokens=5))
 
 
@@ -267,3 +271,43 @@ def test_batch_lines_may_ask_for_structured_output() -> None:
     with pytest.raises(ValidationError, match="response_format"):
         GenerateRequest.model_validate(_request({**line, "response_format": {
             "type": "json_object"}}))
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        body = b'{"type": "string"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_schema_never_makes_the_worker_fetch_a_url() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/schema.json"
+        # Refused at submission, naming where...
+        with pytest.raises(ValidationError, match=r"only local references.*/properties/a/\$ref"):
+            ExtractRequest(model="m", text="t",
+                           json_schema={"properties": {"a": {"$ref": url}}})
+        # ...and not fetched by a worker handed one anyway.
+        with pytest.raises(OutputInvalid, match="cannot be resolved"):
+            structured('"text"', {"$ref": url})
+        assert _Counting.hits == []
+        # Local references still work.
+        local: dict[str, JsonValue] = {"$defs": {"n": {"type": "integer"}},
+                                       "properties": {"a": {"$ref": "#/$defs/n"}}}
+        ExtractRequest(model="m", text="t", json_schema=local)
+        with pytest.raises(OutputInvalid, match="at a: 'x' is not of type 'integer'"):
+            structured('{"a": "x"}', local)
+    finally:
+        server.shutdown()
+        server.server_close()
