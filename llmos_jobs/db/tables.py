@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import Field as PField
-from sqlalchemy import JSON, Column, Index, LargeBinary, String
+from sqlalchemy import JSON, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
 from llmos_jobs.crypto import EncryptedJSON, EncryptedText
@@ -66,9 +66,9 @@ class JobBase(SQLModel):
     # of level n-1's joined results) and place in that level. A parent's level is the
     # last one it created: creating the next is a compare-and-set on it.
     parent_id: str | None = Field(default=None, index=True)
-    # Stored as its string (a plain column, as the migration makes it): no database enum
-    # type to extend when a role is added.
-    graph_role: GraphRole | None = Field(default=None, sa_type=String)
+    # One of GraphRole, stored (and read back) as its string, as the migration makes it:
+    # no database enum type to extend when a role is added.
+    graph_role: str | None = None
     graph_level: int | None = None
     graph_index: int | None = None
 
@@ -135,6 +135,7 @@ class JobPublic(JobBase):
     started_at: datetime | None
     finished_at: datetime | None
     latency_s: float | None
+    graph_role: GraphRole | None = None
     graph: GraphProgress | None = PField(
         default=None, description="a graph parent's children: how many have ended")
 

@@ -77,7 +77,7 @@ def _child(parent: Job, plan: GraphPlan, payload: dict[str, Any], text: str, *,
     return job_rows.JobCreate(
         tenant=parent.tenant, kind=parent.kind, priority=parent.priority, model=parent.model,
         payload=plan.part(payload, text), queue=parent.queue, parent_id=parent.id,
-        graph_role=role, graph_level=level, graph_index=index)
+        graph_role=role.value, graph_level=level, graph_index=index)
 
 
 def submit(submitter: Submitter, tenant: str, *, kind: JobKind, model: str,
@@ -90,7 +90,7 @@ def submit(submitter: Submitter, tenant: str, *, kind: JobKind, model: str,
         parent = job_rows.create_job(session=session, job_in=job_rows.JobCreate(
             tenant=tenant, kind=kind, priority=priority, model=model, payload=payload,
             queue=queue_for(broker.task_for_kind(kind), model=model), webhook_url=webhook,
-            graph_role=GraphRole.parent))
+            graph_role=GraphRole.parent.value))
         graph_rows.start_parent(session=session, job_id=parent.id)
         kids = [job_rows.create_job(session=session, job_in=_child(
             parent, plan, payload, chunk.text, role=GraphRole.part, level=0,
