@@ -5,7 +5,9 @@
                                    declared dead, what no live process will finish
                                    taken back (workers.reaper)
     llmos.control.reconcile        every LLMOS_RECONCILE_GRACE_S / 2: work the broker
-                                   lost sent again (llmos_jobs.services.reconcile)
+                                   lost sent again (llmos_jobs.services.reconcile),
+                                   job graphs whose follow-up was lost moved on
+                                   (llmos_jobs.services.graphs)
     llmos.control.expire_batches   every LLMOS_BATCH_EXPIRY_CHECK_S: batches past their
                                    completion window expired
     llmos.control.prune            every LLMOS_RETENTION_CHECK_S: content past its
@@ -32,7 +34,7 @@ from broker_config.celery_config import TIME_LIMIT_GRACE_S
 from llmos_jobs import broker
 from llmos_jobs.db import batch_progress
 from llmos_jobs.db.tables import Job
-from llmos_jobs.services import batches, retention
+from llmos_jobs.services import batches, graphs, retention
 from llmos_jobs.services.reconcile import reconcile
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
@@ -69,7 +71,11 @@ def register_control_tasks(app: Celery, submitter: Submitter) -> None:
                                 JOB_RETRY_COUNTDOWN_MAX_S) + settings.reconcile_grace_s
         done = reconcile(task.app, grace_s=settings.reconcile_grace_s,
                          unclaimed_after_s=unclaimed_after_s, database=database)
-        return {"jobs": done.jobs, "deliveries": done.deliveries, "batches": done.batches}
+        # A graph whose last ended child was never followed up (its process died after
+        # the commit) moves on here.
+        looked_at = graphs.advance_stalled(submitter, older_than_s=settings.reconcile_grace_s)
+        return {"jobs": done.jobs, "deliveries": done.deliveries, "batches": done.batches,
+                "graphs": looked_at}
 
     def expire_batches() -> int:
         with database.session() as session:

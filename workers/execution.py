@@ -31,7 +31,7 @@ from llmos_jobs.db.jobs import (
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import Job
 from llmos_jobs.prompt_templates import DEFAULT_FAMILY, render_retry
-from llmos_jobs.services import batches, turns
+from llmos_jobs.services import batches, graphs, turns
 from llmos_jobs.services import presets as services_presets
 from llmos_jobs.services.filters import ContentFiltered, record_filtered
 from llmos_jobs.services.routing import RoutingPolicy
@@ -386,8 +386,8 @@ def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, error_type: 
     if failed and header.webhook_url and error_type != "KeyRingMismatch":
         with ctx.database.session() as session:
             emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
-    if failed and header.batch_id is not None:
-        _after_final(header.batch_id, ctx)
+    if failed:
+        _after_final(header.batch_id, header.parent_id, ctx)
 
 
 def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
@@ -403,6 +403,7 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
         turns.release_after(claim.job, publish=ctx.publish,
                             routing=RoutingPolicy.of(ctx.settings),
                             database=ctx.database)
+        _after_final(claim.job.batch_id, claim.job.parent_id, ctx)
     if claim.outcome != ClaimOutcome.claimed or claim.job is None:
         log.info("job %s message %s dropped: %s", job_id, message_id, claim.outcome.value)
         return claim.outcome
@@ -438,7 +439,7 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
                                    usage=outcome.usage)
 
     _record(job, ctx, record_success)
-    _after_final(job.batch_id, ctx)
+    _after_final(job.batch_id, job.parent_id, ctx)
     return ClaimOutcome.claimed
 
 
@@ -465,11 +466,14 @@ def _record_unsuccessful(job: Job, message_id: str, ctx: WorkerContext,
                 emit_job_event(session=session, job_id=job.id, settings=ctx.settings)
 
     _record(job, ctx, write)
-    _after_final(job.batch_id, ctx)
+    _after_final(job.batch_id, job.parent_id, ctx)
 
 
-def _after_final(batch_id: str | None, ctx: WorkerContext) -> None:
-    """A job of a batch ended: the last one to end has the batch's files written."""
+def _after_final(batch_id: str | None, parent_id: str | None, ctx: WorkerContext) -> None:
+    """A job ended. Of a graph: its graph moves on when its level has ended. Of a batch:
+    the last one to end has the batch's files written."""
+    if parent_id is not None:
+        graphs.child_ended(ctx.submitter, parent_id)
     if batch_id is None:
         return
     with ctx.database.session() as session:

@@ -60,6 +60,8 @@ def job_table(jobs: Sequence[JobPublic], title: str | None = None) -> Table:
         status = job.status.value
         if job.error_type:
             status += f" ({job.error_type})"
+        elif job.graph is not None:  # a job graph: its children that have ended
+            status += f" ({job.graph.done}/{job.graph.total})"
         grid.add_row(
             job.id, job.kind.value, job.model, str(job.priority), status, tokens,
             f"{job.latency_s:.2f}s" if job.latency_s is not None else "-", job.worker or "-",
@@ -108,6 +110,11 @@ def show_job(job: JobPublic) -> None:
     if job.content_expired_at is not None:
         console.print(f"content expired: its prompt and output were removed at "
                       f"{job.content_expired_at.isoformat()} (retention)", markup=False)
+    if job.graph is not None:
+        graph = job.graph
+        console.print(f"graph: level {graph.level} ({graph.stage.value}), {graph.done} of "
+                      f"{graph.total} child jobs ended, {graph.succeeded} succeeded",
+                      markup=False)
     if job.result:
         text = _answer(job)
         if text is not None:

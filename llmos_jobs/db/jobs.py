@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.moves import move
@@ -285,11 +286,13 @@ class JobHeader:
     mindspace_id: str | None
     batch_id: str | None
     webhook_url: str | None
+    parent_id: str | None
 
 
 def job_header(*, session: Session, job_id: str) -> JobHeader | None:
     row = session.execute(
-        select(Job.kind, Job.mindspace_id, Job.batch_id, Job.webhook_url)
+        sa_select(col(Job.kind), col(Job.mindspace_id), col(Job.batch_id),
+                  col(Job.webhook_url), col(Job.parent_id))
         .where(col(Job.id) == job_id)).first()
     return None if row is None else JobHeader(job_id, *row)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import Field as PField
@@ -37,6 +38,15 @@ def _utc(nullable: bool = True) -> Any:
 
 # -- jobs ---------------------------------------------------------------------------
 
+
+class GraphRole(StrEnum):
+    """A job's part in a job graph (llmos_jobs.services.graphs)."""
+
+    parent = "parent"  # what the producer submitted; never sent, it ends with its reduce
+    part = "part"  # one chunk of a level: the document's, or the partial results'
+    reduce = "reduce"  # the last child: its result is the parent's
+
+
 ResultContract = TypeVar("ResultContract", GenerateResult, MindspaceTurnResult, ModelOpResult,
                          SummariseResult, TranslateResult, AnswerResult, ClassifyResult,
                          ExtractResult)
@@ -52,6 +62,15 @@ class JobBase(SQLModel):
     custom_id: str | None = Field(default=None, description="the batch line's custom_id")
     # Where the job's outcome is POSTed (checked against SSRF at submission).
     webhook_url: str | None = Field(default=None, max_length=2048)
+    # Job graphs: a child names its parent; its level (0: chunks of the input; n: chunks
+    # of level n-1's joined results) and place in that level. A parent's level is the
+    # last one it created: creating the next is a compare-and-set on it.
+    parent_id: str | None = Field(default=None, index=True)
+    # One of GraphRole, stored (and read back) as its string, as the migration makes it:
+    # no database enum type to extend when a role is added.
+    graph_role: str | None = None
+    graph_level: int | None = None
+    graph_index: int | None = None
 
 
 class Job(JobBase, table=True):
@@ -94,6 +113,17 @@ class Job(JobBase, table=True):
     content_expired_at: datetime | None = _utc()
 
 
+class GraphProgress(SQLModel):
+    """How far a job graph has come: its children so far (a level's children exist once
+    the level before it has ended) and how many of them have ended."""
+
+    level: int = PField(description="the level running now (0: the input's chunks)")
+    stage: GraphRole = PField(description="part: chunks still being mapped; reduce: the last job")
+    total: int = PField(description="children created so far")
+    done: int = PField(description="children that ended (succeeded, failed or cancelled)")
+    succeeded: int
+
+
 class JobPublic(JobBase):
     """What producers see of a job (``--json`` field names)."""
 
@@ -118,9 +148,12 @@ class JobPublic(JobBase):
     content_expired_at: datetime | None = PField(
         default=None, description="set when retention removed the job's prompt, result and "
                                   "error text; status, timestamps, model and usage remain")
+    graph_role: GraphRole | None = None
+    graph: GraphProgress | None = PField(
+        default=None, description="a graph parent's children: how many have ended")
 
     @classmethod
-    def from_row(cls, job: Job) -> JobPublic:
+    def from_row(cls, job: Job, graph: GraphProgress | None = None) -> JobPublic:
         usage = None
         if job.prompt_tokens is not None:
             usage = Usage(
@@ -135,6 +168,7 @@ class JobPublic(JobBase):
             **job.model_dump(exclude={"prompt_tokens", "completion_tokens", "cached_tokens"}),
             usage=usage,
             latency_s=latency,
+            graph=graph,
         )
 
     # The row keeps a result as the JSON its worker wrote (``result`` stays that JSON, so

@@ -12,6 +12,7 @@ from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import JobPublic
 from llmos_jobs.errors import InvalidRequest
 from llmos_jobs.prompt_templates import DEFAULT_FAMILY
+from llmos_jobs.services import graphs
 from llmos_jobs.services.submission import Submitter, validate
 from schemas.common import JobKind
 from schemas.tasks import (
@@ -52,12 +53,20 @@ def checked_request(submitter: Submitter, kind: JobKind, data: dict[str, Any]
 
 def submit_preset(submitter: Submitter, tenant: str, kind: JobKind, data: dict[str, Any], *,
                   priority: int, webhook: str | None) -> JobPublic:
+    """One job; or, for a text longer than its model's context, a job graph of its
+    chunks (llmos_jobs.services.graphs) whose parent is returned."""
     request = checked_request(submitter, kind, data)
+    payload = request.model_dump(mode="json")
+    webhook_url = submitter.check_webhook(webhook)
+    chunks = graphs.split_if_long(submitter, kind, payload)
+    if chunks is not None:
+        return graphs.submit(submitter, tenant, kind=kind, model=request.model,
+                             payload=payload, chunks=chunks, priority=priority,
+                             webhook=webhook_url)
     [job] = submitter.enqueue([job_rows.JobCreate(
         tenant=tenant, kind=kind, priority=priority, model=request.model,
-        payload=request.model_dump(mode="json"),
-        queue=queue_for(TaskName.preset, model=request.model),
-        webhook_url=submitter.check_webhook(webhook))])
+        payload=payload, queue=queue_for(TaskName.preset, model=request.model),
+        webhook_url=webhook_url)])
     return job
 
 

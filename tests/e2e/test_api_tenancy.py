@@ -23,6 +23,15 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/v1/jobs"): (COLLECTION, None),
     ("POST", "/v1/jobs"): (COLLECTION, {"model": "{idle}", "prompt": "mine", "max_tokens": 2}),
     ("GET", "/v1/jobs/{job_id}"): (OWNED, None),
+    ("POST", "/v1/tasks/summarise"): (COLLECTION, {"model": "{idle}", "text": "mine"}),
+    ("POST", "/v1/tasks/translate"): (COLLECTION, {"model": "{idle}", "text": "mine",
+                                                   "target_language": "fr"}),
+    ("POST", "/v1/tasks/answer"): (COLLECTION, {"model": "{idle}", "question": "mine?",
+                                                "context": ["mine"]}),
+    ("POST", "/v1/tasks/classify"): (COLLECTION, {"model": "{idle}", "text": "mine",
+                                                  "labels": ["a", "b"]}),
+    ("POST", "/v1/tasks/extract"): (COLLECTION, {"model": "{idle}", "text": "mine",
+                                                 "json_schema": {"type": "object"}}),
     ("POST", "/v1/jobs/{job_id}/cancel"): (OWNED, None),
     ("GET", "/v1/mindspaces"): (COLLECTION, None),
     ("POST", "/v1/mindspaces"): (COLLECTION, {"model": "echo"}),
@@ -63,6 +72,9 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/v1/embeddings"): (COLLECTION, {"model": "all-MiniLM-L6-v2", "input": "x"}),
     ("GET", "/v1/retention/{tenant}"): (OWNED, None),
     ("PUT", "/v1/retention/{tenant}"): (OPERATOR, {"jobs_days": 1}),
+    ("GET", "/v1/tenants/{tenant}/filters"): (OPERATOR, None),
+    ("PUT", "/v1/tenants/{tenant}/filters"): (OPERATOR, {"block": []}),
+    ("POST", "/v1/tenants/{tenant}/filters/test"): (OPERATOR, {"text": "x"}),
 }
 
 
