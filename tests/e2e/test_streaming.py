@@ -30,10 +30,11 @@ MESSAGES = [{"role": "system", "content": "be brief"},
 @pytest.fixture(scope="module")
 def stream_stack(redis_base: str, demo_model_dir: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # Redis database 9: a stack flushes its own, and the others are taken (10 presets,
-    # 11-12 the session stacks, 13 the real-model tests, 14 the fuzzer, 15 filters).
+    # Redis database 8: a stack flushes its own, and the others are taken (9 and 15
+    # graphs, 10 presets, 11-12 the session stacks, 13 the real-model tests, 14 the
+    # fuzzer, 15 filters).
     stack = make_stack("sqlite", redis_base, None, tmp_path_factory.mktemp("stream"),
-                       redis_db=9)
+                       redis_db=8)
     stack.client().register_model(MODEL, demo_model_dir)
     stack.start_worker("stream@test", "--model", MODEL, "--concurrency", "4")
     yield stack
