@@ -28,6 +28,7 @@ from llmos_jobs.prompt_templates import render_preset
 from llmos_jobs.services import graphs
 from llmos_jobs.services.submission import Submitter
 from schemas.common import JobStatus, Usage
+from schemas.filters import BlockRule, Direction, TenantFilters
 from schemas.tasks import SUMMARY_BUDGETS, SummariseRequest, SummariseResult
 from tests.support.api_server import ApiServer
 from tests.support.cli import llmos
@@ -214,6 +215,29 @@ def test_a_failed_child_fails_the_parent_with_its_reason(graph_stack: Stack) -> 
                                   f"failed: {failed.error_message}")
     # The others never ran, or ran and failed too: none is left waiting.
     assert all(k.status in (JobStatus.failed, JobStatus.cancelled) for k in kids)
+
+
+def test_a_child_stopped_by_a_content_filter_fails_the_parent(
+        graph_stack: Stack, demo_model_dir: Path) -> None:
+    word = "forbiddenword"  # not a word the demo document is made of
+    graph_stack.client().register_model("tiny-filtered", demo_model_dir)
+    client = graph_stack.client("graph-filtered")
+    client.set_filters(TenantFilters(block=[
+        BlockRule(name="no-forbidden", words=[word], direction=Direction.input)]))
+    graph_stack.start_worker("filtered@test", "--model", "tiny-filtered", "--concurrency", "1")
+    parent = client.summarise(model="tiny-filtered", length="short",
+                              text=_document(5, 4000) + f" The {word} ends it.")
+    assert parent.graph is not None and parent.graph.total >= 2
+    [done] = client.wait([parent.id], timeout_s=180)
+
+    kids = _children(graph_stack, parent.id)
+    stopped = [k for k in kids if k.status == JobStatus.filtered]
+    assert stopped and all(k.filter_rule == "no-forbidden" for k in stopped)
+    assert done.status == JobStatus.failed and done.error_type == "ContentFiltered"
+    assert done.error_message in {f"chunk {k.graph_index} of level 0 (job {k.id}) filtered: "
+                                  f"{k.error_message}" for k in stopped}
+    assert word not in done.error_message
+    assert all(k.status.is_final for k in kids)
 
 
 def _children_end_unfollowed(stack: Stack, parent_id: str, level: int = 0,
