@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from llmos_jobs.db.tables import (
     SnapshotPublic,
     WorkerPublic,
 )
+from llmos_jobs.job_events import JobEnding, require_events_url
 from llmos_jobs.services import (
     batch_files,
     batches,
@@ -36,6 +37,7 @@ from llmos_jobs.services import (
     models,
     presets,
     retention,
+    streaming,
 )
 from llmos_jobs.services import filters as filter_service
 from llmos_jobs.services import jobs as job_service
@@ -47,6 +49,7 @@ from llmos_jobs.services.mindspaces import KnowledgeDocument
 from llmos_jobs.services.submission import Submitter, priority_of, validate
 from llmos_jobs.settings import Settings, get_settings
 from schemas.common import ChatMessage, JobKind, JobStatus
+from schemas.events import JobEvent
 from schemas.filters import Direction, FilterVerdict, TenantFilters
 from schemas.model import ModelOp, ModelOpRequest
 
@@ -376,6 +379,20 @@ class LlmosClient:
 
     def job(self, job_id: str) -> JobPublic:
         return job_service.get(self.submitter, self.tenant, job_id)
+
+    def events(self, job_id: str) -> Iterator[JobEvent]:
+        """The job's live events from its first (status changes, its text piece by
+        piece as it is decoded) until its final status; a job that ended replays them.
+        NotFound for another tenant's job."""
+        return streaming.follow(self.submitter, self.tenant, job_id)
+
+    def final_state(self, job_id: str) -> JobEnding:
+        """The job's final status and text; None while it runs."""
+        return streaming.final(self.submitter, self.tenant, job_id)
+
+    def events_url(self) -> str:
+        """The Redis of live events (StreamingUnavailable when there is none)."""
+        return require_events_url(self.settings)
 
     def jobs(self, *, status: JobStatus | None = None, limit: int = 50) -> list[JobPublic]:
         return job_service.listing(self.submitter, self.tenant, status=status, limit=limit)

@@ -32,6 +32,10 @@ class NoLiveWorkerWarning(UserWarning):
     """A job was accepted for a model that no live worker serves yet."""
 
 
+class StreamingUnavailable(LlmosError):
+    """No Redis holds jobs' live events (a RabbitMQ broker, no LLMOS_STREAM_URL)."""
+
+
 class IdempotencyMismatch(LlmosError):
     """An idempotency key was used again with a different request."""
 

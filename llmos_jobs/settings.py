@@ -29,6 +29,10 @@ class Settings(BaseSettings):
         description="redis://… or amqp://… (RabbitMQ, docs/brokers.md); unset: the stack "
                     "started by `llmos up`"
     )
+    stream_url: str | None = Field(
+        default=None, repr=False,
+        description="the Redis that holds jobs' live events (streamed tokens); unset: the "
+                    "broker's Redis (a RabbitMQ broker then streams nothing)")
     database_url: str | None = Field(
         default=None, repr=False,
         description="SQLAlchemy URL; unset: a SQLite file in the data directory"

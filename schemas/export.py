@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.events import JobEvent
 from schemas.filters import FilterVerdict, TenantFilters
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest, MindspaceTurnResult
@@ -24,6 +25,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "mindspace_create": MindspaceCreate,
     "mindspace_turn_request": MindspaceTurnRequest,
     "mindspace_turn_result": MindspaceTurnResult,
+    "job_event": JobEvent,
     "tenant_filters": TenantFilters,
     "filter_verdict": FilterVerdict,
     **{f"{kind.value}_request": model for kind, model in REQUESTS.items()},

@@ -23,6 +23,7 @@ from llmos_jobs.db.jobs import (
     fail_attempt,
     fail_job,
     job_header,
+    job_status,
     note_redactions,
     record_abandoned_usage,
     succeed_job,
@@ -38,7 +39,7 @@ from llmos_jobs.services.submission import Submitter
 from llmos_jobs.services.turns import TurnRef
 from llmos_jobs.services.webhooks.events import emit_job_event
 from llmos_jobs.settings import Settings
-from schemas.common import ChatMessage, JobKind, Usage
+from schemas.common import ChatMessage, JobKind, JobStatus, Usage
 from schemas.filters import Direction, ModerationRule
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
@@ -49,6 +50,7 @@ from workers.engines.base import Completion, Engine, EngineRequest, EngineSampli
 from workers.engines.pool import EnginePool
 from workers.filtering import JobFilters
 from workers.held import HeldJobs
+from workers.streaming import EventPublisher, TextSink
 from workers.watch import JobWatcher
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,9 @@ class WorkerContext:
     # Who writes the files of a batch whose last job ended (the control process);
     # None: this process, at once.
     finalize_batch: Callable[[str], None] | None = None
-
+    # Where jobs' live events go (status changes, text as it is decoded); None: no
+    # Redis holds them (a RabbitMQ broker without LLMOS_STREAM_URL).
+    events: EventPublisher | None = None
 
     @property
     def settings(self) -> Settings:
@@ -103,9 +107,12 @@ class JobTimeout(Exception):
 
 def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: EngineSampling,
                   timeout_s: float | None, *, prompt: str | None = None,
-                  messages: Sequence[ChatMessage] | None = None) -> Completion:
+                  messages: Sequence[ChatMessage] | None = None,
+                  on_text: Callable[[str], None] | None = None) -> Completion:
     """One generation for ``job`` under its deadline, stopped early if the job is
-    cancelled or taken from this attempt; raises JobTimeout when the deadline ended it."""
+    cancelled or taken from this attempt; raises JobTimeout when the deadline ended it.
+    ``on_text``: the text as it is decoded (only a generation whose text is the job's
+    own, unscreened output passes one: never a moderation step's, nor a retried try's)."""
     limit = min(timeout_s or ctx.time_limit_s, ctx.time_limit_s)
     deadline = time.monotonic() + limit
     assert job.task_id is not None
@@ -114,6 +121,7 @@ def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: Engine
         [done] = engine.generate([EngineRequest(
             sampling, priority=job.priority, should_stop=should_stop,
             cache_namespace=job.tenant, deadline=deadline, prompt=prompt, messages=messages,
+            on_text=on_text,
         )])
     finally:
         ctx.watcher.forget(job.id, job.task_id)
@@ -137,6 +145,15 @@ def filters_of(job: Job, ctx: WorkerContext) -> JobFilters:
     return JobFilters.of(job, ctx.database, classify)
 
 
+def _text_sink(job: Job, ctx: WorkerContext, filters: JobFilters
+               ) -> tuple[TextSink | None, TextSink | None]:
+    """Where the job's text goes as live events: (the sink, and the sink again when the
+    engine may feed it as it decodes). A tenant whose rules screen the output gets its
+    text in one piece once screened: text the rules would redact or block never leaves."""
+    sink = ctx.events.text_sink(job.id) if ctx.events is not None else None
+    return sink, (None if filters.screens_output else sink)
+
+
 def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     request = GenerateRequest.model_validate(job.payload)
     filters = filters_of(job, ctx)
@@ -147,10 +164,13 @@ def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
         screened = request.model_copy(update={"prompt": prompt, "messages": messages})
         return _structured_generate(job, ctx, engine, screened, filters)
     sampling = EngineSampling(request.max_tokens, request.temperature, tuple(request.stop))
+    sink, live = _text_sink(job, ctx, filters)
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
-                         prompt=prompt, messages=messages)
+                         prompt=prompt, messages=messages, on_text=live)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     text = filters.text(done.text, Direction.output)
+    if sink is not None:
+        sink.complete(text)
     result = GenerateResult(text=text, finish_reason=done.finish_reason, usage=usage)
     return Outcome(result.model_dump(mode="json"), usage, redacted_by=filters.redacted)
 
@@ -189,6 +209,8 @@ def _structured_generate(job: Job, ctx: WorkerContext, engine: Engine,
             ChatMessage(role="user", content=correction)]))
 
     outcome = presets.validated(schema, first, again)
+    if ctx.events is not None:  # in one piece: a first try may be retried
+        ctx.events.text_sink(job.id).complete(outcome.done.text)
     result = GenerateResult(
         text=outcome.done.text, finish_reason=outcome.done.finish_reason, usage=outcome.usage,
         parsed=outcome.value, retried=outcome.first_error is not None,
@@ -248,10 +270,13 @@ def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
     prompt = turns.assemble(job, request.mindspace_id, message,
                             lambda text: len(engine.tokenize(text)), database=ctx.database)
     sampling = EngineSampling(request.max_tokens, request.temperature)
+    sink, live = _text_sink(job, ctx, filters)
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
-                         messages=prompt.messages)
+                         messages=prompt.messages, on_text=live)
     usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     reply = filters.text(done.text, Direction.output)
+    if sink is not None:
+        sink.complete(reply)
     result = MindspaceTurnResult(mindspace_id=request.mindspace_id, reply=reply, usage=usage)
 
     def persist(session: Session) -> None:
@@ -311,7 +336,10 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
     for Celery to retry the delivery."""
     with ctx.held.holding(job_id, message_id):  # before the claim: see workers.held
         try:
-            return _execute(job_id, message_id, ctx)
+            outcome = _execute(job_id, message_id, ctx)
+            if outcome == ClaimOutcome.claimed:
+                _publish_end(job_id, ctx)
+            return outcome
         except DBAPIError:
             raise
         except Exception as exc:
@@ -324,7 +352,24 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
                 _fail_attempt(job_id, message_id, ctx, "WorkerError",
                               f"the worker could not run or record the job: "
                               f"{type(exc).__name__}: {exc}")
+            _publish_end(job_id, ctx)
             return ClaimOutcome.claimed
+
+
+def _publish_running(job_id: str, ctx: WorkerContext) -> None:
+    if ctx.events is not None:
+        ctx.events.status(job_id, JobStatus.running)
+
+
+def _publish_end(job_id: str, ctx: WorkerContext) -> None:
+    """The job's status once this attempt is recorded, as its stream's last event (a
+    job cancelled while it ran ends cancelled, not succeeded)."""
+    if ctx.events is None:
+        return
+    with ctx.database.session() as session:
+        status = job_status(session=session, job_id=job_id)
+    if status is not None and status.is_final:
+        ctx.events.status(job_id, status)
 
 
 def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, error_type: str,
@@ -363,6 +408,7 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
         log.info("job %s message %s dropped: %s", job_id, message_id, claim.outcome.value)
         return claim.outcome
     job = claim.job
+    _publish_running(job.id, ctx)
     try:
         # A handler reads the model, the mindspace...: the database out of reach then is
         # not the job failing, and is waited out by this attempt, which holds the job

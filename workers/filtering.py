@@ -37,6 +37,17 @@ class JobFilters:
             filters = get_filters(session=session, tenant=job.tenant)
         return cls(CompiledFilters(filters), classify)
 
+    @property
+    def screens_output(self) -> bool:
+        """Whether any rule acts on the output: then no output leaves unscreened (the
+        job's text is not streamed while it is decoded)."""
+        filters = self.compiled.filters
+        directions = ([rule.direction for rule in filters.redact]
+                      + [rule.direction for rule in filters.block])
+        if filters.moderation is not None:
+            directions.append(filters.moderation.direction)
+        return any(d.covers(Direction.output) for d in directions)
+
     def text(self, text: str, side: Direction) -> str:
         """``text`` screened on ``side``, the moderation step included; raises
         ContentFiltered when a rule blocks it."""

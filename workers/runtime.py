@@ -21,6 +21,7 @@ from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import Job, WorkerRecord
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import BrokerUnavailable
+from llmos_jobs.job_events import JobEventWriter, events_url
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
 from llmos_jobs.states import WorkerState
@@ -29,6 +30,7 @@ from workers.execution import WorkerContext
 from workers.held import HeldJobs
 from workers.reaper import requeue_orphans
 from workers.resources import sample
+from workers.streaming import EventPublisher
 from workers.watch import JobWatcher
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class WorkerRuntime:
     host: str = field(default_factory=socket.gethostname)
     pool: EnginePool = field(init=False)
     watcher: JobWatcher = field(init=False)
+    events: EventPublisher | None = field(init=False)
     held: HeldJobs = field(default_factory=HeldJobs)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -67,6 +70,8 @@ class WorkerRuntime:
         self.pool = EnginePool(self.settings, self.database, on_change=self._report_loaded,
                                choice=self.engine_choice)
         self.watcher = JobWatcher(self.database)
+        url = events_url(self.settings)
+        self.events = EventPublisher(JobEventWriter(url)) if url is not None else None
 
     @property
     def settings(self) -> Settings:
@@ -98,7 +103,7 @@ class WorkerRuntime:
         return WorkerContext(name=self.name, submitter=self.submitter, pool=self.pool,
                              claimant_dead=self.claimant_dead, watcher=self.watcher,
                              publish=self.publish, held=self.held,
-                             finalize_batch=self.finalize_batch)
+                             finalize_batch=self.finalize_batch, events=self.events)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from llmos_jobs.api.idempotency import IdempotencyMiddleware
 from llmos_jobs.api.routes import (
     batches,
     chat,
+    completions,
     embeddings,
     files,
     jobs,
@@ -38,7 +39,9 @@ from llmos_jobs.settings import Settings
 DESCRIPTION = """\
 Submit and follow language jobs, task presets (`/v1/tasks/{kind}`: summarise, translate,
 answer, classify, extract), mindspace turns and model operations, and call the
-OpenAI-compatible `/v1/chat/completions`, `/v1/embeddings` and `/v1/models`.
+OpenAI-compatible `/v1/chat/completions`, `/v1/completions` (both with `stream`),
+`/v1/embeddings` and `/v1/models`. `GET /v1/jobs/{id}/events` streams any job's
+status and tokens.
 
 Every route but `/healthz` and these docs needs `Authorization: Bearer <key>`; an
 operator creates keys with `llmos key create --tenant T --scopes ...` (a tenant's) or
@@ -51,8 +54,8 @@ Every POST takes an `Idempotency-Key` header: sent again with the same body with
 nothing (`Idempotent-Replayed: true`); the same key with another body answers 422.
 """
 
-ROUTERS = (jobs, tasks, mindspaces, mindspace_state, models, workers, chat, keys, files,
-           batches, webhooks, tenants, retention, embeddings)
+ROUTERS = (jobs, tasks, mindspaces, mindspace_state, models, workers, chat, completions,
+           keys, files, batches, webhooks, tenants, retention, embeddings)
 
 
 def create_app(settings: Settings) -> FastAPI:

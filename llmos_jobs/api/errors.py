@@ -20,6 +20,7 @@ from llmos_jobs.errors import (
     InvalidRequest,
     LlmosError,
     NotFound,
+    StreamingUnavailable,
 )
 
 
@@ -51,6 +52,7 @@ _LLMOS_ERRORS: list[tuple[type[LlmosError], int, str, str]] = [
     (IdempotencyInProgress, 409, "invalid_request_error", "idempotency_key_in_progress"),
     (ContentExpired, 410, "invalid_request_error", "content_expired"),
     (BrokerUnavailable, 503, "service_unavailable_error", "broker_unavailable"),
+    (StreamingUnavailable, 400, "invalid_request_error", "streaming_unavailable"),
 ]
 
 

@@ -115,10 +115,10 @@ class IdempotencyMiddleware:
             await _replayed(outcome)(scope, receive, send)
             return
         assert isinstance(outcome, Claimed)
-        await self._first(scope, send, body, tenant=tenant, key=given)
+        await self._first(scope, receive, send, body, tenant=tenant, key=given)
 
-    async def _first(self, scope: Scope, send: Send, body: bytes, *, tenant: str,
-                     key: str) -> None:
+    async def _first(self, scope: Scope, receive: Receive, send: Send, body: bytes, *,
+                     tenant: str, key: str) -> None:
         """Run the route, pass its answer on, and store it (2xx, 3xx) or forget the key."""
         status = 500
         content_type: str | None = None
@@ -128,7 +128,9 @@ class IdempotencyMiddleware:
         async def replay() -> Message:
             nonlocal replayed
             if replayed:
-                return {"type": "http.disconnect"}
+                # The client's own disconnect, when it comes: a streamed answer
+                # (docs/streaming.md) listens for it while it streams.
+                return await receive()
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 

@@ -1,4 +1,5 @@
-"""The OpenAI wire shapes this API speaks: chat completions and the model list.
+"""The OpenAI wire shapes this API speaks: chat completions, completions, their
+streamed chunks, and the model list.
 Requests refuse fields they do not know, so a parameter this server would ignore
 (``top_p``, ``tools``) is a clear 400 instead of a silently different answer."""
 
@@ -6,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.language import ResponseFormat
 
@@ -42,7 +43,32 @@ class OpenAIMessage(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
-class ChatCompletionRequest(BaseModel):
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = Field(
+        default=False, description="a last chunk with no choices carries the usage")
+
+
+class Streamable(BaseModel):
+    """``stream`` and its options, as both completion routes take them."""
+
+    stream: bool = Field(default=False, description="true: server-sent chunks as the "
+                         "tokens are decoded, then [DONE]")
+    stream_options: StreamOptions | None = Field(default=None, description="with stream")
+
+    @model_validator(mode="after")
+    def _options_need_stream(self) -> Streamable:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(Streamable):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
@@ -53,13 +79,27 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0,
                                       description="default 0 (greedy)")
     stop: str | list[str] | None = None
-    stream: bool = Field(default=False, description="not supported yet: true is refused")
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
     user: str | None = Field(default=None, description="accepted, not used")
     response_format: ResponseFormat | TextFormat | None = Field(
         default=None, description="json_schema: the reply is JSON valid against the schema "
                                   "(generated once more when it is not, then a 500 with "
                                   "the validation error)")
+
+
+class CompletionRequest(Streamable):
+    """OpenAI's (legacy) completions: one prompt, continued."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, description="one prompt (lists are not supported)")
+    max_tokens: int | None = Field(default=None, gt=0, description="default 64")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0,
+                                      description="default 0 (greedy)")
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    user: str | None = Field(default=None, description="accepted, not used")
 
 
 class AssistantMessage(BaseModel):
@@ -92,6 +132,45 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: CompletionUsage
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str = Field(description="chatcmpl- followed by the llmos job id")
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = None
+
+
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+
+
+class TextCompletion(BaseModel):
+    """A completion, and (with stream) each chunk of one: the same object."""
+
+    id: str = Field(description="cmpl- followed by the llmos job id")
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: CompletionUsage | None = None
 
 
 class OpenAIModel(BaseModel):

@@ -8,8 +8,16 @@ from typing import Any
 
 import typer
 
-from llmos_jobs.cli.output import console, emit_json, job_table, report_submitted, show_job
+from llmos_jobs.cli.output import (
+    console,
+    emit_json,
+    err_console,
+    job_table,
+    report_submitted,
+    show_job,
+)
 from llmos_jobs.cli.state import client
+from llmos_jobs.cli.streaming import print_stream
 from llmos_jobs.cli.tasks import json_schema_file
 from llmos_jobs.errors import InvalidRequest
 from schemas.common import JobStatus
@@ -53,6 +61,10 @@ def submit(
         "key with other arguments is refused."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
+    stream: bool = typer.Option(
+        False, "--stream", help="Print the text to stdout as the worker decodes it (the "
+                                "job id goes to stderr); with --json, each live event "
+                                "(status, delta) as one JSON line. Exit 1 unless it succeeds."),
     as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
 ) -> None:
     """Submit a language job (generate from a prompt or chat messages)."""
@@ -67,6 +79,10 @@ def submit(
         webhook=webhook, timeout_s=timeout_s, response_format=response_format,
         idempotency_key=idempotency_key,
     )
+    if stream:
+        err_console.print(f"queued {job.id} (priority {job.priority})", markup=False)
+        print_stream(llmos, job.id, as_json=as_json)
+        return
     if wait:
         [job] = llmos.wait([job.id], timeout_s=timeout)
     report_submitted(job, waited=wait, as_json=as_json,

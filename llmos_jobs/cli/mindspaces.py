@@ -9,6 +9,7 @@ import typer
 
 from llmos_jobs.cli.output import console, emit_json, table
 from llmos_jobs.cli.state import client
+from llmos_jobs.cli.streaming import print_stream
 
 if TYPE_CHECKING:
     from llmos_jobs.db.tables import MindspacePublic
@@ -77,6 +78,9 @@ def chat(
         "command returns the job the first run queued instead of queueing another; the "
         "key with other arguments is refused."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the reply."),
+    stream: bool = typer.Option(
+        False, "--stream", help="Print the reply as the worker decodes it; with --json, "
+                                "each live event (status, delta) as one JSON line."),
     as_json: bool = _JSON,
 ) -> None:
     """Send one turn and print the reply (the history is kept in the mindspace)."""
@@ -85,6 +89,9 @@ def chat(
     llmos = client()
     job = llmos.chat(mindspace_id, message, max_tokens=max_tokens, timeout_s=timeout_s,
                      idempotency_key=idempotency_key)
+    if stream:
+        print_stream(llmos, job.id, as_json=as_json)
+        return
     [job] = llmos.wait([job.id], timeout_s=timeout)
     if as_json:
         emit_json(job)

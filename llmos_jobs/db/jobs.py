@@ -297,6 +297,11 @@ def job_header(*, session: Session, job_id: str) -> JobHeader | None:
     return None if row is None else JobHeader(job_id, *row)
 
 
+def job_status(*, session: Session, job_id: str) -> JobStatus | None:
+    """The job's status alone (its payload is not read), or None for no such job."""
+    return session.execute(select(Job.status).where(col(Job.id) == job_id)).scalar_one_or_none()
+
+
 def requeue_job(*, session: Session, job: Job) -> str | None:
     """Give a running job whose worker died a new attempt; the new message id, or None
     when another reaper, a new claim of the same message (a redelivery after its pool

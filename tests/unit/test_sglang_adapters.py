@@ -107,7 +107,9 @@ class FakeServer:
     calls overlapped."""
 
     def __init__(self, *, priority: bool = True, low_first: bool = False,
-                 tokenizer_path: str = "/models/m", salted: bool = True) -> None:
+                 tokenizer_path: str = "/models/m", salted: bool = True,
+                 incremental: bool = False) -> None:
+        self.incremental = incremental
         self.calls: list[tuple[str, str, Any, httpx.Headers]] = []
         self.cache = RadixCache(salted=salted)
         self.lock = threading.Lock()
@@ -122,7 +124,8 @@ class FakeServer:
             "/server_info": lambda b: httpx.Response(200, json={
                 "model_path": "/models/m", "enable_priority_scheduling": priority,
                 "schedule_low_priority_values_first": low_first,
-                "max_total_num_tokens": 20480, "internal_states": [{}], "version": "0.5"}),
+                "max_total_num_tokens": 20480, "internal_states": [{}], "version": "0.5",
+                "incremental_streaming_output": incremental}),
             "/generate": self.generate,
             "/abort_request": lambda b: httpx.Response(200),
         }
@@ -138,7 +141,25 @@ class FakeServer:
             cached = self.cache.lookup_and_insert(tokens, salt)
             answers.append(output(f"out:{x if isinstance(x, str) else len(x)}", LENGTH,
                                   3 if isinstance(x, str) else len(x), 4, cached))
+        if body.get("stream"):
+            [answer] = answers  # llmos streams one request per call
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=self.streamed(answer))
         return httpx.Response(200, json=answers)
+
+    def streamed(self, final: dict[str, Any]) -> bytes:
+        """http_server.py's stream: ``data: {output}`` per step, whose text is the whole
+        text so far (or the new part alone, with incremental_streaming_output), and
+        the last one finished, then ``data: [DONE]``."""
+        text, lines, sent = final["text"], [], 0
+        for end in [*range(2, len(text), 2), len(text)]:
+            done = end == len(text)
+            meta = {**final["meta_info"], "finish_reason": final["meta_info"]["finish_reason"]
+                    if done else None}
+            piece = text[sent:end] if self.incremental else text[:end]
+            lines.append(json.dumps({**final, "text": piece, "meta_info": meta}))
+            sent = end
+        return "".join(f"data: {line}\n\n" for line in [*lines, "[DONE]"]).encode()
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content) if request.content else None
@@ -458,3 +479,17 @@ def test_requests_after_unload_fail_at_once() -> None:
     with pytest.raises(EngineUnloaded, match="'m' was unloaded"):
         engine.generate([req("b")])
     assert len(server.calls) == calls and not engine.loaded
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_a_streamed_request_goes_alone_with_stream_and_hands_on_its_text(
+        incremental: bool) -> None:
+    server = FakeServer(incremental=incremental)
+    pieces: list[str] = []
+    done = server.engine().generate([req("a b", on_text=pieces.append), req("c"), req("d")])
+    assert [c.text for c in done] == ["out:a b", "out:c", "out:d"]
+    assert [c.finish_reason for c in done] == ["length"] * 3
+    streamed, batched = server.bodies("/generate")
+    assert streamed["stream"] is True and streamed["text"] == ["a b"]
+    assert "stream" not in batched and batched["text"] == ["c", "d"]
+    assert "".join(pieces) == "out:a b" and len(pieces) > 1

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,7 +35,7 @@ from tests.support.sglang_shapes import (
 from tests.support.waiting import until
 from workers.engines.base import Completion
 from workers.engines.sglang import EngineSlotTaken, SGLangEngine
-from workers.engines.sglang_io import EngineUnloaded, NamespaceLeak
+from workers.engines.sglang_io import EngineUnloaded, NamespaceLeak, StreamedText
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -123,15 +123,27 @@ class StandInEngine:
                              stream: bool = False, rid: str | None = None,
                              session_params: dict[str, Any] | None = None,
                              priority: int | None = None, session_id: str | None = None, *,
-                             cache_salt: str | None = None) -> dict[str, Any]:
+                             cache_salt: str | None = None) -> Any:
         fields = {"text": prompt, "sampling_params": sampling_params, "input_ids": input_ids,
-                  "rid": rid, "priority": priority, "cache_salt": cache_salt}
+                  "rid": rid, "priority": priority, "cache_salt": cache_salt,
+                  "stream": stream or None}
         check_generate_fields(fields)
         check_sampling_params(sampling_params)
         assert rid is not None and rid not in self.running
         assert isinstance(prompt, str) or prompt is None, "one request per call"
         self.calls.append({k: v for k, v in fields.items() if v is not None})
+        if stream:  # an async generator, as tokenizer_manager.generate_request's
+            return self._stream(await self._serve(rid, prompt, input_ids, cache_salt))
         return await self._serve(rid, prompt, input_ids, cache_salt)
+
+    async def _stream(self, final: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The outputs of a streamed request: the whole text so far (SGLang's default),
+        unfinished, two characters more each time, then the final output."""
+        text = final["text"]
+        for end in range(1, len(text), 2):
+            yield {**final, "text": text[:end],
+                   "meta_info": {**final["meta_info"], "finish_reason": None}}
+        yield final
 
     async def _serve(self, rid: str, prompt: str | None, input_ids: list[int] | None,
                      salt: str | None) -> dict[str, Any]:
@@ -501,3 +513,33 @@ def test_sglang_workers_hand_the_engine_many_jobs_at_once() -> None:
         kind=EngineKind.transformers), models=None, database=unread) == CPU_CONCURRENCY == 8
     assert default_concurrency(pool="prefork", choice=EngineChoice(kind=EngineKind.sglang),
                                models=None, database=unread) == CPU_CONCURRENCY
+
+
+def test_a_streamed_request_hands_on_sglangs_text_as_it_grows(
+        stand_in: type[StandInEngine], demo_model_dir: Path) -> None:
+    engine = engine_of(demo_model_dir)
+    pieces: list[str] = []
+    [streamed, plain] = engine.generate([req("a b", on_text=pieces.append), req("c d")])
+    *_, streamed_call, plain_call = stand_in.made[0].calls
+    assert streamed_call["stream"] is True and "stream" not in plain_call
+    assert streamed.text == f"#{streamed_call['rid'][:4]}" and streamed.finish_reason == "stop"
+    assert "".join(pieces) == streamed.text and len(pieces) > 1
+    assert plain.text == f"#{plain_call['rid'][:4]}"
+
+
+@pytest.mark.parametrize("outputs, stop, final", [
+    # The whole text so far each time; the last one has the stop string trimmed.
+    (["alpha", "alpha be", "alpha beta"], ["beta g"], "alpha "),
+    (["ab", "abcd", "abcdef"], [], "abcdefg"),
+    # A multi-byte character arrives whole: SGLang's detokeniser held it back.
+    (["€", "€ ü", "€ üß"], ["ß!"], "€ ü"),
+])
+def test_streamed_text_never_sends_what_a_stop_string_takes_back(
+        outputs: list[str], stop: list[str], final: str) -> None:
+    pieces: list[str] = []
+    text = StreamedText(pieces.append, stop)
+    for output_text in outputs:
+        text.update(output_text)
+        assert final.startswith("".join(pieces))  # nothing sent is ever taken back
+    text.finish(final)
+    assert "".join(pieces) == final

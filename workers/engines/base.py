@@ -42,6 +42,11 @@ class EngineRequest:
     cache_namespace: str = ""
     # time.monotonic() after which the engine stops the request (finish "abort").
     deadline: float | None = None
+    # Called with each new piece of the output text as it is decoded, on the engine's
+    # own thread (so it must be cheap: hand the piece on, never block). The pieces,
+    # joined, are exactly the Completion's text: a piece is sent only once no stop
+    # string can still cut it away, and never splits a character.
+    on_text: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from workers.engines.base import Completion, EngineSampling, EngineStats, FinishReason, apply_stop
+from workers.engines.detokenize import IncrementalDetokenizer
 from workers.engines.prefix_cache import PrefixCache
 
 
@@ -42,6 +43,10 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
     text: str = ""
+    on_text: Callable[[str], None] | None = None  # see EngineRequest.on_text
+    detokenizer: IncrementalDetokenizer | None = None
+    held: str = ""  # decoded, not yet sent: a stop string may still begin in it
+    sent: int = 0  # characters of the text sent through on_text
 
     @property
     def stop_window(self) -> int:
@@ -233,6 +238,32 @@ def _advance(model: Model, seq: Sequence, token: int) -> None:
         or (seq.deadline is not None and time.monotonic() >= seq.deadline)
     ):
         seq.finish = "abort"
+    if seq.on_text is not None and seq.finish is None:
+        _send_stable(model, seq, token)
+
+
+def _send_stable(model: Model, seq: Sequence, token: int) -> None:
+    """Send the text ``token`` completes, less what a stop string could still claim
+    (its longest length less one character): a stop string is cut from the text, so
+    text that may start one waits until the next tokens rule it out."""
+    assert seq.on_text is not None
+    if seq.detokenizer is None:
+        seq.detokenizer = IncrementalDetokenizer(model.tokenizer)
+    seq.held += seq.detokenizer.push(token)
+    keep = max((len(s) for s in seq.sampling.stop), default=1) - 1
+    ready = seq.held[:len(seq.held) - keep] if keep else seq.held
+    if ready:
+        seq.held = seq.held[len(ready):]
+        seq.sent += len(ready)
+        seq.on_text(ready)
+
+
+def _send_rest(seq: Sequence) -> None:
+    """The finished text past what was sent (stop strings now cut away)."""
+    if seq.on_text is not None and len(seq.text) > seq.sent:
+        rest = seq.text[seq.sent:]
+        seq.sent = len(seq.text)
+        seq.on_text(rest)
 
 
 def _retire(model: Model, batch: Batch, cache: PrefixCache) -> Batch | None:
@@ -250,6 +281,7 @@ def _retire(model: Model, batch: Batch, cache: PrefixCache) -> Batch | None:
         cache.insert(seq.prompt + seq.generated[:-1], kv, namespace=seq.namespace)
         text = model.tokenizer.decode(seq.generated, skip_special_tokens=True)
         seq.text = apply_stop(text, seq.sampling.stop)[0] if seq.sampling.stop else text
+        _send_rest(seq)
         seq.on_done(seq)
     keep = [row for row, s in enumerate(batch.seqs) if s.finish is None]
     if not keep:

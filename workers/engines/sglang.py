@@ -38,6 +38,7 @@ from schemas.common import ChatMessage
 from workers.engines.base import Completion, EngineRequest, EngineSampling, EngineStats
 from workers.engines.sglang_io import (
     EngineUnloaded,
+    StreamedText,
     aborted,
     build_sampling_params,
     check_namespaces_isolated,
@@ -207,6 +208,9 @@ class SGLangEngine:
             kwargs["enable_priority_scheduling"] = self._priority_on = True
             if has("schedule_low_priority_values_first"):
                 kwargs["schedule_low_priority_values_first"] = self._low_values_first = True
+        if fields is not None and "incremental_streaming_output" in fields:
+            # Streamed outputs carry the whole text so far (sglang_io.StreamedText).
+            kwargs["incremental_streaming_output"] = False
         self._salted = "cache_salt" in inspect.signature(sglang.Engine.async_generate).parameters
         if not self._salted:
             log.warning("this SGLang's Engine.async_generate takes no cache_salt: the radix "
@@ -333,7 +337,9 @@ class SGLangEngine:
                 if should_end(request, time.monotonic()):
                     results[i] = aborted()
                     continue
-                futures[rid] = self._submit(loop, engine.async_generate(**kwargs), rid)
+                call = (engine.async_generate(**kwargs) if request.on_text is None
+                        else _streamed(engine, kwargs, request))
+                futures[rid] = self._submit(loop, call, rid)
                 pending[rid] = i
             self._wait(requests, pending, futures, results)
         finally:
@@ -429,3 +435,22 @@ class SGLangEngine:
         if not ok:
             raise RuntimeError(f"SGLang could not load weights from {path}: {message}")
         self.path = path
+
+
+async def _streamed(engine: Any, kwargs: dict[str, object], request: EngineRequest) -> Any:
+    """``async_generate`` with ``stream=True``: the text goes to ``request.on_text`` as
+    SGLang decodes it; the last output (whose meta_info has the counts and the finish
+    reason) is the answer, as a non-streamed call's would be."""
+    assert request.on_text is not None
+    text = StreamedText(request.on_text, request.sampling.stop)
+    last: Any = None
+    async for out in await engine.async_generate(**kwargs, stream=True):
+        last = out
+        meta = out.get("meta_info") or {}
+        # The last output's text has the stop string trimmed, so it may be shorter than
+        # the one before: it goes through finish, which knows that.
+        if isinstance(out.get("text"), str) and meta.get("finish_reason") is None:
+            text.update(out["text"])
+    if last is not None:
+        text.finish(parse_output(last, request.sampling.stop).text)
+    return last

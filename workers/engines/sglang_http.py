@@ -15,6 +15,7 @@ sgl-project/sglang (001067fffe33427bee0ed2f007fb7551a1d76b44): ``POST /generate`
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from workers.engines.base import Completion, EngineRequest, EngineSampling, Engi
 from workers.engines.sglang_io import (
     EngineUnloaded,
     InputKind,
+    StreamedText,
     aborted,
     build_sampling_params,
     check_namespaces_isolated,
@@ -87,6 +89,9 @@ class GenerateCall:
     rids: list[str]
     namespaces: list[str]  # the cache salt of each; "" is the shared namespace
     priority: int | None
+    # A request that wants its text as it is decoded: alone in its call, sent with
+    # "stream": true, its text handed on as it grows.
+    streamed: StreamedText | None = None
 
 
 def _try_abort(abort: Callable[[str], None], rid: str) -> None:
@@ -127,6 +132,20 @@ class _StopWatcher:
             self._thread.join()
 
 
+def _group_of(requests: Sequence[EngineRequest], inputs: Sequence[tuple[InputKind, object]],
+              i: int, priority_of: Callable[[int], int | None]
+              ) -> tuple[InputKind, int | None, int | None]:
+    """The call request ``i`` joins: (input kind, priority, and its own index when it
+    streams: a streamed request is alone in its call)."""
+    return (inputs[i][0], priority_of(requests[i].priority),
+            i if requests[i].on_text is not None else None)
+
+
+def _streamed(request: EngineRequest) -> StreamedText:
+    assert request.on_text is not None
+    return StreamedText(request.on_text, request.sampling.stop)
+
+
 def generate_in_batches(
     requests: Sequence[EngineRequest], *,
     submit: Callable[[GenerateCall], Sequence[Mapping[str, object]]],
@@ -142,21 +161,22 @@ def generate_in_batches(
     ask to stop are sent again."""
     inputs = [input_of(r, render_chat) for r in requests]
     results: list[Completion | None] = [None] * len(requests)
-    groups: dict[tuple[InputKind, int | None], list[int]] = {}
+    groups: dict[tuple[InputKind, int | None, int | None], list[int]] = {}
     now = time.monotonic()
     for i in sorted(range(len(requests)), key=lambda i: requests[i].priority):
         if should_end(requests[i], now):
             results[i] = aborted()
         else:
-            groups.setdefault((inputs[i][0], priority_of(requests[i].priority)), []).append(i)
-    for (kind, priority), pending in groups.items():
+            groups.setdefault(_group_of(requests, inputs, i, priority_of), []).append(i)
+    for (kind, priority, alone), pending in groups.items():
         while pending:
             rids = {i: uuid.uuid4().hex for i in pending}
             call = GenerateCall(
                 kind=kind, inputs=[inputs[i][1] for i in pending],
                 sampling_params=[build_sampling_params(requests[i].sampling) for i in pending],
                 rids=[rids[i] for i in pending],
-                namespaces=[requests[i].cache_namespace for i in pending], priority=priority)
+                namespaces=[requests[i].cache_namespace for i in pending], priority=priority,
+                streamed=_streamed(requests[alone]) if alone is not None else None)
             watched = [(rids[i], requests[i]) for i in pending
                        if requests[i].should_stop is not None or requests[i].deadline is not None]
             started = time.monotonic()
@@ -206,6 +226,7 @@ class SGLangServerEngine:
         self.model_info: dict[str, object] = {}
         self._priority_enabled = False
         self._low_values_first = False
+        self._incremental = False
         self._tokenizer: Any = None  # transformers tokenizers are untyped
         self._stats = EngineStats()
         self._lock = threading.Lock()  # stats only
@@ -220,13 +241,15 @@ class SGLangServerEngine:
         try:
             return self._client.request(method, f"{self.base_url}{path}", **kwargs)
         except httpx.HTTPError as e:
-            # httpx's words can carry the URL it was given, credentials included.
-            words = str(e).replace(self.base_url, self.shown_url)
-            userinfo = urlsplit(self.base_url).netloc.rpartition("@")[0]
-            if userinfo:
-                words = words.replace(userinfo, "***")
-            raise SGLangServerError(
-                f"SGLang server {self.shown_url}{path} unreachable: {words}") from None
+            raise self._unreachable(path, e) from None
+
+    def _unreachable(self, path: str, e: httpx.HTTPError) -> SGLangServerError:
+        # httpx's words can carry the URL it was given, credentials included.
+        words = str(e).replace(self.base_url, self.shown_url)
+        userinfo = urlsplit(self.base_url).netloc.rpartition("@")[0]
+        if userinfo:
+            words = words.replace(userinfo, "***")
+        return SGLangServerError(f"SGLang server {self.shown_url}{path} unreachable: {words}")
 
     def _call(self, method: str, path: str, body: object = None,
               ok: tuple[int, ...] = (200,)) -> httpx.Response:
@@ -268,6 +291,8 @@ class SGLangServerEngine:
             server = {}  # without the server's args, sending a priority could abort jobs
         self._priority_enabled = server.get("enable_priority_scheduling") is True
         self._low_values_first = server.get("schedule_low_priority_values_first") is True
+        # Streamed outputs carry the whole text so far, or only what is new with this.
+        self._incremental = server.get("incremental_streaming_output") is True
         self.model_info, self._unloaded = info, False
         check_namespaces_isolated(self._probe_cached, f"SGLang server {self.shown_url}")
         self._loaded = True
@@ -318,11 +343,46 @@ class SGLangServerEngine:
             body["cache_salt"] = body["extra_key"] = call.namespaces
         if call.priority is not None:
             body["priority"] = call.priority
+        if call.streamed is not None:
+            return [self._stream(body, call.streamed)]
         outputs = self._call("POST", "/generate", body).json()
         if not isinstance(outputs, list) or not all(isinstance(o, Mapping) for o in outputs):
             raise SGLangServerError(f"SGLang server {self.shown_url}/generate answered "
                                     f"{outputs!r}, not a list of outputs")
         return outputs
+
+    def _stream(self, body: dict[str, object], streamed: StreamedText) -> Mapping[str, object]:
+        """One request's /generate with "stream": true: server-sent ``data: {output}``
+        lines until ``data: [DONE]``; the last output is the answer."""
+        last: Mapping[str, object] | None = None
+        so_far = ""
+        try:
+            with self._client.stream("POST", f"{self.base_url}/generate",
+                                     json={**body, "stream": True},
+                                     headers=self._headers) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise SGLangServerError(
+                        f"SGLang server POST {self.shown_url}/generate answered HTTP "
+                        f"{response.status_code}: {server_message(response)}")
+                for line in response.iter_lines():
+                    data = line.removeprefix("data:").strip()
+                    if not line.startswith("data:") or data == "[DONE]":
+                        continue
+                    last = out = json.loads(data)
+                    text = out.get("text")
+                    if isinstance(text, str):
+                        so_far = so_far + text if self._incremental else text
+                        last = {**out, "text": so_far}
+                    if (out.get("meta_info") or {}).get("finish_reason") is None:
+                        streamed.update(so_far)
+        except httpx.HTTPError as e:
+            raise self._unreachable("/generate", e) from None
+        if last is None:
+            raise SGLangServerError(f"SGLang server {self.shown_url}/generate streamed no "
+                                    "output")
+        streamed.finish(parse_output(last, streamed.stop).text)
+        return last
 
     def _abort(self, rid: str) -> None:
         self._call("POST", "/abort_request", {"rid": rid})

@@ -103,6 +103,38 @@ def parse_output(out: Mapping[str, object], stop: Sequence[str] = ()) -> Complet
     )
 
 
+class StreamedText:
+    """SGLang's streamed outputs of one request, handed on as the pieces of
+    ``EngineRequest.on_text``. Each output's ``text`` is the whole text so far (SGLang's
+    default, which the engine asks for: ``incremental_streaming_output=False``).
+    SGLang's own detokeniser already holds back incomplete characters; what a stop
+    string could still claim is held here, as the transformers engine does. A text that
+    no longer extends what was sent sends nothing more until one does."""
+
+    def __init__(self, on_text: Callable[[str], None], stop: Sequence[str]) -> None:
+        self._on_text = on_text
+        self.stop = tuple(stop)
+        self._keep = max((len(s) for s in stop), default=1) - 1
+        self.text = ""
+        self._sent = 0
+        self._sent_text = ""
+
+    def update(self, text: str) -> None:
+        self.text = text
+        self._send_to(len(text) - self._keep)
+
+    def finish(self, final: str) -> None:
+        """The request ended with ``final`` (stop strings cut): send the rest of it."""
+        self.text = final
+        self._send_to(len(final))
+
+    def _send_to(self, end: int) -> None:
+        if end > self._sent and self.text.startswith(self._sent_text):
+            piece, self._sent = self.text[self._sent:end], end
+            self._sent_text += piece
+            self._on_text(piece)
+
+
 def update_weights_outcome(result: object) -> tuple[bool, str]:
     """``update_weights_from_disk`` answers ``(success, message, num_paused)`` in
     process; the HTTP route answers ``{"success", "message", "num_paused_requests"}``."""

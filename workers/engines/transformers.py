@@ -274,7 +274,8 @@ class TransformersEngine:
 
             seq = Running(prompt=ids, sampling=p.request.sampling,
                           should_stop=p.request.should_stop, on_done=done,
-                          namespace=p.request.cache_namespace, deadline=p.request.deadline)
+                          namespace=p.request.cache_namespace, deadline=p.request.deadline,
+                          on_text=p.request.on_text)
             self._inflight[id(seq)] = p.future
             seqs.append(seq)
         return seqs

@@ -1,23 +1,38 @@
 """POST /v1/chat/completions: OpenAI's chat completions, run as an interactive job
-through the same queue, worker and database as every other job."""
+through the same queue, worker and database as every other job; with ``stream`` the
+reply comes as server-sent chunks while the worker decodes it."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.errors import ApiError
 from llmos_jobs.api.openai_schemas import (
     AssistantMessage,
     ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
-    CompletionUsage,
-    PromptTokensDetails,
+    ChunkChoice,
+    ChunkDelta,
+)
+from llmos_jobs.api.relay import (
+    DONE,
+    STREAMED,
+    Ended,
+    TimedOut,
+    ended_error,
+    error_data,
+    text_then_end,
+    usage_of,
 )
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.api.waiting import wait_final
@@ -25,25 +40,24 @@ from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.tables import JobPublic
 from llmos_jobs.errors import IllegalTransition
 from llmos_jobs.services.api_keys import Scope
-from schemas.common import JobStatus
 from schemas.language import ResponseFormat, SamplingParams
 
 router = APIRouter(tags=["openai"])
 DEFAULT_MAX_TOKENS = SamplingParams.model_fields["max_tokens"].default
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={200: STREAMED})
 async def create_chat_completion(
     body: ChatCompletionRequest, state: Annotated[ApiState, Depends(api_state)],
     caller: Annotated[Caller, Depends(authorize("chat.completions.create", Scope.jobs_write))],
-) -> ChatCompletion:
+) -> Response | ChatCompletion:
     """Queue the conversation at interactive priority and answer once it ran. A job that
-    does not finish within the API's wait timeout is cancelled and answered 504."""
-    if body.stream:
-        raise ApiError(400, "stream=true is not supported yet: call without stream to get "
-                       "the whole reply in one response", type_="invalid_request_error",
-                       code="unsupported_parameter", param="stream")
+    does not finish within the API's wait timeout is cancelled and answered 504. With
+    ``stream: true`` the answer is server-sent ``chat.completion.chunk`` events as the
+    tokens are decoded (and a usage chunk with ``stream_options.include_usage``); a
+    client that disconnects leaves the job running."""
     client = state.client(caller.tenant)
+    url = await run_in_threadpool(client.events_url) if body.stream else None
     job = await run_in_threadpool(partial(
         client.generate, model=body.model,
         messages=[m.as_chat_message() for m in body.messages],
@@ -55,15 +69,18 @@ async def create_chat_completion(
                          if isinstance(body.response_format, ResponseFormat) else None),
     ))
     caller.created(job.id)
+    if url is not None:
+        return EventSourceResponse(_chunks(client, url, job, body.model, body.include_usage,
+                                           state.settings.api_wait_timeout_s))
     timeout_s = state.settings.api_wait_timeout_s
     try:
         job = await wait_final(client, job.id, timeout_s=timeout_s)
     except TimeoutError:
-        job = await _give_up(client, job.id, timeout_s)
+        job = await give_up(client, job.id, timeout_s)
     return _completion(job, body.model)
 
 
-async def _give_up(client: LlmosClient, job_id: str, timeout_s: float) -> JobPublic:
+async def give_up(client: LlmosClient, job_id: str, timeout_s: float) -> JobPublic:
     """Cancel a job nobody will read; the job itself when it finished meanwhile."""
     try:
         await run_in_threadpool(client.cancel, job_id)
@@ -74,25 +91,41 @@ async def _give_up(client: LlmosClient, job_id: str, timeout_s: float) -> JobPub
 
 
 def _completion(job: JobPublic, model: str) -> ChatCompletion:
-    if job.status == JobStatus.failed:
-        raise ApiError(500, f"job {job.id} failed: {job.error_type}: {job.error_message}",
-                       type_="server_error", code="job_failed")
-    if job.status == JobStatus.filtered:  # as Azure OpenAI's content filter answers
-        raise ApiError(400, f"job {job.id} was filtered: {job.error_message}",
-                       type_="invalid_request_error", code="content_filter")
-    if job.status != JobStatus.succeeded or job.result is None or job.usage is None:
-        raise ApiError(409, f"job {job.id} was {job.status.value} before it answered",
-                       type_="invalid_request_error", code="job_cancelled")
-    result, usage = job.generate_result(), job.usage
+    if (error := ended_error(job)) is not None:
+        raise error
+    result = job.generate_result()
     return ChatCompletion(
         id=f"chatcmpl-{job.id}", created=int(job.created_at.timestamp()), model=model,
         choices=[Choice(
             index=0, message=AssistantMessage(content=result.text),
             finish_reason="length" if result.finish_reason == "length" else "stop",
         )],
-        usage=CompletionUsage(
-            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-            total_tokens=usage.prompt_tokens + usage.completion_tokens,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
-        ),
+        usage=usage_of(job),
     )
+
+
+async def _chunks(client: LlmosClient, url: str, job: JobPublic, model: str,
+                  include_usage: bool, timeout_s: float) -> AsyncIterator[str]:
+    def chunk(choices: list[ChunkChoice], *, usage_of_job: JobPublic | None = None) -> str:
+        return ChatCompletionChunk(
+            id=f"chatcmpl-{job.id}", created=int(job.created_at.timestamp()), model=model,
+            choices=choices, usage=usage_of(usage_of_job) if usage_of_job else None,
+        ).model_dump_json()
+
+    yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
+    async for piece in text_then_end(client, url, job.id, timeout_s):
+        if isinstance(piece, TimedOut):
+            yield error_data(piece.error)
+            return
+        if isinstance(piece, Ended):
+            if (error := ended_error(piece.job)) is not None:
+                yield error_data(error)
+                return
+            finish = piece.job.generate_result().finish_reason
+            yield chunk([ChunkChoice(delta=ChunkDelta(),
+                                     finish_reason="length" if finish == "length" else "stop")])
+            if include_usage:
+                yield chunk([], usage_of_job=piece.job)
+        else:
+            yield chunk([ChunkChoice(delta=ChunkDelta(content=piece))])
+    yield DONE

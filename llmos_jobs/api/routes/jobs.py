@@ -1,13 +1,16 @@
-"""/v1/jobs: submit language jobs, list, show and cancel the tenant's jobs."""
+"""/v1/jobs: submit language jobs, list, show, follow and cancel the tenant's jobs."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.bodies import JobSubmit, JobView, ListOf
+from llmos_jobs.api.relay import events_response
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.services.api_keys import Scope
 from schemas.common import JobStatus
@@ -53,6 +56,24 @@ def get_job(
     caller: Annotated[Caller, Depends(authorize("jobs.read", Scope.jobs_read))],
 ) -> JobView:
     return JobView.of(state.client(caller.tenant).job(job_id), operator=caller.operator)
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses={200: {
+    "description": "server-sent events: `status` and `delta`, each a JobEvent in JSON",
+    "content": {"text/event-stream": {}}}})
+async def job_events_stream(
+    job_id: str, state: State,
+    caller: Annotated[Caller, Depends(authorize("jobs.events", Scope.jobs_read))],
+    cancel_on_disconnect: bool = False,
+) -> EventSourceResponse:
+    """The job's live events from its first: `status` (running, then its final status)
+    and `delta` (the next piece of its text as it is decoded); the stream ends after the
+    final status. A job that ended replays them. Disconnecting leaves the job running,
+    unless `cancel_on_disconnect=true`."""
+    client = state.client(caller.tenant)
+    await run_in_threadpool(client.job, job_id)  # another tenant's job: 404
+    url = await run_in_threadpool(client.events_url)
+    return events_response(client, url, job_id, cancel_on_disconnect=cancel_on_disconnect)
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, response_model_exclude_unset=True)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
+from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.bodies import JobView, MindspaceView, TurnSubmit
 from llmos_jobs.api.errors import ApiError
+from llmos_jobs.api.relay import events_response
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.api.waiting import wait_final
 from llmos_jobs.services.api_keys import Scope
@@ -42,19 +44,29 @@ def get_mindspace(
 
 @router.post("/{mindspace_id}/turns", status_code=202, response_model=JobView,
              response_model_exclude_unset=True,
-             responses={200: {"model": JobView, "description": "wait=true: the final job"}})
+             responses={200: {"model": JobView, "description": "wait=true: the final job; "
+                              "stream=true: server-sent events (docs/streaming.md)",
+                              "content": {"text/event-stream": {}}}})
 async def take_turn(
     mindspace_id: str, body: TurnSubmit, response: Response, state: State,
     caller: Annotated[Caller, Depends(authorize("mindspaces.turn", Scope.mindspaces_write))],
     wait: bool = False,
-) -> JobView:
+    stream: bool = False,
+) -> JobView | EventSourceResponse:
     """Submit one turn; with ``wait=true`` answer once its job is final (the reply is in
-    ``result.reply``), or 504 when the API's wait timeout passes first."""
+    ``result.reply``), or 504 when the API's wait timeout passes first. With
+    ``stream=true``: the turn's live events as server-sent events, as
+    ``GET /v1/jobs/{id}/events`` sends them (the reply piece by piece as it is
+    decoded, then the final status); disconnecting leaves the turn running."""
     caller.check_priority(body.priority)
     client = state.client(caller.tenant)
+    url = await run_in_threadpool(client.events_url) if stream else None
     job = await run_in_threadpool(
         client.chat, mindspace_id, body.message, max_tokens=body.max_tokens,
         temperature=body.temperature, priority=body.priority, timeout_s=body.timeout_s)
+    if url is not None:
+        caller.created(job.id)
+        return events_response(client, url, job.id)
     if not wait:
         return JobView.of(job, operator=caller.operator)
     timeout_s = state.settings.api_wait_timeout_s
