@@ -33,6 +33,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/v1/tasks/extract"): (COLLECTION, {"model": "{idle}", "text": "mine",
                                                  "json_schema": {"type": "object"}}),
     ("POST", "/v1/jobs/{job_id}/cancel"): (OWNED, None),
+    ("GET", "/v1/jobs/{job_id}/events"): (OWNED, None),
     ("GET", "/v1/mindspaces"): (COLLECTION, None),
     ("POST", "/v1/mindspaces"): (COLLECTION, {"model": "echo"}),
     ("GET", "/v1/mindspaces/{mindspace_id}"): (OWNED, None),
@@ -54,6 +55,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/v1/workers"): (OPERATOR, None),
     ("POST", "/v1/chat/completions"): (COLLECTION, {
         "model": "echo", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}),
+    ("POST", "/v1/completions"): (COLLECTION, {"model": "echo", "max_tokens": 2, "prompt": "x"}),
     ("GET", "/v1/keys"): (COLLECTION, None),
     ("POST", "/v1/keys"): (COLLECTION, {"name": "mine"}),
     ("DELETE", "/v1/keys/{key_id}"): (OWNED, None),
