@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from llmos_jobs.db.jobs import cancel_unfinished
 from llmos_jobs.db.moves import move
 from llmos_jobs.db.tables import GraphProgress, GraphRole, Job
 from llmos_jobs.db.types import utcnow
@@ -62,15 +63,9 @@ def fail_parent(*, session: Session, parent_id: str, error_type: str, error_mess
 
 def cancel_children(*, session: Session, parent_id: str, error_type: str,
                     error_message: str) -> int:
-    """Every child of the parent that has not ended ends cancelled with the reason (a
-    running one stops at its next cancellation check). How many."""
-    return int(session.execute(
-        update(Job)
-        .where(col(Job.parent_id) == parent_id,
-               col(Job.status).in_(JOBS.sources_of(JobStatus.cancelled)))
-        .values(status=JobStatus.cancelled, error_type=error_type,
-                error_message=error_message, finished_at=utcnow())
-    ).rowcount)  # type: ignore[attr-defined]
+    """Every child of the parent that has not ended ends cancelled with the reason."""
+    return cancel_unfinished(session=session, which=col(Job.parent_id) == parent_id,
+                             error_type=error_type, error_message=error_message)
 
 
 def progress_of(*, session: Session, parents: Sequence[Job]) -> dict[str, GraphProgress]:

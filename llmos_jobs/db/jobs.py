@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
 from llmos_jobs.db.moves import move
@@ -385,17 +386,23 @@ def release_turn(*, session: Session, job: Job, queue: str) -> bool:
     return moved
 
 
-def cancel_unfinished_turns(*, session: Session, mindspace_id: str, error_type: str,
-                            error_message: str) -> int:
-    """Every turn of the mindspace that is waiting, queued or running ends cancelled with
+def cancel_unfinished(*, session: Session, which: ColumnElement[bool], error_type: str,
+                      error_message: str) -> int:
+    """Every job ``which`` selects that is waiting, queued or running ends cancelled with
     the reason (a running one stops at its next cancellation check). How many."""
     return int(session.execute(
         update(Job)
-        .where(col(Job.mindspace_id) == mindspace_id,
-               col(Job.status).in_(JOBS.sources_of(JobStatus.cancelled)))
+        .where(which, col(Job.status).in_(JOBS.sources_of(JobStatus.cancelled)))
         .values(status=JobStatus.cancelled, error_type=error_type,
                 error_message=error_message, finished_at=utcnow())
     ).rowcount)  # type: ignore[attr-defined]
+
+
+def cancel_unfinished_turns(*, session: Session, mindspace_id: str, error_type: str,
+                            error_message: str) -> int:
+    """Every unfinished turn of the mindspace ends cancelled with the reason."""
+    return cancel_unfinished(session=session, which=col(Job.mindspace_id) == mindspace_id,
+                             error_type=error_type, error_message=error_message)
 
 
 def running_jobs_of(*, session: Session, worker: str) -> list[Job]:
