@@ -74,11 +74,14 @@ class IdempotencyMiddleware:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # the lifespan (the schema upgrade) has no headers
+            await self.app(scope, receive, send)
+            return
         headers = Headers(scope=scope)
         key = scope.get("state", {}).get(KEY_STATE)
         given = headers.get(HEADER)
-        route = (self._route(scope) if scope["type"] == "http" and scope["method"] == "POST"
-                 and given is not None else None)
+        route = (self._route(scope) if scope["method"] == "POST" and given is not None
+                 else None)
         if given is None or route is None or not isinstance(key, ApiKey) \
                 or not may_call(route, key):
             await self.app(scope, receive, send)  # the route answers (or refuses) as ever
