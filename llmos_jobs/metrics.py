@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from llmos_jobs.db import observe
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.types import utcnow
+from schemas.observe import SystemSnapshot
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -102,7 +103,7 @@ class DatabaseCollector(Collector):
         return _families(seen)
 
 
-def _families(seen: observe.Snapshot | None) -> list[Metric]:
+def _families(seen: SystemSnapshot | None) -> list[Metric]:
     active = GaugeMetricFamily(
         "llmos_jobs_active", "Jobs queued or running now.",
         labels=["status", "kind", "model", "tenant", "priority"])

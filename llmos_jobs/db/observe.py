@@ -19,63 +19,17 @@ from llmos_jobs.db.tables import Job, WorkerRecord
 from llmos_jobs.db.types import UTCDateTime
 from llmos_jobs.states import WorkerState
 from schemas.common import JobStatus
+from schemas.observe import ActiveJobs, QueueDepth, SystemSnapshot, WorkerLoad
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
 
 
-@dataclass(frozen=True, order=True)
-class ActiveJobs:
-    """How many jobs of one kind, model, tenant and priority are in one active status."""
-
-    status: str
-    kind: str
-    model: str
-    tenant: str
-    priority: int
-    count: int
-
-
-@dataclass(frozen=True, order=True)
-class QueueDepth:
-    """The jobs waiting for a worker, of one model at one priority."""
-
-    model: str
-    priority: int
-    depth: int
-    oldest_age_s: float
-
-
-@dataclass(frozen=True)
-class WorkerLoad:
-    """A worker as its heartbeat row and the jobs it holds describe it."""
-
-    name: str
-    state: str
-    heartbeat_age_s: float
-    concurrency: int
-    running: int
-    # Tokens of the jobs it finished within the snapshot's window.
-    prompt_tokens: int
-    completion_tokens: int
-    cpu_pct: float | None
-    rss_mb: float | None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    taken_at: datetime
-    window_s: float
-    active: list[ActiveJobs]
-    queues: list[QueueDepth]
-    workers: list[WorkerLoad]
-
-
-def snapshot(*, session: Session, now: datetime, window_s: float = 60.0) -> Snapshot:
+def snapshot(*, session: Session, now: datetime, window_s: float = 60.0) -> SystemSnapshot:
     """Read everything at ``now``; worker tokens count jobs finished in the last
-    ``window_s`` seconds (their rate is tokens / window_s)."""
-    return Snapshot(taken_at=now, window_s=window_s, active=_active(session),
+    ``window_s`` seconds."""
+    return SystemSnapshot(taken_at=now, window_s=window_s, active=_active(session),
                     queues=_queues(session, now),
-                    workers=_workers(session, now, now - timedelta(seconds=window_s)))
+                          workers=_workers(session, now, window_s))
 
 
 def _active(session: Session) -> list[ActiveJobs]:
@@ -86,8 +40,9 @@ def _active(session: Session) -> list[ActiveJobs]:
         .group_by(col(Job.status), col(Job.kind), col(Job.model), col(Job.tenant),
                   col(Job.priority))
     ).all()
-    return sorted(ActiveJobs(status=JobStatus(s).value, kind=str(k.value), model=m, tenant=t,
-                             priority=p, count=n) for s, k, m, t, p, n in rows)
+    found = [ActiveJobs(status=JobStatus(s).value, kind=str(k.value), model=m, tenant=t,
+                        priority=p, count=n) for s, k, m, t, p, n in rows]
+    return sorted(found, key=lambda a: (a.status, a.kind, a.model, a.tenant, a.priority))
 
 
 def _queues(session: Session, now: datetime) -> list[QueueDepth]:
@@ -99,12 +54,14 @@ def _queues(session: Session, now: datetime) -> list[QueueDepth]:
         .where(col(Job.status) == JobStatus.queued)
         .group_by(col(Job.model), col(Job.priority))
     ).all()
-    return sorted(QueueDepth(model=m, priority=p, depth=n,
-                             oldest_age_s=max(0.0, (now - oldest).total_seconds()))
-                  for m, p, n, oldest in rows)
+    found = [QueueDepth(model=m, priority=p, depth=n,
+                        oldest_age_s=max(0.0, (now - oldest).total_seconds()))
+             for m, p, n, oldest in rows]
+    return sorted(found, key=lambda q: (q.model, q.priority))
 
 
-def _workers(session: Session, now: datetime, since: datetime) -> list[WorkerLoad]:
+def _workers(session: Session, now: datetime, window_s: float) -> list[WorkerLoad]:
+    since = now - timedelta(seconds=window_s)
     running = dict(session.execute(
         sa_select(col(Job.worker), func.count())
         .where(col(Job.status) == JobStatus.running, col(Job.worker).is_not(None))
@@ -129,6 +86,7 @@ def _workers(session: Session, now: datetime, since: datetime) -> list[WorkerLoa
             heartbeat_age_s=max(0.0, (now - row.last_heartbeat).total_seconds()),
             concurrency=row.concurrency, running=running.get(row.name, 0),
             prompt_tokens=prompt, completion_tokens=completion,
+            completion_tokens_per_s=completion / window_s,
             cpu_pct=row.resources.get("cpu_pct"), rss_mb=row.resources.get("rss_mb")))
     return sorted(loads, key=lambda w: w.name)
 

@@ -4,19 +4,23 @@ as the database stores them."""
 
 from __future__ import annotations
 
+import json
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import Popen
 
 import httpx
+import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmos_jobs.errors import NoLiveWorkerWarning
 from schemas.common import JobStatus
+from schemas.export import JSON_DIR
 from tests.support.api_server import ApiServer, free_port, tenant
+from tests.support.cli import llmos
 from tests.support.stack import Stack
 from tests.support.waiting import until
 
@@ -85,6 +89,20 @@ def test_queue_depth_and_active_jobs_are_read_from_the_database(api: ApiServer,
     age = value(queued, "llmos_queue_oldest_age_seconds", model=model, priority="5")
     first_created = min(client.job(j.id).created_at for j in jobs)
     assert 0 <= age <= (scraped - first_created).total_seconds()
+
+    # `llmos top` reads what the collectors read: the same depth, in JSON that keeps to
+    # its published schema, and in the table people read.
+    out = llmos("top", "--json", env=stack.env)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    jsonschema.validate(seen, json.loads((JSON_DIR / "system_snapshot.json").read_text()))
+    assert [(q["model"], q["priority"], q["depth"]) for q in seen["queues"]
+            if q["model"] == model] == [(model, 5, n)]
+    assert [a["count"] for a in seen["active"] if a["model"] == model] == [n]
+    shown = llmos("top", "--once", env={**stack.env, "COLUMNS": "300"})
+    assert shown.returncode == 0, shown.stderr
+    [row] = [line for line in shown.stdout.splitlines() if model in line]
+    assert [cell.strip() for cell in row.split("│")[1:4]] == [model, "5", str(n)], row
 
     # Ended elsewhere than on a worker (cancelled through the client): read, not
     # counted, the gauges follow.
