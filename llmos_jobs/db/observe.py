@@ -62,17 +62,17 @@ def _queues(session: Session, now: datetime) -> list[QueueDepth]:
 
 def _workers(session: Session, now: datetime, window_s: float) -> list[WorkerLoad]:
     since = now - timedelta(seconds=window_s)
-    running = dict(session.execute(
+    running = {name: count for name, count in session.execute(
         sa_select(col(Job.worker), func.count())
         .where(col(Job.status) == JobStatus.running, col(Job.worker).is_not(None))
         .group_by(col(Job.worker))
-    ).tuples().all())
+    ).all()}
     tokens = {name: (int(p or 0), int(c or 0)) for name, p, c in session.execute(
         sa_select(col(Job.worker), func.sum(col(Job.prompt_tokens)),
                   func.sum(col(Job.completion_tokens)))
         .where(col(Job.worker).is_not(None), col(Job.finished_at) >= since)
         .group_by(col(Job.worker))
-    ).tuples().all()}
+    ).all()}
     loads = []
     # Workers alive, and those that stopped or died within the window: a worker gone
     # long ago is history, not load.
