@@ -5,6 +5,9 @@ as the database stores them."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -52,14 +55,7 @@ def metered_worker(stack: Stack, demo_model_dir: Path) -> Iterator[tuple[str, st
         f"{model}-{stack.name}@test", "--model", model, "--concurrency", "4",
         env={"LLMOS_WORKER_METRICS_PORT": str(port)})
     url = f"http://127.0.0.1:{port}/metrics"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(url, timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    until(answers, f"worker metrics at {url}", 60, poll_s=0.2)
+    until(lambda: _answers(url), f"worker metrics at {url}", 60, poll_s=0.2)
     yield url, model
     stack.stop_worker(process)
 
@@ -154,3 +150,51 @@ def test_the_worker_counts_each_ended_job_once(stack: Stack,
     assert moved("llmos_engine_batch_size_sum", model=model) == completion
     # The worker's own process, from prometheus_client's process collector.
     assert value(after, "process_resident_memory_bytes") > 0
+
+
+def test_a_prefork_worker_sums_its_children(stack: Stack, tmp_path: Path) -> None:
+    """Jobs run in the pool's child processes; the main process's endpoint adds up
+    their counts (prometheus_client's multiprocess mode), and a previous run's files in
+    the directory are wiped rather than added in."""
+    owner, model = tenant(), f"prefork-metered-{uuid.uuid4().hex[:8]}"
+    client = stack.client(owner)
+    client.register_model(model, stack.data_dir / model, engine="noop")
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    # A previous run's count of the very series this test reads.
+    stale = subprocess.run(
+        [sys.executable, "-c", "import sys; from llmos_jobs import metrics; "
+         "metrics.JOBS_ENDED.labels('succeeded', 'generate', *sys.argv[1:]).inc(100)",
+         model, owner, "5"], env={**os.environ, **env}, capture_output=True, text=True)
+    assert stale.returncode == 0, stale.stderr
+    assert list(directory.glob("counter_*.db"))
+    port = free_port()
+    process = stack.start_worker(
+        f"{model}-{stack.name}@test", "--model", model, "--pool", "prefork",
+        "--concurrency", "2", env={**env, "LLMOS_WORKER_METRICS_PORT": str(port)})
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        until(lambda: _answers(url), f"worker metrics at {url}", 60, poll_s=0.2)
+        n = 5
+        done = client.wait([client.generate(model=model, prompt=f"one two {'x ' * i}",
+                                            max_tokens=2 + i).id for i in range(n)],
+                           timeout_s=300)
+        assert all(j.status == JobStatus.succeeded for j in done), done
+        after = scrape(url)
+    finally:
+        stack.stop_worker(process)
+    assert value(after, "llmos_jobs_ended_total", status="succeeded", kind="generate",
+                 model=model, tenant=owner, priority="5") == n
+    completion = sum(j.usage.completion_tokens for j in done if j.usage is not None)
+    prompt = sum(j.usage.prompt_tokens for j in done if j.usage is not None)
+    assert value(after, "llmos_completion_tokens_total", model=model, tenant=owner) == completion
+    assert value(after, "llmos_prompt_tokens_total", model=model, tenant=owner) == prompt
+    assert value(after, "llmos_job_latency_seconds_count", kind="generate", model=model) == n
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
