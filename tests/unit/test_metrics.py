@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,9 +20,14 @@ from llmos_jobs import metrics
 from llmos_jobs.api.app import create_app
 from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.db.session import Database
+from llmos_jobs.db.webhook_tables import DeliveryStatus, WebhookDelivery
 from llmos_jobs.errors import LlmosError
+from llmos_jobs.services.webhooks.delivery import attempt_delivery
+from llmos_jobs.services.webhooks.signing import tenant_secret
 from llmos_jobs.settings import Settings
-from workers.metrics_endpoint import prefork_registry
+from tests.support.api_server import free_port
+from tests.support.webhook_receiver import Receiver
+from workers.metrics_endpoint import MetricsEndpoint, prefork_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "llmos.json"
@@ -116,3 +122,59 @@ def test_a_prefork_worker_with_metrics_needs_a_multiprocess_directory(
     monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
     with pytest.raises(LlmosError, match=metrics.MULTIPROC_ENV):
         prefork_registry(gpu=None)
+
+
+def test_webhook_attempts_are_counted_by_outcome(settings: Settings) -> None:
+    """Three deliveries to a real receiver on 127.0.0.1, each attempt made by hand: the
+    counter moves by the outcomes the delivery rows end with."""
+    settings = settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1",
+                                           "webhook_retry_delays": "0"})
+    database = Database.from_settings(settings)
+    with database.session() as session:
+        secret = tenant_secret(session=session, tenant="hooked").secret
+    before = {o: _attempts(o) for o in ("delivered", "retry", "failed", "gone")}
+    scripts = {"recovers": [(500, {})], "gone": [(410, {})], "fails": [(500, {}), (500, {})]}
+    ended = {}
+    for name, script in scripts.items():
+        receiver = Receiver(secret=secret, script=list(script)).start()
+        try:
+            with database.session() as session:
+                row = WebhookDelivery(tenant="hooked", event_type="batch.completed",
+                                      url=receiver.url, payload={"name": name})
+                session.add(row)
+                session.flush()
+                delivery_id = row.id
+            while attempt_delivery(delivery_id=delivery_id, settings=settings,
+                                   database=database) is not None:
+                pass
+        finally:
+            receiver.stop()
+        with database.session() as session:
+            delivered = session.get(WebhookDelivery, delivery_id)
+            assert delivered is not None
+            ended[name] = (delivered.status, delivered.attempts)
+    assert ended == {"recovers": (DeliveryStatus.delivered, 2),
+                     "gone": (DeliveryStatus.gone, 1), "fails": (DeliveryStatus.failed, 2)}
+    moved = {o: _attempts(o) - before[o] for o in before}
+    assert moved == {"delivered": 1, "retry": 2, "failed": 1, "gone": 1}
+
+
+def _attempts(outcome: str) -> float:
+    return metrics.REGISTRY.get_sample_value("llmos_webhook_delivery_attempts_total",
+                                             {"outcome": outcome}) or 0.0
+
+
+def test_the_control_endpoint_serves_state_and_webhooks_over_http(settings: Settings) -> None:
+    endpoint = MetricsEndpoint.for_control(port=free_port(),
+                                           database=Database.from_settings(settings))
+    endpoint.start()
+    try:
+        answered = httpx.get(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=30)
+    finally:
+        endpoint.stop()
+    assert answered.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(answered.text)}
+    assert {"llmos_queue_depth", "llmos_worker_up", "llmos_webhook_delivery_attempts",
+            "process_resident_memory_bytes"} <= set(families)
+    with pytest.raises(httpx.TransportError):  # stopped: the port is closed
+        httpx.get(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=5)
