@@ -143,6 +143,16 @@ class Settings(BaseSettings):
                                         "(and their attempts) are kept")
     retention_check_s: float = Field(
         default=3600.0, gt=0, description="control: how often expired content is pruned")
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="metrics: the port of `llmos worker`'s Prometheus endpoint (0: none); "
+                    "a prefork worker also needs PROMETHEUS_MULTIPROC_DIR (docs/metrics.md)")
+    control_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="metrics: the port of `llmos control`'s Prometheus endpoint (0: none)")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="metrics: when set, the API's /metrics answers only "
+                                  "'Authorization: Bearer <this token>'; unset: it is open")
     webhook_allowed_hosts: str = Field(
         default="", description="webhooks: hosts (or host:port) allowed although they resolve "
                                 "to private, loopback or other internal addresses",

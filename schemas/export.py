@@ -13,6 +13,7 @@ from schemas.filters import FilterVerdict, TenantFilters
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest, MindspaceTurnResult
 from schemas.model import ModelOpRequest, ModelOpResult, ModelRegister
+from schemas.observe import SystemSnapshot
 from schemas.retention import PruneReport
 from schemas.tasks import REQUESTS, RESULTS
 
@@ -31,6 +32,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     **{f"{kind.value}_request": model for kind, model in REQUESTS.items()},
     **{f"{kind.value}_result": model for kind, model in RESULTS.items()},
     "prune_report": PruneReport,
+    "system_snapshot": SystemSnapshot,
 }
 
 JSON_DIR = Path(__file__).parent / "json"

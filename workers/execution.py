@@ -15,15 +15,15 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
+from llmos_jobs import metrics
 from llmos_jobs.crypto import KeyRingMismatch
-from llmos_jobs.db import batch_progress
+from llmos_jobs.db import batch_progress, observe
 from llmos_jobs.db.jobs import (
     ClaimOutcome,
     claim_job,
     fail_attempt,
     fail_job,
     job_header,
-    job_status,
     note_redactions,
     record_abandoned_usage,
     succeed_job,
@@ -117,6 +117,7 @@ def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: Engine
     deadline = time.monotonic() + limit
     assert job.task_id is not None
     should_stop = ctx.watcher.watch(job.id, job.task_id)
+    handed_at = time.monotonic()
     try:
         [done] = engine.generate([EngineRequest(
             sampling, priority=job.priority, should_stop=should_stop,
@@ -125,6 +126,9 @@ def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: Engine
         )])
     finally:
         ctx.watcher.forget(job.id, job.task_id)
+    if done.first_token_at is not None:
+        metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
+            max(0.0, done.first_token_at - handed_at))
     if done.finish_reason == "abort" and not should_stop() and time.monotonic() >= deadline:
         raise JobTimeout(f"the job ran past its time limit of {limit:g} s")
     return done
@@ -337,8 +341,8 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
     with ctx.held.holding(job_id, message_id):  # before the claim: see workers.held
         try:
             outcome = _execute(job_id, message_id, ctx)
-            if outcome == ClaimOutcome.claimed:
-                _publish_end(job_id, ctx)
+            if outcome in (ClaimOutcome.claimed, ClaimOutcome.poison):
+                _announce_end(job_id, ctx)
             return outcome
         except DBAPIError:
             raise
@@ -352,7 +356,7 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
                 _fail_attempt(job_id, message_id, ctx, "WorkerError",
                               f"the worker could not run or record the job: "
                               f"{type(exc).__name__}: {exc}")
-            _publish_end(job_id, ctx)
+            _announce_end(job_id, ctx)
             return ClaimOutcome.claimed
 
 
@@ -361,15 +365,17 @@ def _publish_running(job_id: str, ctx: WorkerContext) -> None:
         ctx.events.status(job_id, JobStatus.running)
 
 
-def _publish_end(job_id: str, ctx: WorkerContext) -> None:
-    """The job's status once this attempt is recorded, as its stream's last event (a
-    job cancelled while it ran ends cancelled, not succeeded)."""
-    if ctx.events is None:
-        return
+def _announce_end(job_id: str, ctx: WorkerContext) -> None:
+    """The job's status once this delivery is recorded, as its stream's last event (a
+    job cancelled while it ran ends cancelled, not succeeded), and in the metrics, when
+    it is final: only the delivery that ended it gets here, so it is counted once."""
     with ctx.database.session() as session:
-        status = job_status(session=session, job_id=job_id)
-    if status is not None and status.is_final:
-        ctx.events.status(job_id, status)
+        ended = observe.ended_job(session=session, job_id=job_id)
+    if ended is None:  # the attempt failed and the job will run again
+        return
+    metrics.job_ended(ended)
+    if ctx.events is not None:
+        ctx.events.status(job_id, JobStatus(ended.status))
 
 
 def _fail_attempt(job_id: str, message_id: str, ctx: WorkerContext, error_type: str,

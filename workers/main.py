@@ -20,6 +20,7 @@ from llmos_jobs.settings import get_settings
 from schemas.model import EngineKind
 from workers.control import beat_schedule
 from workers.engines.pool import EngineChoice
+from workers.metrics_endpoint import MetricsEndpoint
 from workers.runtime import WorkerRuntime, default_worker_name, initial_queues, set_runtime
 from workers.tasks import worker_app
 
@@ -70,6 +71,9 @@ def run_worker(
     database = submitter.database
     app = worker_app(submitter)
     upgrade(database)
+    # Built before the pool starts: a prefork pool's metrics directory is wiped here.
+    endpoint = (MetricsEndpoint.for_worker(port=settings.worker_metrics_port, pool=pool, gpu=gpu)
+                if settings.worker_metrics_port else None)
     name = name or default_worker_name(gpu)
     if queues:
         served: list[str] | None = [q.removeprefix("lang.") for q in queues if
@@ -95,9 +99,13 @@ def run_worker(
 
     def on_ready(**_: Any) -> None:
         runtime.start()
+        if endpoint is not None:  # once the pool's children exist: they inherit no socket
+            endpoint.start()
 
     def on_shutdown(**_: Any) -> None:
         runtime.stop()
+        if endpoint is not None:
+            endpoint.stop()
 
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
@@ -116,6 +124,11 @@ def run_control(*, name: str | None, beat: bool, concurrency: int, loglevel: str
     app = worker_app(submitter)
     upgrade(submitter.database)
     app.conf.beat_schedule = beat_schedule(settings)
+    if settings.control_metrics_port:
+        endpoint = MetricsEndpoint.for_control(port=settings.control_metrics_port,
+                                               database=submitter.database)
+        worker_ready.connect(lambda **_: endpoint.start(), weak=False)
+        worker_shutdown.connect(lambda **_: endpoint.stop(), weak=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     name = name or f"control-{socket.gethostname()}"
     argv = ["worker", "--hostname", name, "--queues", f"{CONTROL_QUEUE},{WEBHOOKS_QUEUE}",

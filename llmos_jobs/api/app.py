@@ -15,6 +15,7 @@ from llmos_jobs.api.bodies import Health
 from llmos_jobs.api.errors import ERROR_RESPONSES, install_error_handlers
 from llmos_jobs.api.gate import BodyLimits, Gate
 from llmos_jobs.api.idempotency import IdempotencyMiddleware
+from llmos_jobs.api.metrics import install_metrics
 from llmos_jobs.api.routes import (
     batches,
     chat,
@@ -43,7 +44,8 @@ OpenAI-compatible `/v1/chat/completions`, `/v1/completions` (both with `stream`)
 `/v1/embeddings` and `/v1/models`. `GET /v1/jobs/{id}/events` streams any job's
 status and tokens.
 
-Every route but `/healthz` and these docs needs `Authorization: Bearer <key>`; an
+Every route but `/healthz`, `/metrics` (Prometheus; LLMOS_METRICS_TOKEN guards it when
+set) and these docs needs `Authorization: Bearer <key>`; an
 operator creates keys with `llmos key create --tenant T --scopes ...` (a tenant's) or
 `llmos key create --operator` (models, workers, every tenant's keys, priority 0; acts
 for the tenant named in `X-Llmos-Tenant`). Errors are OpenAI-style:
@@ -90,4 +92,5 @@ def create_app(settings: Settings) -> FastAPI:
         """Liveness: the process answers. Needs no key."""
         return Health()
 
+    install_metrics(app, settings=settings, database=state.database)
     return app

@@ -31,8 +31,9 @@ from llmos_jobs.db.tables import ApiKey
 from llmos_jobs.limits import json_depth
 from llmos_jobs.services.api_keys import authenticate
 
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-                          "/redoc"})
+# /metrics checks its own token (LLMOS_METRICS_TOKEN; llmos_jobs.api.metrics).
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/docs",
+                          "/docs/oauth2-redirect", "/redoc"})
 # Routes that take a file upload rather than a small JSON body.
 UPLOAD_ROUTES = frozenset({("POST", "/v1/files")})
 # Room for the multipart framing and the form's other fields around the file itself.

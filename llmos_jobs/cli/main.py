@@ -21,6 +21,7 @@ from llmos_jobs.cli import (
     stack,
     tasks,
     tenants,
+    top,
     webhooks,
 )
 from llmos_jobs.cli.output import err_console
@@ -59,6 +60,7 @@ app.add_typer(webhooks.webhook_app, name="webhook")
 app.add_typer(tenants.tenant_app, name="tenant")
 app.command("prune")(retention.prune)
 app.add_typer(retention.retention_app, name="retention")
+app.command("top")(top.top)
 
 
 @app.callback()

@@ -42,7 +42,9 @@ def worker(
     loglevel: str = typer.Option("info", "--loglevel"),
 ) -> None:
     """Run a worker: it serves language, model and mindspace jobs of its models and its
-    own direct queue (w.<name>); control work is `llmos control`'s."""
+    own direct queue (w.<name>); control work is `llmos control`'s. With
+    LLMOS_WORKER_METRICS_PORT set it serves Prometheus metrics on that port
+    (docs/metrics.md; a prefork pool also needs PROMETHEUS_MULTIPROC_DIR)."""
     if pool not in POOLS:
         raise typer.BadParameter(f"choose one of {', '.join(POOLS)}", param_hint="--pool")
     from workers.engines.pool import EngineChoice
@@ -68,7 +70,9 @@ def control(
     loglevel: str = typer.Option("info", "--loglevel"),
 ) -> None:
     """Run the control plane (no GPU): reaping, reconciling what the broker lost, batch
-    expansion, finalisation and expiry, webhook deliveries."""
+    expansion, finalisation and expiry, webhook deliveries. With
+    LLMOS_CONTROL_METRICS_PORT set it serves Prometheus metrics on that port
+    (docs/metrics.md)."""
     from workers.main import run_control
 
     run_control(name=name, beat=beat, concurrency=concurrency, loglevel=loglevel)

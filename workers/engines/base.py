@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from llmos_jobs import metrics
 from schemas.common import ChatMessage
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -57,6 +58,9 @@ class Completion:
     completion_tokens: int
     # Prompt tokens served from the prefix cache (SGLang's meta_info.cached_tokens).
     cached_tokens: int = 0
+    # time.monotonic() when its first token was generated; None where the engine does
+    # not say (SGLang, the no-op engine) or none was.
+    first_token_at: float | None = None
 
 
 _RECENT = 4096
@@ -64,6 +68,7 @@ _RECENT = 4096
 
 @dataclass
 class EngineStats:
+    model: str = ""  # the model's name: the label of its batch sizes
     requests: int = 0
     forward_passes: int = 0
     max_batch: int = 0
@@ -80,6 +85,7 @@ class EngineStats:
         self.forward_passes += 1
         self.max_batch = max(self.max_batch, size)
         self.batch_sizes.append(size)
+        metrics.BATCH_SIZE.labels(self.model).observe(size)
 
     def summary(self) -> dict[str, float]:
         """What a heartbeat reports."""

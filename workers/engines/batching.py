@@ -47,6 +47,7 @@ class Sequence:
     detokenizer: IncrementalDetokenizer | None = None
     held: str = ""  # decoded, not yet sent: a stop string may still begin in it
     sent: int = 0  # characters of the text sent through on_text
+    first_token_at: float | None = None  # time.monotonic()
 
     @property
     def stop_window(self) -> int:
@@ -222,6 +223,8 @@ def _choose(logits: torch.Tensor, temperature: float) -> int:
 def _advance(model: Model, seq: Sequence, token: int) -> None:
     """Take one new token; set ``finish`` if the sequence is done."""
     seq.generated.append(token)
+    if seq.first_token_at is None:
+        seq.first_token_at = time.monotonic()
     if token in model.eos:
         seq.finish = "stop"
     elif seq.sampling.stop:
@@ -333,4 +336,5 @@ def serve(model: Model, first: list[Sequence], take: Callable[[int], list[Sequen
 def completion(seq: Sequence) -> Completion:
     assert seq.finish is not None
     return Completion(text=seq.text, finish_reason=seq.finish, prompt_tokens=len(seq.prompt),
-                      completion_tokens=len(seq.generated), cached_tokens=seq.cached)
+                      completion_tokens=len(seq.generated), cached_tokens=seq.cached,
+                      first_token_at=seq.first_token_at)

@@ -29,7 +29,7 @@ class NoopEngine:
         self.echo = echo
         self.log = log
         self._loaded = False
-        self._stats = EngineStats()
+        self._stats = EngineStats(model=self.name)
 
     @property
     def loaded(self) -> bool:
@@ -40,7 +40,7 @@ class NoopEngine:
 
     def unload(self) -> None:
         self._loaded = False
-        self._stats = EngineStats()
+        self._stats = EngineStats(model=self.name)
 
     def warmup(self) -> None:
         self.load()

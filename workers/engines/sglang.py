@@ -150,7 +150,7 @@ class SGLangEngine:
         self._children: list[int] = []
         self._priority_on = self._low_values_first = self._salted = False
         self._unloaded = False
-        self._stats = EngineStats()
+        self._stats = EngineStats(model=self.name)
         self._lock = threading.Lock()  # load/unload only; never held while generating
         self._inflight: dict[str, concurrent.futures.Future[Any]] = {}
         self._inflight_lock = threading.Lock()  # also guards _stats

@@ -228,7 +228,7 @@ class SGLangServerEngine:
         self._low_values_first = False
         self._incremental = False
         self._tokenizer: Any = None  # transformers tokenizers are untyped
-        self._stats = EngineStats()
+        self._stats = EngineStats(model=self.name)
         self._lock = threading.Lock()  # stats only
         self._load_lock = threading.Lock()  # many job threads may find it unloaded at once
 

@@ -88,7 +88,7 @@ class TransformersEngine:
         self.options = options or BatchingOptions()
         self.device = "cpu"
         self.cache = PrefixCache(self.options.cache_budget_bytes)
-        self._stats = EngineStats()
+        self._stats = EngineStats(model=self.name)
         self._model: Model | None = None
         self._queue: queue.Queue[_Pending | object] = queue.Queue()
         self._orders: deque[_Order] = deque()

@@ -20,6 +20,7 @@ import httpx
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from llmos_jobs import metrics
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import (
@@ -166,6 +167,8 @@ def attempt_delivery(*, delivery_id: str, settings: Settings, database: Database
     with database.session() as session:
         if not _record(session, row, answer, step):
             return None
+    metrics.WEBHOOK_DELIVERIES.labels(
+        "retry" if step.status == DeliveryStatus.pending else step.status.value).inc()
     return step.retry_in_s
 
 
