@@ -74,7 +74,13 @@ def test_postgres_out_of_reach_for_10_s_every_job_succeeds_once(
     until(lambda: (_count(stack, model, JobStatus.succeeded) >= JOBS // 5
                    and _count(stack, model, JobStatus.running)),
           "the run got going, with jobs running", poll_s=0.02)
-    proxy.cut()  # jobs are running (0.4 s each): their outcomes are to be recorded next
+    # Cut just as a job enters the engine (the no-op engine logs each request as it
+    # starts it): its outcome, 0.4 s away, is the next thing it writes. Cutting on a
+    # `running` row alone could land between jobs, when no outcome is left to record.
+    computed = len(executions.read_bytes().splitlines())
+    until(lambda: len(executions.read_bytes().splitlines()) > computed,
+          "a job entered the engine", poll_s=0)
+    proxy.cut()
     cut_at = time.monotonic()
     try:
         wait_for_log(stack.data_dir / "recorder.log", "outcome not recorded")
