@@ -10,7 +10,7 @@ POST /v1/jobs/{id}/cancel, or ask the events route to with cancel_on_disconnect)
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -129,3 +129,34 @@ def ended_error(job: JobPublic) -> ApiError | None:
 def error_data(error: ApiError) -> str:
     """An error as a stream's data line: OpenAI's SDKs raise it as an APIError."""
     return ErrorBody(error=error.detail).model_dump_json()
+
+
+@dataclass(frozen=True)
+class ChunkWriter:
+    """How one kind of OpenAI stream (chat or text completions) writes its chunks."""
+
+    delta: Callable[[str], str]  # a piece of the text
+    finish: Callable[[str], str]  # the last choice, with its finish reason
+    usage: Callable[[JobPublic], str]  # the usage chunk of stream_options.include_usage
+
+
+async def openai_chunks(client: LlmosClient, url: str, job_id: str, timeout_s: float,
+                        write: ChunkWriter, include_usage: bool) -> AsyncIterator[str]:
+    """A job's text as OpenAI's stream: its pieces, the finish reason, the usage when
+    asked, ``[DONE]``; a job that failed, was filtered or timed out ends it with an
+    error the SDK raises."""
+    async for piece in text_then_end(client, url, job_id, timeout_s):
+        if isinstance(piece, TimedOut):
+            yield error_data(piece.error)
+            return
+        if isinstance(piece, Ended):
+            if (error := ended_error(piece.job)) is not None:
+                yield error_data(error)
+                return
+            finish = piece.job.generate_result().finish_reason
+            yield write.finish("length" if finish == "length" else "stop")
+            if include_usage:
+                yield write.usage(piece.job)
+        else:
+            yield write.delta(piece)
+    yield DONE

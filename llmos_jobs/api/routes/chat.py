@@ -25,13 +25,10 @@ from llmos_jobs.api.openai_schemas import (
     ChunkDelta,
 )
 from llmos_jobs.api.relay import (
-    DONE,
     STREAMED,
-    Ended,
-    TimedOut,
+    ChunkWriter,
     ended_error,
-    error_data,
-    text_then_end,
+    openai_chunks,
     usage_of,
 )
 from llmos_jobs.api.state import ApiState, api_state
@@ -104,28 +101,22 @@ def _completion(job: JobPublic, model: str) -> ChatCompletion:
     )
 
 
-async def _chunks(client: LlmosClient, url: str, job: JobPublic, model: str,
-                  include_usage: bool, timeout_s: float) -> AsyncIterator[str]:
+def _chunks(client: LlmosClient, url: str, job: JobPublic, model: str,
+            include_usage: bool, timeout_s: float) -> AsyncIterator[str]:
     def chunk(choices: list[ChunkChoice], *, usage_of_job: JobPublic | None = None) -> str:
         return ChatCompletionChunk(
             id=f"chatcmpl-{job.id}", created=int(job.created_at.timestamp()), model=model,
             choices=choices, usage=usage_of(usage_of_job) if usage_of_job else None,
         ).model_dump_json()
 
-    yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
-    async for piece in text_then_end(client, url, job.id, timeout_s):
-        if isinstance(piece, TimedOut):
-            yield error_data(piece.error)
-            return
-        if isinstance(piece, Ended):
-            if (error := ended_error(piece.job)) is not None:
-                yield error_data(error)
-                return
-            finish = piece.job.generate_result().finish_reason
-            yield chunk([ChunkChoice(delta=ChunkDelta(),
-                                     finish_reason="length" if finish == "length" else "stop")])
-            if include_usage:
-                yield chunk([], usage_of_job=piece.job)
-        else:
-            yield chunk([ChunkChoice(delta=ChunkDelta(content=piece))])
-    yield DONE
+    async def stream() -> AsyncIterator[str]:
+        yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
+        write = ChunkWriter(
+            delta=lambda text: chunk([ChunkChoice(delta=ChunkDelta(content=text))]),
+            finish=lambda reason: chunk([ChunkChoice(delta=ChunkDelta(),
+                                                     finish_reason=reason)]),
+            usage=lambda ended: chunk([], usage_of_job=ended))
+        async for data in openai_chunks(client, url, job.id, timeout_s, write, include_usage):
+            yield data
+
+    return stream()

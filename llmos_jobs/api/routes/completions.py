@@ -15,13 +15,10 @@ from starlette.responses import Response
 from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.openai_schemas import CompletionRequest, TextChoice, TextCompletion
 from llmos_jobs.api.relay import (
-    DONE,
     STREAMED,
-    Ended,
-    TimedOut,
+    ChunkWriter,
     ended_error,
-    error_data,
-    text_then_end,
+    openai_chunks,
     usage_of,
 )
 from llmos_jobs.api.routes.chat import DEFAULT_MAX_TOKENS, give_up
@@ -76,23 +73,12 @@ def _object(job: JobPublic, model: str, choices: list[TextChoice], *,
                           usage=usage_of(job) if with_usage else None)
 
 
-async def _chunks(client: LlmosClient, url: str, job: JobPublic, model: str,
-                  include_usage: bool, timeout_s: float) -> AsyncIterator[str]:
-    async for piece in text_then_end(client, url, job.id, timeout_s):
-        if isinstance(piece, TimedOut):
-            yield error_data(piece.error)
-            return
-        if isinstance(piece, Ended):
-            if (error := ended_error(piece.job)) is not None:
-                yield error_data(error)
-                return
-            finish = piece.job.generate_result().finish_reason
-            yield _object(job, model, [TextChoice(
-                text="", finish_reason="length" if finish == "length" else "stop",
-            )]).model_dump_json()
-            if include_usage:
-                yield _object(piece.job, model, [], with_usage=True).model_dump_json()
-        else:
-            yield _object(job, model, [TextChoice(text=piece, finish_reason=None)]
-                          ).model_dump_json()
-    yield DONE
+def _chunks(client: LlmosClient, url: str, job: JobPublic, model: str,
+            include_usage: bool, timeout_s: float) -> AsyncIterator[str]:
+    write = ChunkWriter(
+        delta=lambda text: _object(job, model, [TextChoice(text=text, finish_reason=None)]
+                                   ).model_dump_json(),
+        finish=lambda reason: _object(job, model, [TextChoice(text="", finish_reason=reason)]
+                                      ).model_dump_json(),
+        usage=lambda ended: _object(ended, model, [], with_usage=True).model_dump_json())
+    return openai_chunks(client, url, job.id, timeout_s, write, include_usage)
