@@ -2,6 +2,11 @@
 tasks on the same Redis with the same Celery settings, measured side by side.
 
     python bench/pipeline_throughput.py [--jobs 1000] [--concurrency 8] [--database sqlite|postgres]
+                                        [--dispatch on|off|both]
+
+With the fair-share dispatcher on (the default of llmos), a control process runs beside
+the worker and releases the jobs held in the database; ``both`` measures llmos with it
+off and on, side by side in each round.
 
 Prints the ratio llmos / raw and where the difference goes."""
 
@@ -14,10 +19,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import redis
+from cryptography.fernet import Fernet
 from sqlalchemy import func
 from sqlmodel import col, select
 
@@ -69,15 +77,19 @@ def run_raw(broker: str, jobs: int, concurrency: int, tmp: Path) -> tuple[float,
 
 
 def run_llmos(broker: str, database: str, jobs: int, concurrency: int, tmp: Path,
-              bulk: bool = False) -> tuple[float, float]:
-    settings = Settings(broker_url=broker, database_url=database, data_dir=tmp)
+              bulk: bool = False, dispatch: str = "on") -> tuple[float, float]:
+    settings = Settings(broker_url=broker, database_url=database, data_dir=tmp,
+                        dispatch=dispatch)  # type: ignore[arg-type]
     client = LlmosClient(settings=settings)
     client.register_model("bench", tmp / "bench", engine="noop")
     env = {**os.environ, "LLMOS_BROKER_URL": broker, "LLMOS_DATABASE_URL": database,
-           "LLMOS_DATA_DIR": str(tmp)}
+           "LLMOS_DATA_DIR": str(tmp), "LLMOS_DISPATCH": dispatch}
     worker = start([sys.executable, "-m", "llmos_jobs.cli.main", "worker", "--name",
                     "bench@bench", "--model", "bench", "--concurrency", str(concurrency),
                     "--loglevel", "warning"], env, tmp / "llmos.log")
+    control = (start([sys.executable, "-m", "llmos_jobs.cli.main", "control", "--name",
+                      "control@bench", "--no-beat", "--loglevel", "warning"], env,
+                     tmp / "control.log") if dispatch == "on" else None)
     client.wait([client.generate(model="bench", prompt="warm", max_tokens=1).id], timeout_s=120)
     started = time.perf_counter()
     if bulk:
@@ -98,6 +110,8 @@ def run_llmos(broker: str, database: str, jobs: int, concurrency: int, tmp: Path
         time.sleep(0.02)
     total = time.perf_counter() - started
     stop(worker)
+    if control is not None:
+        stop(control)
     return submitted, total
 
 
@@ -137,13 +151,29 @@ def breakdown(broker: str, database: str, tmp: Path, jobs: int = 300) -> dict[st
             "llmos worker step (claim+commit, engine, result+commit)": 1000 * execute / jobs}
 
 
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+CREATED: list[str] = []  # PostgreSQL databases this run made, dropped at its end
+
+
 def fresh_database(kind: str, tmp: Path) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp / f'bench-{uuid.uuid4().hex[:6]}.db'}"
     name = f"llmos_bench_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    CREATED.append(name)
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+@contextmanager
+def dropping_databases() -> Iterator[None]:
+    """The PostgreSQL databases made inside are dropped when it ends."""
+    try:
+        yield
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            for name in CREATED:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:
@@ -154,32 +184,42 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--dispatch", choices=["on", "off", "both"], default="both")
     args = parser.parse_args()
+    if args.database == "postgres":
+        # Outside the embedded default every process needs the same key ring.
+        os.environ.setdefault("LLMOS_ENCRYPTION_KEYS", Fernet.generate_key().decode())
     redis.Redis.from_url(args.redis).flushdb()
+    modes = ["off", "on"] if args.dispatch == "both" else [args.dispatch]
     raw: list[tuple[float, float]] = []
-    ours: list[tuple[float, float]] = []
-    bulk: list[tuple[float, float]] = []
-    with tempfile.TemporaryDirectory() as name:
+    ours: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    bulk: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as name, dropping_databases():
         use_data_dir(name)
         tmp = Path(name)
         for round_ in range(args.rounds):
             raw.append(run_raw(args.redis, args.jobs, args.concurrency, tmp))
-            ours.append(run_llmos(args.redis, fresh_database(args.database, tmp), args.jobs,
-                                  args.concurrency, tmp))
-            bulk.append(run_llmos(args.redis, fresh_database(args.database, tmp), args.jobs,
-                                  args.concurrency, tmp, bulk=True))
-            print(f"round {round_ + 1}: raw {args.jobs / raw[-1][1]:.0f} jobs/s, "
-                  f"llmos {args.jobs / ours[-1][1]:.0f} jobs/s, "
-                  f"llmos bulk {args.jobs / bulk[-1][1]:.0f} jobs/s")
+            line = f"round {round_ + 1}: raw {args.jobs / raw[-1][1]:.0f} jobs/s"
+            for mode in modes:
+                ours[mode].append(run_llmos(args.redis, fresh_database(args.database, tmp),
+                                            args.jobs, args.concurrency, tmp, dispatch=mode))
+                bulk[mode].append(run_llmos(args.redis, fresh_database(args.database, tmp),
+                                            args.jobs, args.concurrency, tmp, bulk=True,
+                                            dispatch=mode))
+                line += (f", dispatch {mode}: llmos {args.jobs / ours[mode][-1][1]:.0f} jobs/s, "
+                         f"bulk {args.jobs / bulk[mode][-1][1]:.0f} jobs/s")
+            print(line)
         parts = breakdown(args.redis, fresh_database(args.database, tmp), tmp)
     n = args.jobs
     raw_sub, raw_total = min(raw, key=lambda t: t[1])
     print(f"\n{n} jobs, threads pool x{args.concurrency}, {args.database}, best of {args.rounds}")
-    print(f"{'':22}{'submit jobs/s':>14}{'end-to-end jobs/s':>19}{'ratio to raw':>14}")
-    print(f"{'raw celery':22}{n / raw_sub:14.0f}{n / raw_total:19.0f}{1:14.2f}")
-    for label, runs in (("llmos, one per call", ours), ("llmos, generate_many", bulk)):
-        sub, total = min(runs, key=lambda t: t[1])
-        print(f"{label:22}{n / sub:14.0f}{n / total:19.0f}{raw_total / total:14.2f}")
+    print(f"{'':36}{'submit jobs/s':>14}{'end-to-end jobs/s':>19}{'ratio to raw':>14}")
+    print(f"{'raw celery':36}{n / raw_sub:14.0f}{n / raw_total:19.0f}{1:14.2f}")
+    for mode in modes:
+        for label, runs in ((f"llmos, one per call, dispatch {mode}", ours[mode]),
+                            (f"llmos, generate_many, dispatch {mode}", bulk[mode])):
+            sub, total = min(runs, key=lambda t: t[1])
+            print(f"{label:36}{n / sub:14.0f}{n / total:19.0f}{raw_total / total:14.2f}")
     print("\nwhere the time goes, per job, each step alone in one thread (ms):")
     for label, ms in parts.items():
         print(f"  {label:58}{ms:6.2f}")

@@ -119,23 +119,30 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", choices=["tiny", "base"])
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--dispatch", choices=["on", "off"], default="on",
+                        help="the fair-share dispatcher (on: a control process runs too)")
     args = parser.parse_args()
     path = model_dir(args.size)
     with tempfile.TemporaryDirectory() as name, private_redis() as redis_url:
         tmp = Path(name)
         use_data_dir(name)
         database = f"sqlite:///{tmp / 'ttft.db'}"
-        settings = Settings(broker_url=redis_url, database_url=database, data_dir=tmp)
+        settings = Settings(broker_url=redis_url, database_url=database, data_dir=tmp,
+                            dispatch=args.dispatch)
         client = LlmosClient(settings=settings)
         client.register_model("bench", path)
         env = {**os.environ, "LLMOS_BROKER_URL": redis_url, "LLMOS_DATABASE_URL": database,
-               "LLMOS_DATA_DIR": name, "LLMOS_MODEL_ROOTS": str(path.parent)}
+               "LLMOS_DATA_DIR": name, "LLMOS_MODEL_ROOTS": str(path.parent),
+               "LLMOS_DISPATCH": args.dispatch}
         port = free_port()
         processes = [
             start(["worker", "--name", "ttft@bench", "--model", "bench", "--concurrency", "4",
                    "--loglevel", "warning"], env, tmp / "worker.log"),
             start(["api", "--port", str(port), "--log-level", "warning"], env, tmp / "api.log"),
         ]
+        if args.dispatch == "on":
+            processes.append(start(["control", "--name", "control@bench", "--loglevel",
+                                    "warning"], env, tmp / "control.log"))
         try:
             wait_up(f"http://127.0.0.1:{port}/healthz")
             with session_scope(client.database) as session:
@@ -164,7 +171,7 @@ def main() -> None:
                 process.terminate()
                 process.wait(timeout=60)
     print(f"{args.size} model, {args.requests} requests per side, one at a time, "
-          f"{args.max_tokens} new tokens")
+          f"{args.max_tokens} new tokens, dispatcher {args.dispatch}")
     for side, seconds in sides.items():
         print(summary(side, seconds))
     base = statistics.median(sides["engine"])

@@ -8,8 +8,10 @@ from broker_config.queues import (
     TASK_FAMILIES,
     WEBHOOKS_QUEUE,
     TaskName,
+    is_version_queue,
     language_queue,
     queue_for,
+    version_queue,
     worker_queue,
 )
 
@@ -23,8 +25,10 @@ __all__ = [
     "Transport",
     "broker_priority",
     "celery_config",
+    "is_version_queue",
     "language_queue",
     "queue_for",
     "transport_of",
+    "version_queue",
     "worker_queue",
 ]

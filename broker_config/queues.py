@@ -2,9 +2,12 @@
 
     lang.<model>   shared language queue of one model (generate, task presets,
                    mindspace turns, model ops not aimed at a worker)
+    lang.<model>@<N>  the queue of one version of a deployed model, consumed by the
+                   replicas that hold that version (llmos_jobs.services.rollouts)
     w.<worker>     direct queue of one worker (model ops aimed at it)
     control        the control plane (`llmos control`, no GPU): reaping, reconciling,
-                   batch expansion, finalisation and expiry, retention
+                   batch expansion, finalisation and expiry, job deadlines,
+                   retention, deployments and their rollouts
     webhooks       callback deliveries (`llmos control`, never an inference worker)
 """
 
@@ -29,7 +32,9 @@ class TaskName(StrEnum):
     reap = "llmos.control.reap"
     reconcile = "llmos.control.reconcile"
     expire_batches = "llmos.control.expire_batches"
+    expire_jobs = "llmos.control.expire_jobs"
     prune = "llmos.control.prune"
+    rollout = "llmos.control.rollout"  # deployments moved one step (also nudged)
 
 
 # How each task is routed: to the language queue of the job's model, to the direct
@@ -46,7 +51,9 @@ TASK_FAMILIES: dict[TaskName, Literal["model", "model_or_worker", "control", "we
     TaskName.reap: "control",
     TaskName.reconcile: "control",
     TaskName.expire_batches: "control",
+    TaskName.expire_jobs: "control",
     TaskName.prune: "control",
+    TaskName.rollout: "control",
 }
 
 # The tasks that run a job (their message carries a job id); every other task is
@@ -56,7 +63,20 @@ JOB_TASKS: frozenset[TaskName] = frozenset(
 
 
 def language_queue(model: str) -> str:
-    return f"lang.{model}"
+    """One queue per model name: ``NAME@N`` (a pinned version) goes to NAME's queue, and
+    the worker loads the version the job records."""
+    return f"lang.{model.partition('@')[0]}"
+
+
+def version_queue(model: str, version: int) -> str:
+    """The queue of one version of a deployed model: only replicas holding it consume
+    it, so a job is served by the version it records without a load."""
+    return f"lang.{model.partition('@')[0]}@{version}"
+
+
+def is_version_queue(queue: str) -> bool:
+    """Whether ``queue`` is one version's queue (``version_queue``)."""
+    return queue.startswith("lang.") and "@" in queue
 
 
 def worker_queue(worker: str) -> str:

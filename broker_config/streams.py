@@ -30,3 +30,9 @@ def stream_redis_url(broker_url: str) -> str | None:
     if broker_url.startswith(("redis://", "rediss://", "unix://")):
         return broker_url
     return None
+
+
+# A list that holds at most one entry: pushed when a job ends or a submission is held,
+# popped (BLPOP) by the fair-share dispatcher, which then runs a pass at once instead of
+# at its next poll (llmos_jobs.dispatch_bell).
+DISPATCH_WAKE_KEY = "llmos:dispatch:wake"

@@ -63,6 +63,10 @@ def _app(broker_url: str, time_limit_s: int, sentinel_master: str | None) -> Cel
     return create_app(broker_url, time_limit_s=time_limit_s, sentinel_master=sentinel_master)
 
 
+# What a publish raises when the broker cannot be reached.
+PUBLISH_ERRORS = (OperationalError, OSError)
+
+
 class Unsent(Exception):
     """Some committed jobs' messages did not leave: ``jobs`` (in order), and why."""
 
@@ -90,8 +94,16 @@ def _transport(broker_url: str) -> Transport:
 
 def send(app: Celery, job: Job, *, producer: Any = None) -> None:
     """The message of one committed job (its current attempt: ``job.task_id``)."""
-    app.send_task(task_for_kind(job.kind), args=[job.id], task_id=job.task_id,
-                  queue=job.queue, priority=wire_priority(app, job.priority), producer=producer,
+    send_message(app, kind=job.kind, job_id=job.id, task_id=job.task_id, queue=job.queue,
+                 priority=job.priority, producer=producer)
+
+
+def send_message(app: Celery, *, kind: JobKind, job_id: str, task_id: str, queue: str,
+                 priority: int, producer: Any = None) -> None:
+    """The message of a committed job known by its header alone (the dispatcher reads
+    no payload)."""
+    app.send_task(task_for_kind(kind), args=[job_id], task_id=task_id, queue=queue,
+                  priority=wire_priority(app, priority), producer=producer,
                   retry_policy=_PUBLISH_RETRY)
 
 
@@ -137,5 +149,11 @@ def send_all(app: Celery, jobs: Sequence[Job]) -> None:
             for job in jobs:
                 send(app, job, producer=producer)
                 sent += 1
-    except (OperationalError, OSError) as exc:
+    except PUBLISH_ERRORS as exc:
         raise Unsent(jobs[sent:], exc) from exc
+
+
+def send_rollout_nudge(app: Celery) -> None:
+    """Step the deployments now rather than at the next beat (after a deploy, an
+    update or a rollback)."""
+    app.send_task(TaskName.rollout, queue=CONTROL_QUEUE, retry_policy=_PUBLISH_RETRY)

@@ -125,8 +125,13 @@ def _unprintable(tokenizer: PreTrainedTokenizerFast) -> list[int]:
 
 
 def create_demo_model(path: Path, *, size: str = "tiny", seed: int = 0,
-                      dtype: str = "float32", initializer_range: float = 0.5) -> Path:
+                      dtype: str = "float32", initializer_range: float = 0.5,
+                      tokenizer_seed: int = 0) -> Path:
     """Write a model directory loadable by ``AutoModelForCausalLM.from_pretrained``.
+
+    ``seed`` draws the weights; ``tokenizer_seed`` the corpus the tokenizer is trained
+    on. Models of one size and tokenizer seed differ only in their weights, like two
+    checkpoints of one model: one can take the other's weights in place.
 
     Weights drawn with a wide ``initializer_range`` give logits far apart, so the
     greedy output changes from token to token (the default 0.02 repeats one token
@@ -154,7 +159,7 @@ def create_demo_model(path: Path, *, size: str = "tiny", seed: int = 0,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(_corpus(tokenizer_seed), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",

@@ -19,6 +19,17 @@ class BrokerUnavailable(LlmosError):
     """No broker could be reached."""
 
 
+class QuotaExceeded(LlmosError):
+    """The tenant is over one of its quotas (docs/quotas.md); nothing was accepted.
+    ``limit`` names the quota (max_queued, tokens_per_minute, max_priority) and
+    ``retry_after_s`` says when trying again may succeed (None: not by waiting)."""
+
+    def __init__(self, message: str, *, limit: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
 class IllegalTransition(LlmosError):
     """A job state change that the state machine refuses."""
 

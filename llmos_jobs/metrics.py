@@ -9,8 +9,10 @@ Two kinds:
   process id, whoever created the object). A prefork worker exports them through
   ``multiprocess_registry``.
 - State, read from the database at scrape time (``DatabaseCollector``): jobs queued and
-  running, queue depth and age, worker load. Read, not counted, so they cannot drift;
-  the same reading (``llmos_jobs.db.observe``) feeds `llmos top`.
+  running, queue depth and age, worker load, and the workers each model needs (the
+  autoscaling signal, llmos_jobs.scaling). Read, not counted, so they cannot drift;
+  the same readings (``llmos_jobs.db.observe``, ``llmos_jobs.db.scale_demand``) feed
+  `llmos top` and `llmos scale recommend`.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from llmos_jobs.db import observe
+from llmos_jobs.db import observe, scale_demand
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.types import utcnow
+from llmos_jobs.scaling import ScalePolicy
 from schemas.observe import SystemSnapshot
+from schemas.scale import ScaleReport
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -39,7 +43,8 @@ _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
             1800)
 
 JOBS_ENDED = Counter(
-    "llmos_jobs_ended", "Jobs that reached a final status on a worker.",
+    "llmos_jobs_ended",
+    "Jobs that reached a final status on a worker (expired ones: where they expired).",
     ["status", "kind", "model", "tenant", "priority"], registry=REGISTRY)
 QUEUE_WAIT = Histogram(
     "llmos_job_queue_wait_seconds",
@@ -69,12 +74,17 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook delivery attempts by outcome: delivered, retry (another attempt is "
     "scheduled), failed (the schedule ran out), gone (the receiver answered 410).",
     ["outcome"], registry=REGISTRY)
+QUOTA_REFUSALS = Counter(
+    "llmos_quota_refusals",
+    "Submissions refused because the tenant was over a quota, by the quota's name "
+    "(max_priority, max_queued, tokens_per_minute).",
+    ["tenant", "limit"], registry=REGISTRY)
 
 
 def job_ended(job: observe.EndedJob, *, now: datetime | None = None) -> None:
-    """Count ``job``, read back after its final status was committed."""
+    """Count ``job``, read back after its final status was committed. The count of
+    ended jobs moves last: a scrape that sees a job ended sees all of its figures."""
     priority = str(job.priority)
-    JOBS_ENDED.labels(job.status, job.kind, job.model, job.tenant, priority).inc()
     if job.started_at is not None:
         since = job.queued_at or job.created_at
         QUEUE_WAIT.labels(job.model, priority).observe(
@@ -85,13 +95,15 @@ def job_ended(job: observe.EndedJob, *, now: datetime | None = None) -> None:
     PROMPT_TOKENS.labels(job.model, job.tenant).inc(job.prompt_tokens)
     COMPLETION_TOKENS.labels(job.model, job.tenant).inc(job.completion_tokens)
     CACHED_TOKENS.labels(job.model, job.tenant).inc(job.cached_tokens)
+    JOBS_ENDED.labels(job.status, job.kind, job.model, job.tenant, priority).inc()
 
 
 class DatabaseCollector(Collector):
     """Jobs queued and running, queue depth and age, worker load: read at each scrape."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, scale: ScalePolicy | None = None) -> None:
         self.database = database
+        self.scale = scale or ScalePolicy()
 
     def describe(self) -> Iterable[Metric]:
         # Named without reading anything: registering the collector touches no database.
@@ -99,11 +111,14 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         with self.database.session() as session:
-            seen = observe.snapshot(session=session, now=utcnow())
-        return _families(seen)
+            now = utcnow()
+            seen = observe.snapshot(session=session, now=now)
+            needs = scale_demand.scale_report(session=session, now=now, policy=self.scale)
+        return _families(seen, needs)
 
 
-def _families(seen: SystemSnapshot | None) -> list[Metric]:
+def _families(seen: SystemSnapshot | None, needs: ScaleReport | None = None
+              ) -> list[Metric]:
     active = GaugeMetricFamily(
         "llmos_jobs_active", "Jobs queued or running now.",
         labels=["status", "kind", "model", "tenant", "priority"])
@@ -119,6 +134,12 @@ def _families(seen: SystemSnapshot | None) -> list[Metric]:
                                 labels=["worker"])
     heartbeat = GaugeMetricFamily("llmos_worker_heartbeat_age_seconds",
                                   "Since a worker's last heartbeat.", labels=["worker"])
+    needed = GaugeMetricFamily(
+        "llmos_model_workers_needed", "Workers each model needs now, from its queued and "
+        "running jobs, their deadlines and measured throughput per worker (docs/scale.md): "
+        "the autoscaling signal.", labels=["model"])
+    for m in needs.models if needs is not None else ():
+        needed.add_metric([m.model], m.workers_needed)
     if seen is not None:
         for a in seen.active:
             active.add_metric([a.status, a.kind, a.model, a.tenant, str(a.priority)], a.count)
@@ -129,7 +150,7 @@ def _families(seen: SystemSnapshot | None) -> list[Metric]:
             up.add_metric([w.name], 1.0 if w.state == "alive" else 0.0)
             running.add_metric([w.name], w.running)
             heartbeat.add_metric([w.name], w.heartbeat_age_s)
-    return [active, depth, age, up, running, heartbeat]
+    return [active, depth, age, up, running, heartbeat, needed]
 
 
 class GpuCollector(Collector):
@@ -173,21 +194,25 @@ def _gpu_families() -> list[GaugeMetricFamily]:
     ]
 
 
-def state_registry(database: Database) -> CollectorRegistry:
-    """What the API serves: the database's state and its own process's CPU and memory
-    (its events are none: jobs end on workers, webhooks are sent by the control
-    process)."""
+def state_registry(database: Database, *, scale: ScalePolicy | None = None
+                   ) -> CollectorRegistry:
+    """What the API serves: the database's state, its own process's CPU and memory, and
+    its quota refusals (the other events are not its own: jobs end on workers, webhooks
+    are sent by the control process)."""
     registry = CollectorRegistry()
-    _add_common(registry, gpu=None, database=database)
+    # The one event counted where submissions arrive: quota refusals.
+    registry.register(QUOTA_REFUSALS)
+    _add_common(registry, gpu=None, database=database, scale=scale)
     return registry
 
 
-def worker_registry(*, gpu: int | None, database: Database | None) -> CollectorRegistry:
+def worker_registry(*, gpu: int | None, database: Database | None,
+                    scale: ScalePolicy | None = None) -> CollectorRegistry:
     """What a single-process worker (threads or solo pool) serves: its events, its
     process's CPU and memory, its GPU; and the database's state when given one."""
     registry = CollectorRegistry()
     registry.register(_Events())
-    _add_common(registry, gpu=gpu, database=database)
+    _add_common(registry, gpu=gpu, database=database, scale=scale)
     return registry
 
 
@@ -203,12 +228,12 @@ def multiprocess_registry(*, gpu: int | None, database: Database | None
 
 
 def _add_common(registry: CollectorRegistry, *, gpu: int | None,
-                database: Database | None) -> None:
+                database: Database | None, scale: ScalePolicy | None = None) -> None:
     ProcessCollector(registry=registry)
     if gpu is not None:
         registry.register(GpuCollector(gpu))
     if database is not None:
-        registry.register(DatabaseCollector(database))
+        registry.register(DatabaseCollector(database, scale))
 
 
 class _Events(Collector):

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker_config import transport_of
 from llmos_jobs.errors import BrokerUnavailable
+from llmos_jobs.scaling import ScalePolicy
 
 STACK_STATE_FILE = "stack.json"
 # Comma-separated non-negative seconds, e.g. "1,2,4.5".
@@ -76,6 +77,15 @@ class Settings(BaseSettings):
     batch_max_lines: int = Field(default=50_000, ge=1, description="requests per batch file")
     batch_max_bytes: int = Field(default=200 * 2**20, ge=1, description="bytes per uploaded file")
     prefix_cache_mb: int = Field(default=1024, ge=1, description="prefix KV cache per model")
+    model_pool_gb: float | None = Field(
+        default=None, gt=0, description="per worker process: the most gigabytes of model "
+                                        "weights loaded at once (least recently used idle "
+                                        "model unloaded first); unset: no bound")
+    model_keep_alive: str = Field(
+        default="-1", pattern=r"^-?\d+(\.\d+)?[smh]?$",
+        description="how long a model stays loaded idle when its registration names no "
+                    "keep_alive (Ollama style: 5m, 30s, 0 unloads after each job, negative "
+                    "keeps it forever)")
     max_batch: int = Field(default=32, ge=1, description="requests per engine batch")
     batch_window_ms: float = Field(default=5.0, ge=0, description="wait for a batch to fill")
     api_wait_timeout_s: float = Field(
@@ -143,6 +153,21 @@ class Settings(BaseSettings):
                                         "(and their attempts) are kept")
     retention_check_s: float = Field(
         default=3600.0, gt=0, description="control: how often expired content is pruned")
+    # Deadlines (docs/deadlines.md): an SLA class is a number of seconds from submission
+    # by which a job must have started. The names users type stay flat: LLMOS_SLA_<CLASS>_S.
+    sla_interactive_s: float = Field(
+        default=30.0, gt=0, description="deadlines: seconds the 'interactive' SLA class allows "
+                                        "a job to start")
+    sla_standard_s: float = Field(
+        default=300.0, gt=0, description="deadlines: seconds of the 'standard' SLA class")
+    sla_batch_s: float = Field(
+        default=86_400.0, gt=0, description="deadlines: seconds of the 'batch' SLA class")
+    deadline_max_s: float = Field(
+        default=7 * 86_400.0, gt=0,
+        description="deadlines: the furthest a deadline may be from its submission")
+    expire_check_s: float = Field(
+        default=5.0, gt=0, description="control: how often jobs past their deadline are "
+                                       "expired")
     worker_metrics_port: int = Field(
         default=0, ge=0, le=65535,
         description="metrics: the port of `llmos worker`'s Prometheus endpoint (0: none); "
@@ -153,13 +178,61 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         default=None, description="metrics: when set, the API's /metrics answers only "
                                   "'Authorization: Bearer <this token>'; unset: it is open")
+    quota_key_prefix: str = Field(
+        default="llmos:quota", min_length=1,
+        description="quotas: the prefix of the tokens-per-minute windows' keys in the "
+                    "broker's Redis (docs/quotas.md)")
+    quota_retry_after_s: float = Field(
+        default=5.0, gt=0,
+        description="quotas: the Retry-After (seconds) of a refusal by max_queued, whose "
+                    "end no clock tells")
+    scale_target_s: float = Field(
+        default=60.0, ge=0, description="scaling: every queued job should start within this "
+                                        "many seconds (llmos_model_workers_needed, docs/scale.md)")
+    scale_window_s: float = Field(
+        default=300.0, gt=0, description="scaling: workers' throughput is measured over the "
+                                         "jobs finished in this many seconds")
+    scale_default_jobs_per_worker_s: float = Field(
+        default=0.1, gt=0, description="scaling: a worker's throughput (jobs per busy "
+                                       "second) assumed before any was measured")
+    dispatch: Literal["on", "off"] = Field(
+        default="on", description="fair share: language jobs wait in the database and the "
+                                  "control process releases them by priority, deadline and "
+                                  "each tenant's service (docs/scheduling.md); off: every "
+                                  "job is published at once")
+    dispatch_aging_s: float = Field(
+        default=60.0, gt=0, description="fair share: a held job gains one priority level "
+                                        "per this many seconds waited")
+    dispatch_depth: float = Field(
+        default=2.0, ge=1, description="fair share: jobs of a queue released and not ended, "
+                                       "per slot of the live workers serving it")
+    dispatch_idle_bound: int = Field(
+        default=4, ge=1, description="fair share: jobs released on a queue no live worker "
+                                     "serves yet")
+    dispatch_poll_s: float = Field(
+        default=0.5, gt=0, description="fair share: the dispatcher's pass when nothing wakes "
+                                       "it (a job ending or a held submission wakes it at "
+                                       "once through Redis)")
+    dispatch_input_weight: float = Field(
+        default=1.0, ge=0, description="fair share: cost of one prompt token (VTC w_in)")
+    dispatch_output_weight: float = Field(
+        default=2.0, ge=0, description="fair share: cost of one completion token (VTC w_out)")
     webhook_allowed_hosts: str = Field(
         default="", description="webhooks: hosts (or host:port) allowed although they resolve "
                                 "to private, loopback or other internal addresses",
     )
 
+    def scale_policy(self) -> ScalePolicy:
+        return ScalePolicy(target_s=self.scale_target_s, window_s=self.scale_window_s,
+                           default_jobs_per_worker_s=self.scale_default_jobs_per_worker_s)
+
     def webhook_delays(self) -> list[float]:
         return [float(d) for d in self.webhook_retry_delays.split(",")]
+
+    def sla_classes(self) -> dict[str, float]:
+        """Each SLA class and its seconds from submission."""
+        return {"interactive": self.sla_interactive_s, "standard": self.sla_standard_s,
+                "batch": self.sla_batch_s}
 
     def webhook_allowed(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",")

@@ -9,7 +9,14 @@ Jobs::
        │           │  │       │
        │           │  │       └──► queued   (a new attempt, after its worker died)
        │           │  └──► failed           (its message never reached the broker)
-       └───────────┴──► cancelled
+       ├───────────┼──► cancelled
+       └───────────┴──► expired             (its deadline passed before it started)
+
+A job with a deadline (the latest moment it may start) that no worker could start in
+time ends `expired` without running: the claim that finds the deadline passed expires
+it instead of running it, and the control process expires the rest in bulk
+(llmos_jobs.services.deadlines). A job that started is never expired: it ends as any
+other does.
 
 A job ends `filtered` when a content filter of its tenant blocks its input or its
 output; the worker decides, so only a running job becomes filtered
@@ -31,6 +38,19 @@ Workers::
 
     alive ──► stopped (it said so) | dead (its heartbeat stopped)
     dead ──► alive    (it was alive after all, and beats again)
+
+Deployments (llmos_jobs.services.rollouts)::
+
+    ready ──► rolling | blue_green ──► ready        (every replica serves the new version)
+                 │           │
+                 └───────────┴──► rolling_back ──► ready   (a load, warm-up or health
+                                                           check failed, or by hand)
+
+Replicas of a deployment, each on one worker::
+
+    loading ──► serving ──► draining ──► loading   (rolling: the next version, in place)
+       │                       └──► retiring        (blue-green: the old side, unloaded)
+       └──► failed ──► loading                      (the deployment's version again)
 """
 
 from __future__ import annotations
@@ -86,14 +106,31 @@ class WorkerState(StrEnum):
     dead = "dead"
 
 
+class DeploymentState(StrEnum):
+    ready = "ready"
+    rolling = "rolling"
+    blue_green = "blue_green"
+    rolling_back = "rolling_back"
+
+
+class ReplicaState(StrEnum):
+    loading = "loading"  # its load + warm-up + health check runs (a model op job)
+    serving = "serving"  # it consumes its version's queue
+    draining = "draining"  # it stopped consuming; its jobs in flight end
+    failed = "failed"  # its load, warm-up or health check failed
+    retiring = "retiring"  # drained for good: unloaded, then its row removed
+
+
 JOBS: StateMachine[JobStatus] = StateMachine("job", {
-    JobStatus.waiting: frozenset({JobStatus.queued, JobStatus.cancelled}),
-    JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed, JobStatus.cancelled}),
+    JobStatus.waiting: frozenset({JobStatus.queued, JobStatus.cancelled, JobStatus.expired}),
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed, JobStatus.cancelled,
+                                 JobStatus.expired}),
     JobStatus.running: frozenset(
         {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.queued,
          JobStatus.filtered}),
     JobStatus.succeeded: frozenset(),
     JobStatus.filtered: frozenset(),
+    JobStatus.expired: frozenset(),
     JobStatus.failed: frozenset(),
     JobStatus.cancelled: frozenset(),
 })
@@ -115,6 +152,23 @@ WORKERS: StateMachine[WorkerState] = StateMachine("worker", {
     WorkerState.alive: frozenset({WorkerState.stopped, WorkerState.dead}),
     WorkerState.dead: frozenset({WorkerState.alive}),
     WorkerState.stopped: frozenset(),
+})
+
+DEPLOYMENTS: StateMachine[DeploymentState] = StateMachine("deployment", {
+    DeploymentState.ready: frozenset({DeploymentState.rolling, DeploymentState.blue_green,
+                                      DeploymentState.rolling_back}),
+    DeploymentState.rolling: frozenset({DeploymentState.ready, DeploymentState.rolling_back}),
+    DeploymentState.blue_green: frozenset({DeploymentState.ready,
+                                           DeploymentState.rolling_back}),
+    DeploymentState.rolling_back: frozenset({DeploymentState.ready}),
+})
+
+REPLICAS: StateMachine[ReplicaState] = StateMachine("replica", {
+    ReplicaState.loading: frozenset({ReplicaState.serving, ReplicaState.failed}),
+    ReplicaState.serving: frozenset({ReplicaState.draining}),
+    ReplicaState.draining: frozenset({ReplicaState.loading, ReplicaState.retiring}),
+    ReplicaState.failed: frozenset({ReplicaState.loading, ReplicaState.retiring}),
+    ReplicaState.retiring: frozenset(),
 })
 
 # The statuses a job may be created in.

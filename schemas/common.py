@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -59,17 +59,41 @@ class JobStatus(StrEnum):
     cancelled = "cancelled"
     # A tenant's content filter blocked its input or output (the rule is on the job).
     filtered = "filtered"
+    # Its deadline passed before it could start; it never ran (llmos_jobs.services.deadlines).
+    expired = "expired"
 
     @property
     def is_final(self) -> bool:
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled,
-                        JobStatus.filtered)
+                        JobStatus.filtered, JobStatus.expired)
 
 
 class Contract(BaseModel):
     """Base of every contract: unknown fields are errors, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class DeadlineOptions(BaseModel):
+    """When a job must have started, as a request asks it: an absolute ``deadline`` or
+    an ``sla`` class (seconds from submission, LLMOS_SLA_<CLASS>_S), at most one. A job
+    not started by then ends `expired` without running (docs/deadlines.md). Whether the
+    moment is in the future and the class is known is checked at submission
+    (llmos_jobs.sla), where the clock and the classes are."""
+
+    deadline: AwareDatetime | None = Field(
+        default=None, description="the latest moment the job may start, ISO 8601 with a "
+                                  "zone (e.g. 2026-11-30T05:00:00Z)")
+    sla: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="an SLA class instead of a deadline: interactive, standard or batch "
+                    "(seconds from submission set by LLMOS_SLA_<CLASS>_S)")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Self:
+        if self.deadline is not None and self.sla is not None:
+            raise ValueError("give a deadline or an sla class, not both")
+        return self
 
 
 class ChatMessage(Contract):

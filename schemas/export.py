@@ -15,6 +15,7 @@ from schemas.mindspace import MindspaceCreate, MindspaceTurnRequest, MindspaceTu
 from schemas.model import ModelOpRequest, ModelOpResult, ModelRegister
 from schemas.observe import SystemSnapshot
 from schemas.retention import PruneReport
+from schemas.scale import ScaleReport
 from schemas.tasks import REQUESTS, RESULTS
 
 CONTRACTS: dict[str, type[BaseModel]] = {
@@ -33,6 +34,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     **{f"{kind.value}_result": model for kind, model in RESULTS.items()},
     "prune_report": PruneReport,
     "system_snapshot": SystemSnapshot,
+    "scale_report": ScaleReport,
 }
 
 JSON_DIR = Path(__file__).parent / "json"

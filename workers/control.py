@@ -10,11 +10,19 @@
                                    (llmos_jobs.services.graphs)
     llmos.control.expire_batches   every LLMOS_BATCH_EXPIRY_CHECK_S: batches past their
                                    completion window expired
+    llmos.control.expire_jobs      every LLMOS_EXPIRE_CHECK_S: jobs past their deadline
+                                   that have not started expired
+                                   (llmos_jobs.services.deadlines)
     llmos.control.prune            every LLMOS_RETENTION_CHECK_S: content past its
                                    tenant's retention removed
                                    (llmos_jobs.services.retention)
+    llmos.control.rollout          every LLMOS_HEARTBEAT_INTERVAL_S, and nudged after
+                                   a deploy or update: replicas placed, updated and
+                                   rolled back (llmos_jobs.services.rollouts)
 
-with batch expansion and finalisation and webhook deliveries as they come. Inference
+with batch expansion and finalisation and webhook deliveries as they come, and, in a
+thread of its own, the fair-share dispatcher (llmos_jobs.services.dispatcher), woken
+through Redis when a job ends or one is held. Inference
 workers do none of this: their heartbeat only beats, so a slow finalisation or webhook
 receiver never delays it (or takes a GPU's slot).
 
@@ -34,8 +42,8 @@ from broker_config.celery_config import TIME_LIMIT_GRACE_S
 from llmos_jobs import broker
 from llmos_jobs.db import batch_progress
 from llmos_jobs.db.tables import Job
-from llmos_jobs.services import batches, graphs, retention
-from llmos_jobs.services.reconcile import reconcile
+from llmos_jobs.services import batches, deadlines, graphs, retention, rollouts
+from llmos_jobs.services.reconcile import reconcile, resend_delivered
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
 from workers.reaper import Enqueue, reap
@@ -62,7 +70,9 @@ def register_control_tasks(app: Celery, submitter: Submitter) -> None:
 
     def reap_now(task: Task) -> int:
         return reap(database=database, dead_after_s=settings.worker_dead_after_s,
-                    enqueue=enqueue_with(task.app))
+                    enqueue=enqueue_with(task.app),
+                    resend_delivered=lambda queues: resend_delivered(
+                        task.app, queues=queues, database=database))
 
     def reconcile_now(task: Task) -> dict[str, int]:
         # No live worker holds a delivered job unclaimed longer than a job may run (a
@@ -96,6 +106,9 @@ def register_control_tasks(app: Celery, submitter: Submitter) -> None:
             batch_progress.job_finished(session, batch_id)
         batches.finalize(submitter, batch_id)
 
+    def expire_jobs() -> int:
+        return len(deadlines.expire_overdue(submitter))
+
     def prune_expired() -> dict[str, object]:
         return retention.prune(database, settings).model_dump(mode="json")
 
@@ -103,7 +116,13 @@ def register_control_tasks(app: Celery, submitter: Submitter) -> None:
     app.task(name=TaskName.reconcile.value, bind=True, acks_late=True)(reconcile_now)
     app.task(name=TaskName.expire_batches.value, acks_late=True)(expire_batches)
     app.task(name=TaskName.batch_finalize.value, acks_late=True)(finalize_batch)
+    app.task(name=TaskName.expire_jobs.value, acks_late=True)(expire_jobs)
     app.task(name=TaskName.prune.value, acks_late=True)(prune_expired)
+
+    def rollout() -> int:
+        return rollouts.step(submitter)
+
+    app.task(name=TaskName.rollout.value, acks_late=True)(rollout)
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -113,7 +132,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         TaskName.reap: settings.heartbeat_interval_s,
         TaskName.reconcile: max(settings.reconcile_grace_s / 2, 0.5),
         TaskName.expire_batches: settings.batch_expiry_check_s,
+        TaskName.expire_jobs: settings.expire_check_s,
         TaskName.prune: settings.retention_check_s,
+        TaskName.rollout: settings.heartbeat_interval_s,
     }
     return {name.value: {"task": name.value, "schedule": seconds,
                          "options": {"queue": CONTROL_QUEUE, "expires": max(seconds, 1.0)}}

@@ -9,8 +9,8 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
@@ -28,30 +28,25 @@ from llmos_jobs.db.jobs import (
     record_abandoned_usage,
     succeed_job,
 )
-from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import Job
 from llmos_jobs.prompt_templates import DEFAULT_FAMILY, render_retry
 from llmos_jobs.services import batches, graphs, turns
 from llmos_jobs.services import presets as services_presets
 from llmos_jobs.services.filters import ContentFiltered, record_filtered
 from llmos_jobs.services.routing import RoutingPolicy
-from llmos_jobs.services.submission import Submitter
 from llmos_jobs.services.turns import TurnRef
 from llmos_jobs.services.webhooks.events import emit_job_event
-from llmos_jobs.settings import Settings
-from schemas.common import ChatMessage, JobKind, JobStatus, Usage
+from schemas.common import ChatMessage, JobKind, JobStatus
 from schemas.filters import Direction, ModerationRule
 from schemas.language import GenerateRequest, GenerateResult
 from schemas.mindspace import MindspaceTurnRequest, MindspaceTurnResult
-from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
 from schemas.tasks import PRESET_KINDS
 from workers import presets
+from workers.context import JobTimeout, Outcome, WorkerContext, usage_of
 from workers.engines.base import Completion, Engine, EngineRequest, EngineSampling
-from workers.engines.pool import EnginePool
 from workers.filtering import JobFilters
-from workers.held import HeldJobs
-from workers.streaming import EventPublisher, TextSink
-from workers.watch import JobWatcher
+from workers.model_ops import run_model_op, served_by
+from workers.streaming import TextSink
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -59,50 +54,6 @@ _T = TypeVar("_T")
 # How long a finished job's outcome waits for the database before the delivery is
 # retried (and the job run again): longer than a database failover.
 RECORD_PATIENCE_S = 120.0
-
-
-@dataclass
-class Outcome:
-    result: dict[str, Any]
-    usage: Usage
-    # Effects that must land in the same transaction as the job's success.
-    persist: Callable[[Session], None] | None = None
-    # The content filter rules that redacted its input or output.
-    redacted_by: Sequence[str] = ()
-
-
-@dataclass(frozen=True)
-class WorkerContext:
-    name: str
-    submitter: Submitter  # this process's settings and database
-    pool: EnginePool
-    claimant_dead: Callable[[Job], bool]
-    watcher: JobWatcher
-    publish: turns.Publish  # the turns that ending a turn releases
-    held: HeldJobs = field(default_factory=HeldJobs)  # the attempts this process runs
-    # Who writes the files of a batch whose last job ended (the control process);
-    # None: this process, at once.
-    finalize_batch: Callable[[str], None] | None = None
-    # Where jobs' live events go (status changes, text as it is decoded); None: no
-    # Redis holds them (a RabbitMQ broker without LLMOS_STREAM_URL).
-    events: EventPublisher | None = None
-
-    @property
-    def settings(self) -> Settings:
-        return self.submitter.settings
-
-    @property
-    def database(self) -> Database:
-        return self.submitter.database
-
-    @property
-    def time_limit_s(self) -> float:
-        """LLMOS_JOB_TIME_LIMIT_S: no job runs longer."""
-        return self.settings.job_time_limit_s
-
-
-class JobTimeout(Exception):
-    """The job ran past its time limit; the engine stopped it."""
 
 
 def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: EngineSampling,
@@ -134,17 +85,14 @@ def run_on_engine(job: Job, ctx: WorkerContext, engine: Engine, sampling: Engine
     return done
 
 
-def _usage(prompt: int, completion: int, cached: int) -> Usage:
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
-
-
 def filters_of(job: Job, ctx: WorkerContext) -> JobFilters:
     """The content filters of the job's tenant; the moderation step runs on this
     worker's engines, under the job's deadline and cancellation."""
     def classify(rule: ModerationRule, text: str) -> str:
-        engine = ctx.pool.get(rule.model)
-        return run_on_engine(job, ctx, engine, EngineSampling(rule.max_tokens), None,
-                             prompt=text).text
+        with ctx.pool.in_use(rule.model) as ref:
+            engine = ctx.pool.get(ref.name, ref.version)
+            return run_on_engine(job, ctx, engine, EngineSampling(rule.max_tokens), None,
+                                 prompt=text).text
 
     return JobFilters.of(job, ctx.database, classify)
 
@@ -163,7 +111,7 @@ def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     filters = filters_of(job, ctx)
     prompt = None if request.prompt is None else filters.text(request.prompt, Direction.input)
     messages = None if request.messages is None else filters.messages(request.messages)
-    engine = ctx.pool.get(request.model)
+    engine = ctx.pool.get(job.model, job.model_version)
     if request.response_format is not None:
         screened = request.model_copy(update={"prompt": prompt, "messages": messages})
         return _structured_generate(job, ctx, engine, screened, filters)
@@ -171,7 +119,7 @@ def run_generate(job: Job, ctx: WorkerContext) -> Outcome:
     sink, live = _text_sink(job, ctx, filters)
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
                          prompt=prompt, messages=messages, on_text=live)
-    usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
+    usage = usage_of(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     text = filters.text(done.text, Direction.output)
     if sink is not None:
         sink.complete(text)
@@ -201,7 +149,7 @@ def _structured_generate(job: Job, ctx: WorkerContext, engine: Engine,
 
     def again(output: str, error: str) -> Completion:
         if request.prompt is not None:
-            family = services_presets.model_family(ctx.database, job.model)
+            family = services_presets.model_family(ctx.database, served_by(job))
             return _screened(filters, run_on_engine(
                 job, ctx, engine, sampling, left(),
                 prompt=render_retry(request.prompt, output, error, family)))
@@ -231,8 +179,8 @@ def _time_left(ctx: WorkerContext, timeout_s: float | None) -> Callable[[], floa
 
 def run_task_preset(job: Job, ctx: WorkerContext) -> Outcome:
     """summarise, translate, answer, classify, extract (workers.presets)."""
-    engine = ctx.pool.get(job.model)
-    family = services_presets.model_family(ctx.database, job.model)
+    engine = ctx.pool.get(job.model, job.model_version)
+    family = services_presets.model_family(ctx.database, served_by(job))
     filters = filters_of(job, ctx)
     left: Callable[[], float] | None = None
 
@@ -249,35 +197,19 @@ def run_task_preset(job: Job, ctx: WorkerContext) -> Outcome:
     return Outcome(result.model_dump(mode="json"), usage, redacted_by=filters.redacted)
 
 
-def run_model_op(job: Job, ctx: WorkerContext) -> Outcome:
-    request = ModelOpRequest.model_validate(job.payload)
-    started = time.monotonic()
-    if request.op == ModelOp.unload:
-        ctx.pool.unload(request.model)
-    elif request.op == ModelOp.warmup:
-        ctx.pool.warmup(request.model)
-    else:
-        ctx.pool.get(request.model)
-    result = ModelOpResult(
-        model=request.model, op=request.op, worker=ctx.name,
-        loaded=request.model in ctx.pool.loaded(), seconds=time.monotonic() - started,
-    )
-    return Outcome(result.model_dump(mode="json"), _usage(0, 0, 0))
-
-
 def run_mindspace_turn(job: Job, ctx: WorkerContext) -> Outcome:
     request = MindspaceTurnRequest.model_validate(job.payload)
     filters = filters_of(job, ctx)
     # The screened message is what the history keeps: no redacted text is stored.
     message = filters.text(request.message, Direction.input)
-    engine = ctx.pool.get(job.model)
+    engine = ctx.pool.get(job.model, job.model_version)
     prompt = turns.assemble(job, request.mindspace_id, message,
                             lambda text: len(engine.tokenize(text)), database=ctx.database)
     sampling = EngineSampling(request.max_tokens, request.temperature)
     sink, live = _text_sink(job, ctx, filters)
     done = run_on_engine(job, ctx, engine, sampling, request.timeout_s,
                          messages=prompt.messages, on_text=live)
-    usage = _usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
+    usage = usage_of(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
     reply = filters.text(done.text, Direction.output)
     if sink is not None:
         sink.complete(reply)
@@ -341,7 +273,7 @@ def execute_job(*, job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOut
     with ctx.held.holding(job_id, message_id):  # before the claim: see workers.held
         try:
             outcome = _execute(job_id, message_id, ctx)
-            if outcome in (ClaimOutcome.claimed, ClaimOutcome.poison):
+            if outcome in (ClaimOutcome.claimed, ClaimOutcome.poison, ClaimOutcome.expired):
                 _announce_end(job_id, ctx)
             return outcome
         except DBAPIError:
@@ -373,6 +305,8 @@ def _announce_end(job_id: str, ctx: WorkerContext) -> None:
         ended = observe.ended_job(session=session, job_id=job_id)
     if ended is None:  # the attempt failed and the job will run again
         return
+    # A slot freed: the dispatcher releases the next held job now, not at its poll.
+    ctx.submitter.ring_dispatcher()
     metrics.job_ended(ended)
     if ctx.events is not None:
         ctx.events.status(job_id, JobStatus(ended.status))
@@ -403,9 +337,12 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
             pid=os.getpid(), max_attempts=ctx.settings.max_attempts,
             claimant_dead=ctx.claimant_dead,
         )
-        if claim.outcome == ClaimOutcome.poison and claim.job and claim.job.webhook_url:
+        # Ended by the claim itself (delivered too often, or past its deadline): it never
+        # runs, and what follows an ending follows here.
+        ended_unrun = claim.outcome in (ClaimOutcome.poison, ClaimOutcome.expired)
+        if ended_unrun and claim.job and claim.job.webhook_url:
             emit_job_event(session=session, job_id=job_id, settings=ctx.settings)
-    if claim.outcome == ClaimOutcome.poison and claim.job is not None:
+    if ended_unrun and claim.job is not None:
         turns.release_after(claim.job, publish=ctx.publish,
                             routing=RoutingPolicy.of(ctx.settings),
                             database=ctx.database)
@@ -420,8 +357,7 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
         # not the job failing, and is waited out by this attempt, which holds the job
         # (past the patience the delivery is retried, and its claim takes the job over).
         outcome = _waiting_out_the_database(
-            job.id, "database out of reach while running",
-            lambda: HANDLERS[job.kind](job, ctx))
+            job.id, "database out of reach while running", lambda: _handle(job, ctx))
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:  # the job failed, or a filter blocked it; its row says why
@@ -447,6 +383,16 @@ def _execute(job_id: str, message_id: str, ctx: WorkerContext) -> ClaimOutcome:
     _record(job, ctx, record_success)
     _after_final(job.batch_id, job.parent_id, ctx)
     return ClaimOutcome.claimed
+
+
+def _handle(job: Job, ctx: WorkerContext) -> Outcome:
+    """Run the job's handler holding the model version it records, so that the pool
+    neither evicts nor expires it while the job runs (a model operation holds nothing:
+    an unload must not wait for itself)."""
+    if job.kind == JobKind.model_op:
+        return HANDLERS[job.kind](job, ctx)
+    with ctx.pool.in_use(job.model, job.model_version):
+        return HANDLERS[job.kind](job, ctx)
 
 
 def _record_unsuccessful(job: Job, message_id: str, ctx: WorkerContext,

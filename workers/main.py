@@ -15,6 +15,10 @@ from llmos_jobs.db import registry
 from llmos_jobs.db.migrate import upgrade
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import RegisteredModel
+from llmos_jobs.dispatch_bell import DispatchBell
+from llmos_jobs.job_events import events_url
+from llmos_jobs.services.dispatcher import Dispatcher
+from llmos_jobs.services.quotas import TokenPacer
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import get_settings
 from schemas.model import EngineKind
@@ -124,9 +128,19 @@ def run_control(*, name: str | None, beat: bool, concurrency: int, loglevel: str
     app = worker_app(submitter)
     upgrade(submitter.database)
     app.conf.beat_schedule = beat_schedule(settings)
+    # Every control process runs a dispatcher: releases are compare-and-sets, so more
+    # than one never sends a job twice, and any one of them keeps held jobs moving.
+    bell_url = events_url(settings)
+    # Batch jobs are paced by their tenant's tokens per minute (docs/quotas.md).
+    dispatcher = Dispatcher(settings, submitter.database, app,
+                            pacer=TokenPacer(submitter.quotas),
+                            bell=DispatchBell(bell_url) if bell_url is not None else None)
+    worker_ready.connect(lambda **_: dispatcher.start(), weak=False)
+    worker_shutdown.connect(lambda **_: dispatcher.stop(), weak=False)
     if settings.control_metrics_port:
         endpoint = MetricsEndpoint.for_control(port=settings.control_metrics_port,
-                                               database=submitter.database)
+                                               database=submitter.database,
+                                               scale=settings.scale_policy())
         worker_ready.connect(lambda **_: endpoint.start(), weak=False)
         worker_shutdown.connect(lambda **_: endpoint.stop(), weak=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

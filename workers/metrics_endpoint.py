@@ -26,6 +26,7 @@ from prometheus_client.values import MutexValue, ValueClass
 from llmos_jobs import metrics
 from llmos_jobs.db.session import Database
 from llmos_jobs.errors import LlmosError
+from llmos_jobs.scaling import ScalePolicy
 
 
 def prefork_registry(*, gpu: int | None) -> CollectorRegistry:
@@ -66,10 +67,12 @@ class MetricsEndpoint:
         return cls(port=port, registry=registry)
 
     @classmethod
-    def for_control(cls, *, port: int, database: Database) -> MetricsEndpoint:
+    def for_control(cls, *, port: int, database: Database, scale: ScalePolicy | None = None
+                    ) -> MetricsEndpoint:
         """The control process's: webhook outcomes, and the database's state (queue
         depth, jobs queued and running, workers), as the API's /metrics has it."""
-        return cls(port=port, registry=metrics.worker_registry(gpu=None, database=database))
+        return cls(port=port, registry=metrics.worker_registry(gpu=None, database=database,
+                                                                  scale=scale))
 
     def start(self) -> None:
         self._server, self._thread = start_http_server(self.port, registry=self.registry)

@@ -1,6 +1,7 @@
 """The reaper: a worker whose heartbeat stopped is declared dead, and each job it was
 running gets a new attempt (a new message id; the old message, if it ever comes back,
-is recognised as stale and dropped).
+is recognised as stale and dropped); so does each job queued on its queues whose
+message the broker had handed it and it never claimed.
 
 Each pass also takes back what no live process will ever finish:
 - jobs waiting on the direct queue of a worker that is not alive (stopped gracefully,
@@ -24,6 +25,9 @@ from llmos_jobs.states import WorkerState
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[Job, str], None]
+# Sends again the queued jobs of these queues whose messages were delivered and never
+# claimed (llmos_jobs.services.reconcile.resend_delivered); how many.
+ResendDelivered = Callable[[list[str]], int]
 
 
 def requeue_orphans(*, database: Database, worker: str, enqueue: Enqueue,
@@ -41,10 +45,14 @@ def requeue_orphans(*, database: Database, worker: str, enqueue: Enqueue,
     return count
 
 
-def reap(*, database: Database, dead_after_s: float, enqueue: Enqueue) -> int:
+def reap(*, database: Database, dead_after_s: float, enqueue: Enqueue,
+         resend_delivered: ResendDelivered | None = None) -> int:
     """Declare silent workers dead and re-enqueue their jobs, and take back what no
-    live process will finish (see the module docstring); the number re-enqueued."""
-    count = _reap_silent(database=database, dead_after_s=dead_after_s, enqueue=enqueue)
+    live process will finish (see the module docstring); the number re-enqueued.
+    ``resend_delivered``: what a worker declared dead took from its queues and never
+    claimed is sent again at once (None: left to the reconciler's patience)."""
+    count = _reap_silent(database=database, dead_after_s=dead_after_s, enqueue=enqueue,
+                         resend_delivered=resend_delivered)
     count += reroute_abandoned_direct_queues(database=database, enqueue=enqueue)
     count += requeue_after_graceful_stop(database=database, dead_after_s=dead_after_s,
                                          enqueue=enqueue)
@@ -52,7 +60,8 @@ def reap(*, database: Database, dead_after_s: float, enqueue: Enqueue) -> int:
     return count
 
 
-def _reap_silent(*, database: Database, dead_after_s: float, enqueue: Enqueue) -> int:
+def _reap_silent(*, database: Database, dead_after_s: float, enqueue: Enqueue,
+                 resend_delivered: ResendDelivered | None) -> int:
     with session_scope(database) as session:
         stale = registry.stale_workers(session=session, dead_after_s=dead_after_s)
     count = 0
@@ -68,6 +77,10 @@ def _reap_silent(*, database: Database, dead_after_s: float, enqueue: Enqueue) -
                         dead_after_s)
             count += requeue_orphans(database=database, worker=worker.name, enqueue=enqueue,
                                      only=lambda _: True)
+            if resend_delivered is not None:
+                # Its direct queue's jobs go to their model's queue below.
+                count += resend_delivered([q for q in worker.queues
+                                           if q != worker_queue(worker.name)])
     return count
 
 

@@ -8,8 +8,9 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 from celery import Celery
@@ -25,10 +26,11 @@ from llmos_jobs.job_events import JobEventWriter, events_url
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.settings import Settings
 from llmos_jobs.states import WorkerState
+from workers.context import WorkerContext
 from workers.engines.pool import EngineChoice, EnginePool
-from workers.execution import WorkerContext
 from workers.held import HeldJobs
 from workers.reaper import requeue_orphans
+from workers.replicas import follow_replicas, left_queue, version_queues
 from workers.resources import sample
 from workers.streaming import EventPublisher
 from workers.watch import JobWatcher
@@ -99,6 +101,14 @@ class WorkerRuntime:
             return not psutil.pid_exists(job.worker_pid)
         return False
 
+    def left_queue(self, delivery_info: Mapping[str, Any] | None) -> str | None:
+        """The version queue a delivery came from, when this worker no longer consumes
+        it (workers.replicas.left_queue). A prefork pool's child holds the copy of
+        ``queues`` made when it was forked, so it cannot tell: it runs what it gets."""
+        if self.pool_kind == "prefork":
+            return None
+        return left_queue(delivery_info, self.queues)
+
     def context(self) -> WorkerContext:
         return WorkerContext(name=self.name, submitter=self.submitter, pool=self.pool,
                              claimant_dead=self.claimant_dead, watcher=self.watcher,
@@ -124,6 +134,18 @@ class WorkerRuntime:
                             only=lambda j: j.worker_pid != os.getpid())
         self._thread = threading.Thread(target=self._loop, name="llmos-heartbeat", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._preload, name="llmos-preload", daemon=True).start()
+
+    def _preload(self) -> None:
+        """The versions of the replicas placed here (a restart under the same name) are
+        loaded at start, before their first job."""
+        try:
+            _, held = version_queues(self.database, self.name)
+            for ref in held:
+                name, _, version = ref.partition("@")
+                self.pool.get(name, int(version))
+        except Exception:  # best effort: the replica's own load op follows anyway
+            log.exception("preloading this worker's replicas failed")
 
     def stop(self) -> None:
         self._stop.set()
@@ -141,13 +163,15 @@ class WorkerRuntime:
     def tick(self) -> None:
         if self.models is None:
             self._follow_new_models()
+        follow_replicas(self.app, self.database, self.name, self.queues)
         beat_at = utcnow()  # before the snapshot: see WorkerRecord.holding
         # A prefork pool runs jobs in child processes, whose attempts this one cannot
         # see: it names its live processes instead (WorkerRecord.pool_pids).
         prefork = self.pool_kind == "prefork"
         holding = None if prefork else self.held.job_ids()
         pool_pids = _live_pool_pids() if prefork else None
-        engines = {n: st.summary() for n, st in self.pool.stats().items()}
+        self.pool.expire_idle()  # keep_alive: before the report, which then omits them
+        engines = self.pool.report()
         resources = sample(self.device)
 
         def beat(rejoin: bool) -> bool:

@@ -5,9 +5,11 @@ import this module."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
 from broker_config import JOB_TASKS, TaskName
@@ -18,6 +20,8 @@ from llmos_jobs.services.webhooks.delivery import attempt_delivery
 from workers.control import register_control_tasks
 from workers.execution import execute_job
 from workers.runtime import get_runtime
+
+log = logging.getLogger(__name__)
 
 
 def worker_app(submitter: Submitter) -> Celery:
@@ -34,10 +38,16 @@ def register_tasks(app: Celery, submitter: Submitter) -> None:
     """Register every llmos task on ``app``, one per task name."""
 
     def run(task: Task, job_id: str) -> str:
+        runtime = get_runtime()
+        left = runtime.left_queue(task.request.delivery_info)
+        if left is not None:
+            log.info("job %s: given back to %s, which this worker no longer consumes",
+                     job_id, left)
+            raise Reject(f"this worker no longer consumes {left}", requeue=True)
         # A turn's message is published only once the turns before it have ended
         # (llmos_jobs.services.turns): it never has to wait here.
         return execute_job(job_id=job_id, message_id=task.request.id,
-                           ctx=get_runtime().context()).value
+                           ctx=runtime.context()).value
 
     def expand_batch(batch_id: str) -> None:
         batches.expand(submitter, batch_id)

@@ -20,6 +20,7 @@ from llmos_jobs.api.routes import (
     batches,
     chat,
     completions,
+    deployments,
     embeddings,
     files,
     jobs,
@@ -56,8 +57,8 @@ Every POST takes an `Idempotency-Key` header: sent again with the same body with
 nothing (`Idempotent-Replayed: true`); the same key with another body answers 422.
 """
 
-ROUTERS = (jobs, tasks, mindspaces, mindspace_state, models, workers, chat, completions,
-           keys, files, batches, webhooks, tenants, retention, embeddings)
+ROUTERS = (jobs, tasks, mindspaces, mindspace_state, models, deployments, workers, chat,
+           completions, keys, files, batches, webhooks, tenants, retention, embeddings)
 
 
 def create_app(settings: Settings) -> FastAPI:

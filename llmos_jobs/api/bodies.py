@@ -8,7 +8,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from llmos_jobs.db.tables import JobPublic, MindspacePublic
-from schemas.common import PRIORITY_CLASSES, Contract, parse_priority
+from schemas.common import PRIORITY_CLASSES, Contract, DeadlineOptions, parse_priority
 from schemas.language import GenerateRequest
 from schemas.mindspace import MindspaceTurnRequest
 
@@ -82,8 +82,8 @@ class MindspaceView(MindspacePublic):
                                                        {"worker"}))
 
 
-class JobSubmit(GenerateRequest):
-    """A language job: the ``generate`` payload plus its priority and webhook."""
+class JobSubmit(GenerateRequest, DeadlineOptions):
+    """A language job: the ``generate`` payload plus its priority, webhook and deadline."""
 
     priority: ApiPriority = PRIORITY_CLASSES["default"]
     webhook: str | None = Field(
@@ -93,7 +93,7 @@ class JobSubmit(GenerateRequest):
     )
 
 
-class TurnSubmit(Contract):
+class TurnSubmit(DeadlineOptions, Contract):
     message: str = Field(min_length=1)
     # Unset: the mindspace's own defaults (its settings).
     max_tokens: int | None = Field(default=None, gt=0)

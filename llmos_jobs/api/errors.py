@@ -3,6 +3,7 @@ so that OpenAI SDKs and plain HTTP clients read the same shape from every route.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +21,7 @@ from llmos_jobs.errors import (
     InvalidRequest,
     LlmosError,
     NotFound,
+    QuotaExceeded,
     StreamingUnavailable,
 )
 
@@ -39,7 +41,8 @@ class ErrorBody(BaseModel):
 # shape, which this API never sends.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     "4XX": {"model": ErrorBody, "description": "Rejected: bad input (400), missing or wrong "
-            "key (401), missing scope (403), not found (404), conflict (409)"},
+            "key (401), missing scope (403), not found (404), conflict (409), over a quota "
+            "(429, with Retry-After; code names the quota)"},
     "5XX": {"model": ErrorBody, "description": "Broker unreachable (503), wait timed out "
             "(504), or an internal error"},
 }
@@ -87,7 +90,18 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return _response(exc.status, exc.detail, exc.headers)
 
 
+def _quota_refusal(exc: QuotaExceeded) -> JSONResponse:
+    # OpenAI's rate-limit shape: 429, type rate_limit_error; the code names the quota.
+    # Retry-After only where waiting can help (not for a refused priority).
+    headers = (None if exc.retry_after_s is None
+               else {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+    return _response(429, ErrorDetail(message=str(exc), type="rate_limit_error",
+                                      code=exc.limit), headers)
+
+
 async def _llmos_error(_: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, QuotaExceeded):
+        return _quota_refusal(exc)
     for kind, status, type_, code in _LLMOS_ERRORS:
         if isinstance(exc, kind):
             return _response(status, ErrorDetail(message=str(exc), type=type_, code=code))

@@ -155,16 +155,23 @@ class Gate:
                               f"{self.limits.json_depth} (LLMOS_LIMIT_JSON_DEPTH)",
                          "invalid_request_error", "invalid_value")(scope, receive, send)
             return
-        replayed = False
+        await self.app(scope, replaying(bytes(body), receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        await self.app(scope, replay, send)
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands a body already read to the route as if it arrived just
+    now, then passes on what the client sends next: its disconnect, which a streamed
+    answer (docs/streaming.md) listens for while it streams."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def action_of(route: APIRoute) -> str | None:

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmos_jobs.api.audit import AuditEntry
 from llmos_jobs.api.auth import TENANT_HEADER, Authorize
 from llmos_jobs.api.errors import ErrorBody, ErrorDetail
-from llmos_jobs.api.gate import KEY_STATE
+from llmos_jobs.api.gate import KEY_STATE, replaying
 from llmos_jobs.db.tables import ApiKey
 from llmos_jobs.errors import IdempotencyInProgress, IdempotencyMismatch, InvalidRequest
 from llmos_jobs.services import idempotency
@@ -126,16 +126,6 @@ class IdempotencyMiddleware:
         status = 500
         content_type: str | None = None
         chunks: list[bytes] = []
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                # The client's own disconnect, when it comes: a streamed answer
-                # (docs/streaming.md) listens for it while it streams.
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
         async def keep(message: Message) -> None:
             nonlocal status, content_type
@@ -147,7 +137,7 @@ class IdempotencyMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, replay, keep)
+            await self.app(scope, replaying(body, receive), keep)
         except BaseException:
             await anyio.to_thread.run_sync(lambda: idempotency.release(
                 self.idempotency, tenant=tenant, key=key))

@@ -24,7 +24,7 @@ PATH = "/metrics"
 
 
 def install_metrics(app: FastAPI, *, settings: Settings, database: Database) -> None:
-    registry = metrics.state_registry(database)
+    registry = metrics.state_registry(database, scale=settings.scale_policy())
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
 
     # Not in the OpenAPI schema: it is the Prometheus text format for scrapers, not

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.common import DeadlineOptions
 from schemas.language import ResponseFormat
 
 
@@ -68,7 +69,10 @@ class Streamable(BaseModel):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-class ChatCompletionRequest(Streamable):
+class ChatCompletionRequest(Streamable, DeadlineOptions):
+    """OpenAI's chat completions; ``deadline`` and ``sla`` are this server's extensions
+    (docs/deadlines.md): past it, the job not started answers 504 deadline_expired."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
@@ -87,8 +91,9 @@ class ChatCompletionRequest(Streamable):
                                   "the validation error)")
 
 
-class CompletionRequest(Streamable):
-    """OpenAI's (legacy) completions: one prompt, continued."""
+class CompletionRequest(Streamable, DeadlineOptions):
+    """OpenAI's (legacy) completions: one prompt, continued; ``deadline`` and ``sla`` as
+    for chat completions."""
 
     model_config = ConfigDict(extra="forbid")
 

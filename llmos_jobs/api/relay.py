@@ -113,13 +113,17 @@ def usage_of(job: JobPublic) -> CompletionUsage:
 
 
 def ended_error(job: JobPublic) -> ApiError | None:
-    """Why a job that ended has no answer (failed, cancelled); None if it has."""
+    """Why a job that ended has no answer (failed, filtered, expired, cancelled); None
+    if it has."""
     if job.status == JobStatus.failed:
         return ApiError(500, f"job {job.id} failed: {job.error_type}: {job.error_message}",
                         type_="server_error", code="job_failed")
     if job.status == JobStatus.filtered:  # as Azure OpenAI's content filter answers
         return ApiError(400, f"job {job.id} was filtered: {job.error_message}",
                         type_="invalid_request_error", code="content_filter")
+    if job.status == JobStatus.expired:  # it never ran: a gateway's timeout, not a fault
+        return ApiError(504, f"job {job.id} expired: {job.error_message}",
+                        type_="timeout_error", code="deadline_expired")
     if job.status != JobStatus.succeeded or job.result is None or job.usage is None:
         return ApiError(409, f"job {job.id} was {job.status.value} before it answered",
                         type_="invalid_request_error", code="job_cancelled")
@@ -143,7 +147,7 @@ class ChunkWriter:
 async def openai_chunks(client: LlmosClient, url: str, job_id: str, timeout_s: float,
                         write: ChunkWriter, include_usage: bool) -> AsyncIterator[str]:
     """A job's text as OpenAI's stream: its pieces, the finish reason, the usage when
-    asked, ``[DONE]``; a job that failed, was filtered or timed out ends it with an
+    asked, ``[DONE]``; a job that failed, was filtered, expired or timed out ends it with an
     error the SDK raises."""
     async for piece in text_then_end(client, url, job_id, timeout_s):
         if isinstance(piece, TimedOut):

@@ -30,7 +30,7 @@ def create(
     as_json: bool = _JSON,
 ) -> None:
     """Create a key and print it once: only its digest is stored."""
-    from llmos_jobs.client_audit import default_actor, record
+    from llmos_jobs.client.audit import default_actor, record
     from llmos_jobs.db.session import session_scope
     from llmos_jobs.services.api_keys import issue_key, parse_scopes
 
@@ -79,7 +79,7 @@ def list_keys(
 @key_app.command("revoke")
 def revoke(key_id: str, as_json: bool = _JSON) -> None:
     """Revoke a key: the API refuses it from the next call on."""
-    from llmos_jobs.client_audit import default_actor, record
+    from llmos_jobs.client.audit import default_actor, record
     from llmos_jobs.db import keys as key_rows
     from llmos_jobs.db.session import session_scope
     from llmos_jobs.db.tables import ApiKeyPublic

@@ -9,6 +9,8 @@ from typing import Any
 import typer
 
 from llmos_jobs.cli.output import (
+    DEADLINE,
+    SLA,
     console,
     emit_json,
     err_console,
@@ -65,6 +67,8 @@ def submit(
         False, "--stream", help="Print the text to stdout as the worker decodes it (the "
                                 "job id goes to stderr); with --json, each live event "
                                 "(status, delta) as one JSON line. Exit 1 unless it succeeds."),
+    deadline: str = DEADLINE,
+    sla: str = SLA,
     as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
 ) -> None:
     """Submit a language job (generate from a prompt or chat messages)."""
@@ -77,7 +81,7 @@ def submit(
         model=model, prompt=prompt, messages=_messages(messages) if messages else None,
         max_tokens=max_tokens, temperature=temperature, stop=stop, priority=priority,
         webhook=webhook, timeout_s=timeout_s, response_format=response_format,
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency_key, deadline=deadline, sla=sla,
     )
     if stream:
         err_console.print(f"queued {job.id} (priority {job.priority})", markup=False)

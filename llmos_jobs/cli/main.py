@@ -11,12 +11,14 @@ import typer
 from llmos_jobs.cli import (
     access,
     batch,
+    deployments,
     encryption,
     health,
     jobs,
     mindspaces,
     models,
     retention,
+    scale,
     serve,
     stack,
     tasks,
@@ -39,6 +41,7 @@ app.command("translate")(tasks.translate)
 app.command("answer")(tasks.answer)
 app.command("classify")(tasks.classify)
 app.command("extract")(tasks.extract)
+deployments.register_commands(models.model_app)
 app.add_typer(models.model_app, name="model")
 app.add_typer(mindspaces.mindspace_app, name="mindspace")
 app.command("worker")(stack.worker)
@@ -61,6 +64,7 @@ app.add_typer(tenants.tenant_app, name="tenant")
 app.command("prune")(retention.prune)
 app.add_typer(retention.retention_app, name="retention")
 app.command("top")(top.top)
+app.add_typer(scale.scale_app, name="scale")
 
 
 @app.callback()

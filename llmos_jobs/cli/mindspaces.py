@@ -7,12 +7,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from llmos_jobs.cli.output import console, emit_json, table
+from llmos_jobs.cli.output import DEADLINE, SLA, console, emit_json, table
 from llmos_jobs.cli.state import client
 from llmos_jobs.cli.streaming import print_stream
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from llmos_jobs.db.tables import MindspacePublic
+    from llmos_jobs.services.mindspace_limits import MindspaceUsage
 
 mindspace_app = typer.Typer(help="Persistent, isolated LLM contexts.", no_args_is_help=True)
 knowledge_app = typer.Typer(help="A mindspace's knowledge base.", no_args_is_help=True)
@@ -20,10 +23,22 @@ mindspace_app.add_typer(knowledge_app, name="kb")
 _JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
+_PER_TURN = typer.Option(
+    None, "--max-tokens-per-turn", min=0,
+    help="Limit: new tokens a turn may ask for (0: no limit); at most the tenant's "
+         "tokens per minute.")
+_KNOWLEDGE_BYTES = typer.Option(
+    None, "--knowledge-max-bytes", min=0,
+    help="Limit: UTF-8 bytes of documents the knowledge base holds (0: no limit).")
+
+
 def _settings(context_budget: int | None, max_tokens: int | None,
-              temperature: float | None, top_k: int | None) -> dict[str, float]:
+              temperature: float | None, top_k: int | None,
+              per_turn: int | None = None, knowledge_bytes: int | None = None
+              ) -> dict[str, float]:
     given = {"context_budget": context_budget, "max_tokens": max_tokens,
-             "temperature": temperature, "knowledge_top_k": top_k}
+             "temperature": temperature, "knowledge_top_k": top_k,
+             "max_tokens_per_turn": per_turn, "knowledge_max_bytes": knowledge_bytes}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -40,12 +55,16 @@ def create(
                                        help="History tokens kept; older turns are compacted."),
     max_tokens: int = typer.Option(None, "--max-tokens", help="Default reply length."),
     temperature: float = typer.Option(None, "--temperature"),
+    max_tokens_per_turn: int = _PER_TURN,
+    knowledge_max_bytes: int = _KNOWLEDGE_BYTES,
     as_json: bool = _JSON,
 ) -> None:
-    """Create a mindspace on a model."""
+    """Create a mindspace on a model, with its own limits if given (see `llmos
+    mindspace show` for what it uses against them)."""
     mindspace = client().create_mindspace(
         model=model, persona=persona, name=name,
-        **_settings(context_budget, max_tokens, temperature, None))
+        **_settings(context_budget, max_tokens, temperature, None, max_tokens_per_turn,
+                    knowledge_max_bytes))
     _print(mindspace, as_json, "created")
 
 
@@ -57,11 +76,15 @@ def configure(
     max_tokens: int = typer.Option(None, "--max-tokens"),
     temperature: float = typer.Option(None, "--temperature"),
     top_k: int = typer.Option(None, "--knowledge-top-k", help="Knowledge chunks per turn."),
+    max_tokens_per_turn: int = _PER_TURN,
+    knowledge_max_bytes: int = _KNOWLEDGE_BYTES,
     as_json: bool = _JSON,
 ) -> None:
-    """Change a mindspace's persona or settings; its history stays."""
+    """Change a mindspace's persona, settings or limits; its history stays."""
     mindspace = client().configure_mindspace(
-        mindspace_id, persona=persona, **_settings(context_budget, max_tokens, temperature, top_k))
+        mindspace_id, persona=persona,
+        **_settings(context_budget, max_tokens, temperature, top_k, max_tokens_per_turn,
+                    knowledge_max_bytes))
     _print(mindspace, as_json, "configured")
 
 
@@ -78,6 +101,8 @@ def chat(
         "command returns the job the first run queued instead of queueing another; the "
         "key with other arguments is refused."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the reply."),
+    deadline: str = DEADLINE,
+    sla: str = SLA,
     stream: bool = typer.Option(
         False, "--stream", help="Print the reply as the worker decodes it; with --json, "
                                 "each live event (status, delta) as one JSON line."),
@@ -88,7 +113,7 @@ def chat(
 
     llmos = client()
     job = llmos.chat(mindspace_id, message, max_tokens=max_tokens, timeout_s=timeout_s,
-                     idempotency_key=idempotency_key)
+                     idempotency_key=idempotency_key, deadline=deadline, sla=sla)
     if stream:
         print_stream(llmos, job.id, as_json=as_json)
         return
@@ -105,10 +130,16 @@ def chat(
 
 @mindspace_app.command("show")
 def show(mindspace_id: str, as_json: bool = _JSON) -> None:
-    """Show a mindspace with its messages."""
-    mindspace = client().mindspace(mindspace_id)
+    """Show a mindspace with its messages, and what it uses against its limits:
+    history messages and tokens (against context_budget), knowledge bytes and chunks
+    (against knowledge_max_bytes), turns, and tokens in and out so far (a turn's
+    against max_tokens_per_turn). With --json: the mindspace, and its usage under
+    "usage"."""
+    llmos = client()
+    mindspace = llmos.mindspace(mindspace_id)
+    used = llmos.mindspace_usage(mindspace_id)
     if as_json:
-        emit_json(mindspace)
+        emit_json({**mindspace.model_dump(mode="json"), "usage": used.model_dump(mode="json")})
         return
     console.print(f"mindspace {mindspace.id} on {mindspace.model}"
                   + (f" ({mindspace.name})" if mindspace.name else "")
@@ -118,6 +149,26 @@ def show(mindspace_id: str, as_json: bool = _JSON) -> None:
     for m in mindspace.messages:
         console.print(f"[bold]{m.role}[/bold]{' (compacted)' if m.compacted else ''}: ", end="")
         console.print(m.content, markup=False)
+    console.print(_usage(used))
+
+
+def _usage(used: MindspaceUsage) -> Table:
+    def limit(value: int | None) -> str:
+        return "no limit" if value is None else str(value)
+
+    grid = table("uses", "so far", "limit", title="usage")
+    tokens = "-" if used.history_tokens is None else str(used.history_tokens)
+    grid.add_row("history", f"{used.history_messages} messages, {tokens} tokens"
+                 + (f" ({used.compacted_messages} compacted)" if used.compacted_messages
+                    else ""), f"{used.context_budget} tokens")
+    grid.add_row("knowledge", f"{used.knowledge_bytes} bytes, {used.knowledge_chunks} "
+                 f"chunks, {used.knowledge_documents} documents",
+                 limit(used.knowledge_max_bytes) + " bytes"
+                 * (used.knowledge_max_bytes is not None))
+    grid.add_row("turns", f"{used.turns}, {used.prompt_tokens} tokens in, "
+                 f"{used.completion_tokens} out", limit(used.max_tokens_per_turn)
+                 + " new tokens a turn" * (used.max_tokens_per_turn is not None))
+    return grid
 
 
 @mindspace_app.command("list")

@@ -29,6 +29,15 @@ console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
 # A message or warning is one line, whatever the terminal's width: scripts grep them.
 err_console = Console(stderr=True, soft_wrap=True)
 
+# When a job must have started (docs/deadlines.md); every submitting command takes them.
+DEADLINE = typer.Option(
+    None, "--deadline", help="The latest moment the job may start, ISO 8601 with a zone "
+                             "(2026-11-30T05:00:00Z); not started by then, it ends 'expired' "
+                             "without running.")
+SLA = typer.Option(
+    None, "--sla", help="An SLA class instead of --deadline: interactive | standard | batch "
+                        "(seconds from now set by LLMOS_SLA_<CLASS>_S).")
+
 
 def emit_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
     if isinstance(value, dict):
@@ -107,6 +116,8 @@ def _answer(job: JobPublic) -> str | None:
 def show_job(job: JobPublic) -> None:
     console.print(job_table([job]))
     console.print(f"id: {job.id}")
+    if job.model_version is not None:
+        console.print(f"model: {job.model}@{job.model_version}", markup=False)
     if job.content_expired_at is not None:
         console.print(f"content expired: its prompt and output were removed at "
                       f"{job.content_expired_at.isoformat()} (retention)", markup=False)
@@ -119,5 +130,8 @@ def show_job(job: JobPublic) -> None:
         text = _answer(job)
         if text is not None:
             console.print("output:", repr(text), markup=False)
+    if job.deadline is not None:
+        console.print(f"deadline: {job.deadline.isoformat()} (the latest moment it may start)",
+                      markup=False)
     if job.error_message:
         console.print(f"error: {job.error_type}: {job.error_message}", markup=False)

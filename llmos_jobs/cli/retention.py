@@ -24,7 +24,7 @@ def prune(
     (their id, status, timestamps, model and usage stay), files and batch outputs,
     audit rows, finished webhook deliveries, expired idempotency keys. The control
     process does this every LLMOS_RETENTION_CHECK_S; this runs it now."""
-    from llmos_jobs.client_audit import default_actor, record
+    from llmos_jobs.client.audit import default_actor, record
     from llmos_jobs.services import retention
     from llmos_jobs.settings import get_settings
 
@@ -90,7 +90,7 @@ def set_(
     as_json: bool = _JSON,
 ) -> None:
     """Set a tenant's own retention; kinds not named keep what they had."""
-    from llmos_jobs.client_audit import default_actor, record
+    from llmos_jobs.client.audit import default_actor, record
     from llmos_jobs.services import retention
     from llmos_jobs.settings import get_settings
 

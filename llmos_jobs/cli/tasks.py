@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from llmos_jobs.cli.output import report_submitted
+from llmos_jobs.cli.output import DEADLINE, SLA, report_submitted
 from llmos_jobs.cli.state import client
 from llmos_jobs.errors import InvalidRequest
 
@@ -42,9 +42,11 @@ def _read(source: str, what: str) -> str:
 
 
 def _run(kind: str, request: dict[str, Any], *, priority: str, webhook: str | None,
-         wait: bool, timeout: float, as_json: bool) -> None:
+         deadline: str | None, sla: str | None, wait: bool, timeout: float, as_json: bool
+         ) -> None:
     llmos = client()
-    job: JobPublic = llmos.task(kind, request, priority=priority, webhook=webhook)
+    job: JobPublic = llmos.task(kind, request, priority=priority, webhook=webhook,
+                                deadline=deadline, sla=sla)
     if wait:
         [job] = llmos.wait([job.id], timeout_s=timeout)
     report_submitted(job, waited=wait, as_json=as_json,
@@ -59,13 +61,15 @@ def summarise(
     style: str = typer.Option("paragraph", "--style", help="paragraph | bullets."),
     model: str = MODEL, priority: str = PRIORITY, webhook: str = WEBHOOK,
     temperature: float = TEMPERATURE, timeout_s: float = TIMEOUT_S, wait: bool = WAIT,
+    deadline: str = DEADLINE, sla: str = SLA,
     timeout: float = TIMEOUT, as_json: bool = AS_JSON,
 ) -> None:
     """Summarise a text file (or stdin) with the model."""
     budget: str | int = int(length) if length.isdigit() else length
     _run("summarise", {"model": model, "text": _read(file, "FILE"), "length": budget,
                        "style": style, "temperature": temperature, "timeout_s": timeout_s},
-         priority=priority, webhook=webhook, wait=wait, timeout=timeout, as_json=as_json)
+         priority=priority, webhook=webhook, deadline=deadline, sla=sla, wait=wait,
+         timeout=timeout, as_json=as_json)
 
 
 def translate(
@@ -75,6 +79,7 @@ def translate(
     max_tokens: int = typer.Option(256, "--max-tokens", help="Tokens to generate at most."),
     model: str = MODEL, priority: str = PRIORITY, webhook: str = WEBHOOK,
     temperature: float = TEMPERATURE, timeout_s: float = TIMEOUT_S, wait: bool = WAIT,
+    deadline: str = DEADLINE, sla: str = SLA,
     timeout: float = TIMEOUT, as_json: bool = AS_JSON,
 ) -> None:
     """Translate a text into another language."""
@@ -82,7 +87,8 @@ def translate(
                        "target_language": to, "source_language": source,
                        "max_tokens": max_tokens, "temperature": temperature,
                        "timeout_s": timeout_s},
-         priority=priority, webhook=webhook, wait=wait, timeout=timeout, as_json=as_json)
+         priority=priority, webhook=webhook, deadline=deadline, sla=sla, wait=wait,
+         timeout=timeout, as_json=as_json)
 
 
 def answer(
@@ -93,6 +99,7 @@ def answer(
     max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens to generate at most."),
     model: str = MODEL, priority: str = PRIORITY, webhook: str = WEBHOOK,
     temperature: float = TEMPERATURE, timeout_s: float = TIMEOUT_S, wait: bool = WAIT,
+    deadline: str = DEADLINE, sla: str = SLA,
     timeout: float = TIMEOUT, as_json: bool = AS_JSON,
 ) -> None:
     """Answer a question from given passages; the result lists the passages cited."""
@@ -101,7 +108,8 @@ def answer(
     _run("answer", {"model": model, "question": question, "context": passages,
                     "max_tokens": max_tokens, "temperature": temperature,
                     "timeout_s": timeout_s},
-         priority=priority, webhook=webhook, wait=wait, timeout=timeout, as_json=as_json)
+         priority=priority, webhook=webhook, deadline=deadline, sla=sla, wait=wait,
+         timeout=timeout, as_json=as_json)
 
 
 def classify(
@@ -111,6 +119,7 @@ def classify(
     max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens to generate at most."),
     model: str = MODEL, priority: str = PRIORITY, webhook: str = WEBHOOK,
     temperature: float = TEMPERATURE, timeout_s: float = TIMEOUT_S, wait: bool = WAIT,
+    deadline: str = DEADLINE, sla: str = SLA,
     timeout: float = TIMEOUT, as_json: bool = AS_JSON,
 ) -> None:
     """Classify a text into one of the given labels (read from the model's output:
@@ -118,7 +127,8 @@ def classify(
     _run("classify", {"model": model, "text": sys.stdin.read() if text == "-" else text,
                       "labels": label, "max_tokens": max_tokens, "temperature": temperature,
                       "timeout_s": timeout_s},
-         priority=priority, webhook=webhook, wait=wait, timeout=timeout, as_json=as_json)
+         priority=priority, webhook=webhook, deadline=deadline, sla=sla, wait=wait,
+         timeout=timeout, as_json=as_json)
 
 
 def extract(
@@ -128,6 +138,7 @@ def extract(
     max_tokens: int = typer.Option(256, "--max-tokens", help="Tokens to generate at most."),
     model: str = MODEL, priority: str = PRIORITY, webhook: str = WEBHOOK,
     temperature: float = TEMPERATURE, timeout_s: float = TIMEOUT_S, wait: bool = WAIT,
+    deadline: str = DEADLINE, sla: str = SLA,
     timeout: float = TIMEOUT, as_json: bool = AS_JSON,
 ) -> None:
     """Extract fields from a text as JSON valid against a JSON Schema (an invalid
@@ -136,7 +147,8 @@ def extract(
                      "json_schema": json_schema_file(schema, "--schema"),
                      "max_tokens": max_tokens, "temperature": temperature,
                      "timeout_s": timeout_s},
-         priority=priority, webhook=webhook, wait=wait, timeout=timeout, as_json=as_json)
+         priority=priority, webhook=webhook, deadline=deadline, sla=sla, wait=wait,
+         timeout=timeout, as_json=as_json)
 
 
 def json_schema_file(source: str, what: str) -> dict[str, Any]:

@@ -1,19 +1,24 @@
-"""`llmos tenant filters ...`: the content filters of a tenant (an operator's tool; the
-global --tenant names the tenant). docs/filters.md describes the rules."""
+"""`llmos tenant ...`: a tenant's operator settings (an operator's tool; the global
+--tenant names the tenant): its scheduling policy (weight and quotas, docs/quotas.md)
+and its content filters (docs/filters.md)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from llmos_jobs.cli.output import console, emit_json, err_console, table
 from llmos_jobs.cli.state import client, current_tenant
 
-tenant_app = typer.Typer(help="Operator settings of a tenant (the global --tenant).",
+if TYPE_CHECKING:
+    from llmos_jobs.db.tenant_tables import TenantPolicyPublic
+
+tenant_app = typer.Typer(help="Operator settings of a tenant (the global --tenant): its "
+                              "weight and quotas, its content filters.",
                          no_args_is_help=True)
 filters_app = typer.Typer(
     help="Content filters: input normalisation, PII redaction, block lists and regular "
@@ -39,6 +44,102 @@ def _read_rules(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{path} must hold one JSON object (the tenant's rules)")
     return data
+
+
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _print_policy(policies: list[TenantPolicyPublic]) -> None:
+    grid = table("tenant", "weight", "max queued", "max running", "tokens/min",
+                 "max priority", "updated")
+    for p in policies:
+        grid.add_row(p.tenant, f"{p.weight:g}", _limit(p.max_queued), _limit(p.max_running),
+                     _limit(p.tokens_per_minute), _limit(p.max_priority),
+                     p.updated_at.isoformat(timespec="seconds") if p.updated_at
+                     else "never (default)")
+    console.print(grid)
+
+
+@tenant_app.command("set")
+def set_policy(
+    weight: float = typer.Option(None, "--weight", help="Its share of the workers against "
+                                 "other backlogged tenants at one priority (default 1)."),
+    max_queued: int = typer.Option(None, "--max-queued", help="Jobs queued or waiting at "
+                                   "once, batches aside; more are refused (HTTP 429)."),
+    max_running: int = typer.Option(None, "--max-running", help="Jobs running at once; the "
+                                    "dispatcher holds the rest back."),
+    tokens_per_minute: int = typer.Option(None, "--tokens-per-minute", help="Tokens charged "
+                                          "per moving minute (request bytes/4 + max_tokens); "
+                                          "more is refused, batches are paced."),
+    max_priority: str = typer.Option(None, "--max-priority", help="The highest priority it "
+                                     "may ask for: 0-9 (0 highest) or interactive, default, "
+                                     "batch."),
+    clear_weight: bool = typer.Option(False, "--clear-weight", help="Weight back to 1."),
+    clear_max_queued: bool = typer.Option(False, "--clear-max-queued",
+                                          help="No max_queued."),
+    clear_max_running: bool = typer.Option(False, "--clear-max-running",
+                                           help="No max_running."),
+    clear_tokens_per_minute: bool = typer.Option(False, "--clear-tokens-per-minute",
+                                                 help="No tokens_per_minute."),
+    clear_max_priority: bool = typer.Option(False, "--clear-max-priority",
+                                            help="No max_priority."),
+    as_json: bool = _JSON,
+) -> None:
+    """Set the tenant's weight and quotas; what is not named keeps its value. A bad value
+    is refused, naming it, and nothing changes. docs/quotas.md says what each limits."""
+    given: dict[str, float | int | str | None] = {
+        "weight": weight, "max_queued": max_queued, "max_running": max_running,
+        "tokens_per_minute": tokens_per_minute, "max_priority": max_priority}
+    cleared = {"weight": clear_weight, "max_queued": clear_max_queued,
+               "max_running": clear_max_running, "tokens_per_minute": clear_tokens_per_minute,
+               "max_priority": clear_max_priority}
+    both = [name for name, value in given.items() if value is not None and cleared[name]]
+    if both:
+        raise typer.BadParameter(f"--{both[0].replace('_', '-')} and "
+                                 f"--clear-{both[0].replace('_', '-')} contradict each other")
+    changes: dict[str, float | int | str | None] = {
+        name: value for name, value in given.items() if value is not None}
+    changes.update({name: None for name, clear in cleared.items() if clear})
+    if not changes:
+        raise typer.BadParameter("name something to set: --weight, --max-queued, "
+                                 "--max-running, --tokens-per-minute, --max-priority or a "
+                                 "--clear-... option")
+    policy = client().set_policy(**changes)
+    if as_json:
+        emit_json(policy)
+        return
+    _print_policy([policy])
+
+
+@tenant_app.command("show")
+def show_policy(as_json: bool = _JSON) -> None:
+    """The tenant's weight and quotas ('-': no limit; the default when never set)."""
+    policy = client().policy()
+    if as_json:
+        emit_json(policy)
+        return
+    _print_policy([policy])
+
+
+@tenant_app.command("list")
+def list_policies(as_json: bool = _JSON) -> None:
+    """Every tenant that has a policy (the others have weight 1 and no quota)."""
+    policies = client().policies()
+    if as_json:
+        emit_json(policies)
+        return
+    _print_policy(policies)
+
+
+@tenant_app.command("reset")
+def reset_policy(as_json: bool = _JSON) -> None:
+    """Remove the tenant's policy: weight 1 and no quota again."""
+    policy = client().delete_policy()
+    if as_json:
+        emit_json(policy)
+        return
+    err_console.print(f"tenant {current_tenant()!r}: weight 1, no quota", markup=False)
 
 
 @filters_app.command("set")

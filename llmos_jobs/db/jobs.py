@@ -5,34 +5,68 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, update
+from sqlalchemy import bindparam, func, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
-from llmos_jobs.db.moves import move
-from llmos_jobs.db.tables import Job, JobBase, new_id
+from broker_config import language_queue
+from llmos_jobs.db import deployments, versions
+from llmos_jobs.db.expiry import EXPIRED_ERROR, expiry_reason
+from llmos_jobs.db.moves import move, renew_queued
+from llmos_jobs.db.tables import Job, JobBase, JobHeader, new_id
 from llmos_jobs.db.types import utcnow
-from llmos_jobs.errors import NotFound
+from llmos_jobs.errors import InvalidRequest, NotFound
 from llmos_jobs.states import INITIAL, JOBS
-from schemas.common import JobKind, JobStatus, Usage
+from schemas.common import JobStatus, Usage
 
 
 class JobCreate(JobBase):
     payload: dict[str, Any]
     queue: str
     mindspace_seq: int | None = None
+    deadline: datetime | None = None
+
+
+def _with_version(session: Session, job_in: JobCreate) -> JobCreate:
+    """The row names its model by name and records the version that serves it: the
+    current one, read (and held: see versions.resolve) in the transaction that commits
+    the job, or the one ``NAME@N`` pins. A row that already records its version (a
+    graph's child: its parent's) keeps it. A name not registered keeps no version
+    (submission refused it already; only rows made directly get here)."""
+    if job_in.model_version is not None and "@" not in job_in.model:
+        return job_in
+    try:
+        served = versions.resolve(session=session, model=job_in.model, hold=True)
+    except InvalidRequest:
+        if "@" in job_in.model:
+            raise
+        return job_in
+    return job_in.model_copy(update={"model": served.name, "model_version": served.version})
+
+
+def _deployed(session: Session, job_in: JobCreate) -> JobCreate:
+    """A job of a deployed model goes to its version's queue, which only replicas
+    holding that version consume (resolved in the transaction that resolved the
+    version): a job is served by one version, structurally. A job aimed at one
+    worker's queue stays there."""
+    if job_in.model_version is None or job_in.queue != language_queue(job_in.model):
+        return job_in
+    queue = deployments.deployed_queue(session=session, model=job_in.model,
+                                       version=job_in.model_version)
+    return job_in if queue is None else job_in.model_copy(update={"queue": queue})
 
 
 def create_job(*, session: Session, job_in: JobCreate, status: JobStatus = JobStatus.queued
                ) -> Job:
     if status not in INITIAL:
         raise ValueError(f"a job cannot be created {status.value}")
+    job_in = _deployed(session, _with_version(session, job_in))
     job = Job.model_validate(job_in, update={
         "status": status, "queued_at": utcnow() if status == JobStatus.queued else None})
     session.connection().execute(insert(Job.__table__), job.model_dump())  # type: ignore[attr-defined]
@@ -69,10 +103,12 @@ class _HotStatements:
     @cache  # noqa: B019  (one instance per process, never collected)
     def claim(self) -> Any:
         table = Job.__table__  # type: ignore[attr-defined]
+        # A job past its deadline is not claimed: the slow path expires it instead.
         return (
             update(table)
             .where(table.c.id == bindparam("job_id"), table.c.task_id == bindparam("message_id"),
-                   table.c.status == JobStatus.queued)
+                   table.c.status == JobStatus.queued,
+                   or_(table.c.deadline.is_(None), table.c.deadline >= bindparam("cutoff")))
             .values(status=JobStatus.running, worker=bindparam("worker"),
                     worker_pid=bindparam("pid"), started_at=bindparam("now"),
                     attempts=table.c.attempts + 1)
@@ -125,6 +161,7 @@ class ClaimOutcome(StrEnum):
     finished = "finished"  # already final (cancelled, or done)
     duplicate = "duplicate"  # its live claimant still runs it
     poison = "poison"  # delivered too often; failed
+    expired = "expired"  # its deadline passed before this delivery; expired, never run
     missing = "missing"
 
 
@@ -147,12 +184,15 @@ def claim_job(
     """Take a job for one delivery of its message, or say why not.
 
     A delivery may run the job when it carries the current ``task_id`` and the job is
-    queued, or is running under a claimant that is known dead (a redelivery after the
-    process running it was killed).
+    queued before its deadline, or is running under a claimant that is known dead (a
+    redelivery after the process running it was killed). A queued job whose deadline
+    has passed is expired by the delivery that finds it so, in the same compare-and-set
+    a claim would be.
     """
+    now = utcnow()
     row = session.connection().execute(
         _hot.claim(), {"job_id": job_id, "message_id": message_id, "worker": worker, "pid": pid,
-                       "now": utcnow()},
+                       "now": now, "cutoff": now},
     ).first()
     claimed = Job.model_validate(row._mapping) if row is not None else None
     session.commit()
@@ -188,6 +228,16 @@ def _claim_slow(
         return Claim(ClaimOutcome.stale_message, job)
     if job.status.is_final:
         return Claim(ClaimOutcome.finished, job)
+    if job.status == JobStatus.queued and job.deadline is not None and job.deadline < utcnow():
+        moved = _set_status(session, job_id, JobStatus.expired,
+                            extra_where=(col(Job.task_id) == message_id,
+                                         col(Job.status) == JobStatus.queued),
+                            error_type=EXPIRED_ERROR, error_message=expiry_reason(job.deadline),
+                            finished_at=utcnow())
+        session.commit()
+        if moved:
+            return Claim(ClaimOutcome.expired, job)
+        return _claim_slow(session, job_id, message_id, worker, pid, claimant_dead)
     if job.status != JobStatus.running or not claimant_dead(job):
         return Claim(ClaimOutcome.duplicate, job)
     taken = session.execute(
@@ -278,18 +328,6 @@ def fail_attempt(*, session: Session, job_id: str, message_id: str, worker: str,
                     error_type=error_type, error_message=error_message)
 
 
-@dataclass(frozen=True)
-class JobHeader:
-    """A job's identity and hooks, read without its (encrypted) payload and result."""
-
-    id: str
-    kind: JobKind
-    mindspace_id: str | None
-    batch_id: str | None
-    webhook_url: str | None
-    parent_id: str | None
-
-
 def job_header(*, session: Session, job_id: str) -> JobHeader | None:
     row = session.execute(
         sa_select(col(Job.kind), col(Job.mindspace_id), col(Job.batch_id),
@@ -319,25 +357,30 @@ def requeue_job(*, session: Session, job: Job) -> str | None:
 
 
 def queued_longer_than(*, session: Session, grace_s: float, limit: int) -> list[Job]:
-    """Queued jobs whose current message was made over ``grace_s`` ago, oldest first."""
+    """Queued jobs whose current message was made over ``grace_s`` ago, oldest first.
+    A job held for the dispatcher has no message yet: it is the dispatcher's to send."""
     cutoff = utcnow() - timedelta(seconds=grace_s)
     since = func.coalesce(col(Job.queued_at), col(Job.created_at))
-    return list(session.exec(select(Job).where(Job.status == JobStatus.queued, since < cutoff)
+    return list(session.exec(select(Job).where(Job.status == JobStatus.queued, since < cutoff,
+                                               col(Job.held_since).is_(None))
                              .order_by(since).limit(limit)))
+
+
+def queued_in(*, session: Session, queues: list[str], limit: int) -> list[Job]:
+    """Queued jobs of ``queues`` that have a message (a job held for the dispatcher has
+    none yet), oldest first."""
+    since = func.coalesce(col(Job.queued_at), col(Job.created_at))
+    return list(session.exec(select(Job).where(
+        Job.status == JobStatus.queued, col(Job.queue).in_(queues),
+        col(Job.held_since).is_(None)).order_by(since).limit(limit)))
 
 
 def renew_message(*, session: Session, job: Job) -> str | None:
     """A queued job whose message the broker lost gets a new message id (any copy of
     the old one that turns up is stale); None if it was claimed or changed meanwhile."""
-    new_task_id = new_id()
-    moved = session.execute(
-        update(Job)
-        .where(col(Job.id) == job.id, col(Job.task_id) == job.task_id,
-               col(Job.status) == JobStatus.queued)
-        .values(task_id=new_task_id, queued_at=utcnow())
-    ).rowcount  # type: ignore[attr-defined]
+    new_task_id = renew_queued(session, job, queued_at=utcnow())
     session.commit()
-    return new_task_id if moved else None
+    return new_task_id
 
 
 def queued_on(*, session: Session, queue: str) -> list[Job]:
@@ -348,15 +391,9 @@ def queued_on(*, session: Session, queue: str) -> list[Job]:
 def reroute_job(*, session: Session, job: Job, queue: str) -> str | None:
     """Send a queued job to another queue under a new message id (the old message, if
     it is ever delivered, is stale); None if it was taken or cancelled meanwhile."""
-    new_task_id = new_id()
-    moved = session.execute(
-        update(Job)
-        .where(col(Job.id) == job.id, col(Job.task_id) == job.task_id,
-               col(Job.status) == JobStatus.queued)
-        .values(task_id=new_task_id, queue=queue, queued_at=utcnow())
-    ).rowcount  # type: ignore[attr-defined]
+    new_task_id = renew_queued(session, job, queue=queue, queued_at=utcnow())
     session.commit()
-    return new_task_id if moved else None
+    return new_task_id
 
 
 # -- the turns of a mindspace (their order: llmos_jobs.services.turns) ---------------------------

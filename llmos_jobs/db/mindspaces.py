@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import case, delete, func, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -25,12 +26,16 @@ from llmos_jobs.db.tables import (
 )
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.errors import NotFound
+from schemas.common import JobKind, JobStatus
 
 SCRUBBED: dict[str, Any] = {"scrubbed": True}
 
 
-def create_mindspace(*, session: Session, mindspace_in: MindspaceBase) -> Mindspace:
-    row = Mindspace.model_validate(mindspace_in)
+def create_mindspace(*, session: Session, mindspace_in: MindspaceBase,
+                     worker: str | None = None) -> Mindspace:
+    """``worker``: where it is placed from the start (whose prefix cache is given its
+    persona), or None until its first turn."""
+    row = Mindspace.model_validate(mindspace_in, update={"worker": worker})
     session.add(row)
     session.flush()
     return row
@@ -100,13 +105,15 @@ def list_messages(*, session: Session, tenant: str, mindspace_id: str,
 
 
 def append_turn(*, session: Session, mindspace_id: str, tenant: str, user: str,
-                assistant: str, job_id: str, worker: str) -> None:
+                assistant: str, job_id: str, worker: str,
+                model_version: int | None = None) -> None:
     """Both halves of a turn land in one transaction, or neither does; the mindspace is
     placed on ``worker``, whose prefix cache now holds its prompt (the next turn is
-    routed there). NotFound if the mindspace was destroyed meanwhile."""
+    routed there), and records the model version that served the turn. NotFound if the
+    mindspace was destroyed meanwhile."""
     placed = session.execute(
         update(Mindspace).where(col(Mindspace.id) == mindspace_id, col(Mindspace.tenant) == tenant)
-        .values(updated_at=utcnow(), worker=worker)).rowcount  # type: ignore[attr-defined]
+        .values(updated_at=utcnow(), worker=worker, model_version=model_version)).rowcount  # type: ignore[attr-defined]
     if not placed:
         raise NotFound(f"mindspace {mindspace_id} not found")
     for role, content in (("user", user), ("assistant", assistant)):
@@ -185,7 +192,8 @@ def _state(session: Session, row: Mindspace) -> dict[str, Any]:
                      for m in list_messages(session=session, tenant=row.tenant,
                                             mindspace_id=row.id)],
         "chunks": [{"document": c.document, "title": c.title, "position": c.position,
-                    "text": c.text, "embedding": c.embedding.hex()}
+                    "text": c.text, "embedding": c.embedding.hex(),
+                    "document_bytes": c.document_bytes}
                    for c in chunks_of(session=session, tenant=row.tenant, mindspace_id=row.id)],
     }
 
@@ -194,7 +202,7 @@ def snapshot(*, session: Session, tenant: str, mindspace_id: str, name: str | No
              ) -> MindspaceSnapshot:
     row = get_mindspace(session=session, tenant=tenant, mindspace_id=mindspace_id)
     snap = MindspaceSnapshot(mindspace_id=row.id, tenant=tenant, name=name,
-                             data=_state(session, row))
+                             data=_state(session, row), model_version=row.model_version)
     session.add(snap)
     session.flush()
     return snap
@@ -205,7 +213,8 @@ def snapshots(*, session: Session, tenant: str, mindspace_id: str) -> list[Snaps
     query = select(MindspaceSnapshot).where(MindspaceSnapshot.mindspace_id == mindspace_id,
                                             MindspaceSnapshot.tenant == tenant)
     return [SnapshotPublic(id=s.id, mindspace_id=s.mindspace_id, name=s.name,
-                           messages=len(s.data["messages"]), created_at=s.created_at)
+                           messages=len(s.data["messages"]), created_at=s.created_at,
+                           model_version=s.model_version)
             for s in session.exec(query.order_by(col(MindspaceSnapshot.created_at)))]
 
 
@@ -220,7 +229,8 @@ def _materialise(session: Session, tenant: str, state: dict[str, Any], source: s
                                      compacted=m["compacted"]) for m in state["messages"])
     session.add_all(KnowledgeChunk(mindspace_id=row.id, tenant=tenant, document=c["document"],
                                    title=c["title"], position=c["position"], text=c["text"],
-                                   embedding=bytes.fromhex(c["embedding"]))
+                                   embedding=bytes.fromhex(c["embedding"]),
+                                   document_bytes=c.get("document_bytes"))
                     for c in state["chunks"])
     session.flush()
     return row
@@ -258,3 +268,16 @@ def destroy_mindspace(*, session: Session, tenant: str, mindspace_id: str) -> No
     session.delete(row)
     session.flush()
 
+
+
+def turn_totals(*, session: Session, tenant: str, mindspace_id: str) -> tuple[int, int, int]:
+    """The mindspace's turns that succeeded, and the prompt and completion tokens of all
+    its turns so far."""
+    succeeded = func.coalesce(func.sum(case((col(Job.status) == JobStatus.succeeded, 1),
+                                            else_=0)), 0)
+    row = session.execute(
+        sa_select(succeeded, func.coalesce(func.sum(col(Job.prompt_tokens)), 0),
+                  func.coalesce(func.sum(col(Job.completion_tokens)), 0))
+        .where(col(Job.tenant) == tenant, col(Job.mindspace_id) == mindspace_id,
+               col(Job.kind) == JobKind.mindspace_turn)).one()
+    return int(row[0]), int(row[1]), int(row[2])

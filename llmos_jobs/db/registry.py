@@ -53,7 +53,9 @@ def list_models(*, session: Session, dead_after_s: float) -> list[RegisteredMode
     live = live_workers(session=session, dead_after_s=dead_after_s)
     return [
         RegisteredModelPublic(
-            **row.model_dump(), loaded_on=[w.name for w in live if row.name in w.loaded]
+            **row.model_dump(), loaded_on=[
+                w.name for w in live
+                if any(entry.partition("@")[0] == row.name for entry in w.loaded)]
         )
         for row in session.exec(select(RegisteredModel).order_by(RegisteredModel.name))
     ]

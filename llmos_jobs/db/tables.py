@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import Field as PField
+from pydantic import field_validator
 from sqlalchemy import JSON, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
@@ -57,6 +59,10 @@ class JobBase(SQLModel):
     kind: JobKind
     priority: int = Field(ge=0, le=9)
     model: str = Field(index=True)
+    # The version of ``model`` that serves the job, resolved when it is submitted (the
+    # name's current version, or the one ``NAME@N`` pinned); None only for rows older
+    # than versions. One job, one version: a later update changes what new jobs get.
+    model_version: int | None = None
     mindspace_id: str | None = Field(default=None, index=True)
     batch_id: str | None = Field(default=None, index=True)
     custom_id: str | None = Field(default=None, description="the batch line's custom_id")
@@ -75,7 +81,11 @@ class JobBase(SQLModel):
 
 class Job(JobBase, table=True):
     __table_args__ = (Index("ix_job_tenant_status", "tenant", "status"),
-                      Index("ix_job_batch_status", "batch_id", "status"))
+                      Index("ix_job_batch_status", "batch_id", "status"),
+                      # The dispatcher counts each language queue's held and in-flight
+                      # jobs, and reads the usage of jobs ended since its last pass.
+                      Index("ix_job_queue_status", "queue", "status"),
+                      Index("ix_job_finished_at", "finished_at"))
 
     id: str = Field(default_factory=new_id, primary_key=True)
     status: JobStatus = Field(default=JobStatus.queued, index=True)
@@ -111,6 +121,26 @@ class Job(JobBase, table=True):
     queued_at: datetime | None = _utc()
     # Set when retention pruned the prompt, result and error text (the metadata stays).
     content_expired_at: datetime | None = _utc()
+    # The latest moment the job may start (its SLA); None: no deadline.
+    deadline: datetime | None = _utc()
+    # Set while a queued job waits in the database for the fair-share dispatcher
+    # (llmos_jobs.services.dispatcher), which releases it to the broker by compare-and-set
+    # (back to None); None: its message was sent (or is being sent). Its status stays
+    # `queued` either way.
+    held_since: datetime | None = _utc()
+
+
+@dataclass(frozen=True)
+class JobHeader:
+    """A job's identity and hooks, read without its (encrypted) payload and result:
+    what ending it needs (its turn, batch, graph, webhook)."""
+
+    id: str
+    kind: JobKind
+    mindspace_id: str | None
+    batch_id: str | None
+    webhook_url: str | None
+    parent_id: str | None
 
 
 class GraphProgress(SQLModel):
@@ -135,6 +165,9 @@ class JobPublic(JobBase):
     error_message: str | None
     filter_rule: str | None = None
     redacted_by: list[str] | None = None
+    deadline: datetime | None = PField(
+        default=None, description="the latest moment the job may start; past it, a job "
+                                  "not yet started ends expired")
     queue: str
     task_id: str = PField(description="Celery message id of the current attempt (for Flower)")
     attempts: int
@@ -215,34 +248,33 @@ class JobPublic(JobBase):
         return contract.model_validate(self.result)
 
 
-# -- models (shared by all tenants) -----------------------------------------------------
-
-
-class RegisteredModelBase(SQLModel):
-    name: str = Field(primary_key=True)
-    path: str
-    engine: str
-    context_length: int = Field(gt=0)
-
-
-class RegisteredModel(RegisteredModelBase, table=True):
-    __tablename__ = "registered_model"
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
-
-
-class RegisteredModelPublic(RegisteredModelBase):
-    created_at: datetime
-    loaded_on: list[str] = Field(default_factory=list, description="live workers holding it")
-
-
 # -- mindspaces ---------------------------------------------------------------------------
 
 
 class MindspaceSettings(SQLModel):
+    # The history budget: older turns are compacted past it (llmos_jobs.services.turns).
     context_budget: int = Field(default=1024, ge=64, description="history tokens kept in a turn")
     max_tokens: int = Field(default=64, gt=0)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     knowledge_top_k: int = Field(default=3, ge=0, le=20)
+    # The mindspace's own limits (None, or 0 where given: none). A turn asking more new
+    # tokens, or a document that would take the knowledge base past its bytes, is
+    # refused at submission (llmos_jobs.services.mindspace_limits).
+    max_tokens_per_turn: int | None = Field(
+        default=None, ge=0, description="new tokens a turn may ask for")
+    knowledge_max_bytes: int | None = Field(
+        default=None, ge=0, description="UTF-8 bytes of documents the knowledge base holds")
+
+    @field_validator("max_tokens_per_turn", "knowledge_max_bytes")
+    @classmethod
+    def _zero_is_no_limit(cls, value: int | None) -> int | None:
+        return value or None
+
+    def default_max_tokens(self) -> int:
+        """A turn's reply length when it asks for none: the limit caps the default."""
+        if self.max_tokens_per_turn is None:
+            return self.max_tokens
+        return min(self.max_tokens, self.max_tokens_per_turn)
 
 
 class MindspaceBase(SQLModel):
@@ -259,6 +291,8 @@ class Mindspace(MindspaceBase, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
     # The worker whose prefix cache holds this mindspace (cache-affinity routing).
     worker: str | None = None
+    # The model version that served its last turn (None before its first).
+    model_version: int | None = None
     next_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     forked_from: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
@@ -290,6 +324,9 @@ class KnowledgeChunk(SQLModel, table=True):
     position: int
     text: str = Field(sa_type=EncryptedText)
     embedding: bytes = Field(sa_type=LargeBinary)  # float32, normalised
+    # UTF-8 bytes of the whole document as uploaded, on each of its chunks (chunks
+    # overlap and lose whitespace, so their texts do not add up to it); None before 0020.
+    document_bytes: int | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
@@ -301,6 +338,8 @@ class MindspaceSnapshot(SQLModel, table=True):
     tenant: str = Field(index=True)
     name: str | None = None
     data: dict[str, Any] = Field(sa_column=Column(EncryptedJSON, nullable=False))
+    # The model version of the mindspace when it was taken (that of its last turn).
+    model_version: int | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
@@ -332,6 +371,7 @@ class MindspacePublic(SQLModel):
     persona: str | None
     settings: MindspaceSettings
     worker: str | None
+    model_version: int | None = None
     forked_from: str | None
     created_at: datetime
     updated_at: datetime
@@ -345,6 +385,7 @@ class SnapshotPublic(SQLModel):
     name: str | None
     messages: int
     created_at: datetime
+    model_version: int | None = None
 
 
 # -- workers ------------------------------------------------------------------------------
@@ -405,74 +446,32 @@ class WorkerPublic(SQLModel):
     seconds_since_heartbeat: float
 
 
-# -- API keys and the audit log -----------------------------------------------------------
-
-
-class ApiKeyBase(SQLModel):
-    # None: an operator's key (models, workers, every tenant's keys); else the tenant's own.
-    tenant: str | None = Field(default=None, index=True, min_length=1)
-    name: str | None = Field(default=None, max_length=128)
-    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-
-
-class ApiKeyCreate(ApiKeyBase):
-    prefix: str
-    key_hash: str
-
-
-class ApiKey(ApiKeyBase, table=True):
-    """Of the secret only its SHA-256 digest is kept; ``prefix`` (its first characters,
-    not secret) finds the row and names the key in listings."""
-
-    __tablename__ = "api_key"
-
-    id: str = Field(default_factory=new_id, primary_key=True)
-    prefix: str = Field(index=True)
-    key_hash: str
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
-    revoked_at: datetime | None = _utc()
-
-
-class ApiKeyPublic(ApiKeyBase):
-    id: str
-    prefix: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-class ApiKeyIssued(ApiKeyPublic):
-    key: str = PField(description="the secret itself; shown once, never stored")
-
-
-class AuditEventBase(SQLModel):
-    # None when the caller could not be identified (a missing or unknown key).
-    tenant: str | None = Field(default=None)
-    key_id: str | None = None
-    # Who acted without a key: the CLI's or the Python client's user@host.
-    actor: str | None = Field(default=None, max_length=255)
-    action: str = Field(index=True)
-    resource_id: str | None = None
-    outcome: str  # ok | denied | error
-    status_code: int
-
-
-class AuditEvent(AuditEventBase, table=True):
-    __tablename__ = "audit_event"
-    __table_args__ = (Index("ix_audit_event_tenant_created_at", "tenant", "created_at"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True
-    )
-
-
-class AuditEventPublic(AuditEventBase):
-    id: int
-    created_at: datetime
-
-
 # Tables in modules of their own; importing them here registers them on the metadata.
-from llmos_jobs.db import batch_tables, filter_tables, retention_tables  # noqa: E402, F401
+from llmos_jobs.db import (  # noqa: E402, F401
+    batch_tables,
+    deployment_tables,
+    filter_tables,
+    retention_tables,
+    tenant_tables,
+)
+
+# API keys and the audit log, named from here too.
+from llmos_jobs.db.access_tables import ApiKey as ApiKey  # noqa: E402
+from llmos_jobs.db.access_tables import ApiKeyBase as ApiKeyBase  # noqa: E402
+from llmos_jobs.db.access_tables import ApiKeyCreate as ApiKeyCreate  # noqa: E402
+from llmos_jobs.db.access_tables import ApiKeyIssued as ApiKeyIssued  # noqa: E402
+from llmos_jobs.db.access_tables import ApiKeyPublic as ApiKeyPublic  # noqa: E402
+from llmos_jobs.db.access_tables import AuditEvent as AuditEvent  # noqa: E402
+from llmos_jobs.db.access_tables import AuditEventBase as AuditEventBase  # noqa: E402
+from llmos_jobs.db.access_tables import AuditEventPublic as AuditEventPublic  # noqa: E402
+
+# The model tables, named from here too (where they lived before versions).
+from llmos_jobs.db.model_tables import ModelVersion as ModelVersion  # noqa: E402
+from llmos_jobs.db.model_tables import RegisteredModel as RegisteredModel  # noqa: E402
+from llmos_jobs.db.model_tables import RegisteredModelBase as RegisteredModelBase  # noqa: E402
+from llmos_jobs.db.model_tables import (  # noqa: E402
+    RegisteredModelPublic as RegisteredModelPublic,
+)
 from llmos_jobs.db.webhook_tables import (  # noqa: E402, F401
     WebhookAttempt,
     WebhookDelivery,

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from kombu.exceptions import OperationalError
@@ -21,6 +22,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from llmos_jobs import broker
+from llmos_jobs import sla as sla_rules
 from llmos_jobs.db import jobs as job_rows
 from llmos_jobs.db.batch_tables import Batch, StoredFile
 from llmos_jobs.db.jobs import JobCreate
@@ -45,7 +47,11 @@ from schemas.common import JobStatus
 log = logging.getLogger(__name__)
 
 MAX_WINDOW_S = 24 * 3600  # as OpenAI
-FINAL = [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.filtered]
+FINAL = [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.filtered,
+         JobStatus.expired]
+# A line's own deadline, this server's extension (docs/deadlines.md): the batch's
+# completion window still bounds the whole batch.
+_EXTENSIONS = ("deadline", "sla")
 _SAMPLING = ("max_tokens", "max_completion_tokens", "temperature", "stop", "model", "messages",
              "response_format")
 
@@ -128,7 +134,7 @@ def expire_overdue(session: Session) -> list[str]:
 
 
 def _request(body: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(body) - set(_SAMPLING) - {"n", "user"})
+    unknown = sorted(set(body) - set(_SAMPLING) - set(_EXTENSIONS) - {"n", "user"})
     if unknown:
         raise InvalidRequest(f"unsupported parameter(s): {', '.join(unknown)}")
     stop = body.get("stop")
@@ -143,13 +149,22 @@ def _request(body: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
+def _line_deadline(submitter: Submitter, body: dict[str, Any], submitted: datetime
+                   ) -> datetime | None:
+    """A line's deadline, measured from the batch's submission (not its expansion)."""
+    deadline, sla = body.get("deadline"), body.get("sla")
+    if not isinstance(deadline, str | None) or not isinstance(sla, str | None):
+        raise InvalidRequest("deadline and sla must be strings (ISO 8601 with a zone; a class)")
+    return sla_rules.resolve(submitter.settings, deadline=deadline, sla=sla, now=submitted)
+
+
 def expand(submitter: Submitter, batch_id: str) -> None:
     """Validate every line; one job per valid line, all committed, then published."""
     with submitter.database.session() as session:
         batch = session.get(Batch, batch_id)
         if batch is None:
             raise NotFound(f"batch {batch_id} not found")
-        tenant = batch.tenant
+        tenant, submitted = batch.tenant, batch.created_at
         if batch.status != BatchStatus.validating or batch.expired_at is not None:
             return  # a redelivered expansion (done already), or it expired while waiting
         content = batch_files.get_file(session, tenant, batch.input_file_id).content
@@ -158,11 +173,12 @@ def expand(submitter: Submitter, batch_id: str) -> None:
     for number, custom_id, body in valid:
         try:
             request = language.checked_request(submitter, _request(body))
+            deadline = _line_deadline(submitter, body, submitted)
         except InvalidRequest as exc:
             invalid.append(batch_files.line_error(number, custom_id, "invalid_body", str(exc)))
             continue
         jobs.append(language.job_of(tenant, request, priority=batch.priority,
-                                    batch_id=batch_id, custom_id=custom_id))
+                                    batch_id=batch_id, custom_id=custom_id, deadline=deadline))
     # The batch's jobs and its new status commit together, once: a second expansion
     # (a redelivery, the reconciler) finds the batch no longer validating.
     with submitter.database.session() as session:
@@ -287,7 +303,7 @@ def public(session: Session, batch: Batch) -> BatchObject:
     counts = Counter(s for (s,) in session.execute(
         select(Job.status).where(Job.batch_id == batch.id)).all())
     failed = (counts[JobStatus.failed] + counts[JobStatus.cancelled]
-              + counts[JobStatus.filtered] + len(batch.invalid))
+              + counts[JobStatus.filtered] + counts[JobStatus.expired] + len(batch.invalid))
     errors = BatchErrors(data=[BatchError.model_validate(e) for e in batch.errors]
                          ) if batch.errors else None
     return BatchObject(

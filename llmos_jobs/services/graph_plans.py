@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from llmos_jobs.db import registry
+from llmos_jobs.db import registry, versions
 from llmos_jobs.db.session import Database
 from llmos_jobs.prompt_templates import DEFAULT_FAMILY, render_preset
 from llmos_jobs.services.tokenizers import ModelText
@@ -50,7 +50,7 @@ class SummarisePlan:
     def budget(self, payload: dict[str, Any], model: ModelText) -> int:
         request = SummariseRequest.model_validate(payload)
         with self.database.session() as session:
-            path = registry.get_model(session=session, name=request.model).path
+            path = versions.resolve(session=session, model=request.model).path
         family = registry.model_type_of(path) or DEFAULT_FAMILY
         # The prompt around an empty text: what every chunk's prompt adds to it.
         around = model.count(render_preset(request.model_copy(update={"text": ""}),

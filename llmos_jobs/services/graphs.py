@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
@@ -76,13 +77,14 @@ def _child(parent: Job, plan: GraphPlan, payload: dict[str, Any], text: str, *,
            role: GraphRole, level: int, index: int) -> job_rows.JobCreate:
     return job_rows.JobCreate(
         tenant=parent.tenant, kind=parent.kind, priority=parent.priority, model=parent.model,
-        payload=plan.part(payload, text), queue=parent.queue, parent_id=parent.id,
+        model_version=parent.model_version, payload=plan.part(payload, text),
+        queue=parent.queue, parent_id=parent.id, deadline=parent.deadline,
         graph_role=role.value, graph_level=level, graph_index=index)
 
 
 def submit(submitter: Submitter, tenant: str, *, kind: JobKind, model: str,
            payload: dict[str, Any], chunks: Sequence[Chunk], priority: int,
-           webhook: str | None) -> JobPublic:
+           webhook: str | None, deadline: datetime | None = None) -> JobPublic:
     """Commit a running parent for ``payload`` and one child per chunk, then send the
     children. The parent is what the producer follows: its progress, its result."""
     plan = plans(submitter.database)[kind]
@@ -90,7 +92,7 @@ def submit(submitter: Submitter, tenant: str, *, kind: JobKind, model: str,
         parent = job_rows.create_job(session=session, job_in=job_rows.JobCreate(
             tenant=tenant, kind=kind, priority=priority, model=model, payload=payload,
             queue=queue_for(broker.task_for_kind(kind), model=model), webhook_url=webhook,
-            graph_role=GraphRole.parent.value))
+            graph_role=GraphRole.parent.value, deadline=deadline))
         graph_rows.start_parent(session=session, job_id=parent.id)
         kids = [job_rows.create_job(session=session, job_in=_child(
             parent, plan, payload, chunk.text, role=GraphRole.part, level=0,
@@ -114,7 +116,7 @@ def with_progress(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
     return [JobPublic.from_row(job, progress.get(job.id)) for job in jobs]
 
 
-_UNUSABLE = (JobStatus.failed, JobStatus.cancelled, JobStatus.filtered)
+_UNUSABLE = (JobStatus.failed, JobStatus.cancelled, JobStatus.filtered, JobStatus.expired)
 
 
 def child_ended(submitter: Submitter, parent_id: str) -> None:
@@ -128,9 +130,10 @@ def child_ended(submitter: Submitter, parent_id: str) -> None:
         kids = graph_rows.children(session=session, parent_id=parent_id, level=level)
         every = graph_rows.children(session=session, parent_id=parent_id)
         session.expunge_all()
-    # One child that failed, was cancelled or was stopped by a content filter fails the
-    # graph at once: the rest of it could not be used. (A filtered child's message names
-    # the rule, never the text.)
+    # One child that failed, was cancelled, was stopped by a content filter or expired
+    # (its deadline, the parent's, passed before it started) fails the graph at once:
+    # the rest of it could not be used. (A filtered child's message names the rule,
+    # never the text.)
     failed = next((k for k in kids if k.status in _UNUSABLE), None)
     if failed is None and (not kids or not all(k.status.is_final for k in kids)):
         return

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from llmos_jobs import broker
-from llmos_jobs.db import batch_progress
+from llmos_jobs import broker, metrics
+from llmos_jobs.db import batch_progress, observe
 from llmos_jobs.db import jobs as job_rows
-from llmos_jobs.db.tables import JobPublic
+from llmos_jobs.db.tables import JobHeader, JobPublic
 from llmos_jobs.errors import NotFound
-from llmos_jobs.services import graphs, turns
+from llmos_jobs.services import batches, graphs, turns
 from llmos_jobs.services.routing import RoutingPolicy
 from llmos_jobs.services.submission import Submitter
 from llmos_jobs.services.webhooks.events import emit_job_event
@@ -54,6 +54,26 @@ def cancel(submitter: Submitter, tenant: str, job_id: str) -> JobPublic:
         if done:
             broker.send_batch_finalization(submitter.app, job.batch_id)
     return cancelled
+
+
+def after_ending(submitter: Submitter, job: JobHeader, *, routing: RoutingPolicy) -> None:
+    """What follows a job that ended outside a worker (expired, or failed because no
+    replica serves its version), once that is committed: the next turn of its
+    mindspace, its graph, its batch, the count. Its webhook event was emitted in the
+    transaction that ended it."""
+    turns.release_after(job, publish=submitter.publish, routing=routing,
+                        database=submitter.database)
+    if job.parent_id is not None:
+        graphs.child_ended(submitter, job.parent_id)
+    if job.batch_id is not None:
+        with submitter.database.session() as session:
+            done = batch_progress.job_finished(session, job.batch_id)
+        if done:
+            batches.finalize(submitter, job.batch_id)
+    with submitter.database.session() as session:
+        final = observe.ended_job(session=session, job_id=job.id)
+    if final is not None:
+        metrics.job_ended(final)
 
 
 def wait(submitter: Submitter, tenant: str, job_ids: Sequence[str], *, timeout_s: float,

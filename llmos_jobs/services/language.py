@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from broker_config import TaskName, queue_for
@@ -33,24 +34,30 @@ def checked_request(submitter: Submitter, data: dict[str, Any]) -> GenerateReque
 
 def job_of(tenant: str, request: GenerateRequest, *, priority: int,
            webhook: str | None = None, batch_id: str | None = None,
-           custom_id: str | None = None) -> job_rows.JobCreate:
+           custom_id: str | None = None, deadline: datetime | None = None
+           ) -> job_rows.JobCreate:
     """The job row of a checked request."""
     return job_rows.JobCreate(
         tenant=tenant, kind=JobKind.generate, priority=priority, model=request.model,
         payload=request.model_dump(mode="json"), batch_id=batch_id, custom_id=custom_id,
-        queue=queue_for(TaskName.generate, model=request.model), webhook_url=webhook)
+        queue=queue_for(TaskName.generate, model=request.model), webhook_url=webhook,
+        deadline=deadline)
 
 
 def submit_generate(submitter: Submitter, tenant: str, data: dict[str, Any], *,
-                    priority: int, webhook: str | None) -> JobPublic:
+                    priority: int, webhook: str | None, deadline: datetime | None = None
+                    ) -> JobPublic:
+    """``deadline``: the latest moment it may start (llmos_jobs.sla resolved it)."""
     request = checked_request(submitter, data)
     [job] = submitter.enqueue([job_of(tenant, request, priority=priority,
-                                      webhook=submitter.check_webhook(webhook))])
+                                      webhook=submitter.check_webhook(webhook),
+                                      deadline=deadline)])
     return job
 
 
 def submit_many(submitter: Submitter, tenant: str, requests: Sequence[dict[str, Any]], *,
-                priority: int, webhook: str | None) -> BulkSubmission:
+                priority: int, webhook: str | None, deadline: datetime | None = None
+                ) -> BulkSubmission:
     """One transaction, one broker connection; a refused ``webhook`` refuses them all."""
     webhook_url = submitter.check_webhook(webhook)
     accepted: list[job_rows.JobCreate] = []
@@ -61,6 +68,7 @@ def submit_many(submitter: Submitter, tenant: str, requests: Sequence[dict[str, 
         except InvalidRequest as exc:
             errors[index] = str(exc)
             continue
-        accepted.append(job_of(tenant, request, priority=priority, webhook=webhook_url))
+        accepted.append(job_of(tenant, request, priority=priority, webhook=webhook_url,
+                               deadline=deadline))
     jobs = submitter.enqueue(accepted) if accepted else []
     return BulkSubmission(jobs=jobs, errors=errors)

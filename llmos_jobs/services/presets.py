@@ -3,11 +3,12 @@ generation, to the language queue of the model, with a typed request of their ki
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from broker_config import TaskName, queue_for
 from llmos_jobs.db import jobs as job_rows
-from llmos_jobs.db import registry
+from llmos_jobs.db import registry, versions
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import JobPublic
 from llmos_jobs.errors import InvalidRequest
@@ -52,9 +53,11 @@ def checked_request(submitter: Submitter, kind: JobKind, data: dict[str, Any]
 
 
 def submit_preset(submitter: Submitter, tenant: str, kind: JobKind, data: dict[str, Any], *,
-                  priority: int, webhook: str | None) -> JobPublic:
+                  priority: int, webhook: str | None, deadline: datetime | None = None
+                  ) -> JobPublic:
     """One job; or, for a text longer than its model's context, a job graph of its
-    chunks (llmos_jobs.services.graphs) whose parent is returned."""
+    chunks (llmos_jobs.services.graphs) whose parent is returned. ``deadline``: the
+    latest moment it (each child of a graph) may start."""
     request = checked_request(submitter, kind, data)
     payload = request.model_dump(mode="json")
     webhook_url = submitter.check_webhook(webhook)
@@ -62,17 +65,17 @@ def submit_preset(submitter: Submitter, tenant: str, kind: JobKind, data: dict[s
     if chunks is not None:
         return graphs.submit(submitter, tenant, kind=kind, model=request.model,
                              payload=payload, chunks=chunks, priority=priority,
-                             webhook=webhook_url)
+                             webhook=webhook_url, deadline=deadline)
     [job] = submitter.enqueue([job_rows.JobCreate(
         tenant=tenant, kind=kind, priority=priority, model=request.model,
         payload=payload, queue=queue_for(TaskName.preset, model=request.model),
-        webhook_url=webhook_url)])
+        webhook_url=webhook_url, deadline=deadline)])
     return job
 
 
 def model_family(database: Database, model: str) -> str:
-    """The template family of a registered model: its config's ``model_type``, or the
-    default family when the model declares none."""
+    """The template family of a registered model (``NAME`` or ``NAME@N``): its config's
+    ``model_type``, or the default family when the model declares none."""
     with database.session() as session:
-        path = registry.get_model(session=session, name=model).path
+        path = versions.resolve(session=session, model=model).path
     return registry.model_type_of(path) or DEFAULT_FAMILY

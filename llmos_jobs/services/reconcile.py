@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -102,18 +102,51 @@ def reconcile_jobs(app: Celery, *, grace_s: float, unclaimed_after_s: float | No
     lost = _unheld(app, {job.queue for job in first},
                    items=first, amqp=lambda: candidates(AMQP_GRACE_FACTOR * grace_s),
                    held=held, queue=lambda job: job.queue)
+    return _renew(app, lost, database=database,
+                  why="had no message in the broker, or only one that no live worker holds")
+
+
+def _renew(app: Celery, jobs: list[Job], *, database: Database, why: str) -> int:
+    """Send ``jobs`` again, each under a new message id (a compare-and-set: a job
+    claimed or changed meanwhile is left); how many were sent."""
     renewed: list[Job] = []
     with session_scope(database) as session:
-        for job in lost:
+        for job in jobs:
             new_task_id = job_rows.renew_message(session=session, job=job)
             if new_task_id is not None:
                 job.task_id = new_task_id
                 renewed.append(job)
     if renewed:
-        log.warning("%d queued job(s) had no message in the broker, or only one that no "
-                    "live worker holds; sent again", len(renewed))
+        log.warning("%d queued job(s) %s; sent again", len(renewed), why)
         broker.resend(app, renewed)
     return len(renewed)
+
+
+def resend_delivered(app: Celery, *, queues: Iterable[str], database: Database) -> int:
+    """A worker was just declared dead: the messages the broker handed it and it never
+    claimed sit in Redis's ``unacked`` hash (kombu gives them back only after the
+    visibility timeout, and ``reconcile_jobs`` only after ``unclaimed_after_s``). Every
+    queued job of the ``queues`` it consumed whose message is delivered and not yet
+    acknowledged is sent again now, under a new message id.
+
+    The broker does not say which consumer holds a delivered message, so one that a live
+    worker took a moment ago and is about to claim is sent again too: its claim then
+    finds the message stale and drops it, and the job runs once, from the new message.
+    AMQP needs none of this: RabbitMQ requeues a dead consumer's unacknowledged
+    messages when its connection drops."""
+    wanted = sorted(set(queues))
+    if not wanted:
+        return 0
+    with session_scope(database) as session:
+        queued = job_rows.queued_in(session=session, queues=wanted, limit=PASS_LIMIT)
+    if not queued:
+        return 0
+    messages = broker_view.held_messages(app, wanted)
+    if messages is None:
+        return 0
+    return _renew(app, [job for job in queued if job.task_id in messages.delivered],
+                  database=database, why="were delivered to a worker that died before "
+                                         "claiming them")
 
 
 def reconcile_deliveries(app: Celery, *, grace_s: float,

@@ -1,7 +1,11 @@
 """Cache-affinity routing of mindspace turns: a turn goes to the direct queue of the
 worker that served the mindspace's previous turn, whose prefix cache holds its
 prompt; when that worker is gone or overloaded, to the least-loaded healthy worker
-serving the model, and the mindspace moves there (one cold prefill, no lost state)."""
+serving the model, and the mindspace moves there (one cold prefill, no lost state).
+
+A mindspace created with a persona is placed before its first turn when a worker holds
+its model's version (``place_new``), so that its persona can be warmed where that turn
+will run."""
 
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ class Route:
 
 
 def _serves(worker: WorkerRecord, model: str) -> bool:
-    return worker.models is None or model in worker.models
+    """Workers serve model names; a mindspace pinned to ``NAME@N`` goes to NAME's."""
+    return worker.models is None or model.partition("@")[0] in worker.models
 
 
 def _loads(session: Session, names: list[str]) -> dict[str, int]:
@@ -70,5 +75,26 @@ def route_turn(*, session: Session, mindspace: Mindspace, seq: int, policy: Rout
     home = next((w for w in live if w.name == mindspace.worker), None)
     if home is not None and loads[home.name] < OVERLOAD_PER_SLOT * home.concurrency:
         return Route(worker_queue(home.name), home.name)
-    best = min(live, key=lambda w: (loads[w.name] / w.concurrency, w.name))
+    best = _least_loaded(live, loads)
     return Route(worker_queue(best.name), best.name)
+
+
+def _least_loaded(live: list[WorkerRecord], loads: dict[str, int]) -> WorkerRecord:
+    """Where a mindspace without a usable home goes: the fewest jobs per slot."""
+    return min(live, key=lambda w: (loads[w.name] / w.concurrency, w.name))
+
+
+def place_new(*, session: Session, model: str, version: str, policy: RoutingPolicy
+              ) -> str | None:
+    """Where a new mindspace of ``model`` goes, to have its persona warmed there: the
+    worker its first turn would go to, chosen among the live workers serving the model
+    that hold ``version`` (``NAME@N``) loaded. None when none holds it, or when turns
+    are spread round robin (no turn would stay where the persona was warmed)."""
+    if policy.round_robin:
+        return None
+    holding = [w for w in registry.live_workers(session=session,
+                                                dead_after_s=policy.dead_after_s)
+               if _serves(w, model) and version in w.loaded]
+    if not holding:
+        return None
+    return _least_loaded(holding, _loads(session, [w.name for w in holding])).name

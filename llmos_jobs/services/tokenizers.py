@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from llmos_jobs.chunking import Offsets
-from llmos_jobs.db import registry
+from llmos_jobs.db import versions
 from llmos_jobs.db.session import Database
-from llmos_jobs.errors import InvalidRequest, NotFound
+from llmos_jobs.errors import InvalidRequest
 
 _lock = threading.Lock()
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -48,10 +48,7 @@ def _load(path: str) -> Any:
 def model_text(database: Database, model: str) -> ModelText:
     """``model``'s context and tokenizer, or InvalidRequest saying why there is none."""
     with database.session() as session:
-        try:
-            row = registry.get_model(session=session, name=model)
-        except NotFound as exc:
-            raise InvalidRequest(str(exc)) from None
+        row = versions.resolve(session=session, model=model)
     directory = Path(row.path)
     # A remote server's model, or one without tokenizer files: told without a load.
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):

@@ -116,10 +116,11 @@ def ending(job: TurnRef, *, publish: Publish, routing: RoutingPolicy,
         publish(released)
 
 
-def release_after(job: Job, *, publish: Publish, routing: RoutingPolicy,
+def release_after(job: TurnRef, *, publish: Publish, routing: RoutingPolicy,
                   database: Database) -> None:
     """``job`` ended in a transaction that took no turn lock (a claim that found it
-    poison): the next turn of its mindspace, if it was a turn, is released now."""
+    poison, a bulk expiry): the next turn of its mindspace, if it was a turn, is
+    released now."""
     with ending(job, publish=publish, routing=routing, database=database):
         pass
 
@@ -156,6 +157,22 @@ def knowledge_message(session: Session, mindspace: Mindspace, message: str, k: i
     return ChatMessage(role="system", content=f"Relevant knowledge:\n{lines}")
 
 
+def persona_prefix(persona: str | None) -> list[ChatMessage]:
+    """The messages every prompt of a mindspace begins with: its persona, as the system
+    message (none without one)."""
+    return [ChatMessage(role="system", content=persona)] if persona else []
+
+
+def read_persona_prefix(*, database: Database, tenant: str, mindspace_id: str
+                        ) -> list[ChatMessage]:
+    """``persona_prefix`` of the mindspace as it stands now (NotFound: gone, or another
+    tenant's)."""
+    with session_scope(database) as session:
+        mindspace = mindspace_rows.get_mindspace(session=session, tenant=tenant,
+                                                 mindspace_id=mindspace_id)
+        return persona_prefix(mindspace.persona)
+
+
 @dataclass
 class TurnPrompt:
     messages: list[ChatMessage]
@@ -178,9 +195,7 @@ def assemble(job: Job, mindspace_id: str, message: str, count_tokens: Callable[[
             history = history[plan.count:]
             compacted += plan.count
         knowledge = knowledge_message(session, mindspace, message, settings.knowledge_top_k)
-    messages = []
-    if mindspace.persona:
-        messages.append(ChatMessage(role="system", content=mindspace.persona))
+    messages = persona_prefix(mindspace.persona)
     if compacted:
         messages.append(ChatMessage(
             role="system", content=f"[{compacted} earlier messages were compacted]"))
@@ -202,4 +217,5 @@ def persist_turn(session: Session, job: Job, mindspace_id: str, message: str, re
         mindspace_rows.compact(session=session, mindspace_id=mindspace_id, tenant=job.tenant,
                         through=compaction.through, count=compaction.count)
     mindspace_rows.append_turn(session=session, mindspace_id=mindspace_id, tenant=job.tenant,
-                        user=message, assistant=reply, job_id=job.id, worker=worker)
+                        user=message, assistant=reply, job_id=job.id, worker=worker,
+                        model_version=job.model_version)

@@ -41,10 +41,13 @@ def postgres_admin() -> Iterator[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test of ``stack`` runs on SQLite and PostgreSQL (Redis); one marked
-    ``brokers`` on PostgreSQL with RabbitMQ too."""
+    ``brokers`` on PostgreSQL with RabbitMQ too; one marked ``postgres_only`` (what it
+    waits for lives in Redis, not in the database) on PostgreSQL alone."""
     if "stack" not in metafunc.fixturenames:
         return
     backends = ["sqlite", "postgres"]
+    if metafunc.definition.get_closest_marker("postgres_only") is not None:
+        backends = ["postgres"]
     if metafunc.definition.get_closest_marker("brokers") is not None:
         backends.append("rabbitmq")
     metafunc.parametrize("stack", backends, indirect=True, scope="session")
@@ -68,7 +71,7 @@ def stack(request: pytest.FixtureRequest, redis_base: str,
     client.register_model("broken", broken, engine="transformers")
     stack.start_worker(f"noop-{backend}@test", "--model", "echo", "--model", "broken",
                        "--concurrency", "4")
-    stack.start_control()
+    stack.control = stack.start_control()
     yield stack
     stack.stop()
     if admin is not None:

@@ -42,6 +42,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/v1/mindspaces/{mindspace_id}/turns"): (OWNED, {"message": "hi"}),
     ("POST", "/v1/mindspaces/{mindspace_id}/snapshots"): (OWNED, {"name": "x"}),
     ("GET", "/v1/mindspaces/{mindspace_id}/snapshots"): (OWNED, None),
+    ("GET", "/v1/mindspaces/{mindspace_id}/usage"): (OWNED, None),
     ("POST", "/v1/mindspaces/snapshots/{snapshot_id}/restore"): (OWNED, None),
     ("POST", "/v1/mindspaces/{mindspace_id}/fork"): (OWNED, None),
     ("POST", "/v1/mindspaces/{mindspace_id}/knowledge"): (OWNED, {"title": "t", "text": "x"}),
@@ -52,6 +53,11 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/v1/models/{name}/load"): (OPERATOR, None),
     ("POST", "/v1/models/{name}/unload"): (OPERATOR, None),
     ("POST", "/v1/models/{name}/warmup"): (OPERATOR, None),
+    ("GET", "/v1/models/{name}/versions"): (OPERATOR, None),
+    ("PUT", "/v1/models/{name}/deployment"): (OPERATOR, {"replicas": 1}),
+    ("GET", "/v1/models/{name}/deployment"): (OPERATOR, None),
+    ("POST", "/v1/models/{name}/update"): (OPERATOR, {"path": "/etc"}),
+    ("POST", "/v1/models/{name}/rollback"): (OPERATOR, None),
     ("GET", "/v1/workers"): (OPERATOR, None),
     ("POST", "/v1/chat/completions"): (COLLECTION, {
         "model": "echo", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}),
@@ -77,6 +83,9 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/v1/tenants/{tenant}/filters"): (OPERATOR, None),
     ("PUT", "/v1/tenants/{tenant}/filters"): (OPERATOR, {"block": []}),
     ("POST", "/v1/tenants/{tenant}/filters/test"): (OPERATOR, {"text": "x"}),
+    ("GET", "/v1/tenants/{tenant}/policy"): (OPERATOR, None),
+    ("PUT", "/v1/tenants/{tenant}/policy"): (OPERATOR, {"max_queued": 0}),
+    ("DELETE", "/v1/tenants/{tenant}/policy"): (OPERATOR, None),
 }
 
 

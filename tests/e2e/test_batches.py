@@ -91,6 +91,8 @@ def test_batch_jobs_run_at_batch_priority(api: ApiServer) -> None:
         jobs = http.get("/v1/jobs", params={"limit": 5}).json()["data"]
     [job] = [j for j in jobs if j["batch_id"] == batch.id]
     assert job["priority"] == 8 and job["custom_id"] == "only"
+    # A batch line is a job: it records the version that served it (echo has one).
+    assert (job["model"], job["model_version"]) == ("echo", 1)
 
 
 def test_cancelling_a_batch_stops_its_queued_requests(api: ApiServer) -> None:

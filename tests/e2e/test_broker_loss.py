@@ -22,14 +22,16 @@ from sqlmodel import col, func, select
 from broker_config import WEBHOOKS_QUEUE
 from llmos_jobs import broker_view
 from llmos_jobs.broker import create_app
+from llmos_jobs.client import LlmosClient
+from llmos_jobs.db import registry
 from llmos_jobs.db.batch_tables import Batch
 from llmos_jobs.db.session import session_scope
-from llmos_jobs.db.tables import Job
+from llmos_jobs.db.tables import Job, WorkerRecord
 from llmos_jobs.db.types import utcnow
 from llmos_jobs.db.webhook_tables import WebhookDelivery
 from llmos_jobs.errors import NoLiveWorkerWarning
 from llmos_jobs.services import batch_files, batches
-from llmos_jobs.services.reconcile import reconcile_deliveries, reconcile_jobs
+from llmos_jobs.services.reconcile import reconcile_deliveries, reconcile_jobs, resend_delivered
 from llmos_jobs.services.webhooks.events import emit
 from llmos_jobs.services.webhooks.signing import tenant_secret
 from schemas.common import JobKind, JobStatus
@@ -38,6 +40,7 @@ from tests.support.services import drop_pg_database, fresh_pg_database
 from tests.support.stack import Stack
 from tests.support.waiting import HANG_GUARD_S, until
 from tests.support.webhook_receiver import Receiver
+from workers.reaper import reap
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 JOBS = 200
@@ -61,7 +64,11 @@ def _succeeded(stack: Stack, model: str) -> int:
 
 def test_redis_flushed_mid_run_every_job_succeeds_exactly_once(lossy_stack: Stack) -> None:
     stack = lossy_stack
-    client = stack.client()
+    # Every job is published at submission, so that the flush finds messages to lose
+    # (the dispatcher would hold most of them in the database, out of the flush's reach;
+    # its released messages lost and sent again: tests/e2e/test_fair_share.py).
+    client = LlmosClient(tenant="default",
+                         settings=stack.settings().model_copy(update={"dispatch": "off"}))
     model = f"flush-{uuid.uuid4().hex[:6]}"
     client.register_model(model, stack.data_dir / model, engine="noop")
     stack.start_worker("survivor@test", "--model", model, "--concurrency", "2",
@@ -190,6 +197,50 @@ def test_a_job_handed_to_a_worker_that_died_before_claiming_it_is_sent_again(
         # The new message is not sent twice: the next pass finds it waiting.
         assert reconcile_jobs(app, grace_s=0, unclaimed_after_s=50,
                               database=stack.database) == 0
+
+
+def _worker_row(stack: Stack, name: str, queues: list[str], *, silent_s: float) -> None:
+    beat = utcnow() - timedelta(seconds=silent_s)
+    with session_scope(stack.database) as session:
+        registry.upsert_worker(session=session, worker=WorkerRecord(
+            name=name, host="elsewhere", pid=1, pool="threads", concurrency=1,
+            engine_device="cpu", queues=queues, started_at=beat, last_heartbeat=beat))
+
+
+def test_what_a_worker_declared_dead_took_and_never_claimed_is_sent_again_at_once(
+        tmp_path: Path) -> None:
+    """A worker killed between taking a message and claiming its job: the reconciler
+    would wait out a job's whole time limit for it (a live worker could still hold it).
+    Once the reaper declares that worker dead, the jobs of its queues delivered and
+    unclaimed are sent again in the same pass; a live worker's silence is not death."""
+    with private_stack(tmp_path, f"sqlite:///{tmp_path / 'llmos.db'}") as stack:
+        client = stack.client()
+        client.register_model("orphaned", stack.data_dir / "orphaned", engine="noop")
+        with pytest.warns(NoLiveWorkerWarning):  # nobody serves it: the test takes it
+            job = client.generate(model="orphaned", prompt="taken and lost", max_tokens=2)
+        assert strand_in_unacked(stack, job.queue, delivered_ago_s=1) == job.task_id
+        app = create_app(stack.broker_url)
+        # Delivered a second ago: to the reconciler, still in a live worker's hands.
+        assert reconcile_jobs(app, grace_s=0, unclaimed_after_s=50,
+                              database=stack.database) == 0
+
+        def reap_now() -> int:
+            return reap(database=stack.database, dead_after_s=30,
+                        enqueue=lambda j, task_id: None,
+                        resend_delivered=lambda queues: resend_delivered(
+                            app, queues=queues, database=stack.database))
+
+        _worker_row(stack, "quiet@elsewhere", [job.queue], silent_s=5)  # beat recently
+        _worker_row(stack, "other@elsewhere", ["lang.other"], silent_s=600)
+        assert reap_now() == 0  # the dead one consumed another queue
+        assert client.job(job.id).task_id == job.task_id
+        _worker_row(stack, "killed@elsewhere", [job.queue], silent_s=600)
+        assert reap_now() == 1
+        renewed = client.job(job.id)
+        assert renewed.status == JobStatus.queued and renewed.task_id != job.task_id
+        held = broker_view.held_messages(app, [job.queue])
+        assert held is not None and renewed.task_id in held.waiting
+        assert reap_now() == 0  # declared dead once; the new message waits
 
 
 def test_a_webhook_retry_held_by_a_control_process_that_died_is_sent_again(

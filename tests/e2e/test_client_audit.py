@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from llmos_jobs.client_audit import default_actor
+from llmos_jobs.client.audit import default_actor
 from llmos_jobs.db import audit as audit_rows
 from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.tables import AuditEventPublic

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db import graphs as graph_rows
+from llmos_jobs.db.model_tables import ModelVersion
 from llmos_jobs.db.tables import GraphProgress, GraphRole, Job, JobPublic, RegisteredModel
 from llmos_jobs.demo_model import _WORDS
 from llmos_jobs.errors import BrokerUnavailable, NoLiveWorkerWarning
@@ -58,9 +59,10 @@ def graph_stack(request: pytest.FixtureRequest, redis_base: str, demo_model_dir:
     # Registered with twice the context the model has: chunk prompts it cannot serve.
     client.register_model("tiny-overstated", demo_model_dir)
     with stack.database.session() as session:
-        session.execute(update(RegisteredModel)
-                        .where(RegisteredModel.name == "tiny-overstated")  # type: ignore[arg-type]
-                        .values(context_length=2 * CONTEXT))
+        for table in (RegisteredModel, ModelVersion):  # the name's, and its version's
+            session.execute(update(table)
+                            .where(table.name == "tiny-overstated")  # type: ignore[arg-type]
+                            .values(context_length=2 * CONTEXT))
     # The reconciler looks at running graphs older than a second.
     stack.start_control(env={"LLMOS_RECONCILE_GRACE_S": "1"})
     yield stack
@@ -304,8 +306,10 @@ def test_the_reconciler_moves_on_a_graph_whose_followup_was_lost(graph_stack: St
 
 
 def test_a_graph_whose_children_could_not_be_sent_fails_at_once(graph_stack: Stack) -> None:
+    # Dispatcher off: a child held for the dispatcher needs no broker at submission (the
+    # control process sends it); this is about the children the producer publishes.
     unreachable = LlmosClient(tenant="graph-unsent", settings=graph_stack.settings().model_copy(
-        update={"broker_url": "redis://127.0.0.1:1/0"}))
+        update={"broker_url": "redis://127.0.0.1:1/0", "dispatch": "off"}))
     # The stack's control process sends again a job queued past its grace (1 s here): on
     # a loaded machine it can send the children before this producer's own retries give
     # up, and the graph then rightly lives on. Without it, the outcome is the producer's.

@@ -119,13 +119,17 @@ def test_the_worker_counts_each_ended_job_once(stack: Stack,
     [warm] = client.wait([client.generate(model=model, prompt="warm up", max_tokens=2).id],
                          timeout_s=300)
     assert warm.status == JobStatus.succeeded
-    before = scrape(url)
+    ended = {"status": "succeeded", "kind": "generate", "model": model, "tenant": owner,
+             "priority": "5"}
+    # The worker counts a job just after its row says it ended: the scrapes wait for the
+    # count (which moves after the job's other figures), not for the row.
+    before = _scrape_once_ended(url, ended, 1)
     n = 4
     jobs = [client.generate(model=model, prompt=f"metered prompt number {i}",
                             max_tokens=3 + i) for i in range(n)]
     done = client.wait([j.id for j in jobs], timeout_s=300)
     assert all(j.status == JobStatus.succeeded for j in done), done
-    after = scrape(url)
+    after = _scrape_once_ended(url, ended, 1 + n)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -198,3 +202,14 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=5).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _scrape_once_ended(url: str, labels: dict[str, str], count: int) -> Samples:
+    """The worker's metrics once it has counted at least ``count`` jobs ended with
+    ``labels`` (more would show in the assertions)."""
+    def counted() -> Samples | None:
+        samples = scrape(url)
+        return samples if value(samples, "llmos_jobs_ended_total", **labels) >= count \
+            else None
+
+    return until(counted, f"the worker counted {count} ended job(s)", 60, poll_s=0.1)

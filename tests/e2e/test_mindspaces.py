@@ -3,20 +3,27 @@ compaction and cache-affinity routing, against a real worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import uuid
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import text
+from transformers import AutoTokenizer
 
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.session import get_engine, session_scope
+from llmos_jobs.db.tables import JobPublic
 from llmos_jobs.errors import InvalidRequest, NotFound
 from llmos_jobs.settings import get_settings
-from schemas.common import JobStatus
+from schemas.common import JobKind, JobStatus
 from tests.support.stack import Stack
+from tests.support.waiting import until
+from workers.engines.base import EngineRequest, EngineSampling
+from workers.engines.transformers import TransformersEngine
 
 
 def _turn(client: LlmosClient, mindspace_id: str, message: str, **kw: object) -> str:
@@ -91,8 +98,6 @@ def test_destroy_leaves_no_text_and_nothing_is_stored_in_plaintext(stack: Stack)
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         db_file = stack.database_url.split("///", 1)[1]
-        from pathlib import Path
-
         assert marker.encode() not in Path(db_file).read_bytes()
 
 
@@ -203,3 +208,63 @@ def test_turns_stay_on_one_worker_and_fail_over_when_it_dies(stack: Stack) -> No
     finally:
         stack.stop_worker(a)
         stack.stop_worker(b)
+
+
+def _prefill_ops(client: LlmosClient, mindspace_id: str) -> list[JobPublic]:
+    return [j for j in client.jobs(limit=1000) if j.kind == JobKind.model_op
+            and j.payload.get("mindspace_id") == mindspace_id]
+
+
+def test_creation_prefills_the_persona_on_the_worker_holding_the_model(
+        stack: Stack, demo_model_dir: Path) -> None:
+    """The first turn's prompt begins with the persona prefix, token for token; the
+    prefill op computed it into the cache of the worker the turn then runs on, so the
+    turn reuses exactly those tokens, and answers as the model does alone."""
+    operator = stack.client()
+    model = f"warm-{uuid.uuid4().hex[:6]}"
+    operator.register_model(model, demo_model_dir)
+    name = f"warm-{stack.name}@test"
+    worker = stack.start_worker(name, "--model", model, "--concurrency", "2")
+    # A tenant of its own: a cache namespace that nothing else has filled.
+    client = stack.client(tenant=f"warm-{uuid.uuid4().hex[:6]}")
+    persona = "You are a terse archivist of queues, workers and their caches."
+    message = "which worker holds the prefix?"
+    try:
+        # The worker serves the model but does not hold it yet: nothing is sent.
+        cold = client.create_mindspace(model=model, persona=persona)
+        assert cold.worker is None and _prefill_ops(client, cold.id) == []
+
+        [load] = operator.wait([operator.model_op(model, "load", worker=name).id])
+        assert load.status == JobStatus.succeeded, load.error_message
+        until(lambda: f"{model}@1" in next(w for w in operator.workers() if w.name == name
+                                          ).loaded, f"{name} reported {model}@1 loaded")
+        space = client.create_mindspace(model=model, persona=persona)
+        assert space.worker == name
+        [sent] = _prefill_ops(client, space.id)
+        assert sent.queue == f"w.{name}" and persona not in json.dumps(sent.payload)
+        [op] = client.wait([sent.id], timeout_s=120)
+        assert op.status == JobStatus.succeeded, op.error_message
+
+        tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+        system = {"role": "system", "content": persona}
+        prefix = tokenizer.apply_chat_template([system], tokenize=True, return_dict=True
+                                               )["input_ids"]
+        prompt = tokenizer.apply_chat_template(
+            [system, {"role": "user", "content": message}], add_generation_prompt=True,
+            tokenize=True, return_dict=True)["input_ids"]
+        assert prompt[:len(prefix)] == prefix and len(prompt) > len(prefix)
+        assert op.result is not None and op.result["prefix_tokens"] == len(prefix)
+
+        [turn] = client.wait([client.chat(space.id, message, max_tokens=8).id], timeout_s=120)
+        assert turn.status == JobStatus.succeeded, turn.error_message
+        assert turn.worker == name and turn.usage is not None and turn.result is not None
+        assert turn.usage.prompt_tokens == len(prompt)
+        assert turn.usage.cached_tokens == len(prefix)
+        reference = TransformersEngine("reference", str(demo_model_dir))
+        try:
+            [alone] = reference.generate([EngineRequest(EngineSampling(8), input_ids=prompt)])
+        finally:
+            reference.unload()
+        assert alone.cached_tokens == 0 and turn.result["reply"] == alone.text
+    finally:
+        stack.stop_worker(worker)

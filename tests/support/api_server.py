@@ -109,7 +109,8 @@ def tenant() -> str:
 def wait_job(http: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
         job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled", "filtered") else None
+        return job if job["status"] in ("succeeded", "failed", "cancelled", "filtered",
+                                                "expired") else None
 
     return until(finished, f"job {job_id} finished", timeout_s)
 

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,8 @@ class Stack:
     database_url: str
     data_dir: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # The stack's own control process (its beat: reaper, reconciler, expiry sweep).
+    control: subprocess.Popen[bytes] | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -147,6 +151,17 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+    @contextmanager
+    def without_control(self) -> Iterator[None]:
+        """The stack's control process stopped for the block, and a new one started (and
+        answering) after it: nothing is reaped, expired or swept meanwhile."""
+        assert self.control is not None, "this stack runs no control process of its own"
+        self.stop_worker(self.control)
+        try:
+            yield
+        finally:
+            self.control = self.start_control(wait=True)
 
     def stop(self) -> None:
         for process in self.workers:

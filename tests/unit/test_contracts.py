@@ -30,7 +30,7 @@ from schemas.common import PRIORITY_CLASSES, JobKind, JobStatus, Usage, parse_pr
 from schemas.export import JSON_DIR, rendered
 from schemas.language import GenerateResult
 from schemas.mindspace import MindspaceTurnResult
-from schemas.model import ModelOp, ModelOpResult
+from schemas.model import ModelOp, ModelOpRequest, ModelOpResult
 from tests.support.stack import database_at
 from workers.engines.base import apply_stop
 from workers.tasks import registered_llmos_tasks, worker_app
@@ -62,15 +62,20 @@ def test_state_machine_refuses_illegal_transitions() -> None:
     JOBS.check(JobStatus.queued, JobStatus.running)
     JOBS.check(JobStatus.running, JobStatus.queued)  # a new attempt after a worker died
     JOBS.check(JobStatus.queued, JobStatus.failed)  # its message never reached the broker
-    for final in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled):
+    for final in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled,
+                  JobStatus.expired):
         assert JOBS.is_final(final) and final.is_final
         for target in JobStatus:
             with pytest.raises(IllegalTransition, match=f"a {final.value} job cannot"):
                 JOBS.check(final, target)
     with pytest.raises(IllegalTransition):
         JOBS.check(JobStatus.queued, JobStatus.succeeded)
-    # A waiting turn is released (queued) or cancelled; it never runs straight away.
-    assert JOBS.transitions[JobStatus.waiting] == {JobStatus.queued, JobStatus.cancelled}
+    # A waiting turn is released (queued), cancelled or expired; it never runs straight
+    # away.
+    assert JOBS.transitions[JobStatus.waiting] == {JobStatus.queued, JobStatus.cancelled,
+                                                   JobStatus.expired}
+    # Only a job that has not started expires.
+    assert JOBS.sources_of(JobStatus.expired) == {JobStatus.queued, JobStatus.waiting}
     assert not JOBS.is_final(JobStatus.waiting) and not JobStatus.waiting.is_final
     # The contract's own notion of final agrees with the machine's, status by status.
     assert {s for s in JobStatus if s.is_final} == {s for s in JobStatus if JOBS.is_final(s)}
@@ -114,12 +119,15 @@ def test_control_work_is_the_control_process_s_and_inference_workers_serve_infer
     control = {t for t, family in TASK_FAMILIES.items() if family in ("control", "webhooks")}
     assert control == set(TaskName) - JOB_TASKS
     schedule = beat_schedule(Settings(heartbeat_interval_s=2, reconcile_grace_s=30,
-                                      batch_expiry_check_s=10, retention_check_s=600))
+                                      batch_expiry_check_s=10, retention_check_s=600,
+                                      expire_check_s=3))
     assert {entry["task"]: (entry["schedule"], entry["options"]["queue"])
             for entry in schedule.values()} == {
         TaskName.reap.value: (2, "control"), TaskName.reconcile.value: (15, "control"),
         TaskName.expire_batches.value: (10, "control"),
-        TaskName.prune.value: (600, "control")}
+        TaskName.expire_jobs.value: (3, "control"),
+        TaskName.prune.value: (600, "control"),
+        TaskName.rollout.value: (2, "control")}
 
 
 def test_celery_settings_do_not_trust_transport_defaults() -> None:
@@ -171,6 +179,15 @@ def test_a_stored_result_reads_back_as_the_contract_the_worker_wrote() -> None:
         read = {JobKind.generate: job.generate_result, JobKind.mindspace_turn: job.turn_result,
                 JobKind.model_op: job.model_op_result}[kind]()
         assert read == result and type(read) is type(result)
+
+
+def test_a_prefill_op_names_its_mindspace_and_no_other_op_does() -> None:
+    op = ModelOpRequest(model="m@1", op=ModelOp.prefill, worker="w1", mindspace_id="ms1")
+    assert ModelOpRequest.model_validate(op.model_dump(mode="json")) == op
+    with pytest.raises(ValidationError, match="mindspace_id"):
+        ModelOpRequest(model="m", op=ModelOp.prefill)
+    with pytest.raises(ValidationError, match="mindspace_id"):
+        ModelOpRequest(model="m", op=ModelOp.warmup, mindspace_id="ms1")
 
 
 def test_reading_a_result_a_job_does_not_have_is_a_clear_error() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from schemas.common import ChatMessage
 from workers.engines.base import EngineRequest, EngineSampling
 from workers.engines.transformers import BatchingOptions, EngineUnloaded, TransformersEngine
 
@@ -69,6 +70,28 @@ def test_cached_and_uncached_greedy_outputs_are_identical(demo_model_dir: Path) 
     assert all(c.cached_tokens == 40 for c in cached)
     assert all(c.cached_tokens == 0 for c in cold)
     assert [c.text for c in cached] == [c.text for c in cold]
+
+
+def test_messages_rendered_without_the_generation_prompt_prefill_what_a_chat_extends(
+    engine: TransformersEngine,
+) -> None:
+    """A mindspace's persona prefill: the system message alone, one token generated and
+    dropped; a chat over it then computes only its own tail, in its namespace only."""
+    system = ChatMessage(role="system", content="You keep the queue in order.")
+    chat = [system, ChatMessage(role="user", content="who is next?")]
+    tokenizer = engine._model.tokenizer
+    prefix = tokenizer.apply_chat_template([system.model_dump()], tokenize=True,
+                                           return_dict=True)["input_ids"]
+    [warm] = engine.generate([EngineRequest(EngineSampling(max_tokens=1), messages=[system],
+                                            generation_prompt=False, cache_namespace="t1")])
+    assert warm.prompt_tokens == len(prefix)
+    [other] = engine.generate([EngineRequest(EngineSampling(max_tokens=8), messages=chat,
+                                             cache_namespace="t2")])
+    [turn] = engine.generate([EngineRequest(EngineSampling(max_tokens=8), messages=chat,
+                                            cache_namespace="t1")])
+    assert other.cached_tokens == 0 and turn.cached_tokens == len(prefix)
+    assert turn.prompt_tokens == other.prompt_tokens > len(prefix)
+    assert turn.text == other.text
 
 
 def test_a_batch_runs_together_with_the_same_greedy_outputs_as_alone(

@@ -16,17 +16,15 @@ import subprocess
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 from jsonschema import Draft7Validator
-from kombu.transport.redis import Channel
 
 from broker_config import celery_config
 from broker_config.celery_config import JOB_TIME_LIMIT_S
-from broker_config.queues import language_queue
+from llmos_jobs.metrics import exported_names
 from tests.support.k8s_models import ManifestError, load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,33 +277,28 @@ def test_every_pod_runs_as_the_images_non_root_user() -> None:
         assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
 
 
-def test_the_scaled_object_watches_every_priority_list_of_the_gpu_model() -> None:
+def test_the_scaled_object_scales_on_the_gpu_models_workers_needed() -> None:
     [scaled] = by_kind("ScaledObject").values()
     spec = scaled["spec"]
     target = spec["scaleTargetRef"]
     stateful = by_kind(target["kind"])[target["name"]]
-    [container] = [c for c in pod_spec(stateful)["containers"]
-                   if c["name"] == target["envSourceContainerName"]]
-    env = {v["name"] for v in container["env"]}
+    assert target["envSourceContainerName"] in {c["name"]
+                                                for c in pod_spec(stateful)["containers"]}
     [config] = by_kind("ConfigMap").values()
     model = config["data"]["LLMOS_GPU_MODEL"]
-    # The lists kombu's Redis transport keeps for the model's queue, one per priority
-    # step of broker_config (its own naming function, on this configuration).
-    options = celery_config(broker_url="redis://")["broker_transport_options"]
-    transport = SimpleNamespace(priority_steps=options["priority_steps"], sep=options["sep"])
-    transport.priority = lambda n: Channel.priority(transport, n)
-    expected = {Channel._q_for_pri(transport, language_queue(model), p)
-                for p in options["priority_steps"]}
-    triggers = spec["triggers"]
-    assert {t["metadata"]["listName"] for t in triggers} == expected
-    for trigger in triggers:
-        metadata = trigger["metadata"]
-        assert trigger["type"] == "redis"
-        assert {metadata["addressFromEnv"], metadata["passwordFromEnv"]} <= env
-        assert metadata["databaseIndex"] == "0"
-    # The formula adds up every trigger.
-    formula = spec["advanced"]["scalingModifiers"]["formula"]
-    assert sorted(re.findall(r"\w+", formula)) == sorted(t["name"] for t in triggers)
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    metadata = trigger["metadata"]
+    # The query names a gauge llmos exports, for the model the GPU workers serve, and
+    # reduces it to one value (as KEDA requires) whichever processes export it.
+    query = metadata["query"]
+    [(function, name, labels)] = re.findall(r"^(\w+)\((\w+)\{(.*)\}\)$", query)
+    assert function == "max" and name in exported_names()
+    assert name == "llmos_model_workers_needed"
+    assert labels == f'model="{model}"'
+    # The gauge counts workers: one per replica.
+    assert (trigger["metricType"], metadata["threshold"]) == ("AverageValue", "1")
+    assert metadata["serverAddress"].startswith("http")
     assert spec["minReplicaCount"] >= 1
 
 

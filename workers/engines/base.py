@@ -48,6 +48,10 @@ class EngineRequest:
     # joined, are exactly the Completion's text: a piece is sent only once no stop
     # string can still cut it away, and never splits a character.
     on_text: Callable[[str], None] | None = None
+    # ``messages`` rendered with the opening of the assistant's reply (the chat
+    # template's add_generation_prompt). False: the messages alone, as the prefix that
+    # a later prompt over more messages begins with (a mindspace's persona).
+    generation_prompt: bool = True
 
 
 @dataclass(frozen=True)

@@ -288,9 +288,11 @@ class SGLangEngine:
             raise EngineUnloaded(f"model {self.name!r} was unloaded from this worker")
         return engine, loop
 
-    def _render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def _render_chat(self, messages: Sequence[ChatMessage], generation_prompt: bool
+                     ) -> list[int]:
         return token_ids_of(self._tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=True))
+            [m.model_dump() for m in messages], add_generation_prompt=generation_prompt,
+            tokenize=True))
 
     def _call_args(self, request: EngineRequest, rid: str) -> dict[str, object]:
         kind, value = input_of(request, self._render_chat)

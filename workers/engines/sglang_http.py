@@ -150,7 +150,7 @@ def generate_in_batches(
     requests: Sequence[EngineRequest], *,
     submit: Callable[[GenerateCall], Sequence[Mapping[str, object]]],
     abort: Callable[[str], None],
-    render_chat: Callable[[Sequence[ChatMessage]], list[int]],
+    render_chat: Callable[[Sequence[ChatMessage], bool], list[int]],
     priority_of: Callable[[int], int | None],
     on_batch: Callable[[list[Completion], float], None] = lambda done, busy_s: None,
     poll_s: float = 0.05,
@@ -324,9 +324,11 @@ class SGLangServerEngine:
                     f"({path!r}) on this host: {e}") from e
         return self._tokenizer
 
-    def _render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def _render_chat(self, messages: Sequence[ChatMessage], generation_prompt: bool
+                     ) -> list[int]:
         return token_ids_of(self._tokenizer_of_server().apply_chat_template(
-            [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=True))
+            [m.model_dump() for m in messages], add_generation_prompt=generation_prompt,
+            tokenize=True))
 
     def _priority(self, priority: int) -> int | None:
         if not self._priority_enabled:

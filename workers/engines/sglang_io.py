@@ -154,7 +154,7 @@ def token_ids_of(encoded: object) -> list[int]:
 
 
 def input_of(request: EngineRequest,
-             render_chat: Callable[[Sequence[ChatMessage]], list[int]]
+             render_chat: Callable[[Sequence[ChatMessage], bool], list[int]]
              ) -> tuple[InputKind, str | list[int]]:
     given = [x is not None for x in (request.prompt, request.messages, request.input_ids)]
     if sum(given) != 1:
@@ -163,7 +163,7 @@ def input_of(request: EngineRequest,
         return "text", request.prompt
     if request.messages is not None:
         # Token ids, not rendered text: SGLang would add a second BOS when tokenizing.
-        return "input_ids", render_chat(request.messages)
+        return "input_ids", render_chat(request.messages, request.generation_prompt)
     assert request.input_ids is not None
     return "input_ids", list(request.input_ids)
 

@@ -169,8 +169,9 @@ class TransformersEngine:
             return list(request.input_ids)
         if request.messages is not None:
             rendered = tokenizer.apply_chat_template(
-                [m.model_dump() for m in request.messages], add_generation_prompt=True,
-                tokenize=True, return_dict=True)
+                [m.model_dump() for m in request.messages],
+                add_generation_prompt=request.generation_prompt, tokenize=True,
+                return_dict=True)
             return list(rendered["input_ids"])
         return list(tokenizer(request.prompt)["input_ids"])
 

@@ -48,20 +48,24 @@ async def create_chat_completion(
     body: ChatCompletionRequest, state: Annotated[ApiState, Depends(api_state)],
     caller: Annotated[Caller, Depends(authorize("chat.completions.create", Scope.jobs_write))],
 ) -> Response | ChatCompletion:
-    """Queue the conversation at interactive priority and answer once it ran. A job that
-    does not finish within the API's wait timeout is cancelled and answered 504. With
-    ``stream: true`` the answer is server-sent ``chat.completion.chunk`` events as the
-    tokens are decoded (and a usage chunk with ``stream_options.include_usage``); a
-    client that disconnects leaves the job running."""
+    """Queue the conversation at interactive priority (or the tenant's lower max_priority)
+    and answer once it ran. A job that does not finish within the API's wait timeout is
+    cancelled and answered 504. With ``stream: true`` the answer is server-sent
+    ``chat.completion.chunk`` events as the tokens are decoded (and a usage chunk with
+    ``stream_options.include_usage``); a client that disconnects leaves the job
+    running."""
     client = state.client(caller.tenant)
     url = await run_in_threadpool(client.events_url) if body.stream else None
+    # Interactive, unless the tenant's max_priority is lower: lowered, not refused, as
+    # these requests cannot name a priority.
+    priority = await run_in_threadpool(client.implicit_priority)
     job = await run_in_threadpool(partial(
         client.generate, model=body.model,
         messages=[m.as_chat_message() for m in body.messages],
         max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
         temperature=body.temperature or 0.0,
         stop=[body.stop] if isinstance(body.stop, str) else body.stop or [],
-        priority="interactive",
+        priority=priority, deadline=body.deadline, sla=body.sla,
         response_format=(body.response_format.model_dump(mode="json")
                          if isinstance(body.response_format, ResponseFormat) else None),
     ))

@@ -36,18 +36,21 @@ async def create_completion(
     body: CompletionRequest, state: Annotated[ApiState, Depends(api_state)],
     caller: Annotated[Caller, Depends(authorize("completions.create", Scope.jobs_write))],
 ) -> Response | TextCompletion:
-    """Queue the prompt at interactive priority and answer once it ran (cancelled and
-    answered 504 past the API's wait timeout). With ``stream: true``: server-sent
-    ``text_completion`` chunks as the tokens are decoded, a usage chunk with
-    ``stream_options.include_usage``, then ``[DONE]``; a client that disconnects leaves
-    the job running."""
+    """Queue the prompt at interactive priority (or the tenant's lower max_priority) and
+    answer once it ran (cancelled and answered 504 past the API's wait timeout). With
+    ``stream: true``: server-sent ``text_completion`` chunks as the tokens are decoded, a
+    usage chunk with ``stream_options.include_usage``, then ``[DONE]``; a client that
+    disconnects leaves the job running."""
     client = state.client(caller.tenant)
     url = await run_in_threadpool(client.events_url) if body.stream else None
+    # Interactive, unless the tenant's max_priority is lower: lowered, not refused, as
+    # these requests cannot name a priority.
+    priority = await run_in_threadpool(client.implicit_priority)
     job = await run_in_threadpool(partial(
         client.generate, model=body.model, prompt=body.prompt,
         max_tokens=body.max_tokens or DEFAULT_MAX_TOKENS, temperature=body.temperature or 0.0,
         stop=[body.stop] if isinstance(body.stop, str) else body.stop or [],
-        priority="interactive",
+        priority=priority, deadline=body.deadline, sla=body.sla,
     ))
     caller.created(job.id)
     if url is not None:

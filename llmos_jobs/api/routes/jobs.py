@@ -31,6 +31,7 @@ def submit_job(
         model=body.model, prompt=body.prompt, messages=body.messages,
         max_tokens=body.max_tokens, temperature=body.temperature, stop=body.stop,
         priority=body.priority, webhook=body.webhook, timeout_s=body.timeout_s,
+        deadline=body.deadline, sla=body.sla,
         response_format=(body.response_format.model_dump(mode="json")
                          if body.response_format is not None else None),
     )

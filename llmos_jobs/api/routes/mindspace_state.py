@@ -12,6 +12,7 @@ from llmos_jobs.api.bodies import ListOf, MindspaceView
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.db.tables import SnapshotPublic
 from llmos_jobs.services.api_keys import Scope
+from llmos_jobs.services.mindspace_limits import MindspaceUsage
 
 router = APIRouter(prefix="/v1/mindspaces", tags=["mindspaces"])
 State = Annotated[ApiState, Depends(api_state)]
@@ -28,6 +29,11 @@ class Configure(BaseModel):
     max_tokens: int | None = None
     temperature: float | None = None
     knowledge_top_k: int | None = None
+    max_tokens_per_turn: int | None = Field(
+        default=None, ge=0, description="limit: new tokens a turn may ask for (0: no limit)")
+    knowledge_max_bytes: int | None = Field(
+        default=None, ge=0, description="limit: UTF-8 bytes of documents the knowledge base "
+                                        "holds (0: no limit)")
 
 
 class SnapshotCreate(BaseModel):
@@ -60,6 +66,13 @@ def configure(mindspace_id: str, body: Configure, state: State,
     configured = state.client(caller.tenant).configure_mindspace(
         mindspace_id, persona=body.persona, **settings)
     return MindspaceView.of(configured, operator=caller.operator)
+
+
+@router.get("/{mindspace_id}/usage", response_model=MindspaceUsage)
+def usage(mindspace_id: str, state: State, caller: Reader) -> MindspaceUsage:
+    """What the mindspace holds and used so far (history messages and tokens, knowledge
+    bytes and chunks, turns, tokens in and out), beside each of its limits."""
+    return state.client(caller.tenant).mindspace_usage(mindspace_id)
 
 
 @router.post("/{mindspace_id}/snapshots", status_code=201, response_model=SnapshotPublic)

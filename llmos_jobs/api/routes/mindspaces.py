@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
+from pydantic import Field
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -21,13 +22,28 @@ router = APIRouter(prefix="/v1/mindspaces", tags=["mindspaces"])
 State = Annotated[ApiState, Depends(api_state)]
 
 
+class MindspaceNew(MindspaceCreate):
+    """A new mindspace, with any of its settings and limits (the rest default)."""
+
+    context_budget: int | None = Field(default=None, description="history tokens kept")
+    max_tokens: int | None = Field(default=None, description="default reply length")
+    temperature: float | None = None
+    knowledge_top_k: int | None = None
+    max_tokens_per_turn: int | None = Field(
+        default=None, ge=0, description="limit: new tokens a turn may ask for (0: no limit)")
+    knowledge_max_bytes: int | None = Field(
+        default=None, ge=0, description="limit: UTF-8 bytes of documents the knowledge base "
+                                        "holds (0: no limit)")
+
+
 @router.post("", status_code=201, response_model=MindspaceView, response_model_exclude_unset=True)
 def create_mindspace(
-    body: MindspaceCreate, state: State,
+    body: MindspaceNew, state: State,
     caller: Annotated[Caller, Depends(authorize("mindspaces.create", Scope.mindspaces_write))],
 ) -> MindspaceView:
+    settings = body.model_dump(exclude=set(MindspaceCreate.model_fields), exclude_none=True)
     mindspace = state.client(caller.tenant).create_mindspace(
-        model=body.model, persona=body.persona, name=body.name)
+        model=body.model, persona=body.persona, name=body.name, **settings)
     caller.created(mindspace.id)
     return MindspaceView.of(mindspace, operator=caller.operator)
 
@@ -63,7 +79,8 @@ async def take_turn(
     url = await run_in_threadpool(client.events_url) if stream else None
     job = await run_in_threadpool(
         client.chat, mindspace_id, body.message, max_tokens=body.max_tokens,
-        temperature=body.temperature, priority=body.priority, timeout_s=body.timeout_s)
+        temperature=body.temperature, priority=body.priority, timeout_s=body.timeout_s,
+        deadline=body.deadline, sla=body.sla)
     if url is not None:
         caller.created(job.id)
         return events_response(client, url, job.id)

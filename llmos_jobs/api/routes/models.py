@@ -12,6 +12,7 @@ from llmos_jobs.api.auth import Caller, authorize
 from llmos_jobs.api.bodies import ModelOpBody
 from llmos_jobs.api.openai_schemas import OpenAIModel, OpenAIModelList
 from llmos_jobs.api.state import ApiState, api_state
+from llmos_jobs.db.model_tables import ModelVersionPublic
 from llmos_jobs.db.tables import JobPublic, RegisteredModelPublic
 from llmos_jobs.model_roots import confine
 from llmos_jobs.services.api_keys import Scope
@@ -42,9 +43,20 @@ def register_model(
     """Register (or re-register) a model directory on the API server's machine; it must
     lie under a model root (``LLMOS_MODEL_ROOTS``)."""
     path = confine(body.path, state.settings.model_root_paths())
-    model = state.client(caller.tenant).register_model(body.name, path, body.engine.value)
+    model = state.client(caller.tenant).register_model(body.name, path, body.engine.value,
+                                                       keep_alive=body.keep_alive)
     caller.created(model.name)
     return model
+
+
+@router.get("/{name}/versions", response_model=list[ModelVersionPublic])
+def model_versions(
+    name: str, state: State,
+    caller: Annotated[Caller, Depends(authorize("models.versions", Scope.models_admin,
+                                                    operator_only=True))],
+) -> list[ModelVersionPublic]:
+    """The versions of a model (paths and content hashes: an operator's view)."""
+    return state.client(caller.tenant).model_versions(name)
 
 
 def _model_op(state: ApiState, caller: Caller, name: str, op: ModelOp,

@@ -13,7 +13,7 @@ from llmos_jobs.api.bodies import ApiPriority, JobView
 from llmos_jobs.api.errors import ApiError
 from llmos_jobs.api.state import ApiState, api_state
 from llmos_jobs.services.api_keys import Scope
-from schemas.common import PRIORITY_CLASSES, Contract, JobKind
+from schemas.common import PRIORITY_CLASSES, Contract, DeadlineOptions, JobKind
 from schemas.tasks import (
     PRESET_KINDS,
     AnswerRequest,
@@ -29,7 +29,7 @@ State = Annotated[ApiState, Depends(api_state)]
 Creator = Annotated[Caller, Depends(authorize("jobs.create", Scope.jobs_write))]
 
 
-class TaskOptions(Contract):
+class TaskOptions(DeadlineOptions, Contract):
     priority: ApiPriority = PRIORITY_CLASSES["default"]
     webhook: str | None = Field(
         default=None, max_length=2048,
@@ -59,9 +59,10 @@ class ExtractSubmit(ExtractRequest, TaskOptions):
 def _queue(kind: JobKind, body: PresetRequest, options: TaskOptions, state: ApiState,
            caller: Caller) -> JobView:
     caller.check_priority(options.priority)
-    request = body.model_dump(mode="json", exclude={"priority", "webhook"})
+    request = body.model_dump(mode="json", exclude={"priority", "webhook", "deadline", "sla"})
     job = state.client(caller.tenant).task(kind, request, priority=options.priority,
-                                           webhook=options.webhook)
+                                           webhook=options.webhook, deadline=options.deadline,
+                                           sla=options.sla)
     caller.created(job.id)
     return JobView.of(job, operator=caller.operator)
 

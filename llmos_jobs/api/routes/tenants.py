@@ -1,6 +1,7 @@
-"""/v1/tenants/{tenant}/filters: a tenant's content filters. Setting and reading them is
-an operator's act (an operator key with scope ``admin``): a tenant does not loosen its
-own rules."""
+"""/v1/tenants/{tenant}/filters and /v1/tenants/{tenant}/policy: a tenant's content
+filters and its scheduling policy (weight, quotas). Setting and reading them is an
+operator's act (an operator key with scope ``admin``): a tenant does not loosen its own
+rules or raise its own quotas."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pydantic import Field
 
 from llmos_jobs.api.auth import Authorize, Caller, authorize
 from llmos_jobs.api.state import ApiState, api_state
+from llmos_jobs.db.tenant_tables import TenantPolicyPublic
 from llmos_jobs.services.api_keys import Scope
+from llmos_jobs.services.tenant_policies import PolicyUpdate
 from schemas.common import Contract
 from schemas.filters import Direction, FilterVerdict, TenantFilters
 
@@ -52,3 +55,33 @@ def try_filters(tenant: str, body: FilterTrial, state: State,
     step, which needs a worker, is left out)."""
     caller.audit.tenant = tenant
     return state.client(tenant).try_filters(body.text, side=body.side)
+
+
+@router.get("/{tenant}/policy", response_model=TenantPolicyPublic)
+def get_policy(tenant: str, state: State,
+               caller: Annotated[Caller, Depends(_operator("policy.show"))]
+               ) -> TenantPolicyPublic:
+    """The tenant's weight and quotas; the default (weight 1, no quota, ``updated_at``
+    null) when none was set."""
+    caller.audit.tenant = tenant
+    return state.client(tenant).policy()
+
+
+@router.put("/{tenant}/policy", response_model=TenantPolicyPublic)
+def put_policy(tenant: str, body: PolicyUpdate, state: State,
+               caller: Annotated[Caller, Depends(_operator("policy.set"))]
+               ) -> TenantPolicyPublic:
+    """Change the fields sent (null removes a quota, or sets the weight back to 1); the
+    others keep their value. Submissions from now on are checked against it."""
+    caller.audit.tenant = tenant
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    return state.client(tenant).set_policy(**changes)
+
+
+@router.delete("/{tenant}/policy", response_model=TenantPolicyPublic)
+def delete_policy(tenant: str, state: State,
+                  caller: Annotated[Caller, Depends(_operator("policy.delete"))]
+                  ) -> TenantPolicyPublic:
+    """Remove the tenant's policy: weight 1 and no quota again."""
+    caller.audit.tenant = tenant
+    return state.client(tenant).delete_policy()

@@ -26,7 +26,8 @@ Raising an event, for any feature (jobs use it; batches will)::
 The body sent is ``{"type": event_type, "timestamp": ISO 8601, "data": data}``; the
 `webhook-id` header is ``delivery_id``, the same on every attempt.
 
-Job events (``job.succeeded``, ``job.failed``, ``job.cancelled``, ``job.filtered``)
-carry the job's id, status, kind, model, priority, result (the output), usage, error,
-the content filter rules that ended or redacted it, attempts and timings, but not its
+Job events (``job.succeeded``, ``job.failed``, ``job.cancelled``, ``job.filtered``,
+``job.expired``) carry the job's id, status, kind, model, priority, result (the output),
+usage, error, the content filter rules that ended or redacted it, its deadline,
+attempts and timings, but not its
 prompt: the receiver is the tenant's own endpoint."""

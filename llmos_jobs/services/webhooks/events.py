@@ -28,13 +28,14 @@ JOB_EVENTS: dict[JobStatus, str] = {
     JobStatus.failed: "job.failed",
     JobStatus.cancelled: "job.cancelled",
     JobStatus.filtered: "job.filtered",
+    JobStatus.expired: "job.expired",
 }
 # What a job event tells the tenant's endpoint: the outcome and the output, not the
 # prompt (the tenant sent it, and it would double the size of every request).
 JOB_EVENT_FIELDS = {
     "id", "status", "kind", "model", "priority", "result", "usage", "error_type",
-    "error_message", "filter_rule", "redacted_by", "attempts", "created_at", "started_at",
-    "finished_at", "latency_s",
+    "error_message", "filter_rule", "redacted_by", "deadline", "attempts", "created_at",
+    "started_at", "finished_at", "latency_s",
 }
 
 

@@ -1,6 +1,6 @@
 """The Python client: submit and inspect work as one tenant. A thin facade over the
 services (llmos_jobs.services), which validate, commit and publish; this class adds a
-tenant, an audit row per action (llmos_jobs.client_audit) and keyword arguments."""
+tenant, an audit row per action (llmos_jobs.client.audit) and keyword arguments."""
 
 from __future__ import annotations
 
@@ -8,16 +8,21 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session
 
-from llmos_jobs.client_audit import audited, default_actor
+from llmos_jobs import sla as sla_rules
+from llmos_jobs.client.audit import audited, default_actor
+from llmos_jobs.client.deployments import DeploymentCalls
+from llmos_jobs.client.presets import PresetCalls
 from llmos_jobs.db import mindspaces as mindspace_rows
 from llmos_jobs.db import registry
 from llmos_jobs.db.batch_tables import Batch, StoredFile
 from llmos_jobs.db.migrate import upgrade
+from llmos_jobs.db.model_tables import ModelVersionPublic
 from llmos_jobs.db.retention_tables import RetentionPolicyPublic
 from llmos_jobs.db.session import Database
 from llmos_jobs.db.tables import (
@@ -27,6 +32,7 @@ from llmos_jobs.db.tables import (
     SnapshotPublic,
     WorkerPublic,
 )
+from llmos_jobs.db.tenant_tables import TenantPolicyPublic
 from llmos_jobs.job_events import JobEnding, require_events_url
 from llmos_jobs.services import (
     batch_files,
@@ -38,6 +44,7 @@ from llmos_jobs.services import (
     presets,
     retention,
     streaming,
+    tenant_policies,
 )
 from llmos_jobs.services import filters as filter_service
 from llmos_jobs.services import jobs as job_service
@@ -45,6 +52,7 @@ from llmos_jobs.services import mindspaces as mindspace_service
 from llmos_jobs.services.embeddings import Embeddings
 from llmos_jobs.services.idempotency import Idempotency
 from llmos_jobs.services.language import BulkSubmission
+from llmos_jobs.services.mindspace_limits import MindspaceUsage
 from llmos_jobs.services.mindspaces import KnowledgeDocument
 from llmos_jobs.services.submission import Submitter, priority_of, validate
 from llmos_jobs.settings import Settings, get_settings
@@ -56,7 +64,11 @@ from schemas.model import ModelOp, ModelOpRequest
 __all__ = ["BulkSubmission", "KnowledgeDocument", "LlmosClient"]
 
 
-class LlmosClient:
+def _moment_text(value: datetime | str | None) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+class LlmosClient(PresetCalls, DeploymentCalls):
     """Submit and inspect work as one tenant."""
 
     def __init__(self, *, settings: Settings | None = None, tenant: str | None = None,
@@ -82,6 +94,10 @@ class LlmosClient:
         self.database = submitter.database
         self.limits = submitter.limits
         self.idempotency = Idempotency.of(settings, self.database)
+
+    def _deadline(self, deadline: datetime | str | None, sla: str | None) -> datetime | None:
+        """The deadline asked for, from now; InvalidRequest naming what is wrong."""
+        return sla_rules.resolve(self.settings, deadline=deadline, sla=sla)
 
     def session(self) -> AbstractContextManager[Session]:
         """A database session on this client's database (committed on success)."""
@@ -112,6 +128,8 @@ class LlmosClient:
         timeout_s: float | None = None,
         response_format: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        deadline: datetime | str | None = None,
+        sla: str | None = None,
     ) -> JobPublic:
         """Queue a language job; ``webhook`` is POSTed its outcome (job.succeeded,
         job.failed or job.cancelled), signed with the tenant's webhook secret. A job
@@ -120,7 +138,11 @@ class LlmosClient:
         asks for JSON valid against a schema (docs/presets.md).
         ``idempotency_key``: the same call again with this key (within 24 h) returns the
         job the first one queued instead of queueing another; the key with different
-        arguments raises IdempotencyMismatch."""
+        arguments raises IdempotencyMismatch. ``deadline`` (an aware datetime or ISO 8601
+        with a zone) or ``sla`` (a class: interactive, standard, batch; seconds from now
+        set by LLMOS_SLA_<CLASS>_S) is the latest moment the job may start: a job not
+        started by then ends `expired` without running (docs/deadlines.md)."""
+        when = self._deadline(deadline, sla)
         data: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                                 "temperature": temperature, "stop": list(stop),
                                 "timeout_s": timeout_s}
@@ -134,92 +156,55 @@ class LlmosClient:
             ]
         def submit() -> JobPublic:
             return language.submit_generate(self.submitter, self.tenant, data,
-                                            priority=priority_of(priority), webhook=webhook)
+                                            priority=priority_of(priority), webhook=webhook,
+                                            deadline=when)
 
         if idempotency_key is None:
             return submit()
+        # The deadline asked for, not the moment it resolved to: a retry is the same call.
         return self.job(self._once(idempotency_key, "client generate", lambda: submit().id,
-                                   {**data, "priority": priority, "webhook": webhook}))
+                                   {**data, "priority": priority, "webhook": webhook,
+                                    "deadline": _moment_text(deadline), "sla": sla}))
 
     @audited("jobs.create_many")
     def generate_many(self, requests: Sequence[dict[str, Any]], *,
-                      priority: int | str = "batch", webhook: str | None = None
+                      priority: int | str = "batch", webhook: str | None = None,
+                      deadline: datetime | str | None = None, sla: str | None = None
                       ) -> BulkSubmission:
         """Submit many language jobs at once: one transaction, one broker connection.
         Each invalid request is reported by its index; the valid ones still run.
-        ``webhook`` applies to every job (a refused URL refuses the whole call)."""
+        ``webhook``, ``deadline`` and ``sla`` apply to every job (a refused one refuses
+        the whole call)."""
         return language.submit_many(self.submitter, self.tenant, requests,
-                                    priority=priority_of(priority), webhook=webhook)
+                                    priority=priority_of(priority), webhook=webhook,
+                                    deadline=self._deadline(deadline, sla))
 
     # -- task presets (docs/presets.md) -------------------------------------------------------
 
     @audited("tasks.{kind}")
     def task(self, kind: JobKind | str, request: dict[str, Any], *,
-             priority: int | str = "default", webhook: str | None = None) -> JobPublic:
+             priority: int | str = "default", webhook: str | None = None,
+             deadline: datetime | str | None = None, sla: str | None = None) -> JobPublic:
         """Queue a task preset: ``kind`` is summarise, translate, answer, classify or
-        extract, ``request`` its fields (schemas.tasks)."""
+        extract, ``request`` its fields (schemas.tasks). ``deadline`` or ``sla``: as
+        for ``generate``."""
         return presets.submit_preset(self.submitter, self.tenant,
                                      presets.preset_kind(str(kind)), request,
-                                     priority=priority_of(priority), webhook=webhook)
-
-    def summarise(self, *, model: str, text: str, length: str | int = "medium",
-                  style: str = "paragraph", temperature: float = 0.0,
-                  timeout_s: float | None = None, priority: int | str = "default",
-                  webhook: str | None = None) -> JobPublic:
-        """Summarise ``text``: ``length`` short, medium, long or a budget in tokens;
-        ``style`` paragraph or bullets."""
-        return self.task(JobKind.summarise, {
-            "model": model, "text": text, "length": length, "style": style,
-            "temperature": temperature, "timeout_s": timeout_s},
-            priority=priority, webhook=webhook)
-
-    def translate(self, *, model: str, text: str, target_language: str,
-                  source_language: str | None = None, max_tokens: int = 256,
-                  temperature: float = 0.0, timeout_s: float | None = None,
-                  priority: int | str = "default", webhook: str | None = None) -> JobPublic:
-        """Translate ``text`` into ``target_language``."""
-        return self.task(JobKind.translate, {
-            "model": model, "text": text, "target_language": target_language,
-            "source_language": source_language, "max_tokens": max_tokens,
-            "temperature": temperature, "timeout_s": timeout_s},
-            priority=priority, webhook=webhook)
-
-    def answer(self, *, model: str, question: str, context: Sequence[str],
-               max_tokens: int = 128, temperature: float = 0.0,
-               timeout_s: float | None = None, priority: int | str = "default",
-               webhook: str | None = None) -> JobPublic:
-        """Answer ``question`` from the ``context`` passages; the result lists the
-        passages the answer cites."""
-        return self.task(JobKind.answer, {
-            "model": model, "question": question, "context": list(context),
-            "max_tokens": max_tokens, "temperature": temperature, "timeout_s": timeout_s},
-            priority=priority, webhook=webhook)
-
-    def classify(self, *, model: str, text: str, labels: Sequence[str], max_tokens: int = 16,
-                 temperature: float = 0.0, timeout_s: float | None = None,
-                 priority: int | str = "default", webhook: str | None = None) -> JobPublic:
-        """The one of ``labels`` that fits ``text``."""
-        return self.task(JobKind.classify, {
-            "model": model, "text": text, "labels": list(labels), "max_tokens": max_tokens,
-            "temperature": temperature, "timeout_s": timeout_s},
-            priority=priority, webhook=webhook)
-
-    def extract(self, *, model: str, text: str, json_schema: dict[str, Any],
-                max_tokens: int = 256, temperature: float = 0.0,
-                timeout_s: float | None = None, priority: int | str = "default",
-                webhook: str | None = None) -> JobPublic:
-        """The fields ``json_schema`` describes, read from ``text`` and validated."""
-        return self.task(JobKind.extract, {
-            "model": model, "text": text, "json_schema": json_schema,
-            "max_tokens": max_tokens, "temperature": temperature, "timeout_s": timeout_s},
-            priority=priority, webhook=webhook)
+                                     priority=priority_of(priority), webhook=webhook,
+                                     deadline=self._deadline(deadline, sla))
 
     # -- models ---------------------------------------------------------------------------------
 
     @audited("models.register")
-    def register_model(self, name: str, path: str | Path, engine: str = "transformers"
-                       ) -> RegisteredModelPublic:
-        return models.register(self.submitter, name=name, path=path, engine=engine)
+    def register_model(self, name: str, path: str | Path, engine: str = "transformers",
+                       keep_alive: str | None = None) -> RegisteredModelPublic:
+        """Version 1 of ``name``, or its next version when ``path`` holds other content
+        than its versions; the current version's content again changes nothing."""
+        return models.register(self.submitter, name=name, path=path, engine=engine,
+                               keep_alive=keep_alive)
+
+    def model_versions(self, name: str) -> list[ModelVersionPublic]:
+        return models.list_versions(self.submitter, name)
 
     def models(self) -> list[RegisteredModelPublic]:
         with self.session() as session:
@@ -255,6 +240,11 @@ class LlmosClient:
             return mindspace_rows.show_mindspace(session=session, tenant=self.tenant,
                                                  mindspace_id=mindspace_id)
 
+    def mindspace_usage(self, mindspace_id: str) -> MindspaceUsage:
+        """What the mindspace holds and used so far (history, knowledge, turns, tokens),
+        beside its limits."""
+        return mindspace_service.usage(self.submitter, self.tenant, mindspace_id)
+
     def mindspaces(self) -> list[MindspacePublic]:
         with self.session() as session:
             return [mindspace_rows.show_mindspace(session=session, tenant=self.tenant,
@@ -265,21 +255,27 @@ class LlmosClient:
     @audited("mindspaces.turn")
     def chat(self, mindspace_id: str, message: str, *, max_tokens: int | None = None,
              temperature: float | None = None, priority: int | str = "interactive",
-             timeout_s: float | None = None, idempotency_key: str | None = None
+             timeout_s: float | None = None, idempotency_key: str | None = None,
+             deadline: datetime | str | None = None, sla: str | None = None
              ) -> JobPublic:
         """Submit a turn. Turns of one mindspace run one at a time in the order accepted:
         a turn sent while an earlier one is unfinished is `waiting` until that one ends
-        (llmos_jobs.services.turns). ``idempotency_key``: as for ``generate``."""
+        (llmos_jobs.services.turns). ``idempotency_key``, ``deadline``, ``sla``: as for
+        ``generate``; a turn that expires lets the next one run."""
+        when = self._deadline(deadline, sla)
+
         def submit() -> JobPublic:
             return mindspace_service.submit_turn(
                 self.submitter, self.tenant, mindspace_id, message, max_tokens=max_tokens,
-                temperature=temperature, priority=priority_of(priority), timeout_s=timeout_s)
+                temperature=temperature, priority=priority_of(priority), timeout_s=timeout_s,
+                deadline=when)
 
         if idempotency_key is None:
             return submit()
         return self.job(self._once(idempotency_key, "client chat", lambda: submit().id, {
             "mindspace": mindspace_id, "message": message, "max_tokens": max_tokens,
-            "temperature": temperature, "priority": priority, "timeout_s": timeout_s}))
+            "temperature": temperature, "priority": priority, "timeout_s": timeout_s,
+            "deadline": _moment_text(deadline), "sla": sla}))
 
     @audited("mindspaces.snapshot")
     def snapshot(self, mindspace_id: str, *, name: str | None = None) -> SnapshotPublic:
@@ -447,3 +443,32 @@ class LlmosClient:
                     ) -> FilterVerdict:
         """What this tenant's rules make of ``text`` (all but the moderation step)."""
         return filter_service.try_text(self.filters(), text, Direction(side))
+
+    # -- scheduling policy (operators set it; docs/quotas.md) ----------------------------------
+
+    def policy(self) -> TenantPolicyPublic:
+        """This tenant's weight and quotas (the default, ``updated_at`` None, when unset)."""
+        return tenant_policies.show(self.submitter, self.tenant)
+
+    def implicit_priority(self) -> int:
+        """The priority of a request that names none where the default is interactive
+        (OpenAI's chat and text completions): interactive, or this tenant's
+        max_priority when that allows no higher."""
+        return self.submitter.quotas.allowed_priority(self.tenant, priority_of("interactive"))
+
+    def policies(self) -> list[TenantPolicyPublic]:
+        """The policy of every tenant that has one (an operator's view)."""
+        return tenant_policies.listing(self.submitter)
+
+    @audited("tenants.policy.set")
+    def set_policy(self, /, **changes: float | int | str | None) -> TenantPolicyPublic:
+        """Change this tenant's weight, max_queued, max_running, tokens_per_minute or
+        max_priority (a number or a class name); None removes one (weight: back to 1).
+        Fields not named keep their value. An operator's action: the HTTP API allows it
+        to operator keys."""
+        return tenant_policies.update(self.submitter, self.tenant, dict(changes))
+
+    @audited("tenants.policy.delete")
+    def delete_policy(self) -> TenantPolicyPublic:
+        """Remove this tenant's policy: weight 1 and no quota again."""
+        return tenant_policies.remove(self.submitter, self.tenant)

@@ -20,7 +20,7 @@ from typing import Concatenate, ParamSpec, Protocol, TypeVar
 from llmos_jobs.db import audit as audit_rows
 from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.db.tables import AuditEventBase
-from llmos_jobs.errors import IllegalTransition, InvalidRequest, NotFound
+from llmos_jobs.errors import IllegalTransition, InvalidRequest, NotFound, QuotaExceeded
 
 
 class AuditedClient(Protocol):
@@ -43,7 +43,8 @@ def default_actor() -> str:
 
 
 def status_of(exc: BaseException | None) -> int:
-    for kind, status in ((InvalidRequest, 400), (NotFound, 404), (IllegalTransition, 409)):
+    for kind, status in ((InvalidRequest, 400), (NotFound, 404), (IllegalTransition, 409),
+                         (QuotaExceeded, 429)):
         if isinstance(exc, kind):
             return status
     return 200 if exc is None else 500
