@@ -53,8 +53,10 @@ def test_flower_serves_the_broker_behind_basic_auth(stack: Stack) -> None:
                   f"Flower saw {worker} (see {log})", poll_s=0.5)
             job = stack.client().generate(model="echo", prompt="seen by flower", max_tokens=1)
             stack.client().wait([job.id], timeout_s=HANG_GUARD_S)
-            until(lambda: job.task_id in flower.get("/api/tasks").json(),
-                  f"Flower saw the task (see {log})", poll_s=0.5)
+            # The job's row ends inside the task, before the worker sends task-succeeded:
+            # Flower may still say STARTED when the job has finished, so wait for the event.
+            until(lambda: flower.get("/api/tasks").json().get(job.task_id, {}).get("state")
+                  in {"SUCCESS", "FAILURE"}, f"Flower saw the task end (see {log})", poll_s=0.5)
             seen = flower.get(f"/api/task/info/{job.task_id}").json()
             assert seen["state"] == "SUCCESS" and seen["worker"] == worker
     finally:
