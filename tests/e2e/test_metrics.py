@@ -185,7 +185,9 @@ def test_a_prefork_worker_sums_its_children(stack: Stack, tmp_path: Path) -> Non
                                             max_tokens=2 + i).id for i in range(n)],
                            timeout_s=300)
         assert all(j.status == JobStatus.succeeded for j in done), done
-        after = scrape(url)
+        # The count moves just after the row ends (and after the job's other figures).
+        after = _scrape_once_ended(url, {"status": "succeeded", "kind": "generate",
+                                         "model": model, "tenant": owner, "priority": "5"}, n)
     finally:
         stack.stop_worker(process)
     assert value(after, "llmos_jobs_ended_total", status="succeeded", kind="generate",
