@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 
 from llmos_jobs.client import LlmosClient
 from llmos_jobs.db import expiry as expiry_rows
@@ -176,9 +176,15 @@ def test_an_expired_turn_lets_the_next_turn_of_its_mindspace_run(
         stack: Stack, client: LlmosClient) -> None:
     with held_slot(stack, client) as held:
         mindspace = client.create_mindspace(model=held.model)
-        second = client.chat(mindspace.id, "second", deadline=utcnow() + SOON)
+        # A deadline far off, passed by hand once the third turn is seen waiting: how
+        # long the two submissions take cannot let it pass before.
+        second = client.chat(mindspace.id, "second", deadline=utcnow() + timedelta(hours=1))
         third = client.chat(mindspace.id, "third")
         assert client.job(third.id).status == JobStatus.waiting
+        with session_scope(stack.database) as session:
+            session.execute(update(Job).where(col(Job.id) == second.id)
+                            .values(deadline=utcnow() - timedelta(seconds=1)))
+            session.commit()
         wait_status(client, second.id, JobStatus.expired)
         # Released by the expiry alone: nothing else of the mindspace has ended.
         wait_status(client, third.id, JobStatus.queued)
