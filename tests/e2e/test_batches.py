@@ -12,7 +12,7 @@ from openai.types import Batch, FileObject
 from openai.types.batch_error import BatchError
 
 from tests.support.api_server import REQUEST_HANG_GUARD_S, ApiServer, idle_model, tenant
-from tests.support.waiting import until
+from tests.support.waiting import HANG_GUARD_S, until
 
 
 def sdk(api: ApiServer, key: str) -> openai.OpenAI:
@@ -26,8 +26,8 @@ def line(custom_id: str, text: str, model: str = "echo", max_tokens: int = 2) ->
                                 "messages": [{"role": "user", "content": text}]}})
 
 
-def wait_for(client: openai.OpenAI, batch_id: str, statuses: set[str], timeout_s: float = 90
-             ) -> openai.types.Batch:
+def wait_for(client: openai.OpenAI, batch_id: str, statuses: set[str],
+             timeout_s: float = HANG_GUARD_S) -> openai.types.Batch:
     def reached() -> openai.types.Batch | None:
         batch = client.batches.retrieve(batch_id)
         return batch if batch.status in statuses else None
@@ -147,7 +147,7 @@ def test_a_batch_past_its_completion_window_expires(api: ApiServer) -> None:
                                                  "endpoint": "/v1/chat/completions",
                                                  "completion_window": "2s"}).json()
     assert created["expires_at"] == created["created_at"] + 2
-    done = wait_for(client, created["id"], {"expired"}, timeout_s=60)
+    done = wait_for(client, created["id"], {"expired"})
     assert done.expired_at is not None and done.output_file_id is None
     assert done.request_counts is not None and done.request_counts.failed == 3
     assert done.error_file_id is not None

@@ -75,8 +75,8 @@ def test_a_block_rule_ends_the_job_filtered_named_audited_and_announced(
 
     job = client.generate(model="echo", prompt=prompt, max_tokens=3, webhook=receiver.url)
     other = _client(stack, bystander).generate(model="echo", prompt=prompt, max_tokens=3)
-    [done] = client.wait([job.id], timeout_s=60)
-    [free] = _client(stack, bystander).wait([other.id], timeout_s=60)
+    [done] = client.wait([job.id])
+    [free] = _client(stack, bystander).wait([other.id])
 
     assert done.status == JobStatus.filtered and done.result is None
     assert done.filter_rule == rule.name and done.error_type == "ContentFiltered"
@@ -244,7 +244,7 @@ def test_an_output_rule_redacts_what_the_model_wrote(model_stack: Stack,
 
     jobs = {t: model_stack.client(t).generate(model="tiny", prompt=prompt, max_tokens=12)
             for t in (filtered, bystander)}
-    done = {t: model_stack.client(t).wait([j.id], timeout_s=120)[0] for t, j in jobs.items()}
+    done = {t: model_stack.client(t).wait([j.id])[0] for t, j in jobs.items()}
 
     assert done[bystander].generate_result().text == reference
     expected = re.sub(re.escape(piece), "<cut>", reference)
@@ -273,7 +273,7 @@ def test_the_moderation_model_decides_by_its_output(model_stack: Stack,
             name="guard-says", model="guard", block_when=block_when, max_tokens=4)))
     jobs = {t: model_stack.client(t).generate(model="tiny", prompt=prompt, max_tokens=6)
             for t in (matching, never)}
-    done = {t: model_stack.client(t).wait([j.id], timeout_s=120)[0] for t, j in jobs.items()}
+    done = {t: model_stack.client(t).wait([j.id])[0] for t, j in jobs.items()}
     assert done[matching].status == JobStatus.filtered
     assert done[matching].filter_rule == "guard-says"
     assert done[matching].error_message == (

@@ -71,8 +71,7 @@ def test_limits_are_refused_clearly_and_usage_is_counted(
     replies = []
     # The first asks for the limit, the second for nothing: the limit caps the default.
     for message, asked in (("first question", PER_TURN), ("second question", None)):
-        [job] = client.wait([client.chat(space.id, message, max_tokens=asked).id],
-                            timeout_s=120)
+        [job] = client.wait([client.chat(space.id, message, max_tokens=asked).id])
         assert job.payload["max_tokens"] == PER_TURN
         assert job.status == JobStatus.succeeded, job.error_message
         replies.append(job)

@@ -143,7 +143,7 @@ def test_response_format_returns_json_valid_against_the_schema(preset_stack: Sta
     person = {"name": "Ada", "age": 36}
     job = client.generate(model="echo-presets", prompt=json.dumps(person), max_tokens=50,
                           response_format=_format(PERSON))
-    [done] = client.wait([job.id], timeout_s=60)
+    [done] = client.wait([job.id])
     assert done.status == JobStatus.succeeded, done.error_message
     result = done.generate_result()
     jsonschema.validate(result.parsed, PERSON)  # the reference validator agrees
@@ -156,7 +156,7 @@ def test_response_format_retries_once_then_fails_with_jsonschemas_error(
     wrong = {"name": "Ada", "age": -1}
     job = client.generate(model="echo-presets", prompt=json.dumps(wrong), max_tokens=400,
                           response_format=_format(PERSON))
-    [done] = client.wait([job.id], timeout_s=60)
+    [done] = client.wait([job.id])
     assert done.status == JobStatus.failed and done.error_type == "StructuredOutputInvalid"
     with pytest.raises(jsonschema.ValidationError) as expected:
         jsonschema.validate(wrong, PERSON)
@@ -267,7 +267,7 @@ def test_http_tasks_are_typed_and_match_the_solo_reference(
     queued = http.post("/v1/tasks/summarise", json=body)
     assert queued.status_code == 202, queued.text
     assert queued.json()["kind"] == "summarise" and queued.json()["priority"] == 1
-    [done] = preset_stack.client(name).wait([queued.json()["id"]], timeout_s=120)
+    [done] = preset_stack.client(name).wait([queued.json()["id"]])
     shown = http.get(f"/v1/jobs/{done.id}").json()
     alone = solo(reference, rendered(JobKind.summarise, {
         k: v for k, v in body.items() if k != "priority"}), 9)

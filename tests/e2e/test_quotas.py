@@ -127,7 +127,7 @@ def test_over_max_queued_is_refused_and_what_was_accepted_runs(
         assert _refusals(api, who, "max_queued") == before + len(over)
 
         _serve(stack, model, started)
-        done = [wait_job(http, job_id, timeout_s=120) for job_id in ids]
+        done = [wait_job(http, job_id) for job_id in ids]
         assert [j["status"] for j in done] == ["succeeded"] * 3
         # The echo engine answers each prompt with itself: each job ran its own request.
         assert [j["result"]["text"] for j in done] == prompts
@@ -135,7 +135,7 @@ def test_over_max_queued_is_refused_and_what_was_accepted_runs(
         again = http.post("/v1/jobs", json={"model": model, "prompt": "room again",
                                             "max_tokens": 2})
         assert again.status_code == 202, again.text
-        assert wait_job(http, again.json()["id"], timeout_s=120)["status"] == "succeeded"
+        assert wait_job(http, again.json()["id"])["status"] == "succeeded"
 
 
 def test_a_priority_above_max_priority_is_refused(api: ApiServer) -> None:

@@ -28,7 +28,7 @@ from schemas.common import JobStatus
 from tests.support.api_server import ApiServer
 from tests.support.cli import llmos
 from tests.support.stack import WEBHOOK_ALLOWED_HOSTS, WEBHOOK_RETRY_DELAYS, Stack
-from tests.support.waiting import until
+from tests.support.waiting import HANG_GUARD_S, until
 from tests.support.webhook_receiver import Receiver
 
 ATTEMPTS = len(WEBHOOK_RETRY_DELAYS.split(",")) + 1
@@ -65,7 +65,7 @@ def deliveries(stack: Stack, tenant: str, job_id: str | None = None
 
 
 def settled(stack: Stack, tenant: str, job_id: str | None = None,
-            timeout_s: float = 30) -> WebhookDeliveryPublic:
+            timeout_s: float = HANG_GUARD_S) -> WebhookDeliveryPublic:
     """The one delivery (of the job), once it is no longer pending."""
     def final() -> WebhookDeliveryPublic | None:
         found = deliveries(stack, tenant, job_id)
@@ -80,7 +80,7 @@ def settled(stack: Stack, tenant: str, job_id: str | None = None,
 def run_job(client: LlmosClient, receiver: Receiver) -> str:
     job = client.generate(model="echo", prompt="tell the hook", max_tokens=3,
                           webhook=receiver.url)
-    [done] = client.wait([job.id], timeout_s=60)
+    [done] = client.wait([job.id], timeout_s=HANG_GUARD_S)
     assert done.status == JobStatus.succeeded
     return job.id
 
@@ -159,7 +159,7 @@ def test_retry_after_of_a_429_is_honoured_over_the_schedule(
         stack: Stack, tenant: str, client: LlmosClient, receiver: Receiver) -> None:
     receiver.script = [(429, {"Retry-After": "2"})]
     job_id = run_job(client, receiver)
-    first, second = receiver.wait_for(2, timeout_s=30)
+    first, second = receiver.wait_for(2)
     assert second.at - first.at >= 1.9  # the schedule alone would wait 0.3 s
     assert second.headers["webhook-id"] == first.headers["webhook-id"]
     assert settled(stack, tenant, job_id).status == DeliveryStatus.delivered
@@ -303,7 +303,7 @@ def test_a_batch_announces_its_end(stack: Stack, tenant: str, client: LlmosClien
     stored = client.upload_file(filename="b.jsonl", content="\n".join(lines).encode(),
                             purpose="batch")
     batch = client.create_batch(input_file_id=stored.id, webhook=receiver.url)
-    [request] = receiver.wait_for(1, timeout_s=60)
+    [request] = receiver.wait_for(1)
     assert request.verified
     body = json.loads(request.body)
     assert body["type"] == "batch.completed"

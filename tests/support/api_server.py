@@ -19,7 +19,7 @@ from llmos_jobs.db.session import session_scope
 from llmos_jobs.services.api_keys import issue_key, parse_scopes
 from tests.support.cli import llmos
 from tests.support.stack import Stack
-from tests.support.waiting import until
+from tests.support.waiting import HANG_GUARD_S, until
 
 # How long a waiting call waits: generous on the server most tests use, so a slow
 # machine never turns a result into a time-out; short on the server of the tests that
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], log: str,
-                  timeout_s: float = 60) -> None:
+                  timeout_s: float = HANG_GUARD_S) -> None:
     def answers() -> bool:
         assert process.poll() is None, f"server exited: see {log}"
         try:
@@ -106,7 +106,7 @@ def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
 
 
-def wait_job(http: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+def wait_job(http: httpx.Client, job_id: str, timeout_s: float = HANG_GUARD_S) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
         job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
         return job if job["status"] in ("succeeded", "failed", "cancelled", "filtered",

@@ -20,7 +20,7 @@ from llmos_jobs.client import LlmosClient
 from llmos_jobs.db.session import Database
 from llmos_jobs.settings import Settings
 from tests.support.services import fresh_pg_database
-from tests.support.waiting import until
+from tests.support.waiting import HANG_GUARD_S, until
 
 # The tests' webhook receivers listen on 127.0.0.1; 4 attempts, 0.3 s apart.
 WEBHOOK_ALLOWED_HOSTS = "127.0.0.1"
@@ -124,7 +124,7 @@ class Stack:
         return process
 
     def wait_for_control(self, name: str, process: subprocess.Popen[bytes],
-                         timeout_s: float = 90) -> None:
+                         timeout_s: float = HANG_GUARD_S) -> None:
         app = create_app(self.broker_url)
 
         def answers() -> bool:
@@ -134,7 +134,7 @@ class Stack:
         until(answers, f"control {name} answered a ping", timeout_s, poll_s=0)
 
     def wait_for_worker(self, name: str, process: subprocess.Popen[bytes],
-                        timeout_s: float = 90) -> None:
+                        timeout_s: float = HANG_GUARD_S) -> None:
         client = self.client()
 
         def registered() -> bool:

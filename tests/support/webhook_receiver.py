@@ -69,7 +69,7 @@ class Receiver:
         assert self.port, "the receiver never started"
         return f"http://127.0.0.1:{self.port}/hooks"
 
-    def wait_for(self, count: int, timeout_s: float = 30) -> list[Received]:
+    def wait_for(self, count: int, timeout_s: float = HANG_GUARD_S) -> list[Received]:
         """Every request received, once there are at least ``count``."""
         def arrived() -> list[Received] | None:
             with self._lock:
