@@ -35,6 +35,7 @@ def test_submit_wait_json_uses_the_schema_field_names(stack: Stack) -> None:
     assert all(j["status"] == "succeeded" for j in listed)
 
 
+@pytest.mark.postgres_only  # the command line's surface, the same on any database
 def test_errors_go_to_stderr_without_a_traceback(stack: Stack) -> None:
     cases = [
         (("submit", "hi", "--model", "echo", "--priority", "urgent"), "unknown priority"),

@@ -187,6 +187,7 @@ def test_operators_set_a_tenants_filters_over_http(api: ApiServer) -> None:
     assert {("filters.set", tenant), (FILTERED_ACTION, job["id"])} <= actions
 
 
+@pytest.mark.postgres_only  # the command line's surface, the same on any database
 def test_the_cli_sets_shows_and_tries_a_tenants_filters(stack: Stack) -> None:
     tenant = _tenant("cli")
     env = stack.env

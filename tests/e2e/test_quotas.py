@@ -289,6 +289,7 @@ def test_a_batch_past_its_quotas_is_accepted_and_paced(api: ApiServer, stack: St
     assert (last - first).total_seconds() >= WINDOW_S - 1
 
 
+@pytest.mark.postgres_only  # the command line's surface, the same on any database
 def test_cli_sets_and_shows_a_policy(stack: Stack) -> None:
     who = tenant()
     out = llmos("--tenant", who, "tenant", "set", "--weight", "3", "--max-queued", "10",
