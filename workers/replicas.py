@@ -42,7 +42,12 @@ def follow_replicas(app: Celery, database: Database, worker: str, queues: list[s
         log.info("replica serving: now consuming %s", queue)
     for queue in [q for q in queues if is_version_queue(q) and q not in wanted]:
         queues.remove(queue)
-        app.control.cancel_consumer(queue, destination=[worker], reply=True, timeout=5)
+        # Not waited for, as add_consumer is not: this runs on the heartbeat's thread, and
+        # waiting for the consumer's reply (up to a timeout, after which it went on
+        # anyway) held up the next beat long enough, on a loaded machine, for the worker
+        # to be declared dead while alive. A message the consumer takes before the cancel
+        # lands is given back (left_queue).
+        app.control.cancel_consumer(queue, destination=[worker], reply=False)
         log.info("replica draining: no longer consuming %s", queue)
 
 
