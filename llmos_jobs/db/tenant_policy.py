@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlmodel import Session, col
 
 from llmos_jobs.db.tables import Job
@@ -54,3 +54,21 @@ def unstarted_jobs(*, session: Session, tenant: str) -> int:
         col(Job.status).in_([JobStatus.queued, JobStatus.waiting]),
         col(Job.batch_id).is_(None))
     return int(session.execute(query).scalar_one())
+
+
+def unstarted_jobs_held(*, session: Session, tenant: str) -> int:
+    """``unstarted_jobs``, counted under a lock that ``session``'s transaction holds
+    until it ends: a tenant's submissions then count and insert one at a time. Without
+    it, submissions arriving together each counted before any of the others committed,
+    and each saw room for itself (sixteen at once all passed a max_queued of three).
+
+    PostgreSQL: the tenant's policy row, locked FOR UPDATE (a tenant with a max_queued
+    has one). SQLite: the database's write lock, which its driver takes at the first
+    write of a transaction, not at a read; a write that changes nothing takes it."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(col(TenantPolicy.tenant))
+                        .where(col(TenantPolicy.tenant) == tenant).with_for_update())
+    else:
+        session.execute(update(TenantPolicy).where(col(TenantPolicy.tenant) == tenant)
+                        .values(tenant=col(TenantPolicy.tenant)))
+    return unstarted_jobs(session=session, tenant=tenant)

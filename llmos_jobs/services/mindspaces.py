@@ -144,7 +144,7 @@ def submit_turn(submitter: Submitter, tenant: str, mindspace_id: str, message: s
             model=mindspace.model, mindspace_id=mindspace.id,
             payload=request.model_dump(mode="json"), deadline=deadline,
             queue=language_queue(mindspace.model))  # routed when released
-        submitter.quotas.admit([job_in])
+        submitter.quotas.admit([job_in], session=session)
         job, released = turns.accept(session=session, mindspace=mindspace, job_in=job_in,
                                      routing=RoutingPolicy.of(submitter.settings))
     submitter.publish(released)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import MovingWindowRateLimiter
+from sqlmodel import Session
 
 from broker_config.streams import stream_redis_url
 from llmos_jobs import metrics
@@ -142,10 +143,12 @@ class Quotas:
         uses it from now on."""
         self._policies.put(policy.tenant, policy)
 
-    def admit(self, jobs_in: Iterable[job_rows.JobCreate]) -> None:
+    def admit(self, jobs_in: Iterable[job_rows.JobCreate], *, session: Session) -> None:
         """QuotaExceeded when a tenant's jobs here exceed one of its quotas (checked in
         the order of the docstring above; the window is charged only when the others
-        pass); jobs of a batch are not checked."""
+        pass); jobs of a batch are not checked. ``session``: the transaction that then
+        inserts the jobs; max_queued is counted in it, under a lock it keeps until it
+        ends (``unstarted_jobs_held``), so concurrent submissions never overshoot."""
         demands: dict[str, Demand] = {}
         for job in jobs_in:
             # An operator's model operation is no tenant's work.
@@ -154,14 +157,15 @@ class Quotas:
             seen = demands.get(job.tenant, Demand(0, 0, job.priority))
             demands[job.tenant] = Demand(seen.jobs + 1, seen.tokens + job_cost(job.payload),
                                          min(seen.highest_priority, job.priority))
-        for tenant, demand in demands.items():
+        for tenant, demand in sorted(demands.items()):  # one lock order: no deadlock
             try:
-                self._check(tenant, self.policy(tenant), demand)
+                self._check(session, tenant, self.policy(tenant), demand)
             except QuotaExceeded as refusal:
                 metrics.QUOTA_REFUSALS.labels(tenant, refusal.limit).inc()
                 raise
 
-    def _check(self, tenant: str, policy: TenantPolicy, demand: Demand) -> None:
+    def _check(self, session: Session, tenant: str, policy: TenantPolicy, demand: Demand
+               ) -> None:
         if policy.max_priority is not None and demand.highest_priority < policy.max_priority:
             raise QuotaExceeded(
                 f"priority {_priority_name(demand.highest_priority)} is higher than tenant "
@@ -169,8 +173,7 @@ class Quotas:
                 f"{_priority_name(policy.max_priority)}", limit=MAX_PRIORITY,
                 retry_after_s=None)
         if policy.max_queued is not None:
-            with self.database.session() as session:
-                waiting = policy_rows.unstarted_jobs(session=session, tenant=tenant)
+            waiting = policy_rows.unstarted_jobs_held(session=session, tenant=tenant)
             if waiting + demand.jobs > policy.max_queued:
                 raise QuotaExceeded(
                     f"tenant {tenant!r} has {waiting} job(s) queued or waiting; "

@@ -122,10 +122,10 @@ class Submitter:
         return job
 
     def enqueue(self, jobs_in: Sequence[job_rows.JobCreate]) -> list[JobPublic]:
-        """Check the tenants' quotas (QuotaExceeded: nothing is committed), commit the
-        rows in one transaction, then publish one message per job."""
-        self.quotas.admit(jobs_in)
+        """Check the tenants' quotas and commit the rows, in one transaction
+        (QuotaExceeded: nothing is committed), then publish one message per job."""
         with self.database.session() as session:
+            self.quotas.admit(jobs_in, session=session)
             jobs = [job_rows.create_job(session=session, job_in=j) for j in jobs_in]
             # Which of them wait for the dispatcher is decided, and written, in the
             # transaction that inserts them: one commit per submission, not three.

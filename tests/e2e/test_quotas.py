@@ -6,10 +6,12 @@ reproduced here, the dispatcher's pacer, batches accepted past max_queued, the C
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from subprocess import Popen
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import select
 
+from llmos_jobs.db.session import session_scope
 from llmos_jobs.db.tables import Job
 from llmos_jobs.errors import InvalidRequest, NoLiveWorkerWarning, QuotaExceeded
 from llmos_jobs.services.quotas import TokenPacer, job_cost
@@ -136,6 +139,33 @@ def test_over_max_queued_is_refused_and_what_was_accepted_runs(
                                             "max_tokens": 2})
         assert again.status_code == 202, again.text
         assert wait_job(http, again.json()["id"])["status"] == "succeeded"
+
+
+def test_concurrent_submissions_never_pass_max_queued(
+        api: ApiServer, stack: Stack, echo_model: tuple[str, list[Popen[bytes]]]) -> None:
+    """Submissions arriving together, each counted and inserted on one of the API's
+    threads: exactly max_queued of them are accepted, never one each per count taken
+    before the others committed."""
+    model, _ = echo_model  # served by no worker: what is accepted stays queued
+    who, limit, senders = tenant(), 3, 16
+    _set_policy(api, who, max_queued=limit)
+    start = threading.Barrier(senders)
+
+    def send(i: int) -> httpx.Response:
+        with api.http(api.key(who)) as http:
+            start.wait()
+            return http.post("/v1/jobs", json={"model": model, "prompt": f"together {i}",
+                                               "max_tokens": 2})
+
+    with ThreadPoolExecutor(senders) as pool:
+        answers = list(pool.map(send, range(senders)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [202] * limit + [429] * (senders - limit), codes
+    for refused in (r for r in answers if r.status_code == 429):
+        _refused(refused, "max_queued")
+    with session_scope(stack.database) as session:
+        stored = session.exec(select(Job.id).where(Job.tenant == who)).all()
+    assert sorted(stored) == sorted(r.json()["id"] for r in answers if r.status_code == 202)
 
 
 def test_a_priority_above_max_priority_is_refused(api: ApiServer) -> None:
