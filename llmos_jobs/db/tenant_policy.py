@@ -8,7 +8,7 @@ from sqlmodel import Session, col
 from llmos_jobs.db.tables import Job
 from llmos_jobs.db.tenant_tables import TenantPolicy
 from llmos_jobs.db.types import utcnow
-from schemas.common import JobStatus
+from schemas.common import JobKind, JobStatus
 
 
 def get_policy(*, session: Session, tenant: str) -> TenantPolicy | None:
@@ -48,11 +48,13 @@ def delete_policy(*, session: Session, tenant: str) -> bool:
 
 def unstarted_jobs(*, session: Session, tenant: str) -> int:
     """The tenant's jobs that count against ``max_queued``: queued or waiting (a turn
-    behind an earlier one), outside batches (a batch's jobs are paced, not refused)."""
+    behind an earlier one), outside batches (a batch's jobs are paced, not refused),
+    and not model operations (no tenant's work, and never refused by a quota: the
+    prefill a mindspace's creation queues under its tenant, say)."""
     query = select(func.count()).select_from(Job).where(
         col(Job.tenant) == tenant,
         col(Job.status).in_([JobStatus.queued, JobStatus.waiting]),
-        col(Job.batch_id).is_(None))
+        col(Job.batch_id).is_(None), col(Job.kind) != JobKind.model_op)
     return int(session.execute(query).scalar_one())
 
 
