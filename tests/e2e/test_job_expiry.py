@@ -31,7 +31,6 @@ from llmos_jobs.db.session import Database, session_scope
 from llmos_jobs.db.tables import GraphRole, Job, JobPublic
 from llmos_jobs.services import batch_files, batches, deadlines
 from llmos_jobs.services.submission import Submitter
-from llmos_jobs.services.webhooks.signing import tenant_secret
 from llmos_jobs.settings import Settings
 from schemas.common import JobKind, JobStatus
 from tests.support.api_server import ApiServer
@@ -39,9 +38,9 @@ from tests.support.api_server import tenant as new_tenant
 from tests.support.cli import llmos
 from tests.support.faults import executions
 from tests.support.services import drop_pg_database, fresh_pg_database
-from tests.support.stack import WEBHOOK_ALLOWED_HOSTS, Stack, database_at
+from tests.support.stack import Stack, database_at
 from tests.support.waiting import HANG_GUARD_S, until, wait_for_log
-from tests.support.webhook_receiver import Receiver
+from tests.support.webhook_receiver import Receiver, tenant_receiver
 
 # Far enough ahead to be in the future when the job is accepted, on any machine; the
 # held slot, not this number, decides that it passes before the job could start.
@@ -103,19 +102,13 @@ def tenant() -> str:
 
 @pytest.fixture
 def client(stack: Stack, tenant: str) -> LlmosClient:
-    """A producer allowed to name the test's webhook receiver."""
-    settings = stack.settings().model_copy(
-        update={"webhook_allowed_hosts": WEBHOOK_ALLOWED_HOSTS})
-    return LlmosClient(tenant=tenant, settings=settings)
+    return stack.webhook_client(tenant)
 
 
 @pytest.fixture
 def receiver(stack: Stack, tenant: str) -> Iterator[Receiver]:
-    with session_scope(stack.database) as session:
-        secret = tenant_secret(session=session, tenant=tenant).secret
-    server = Receiver(secret=secret).start()
-    yield server
-    server.stop()
+    with tenant_receiver(stack.database, tenant) as server:
+        yield server
 
 
 def test_a_job_that_cannot_start_in_time_expires_unrun_and_says_so(

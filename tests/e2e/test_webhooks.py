@@ -23,13 +23,13 @@ from llmos_jobs.db.webhook_tables import DeliveryStatus, WebhookDeliveryPublic
 from llmos_jobs.errors import InvalidRequest
 from llmos_jobs.services.webhooks.delivery import list_deliveries
 from llmos_jobs.services.webhooks.events import emit
-from llmos_jobs.services.webhooks.signing import rotate_secret, tenant_secret
+from llmos_jobs.services.webhooks.signing import rotate_secret
 from schemas.common import JobStatus
 from tests.support.api_server import ApiServer
 from tests.support.cli import llmos
-from tests.support.stack import WEBHOOK_ALLOWED_HOSTS, WEBHOOK_RETRY_DELAYS, Stack
+from tests.support.stack import WEBHOOK_RETRY_DELAYS, Stack
 from tests.support.waiting import HANG_GUARD_S, until
-from tests.support.webhook_receiver import Receiver
+from tests.support.webhook_receiver import Receiver, tenant_receiver
 
 ATTEMPTS = len(WEBHOOK_RETRY_DELAYS.split(",")) + 1
 INTERNAL = ["http://127.0.0.1:9/hook", "http://10.0.0.1/hook",
@@ -43,19 +43,13 @@ def tenant() -> str:
 
 @pytest.fixture
 def client(stack: Stack, tenant: str) -> LlmosClient:
-    """A producer allowed to name the test receiver, like the workers."""
-    settings = stack.settings().model_copy(
-        update={"webhook_allowed_hosts": WEBHOOK_ALLOWED_HOSTS})
-    return LlmosClient(tenant=tenant, settings=settings)
+    return stack.webhook_client(tenant)
 
 
 @pytest.fixture
 def receiver(stack: Stack, tenant: str) -> Iterator[Receiver]:
-    with session_scope(stack.database) as session:
-        secret = tenant_secret(session=session, tenant=tenant).secret
-    server = Receiver(secret=secret).start()
-    yield server
-    server.stop()
+    with tenant_receiver(stack.database, tenant) as server:
+        yield server
 
 
 def deliveries(stack: Stack, tenant: str, job_id: str | None = None

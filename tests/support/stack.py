@@ -70,6 +70,12 @@ class Stack:
     def client(self, tenant: str = "default") -> LlmosClient:
         return LlmosClient(tenant=tenant, settings=self.settings())
 
+    def webhook_client(self, tenant: str) -> LlmosClient:
+        """A producer allowed to name the tests' webhook receivers, like the workers."""
+        settings = self.settings().model_copy(
+            update={"webhook_allowed_hosts": WEBHOOK_ALLOWED_HOSTS})
+        return LlmosClient(tenant=tenant, settings=settings)
+
     @property
     def transport(self) -> Transport:
         return transport_of(self.broker_url)

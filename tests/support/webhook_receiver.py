@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from llmos_jobs.db.session import Database, session_scope
+from llmos_jobs.services.webhooks.signing import tenant_secret
 from tests.support.waiting import HANG_GUARD_S, until
 
 
@@ -98,3 +102,15 @@ class Receiver:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+@contextmanager
+def tenant_receiver(database: Database, tenant: str) -> Iterator[Receiver]:
+    """A receiver that verifies with ``tenant``'s signing secret, running meanwhile."""
+    with session_scope(database) as session:
+        secret = tenant_secret(session=session, tenant=tenant).secret
+    server = Receiver(secret=secret).start()
+    try:
+        yield server
+    finally:
+        server.stop()
